@@ -1,0 +1,96 @@
+"""Atomic artifact writing: a temp file in the same folder, then ``os.replace``.
+
+A crash or Ctrl-C mid-write leaves the previous artifact intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from core.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write a file atomically by calling ``write(binary_handle)``; the data is fsynced first."""
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def atomic_write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically (UTF-8, indented, keys sorted for stable diffs)."""
+    text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Save arrays to ``.npz`` atomically (no pickled objects: load with ``allow_pickle=False``)."""
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON artifact.
+
+    Raises:
+        ArtifactError: Missing or not valid JSON; names the file.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{path}: not found") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: unreadable JSON ({err})") from err
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions that matter for reproducing an artifact."""
+    import importlib.metadata as metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")

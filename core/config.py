@@ -1,0 +1,113 @@
+"""Configuration as frozen dataclasses, loadable from a TOML file.
+
+A TOML file has one table per dataclass, e.g.::
+
+    [data]
+    root = "data/demo"
+    train_fraction = 0.75
+
+    [featurizer]
+    backbone = "efficientnet_lite0"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import WorkbenchError
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how queries are drawn.
+
+    Attributes:
+        root: Folder-per-label dataset.
+        train_fraction: Share of each label used for training.
+        seed: Seeds the split and the comparative sets.
+        train_queries_per_label: Queries per label drawn from the training side.
+        test_queries_per_label: Queries per label drawn from the test side.
+        n_negatives: Negatives per query (shrunk when the data are too small).
+    """
+
+    root: Path = DEFAULT_DATA
+    train_fraction: float = 0.75
+    seed: int = 0
+    train_queries_per_label: int = 100
+    test_queries_per_label: int = 20
+    n_negatives: int = 99
+
+
+@dataclass(frozen=True)
+class FeaturizerConfig:
+    """Which network embeds the images.
+
+    Attributes:
+        backbone: Architecture name (see ``core.backbones.BACKBONES``).
+        weights: ``"default"`` (packaged or torchvision weights) or a path to a weights file.
+        batch_size: Images per forward pass.
+        device: ``"cpu"``, ``"cuda"`` or empty for automatic.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "default"
+    batch_size: int = 32
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class WorkbenchConfig:
+    """All settings of one workspace."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
+
+
+def _coerce(cls: type, values: dict[str, Any], origin: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise WorkbenchError(f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if isinstance(default, Path) and isinstance(value, str):
+            value = Path(value)
+        elif isinstance(default, float) and type(value) is int:
+            value = float(value)
+        elif type(value) is not type(default):
+            raise WorkbenchError(f"{origin}: {name} must be {type(default).__name__}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None) -> WorkbenchConfig:
+    """Read a TOML config; missing tables and keys keep their defaults.
+
+    Raises:
+        WorkbenchError: Unreadable file, bad TOML, unknown table or key, or a wrongly typed value.
+    """
+    if path is None:
+        return WorkbenchConfig()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise WorkbenchError(f"{path}: cannot read config ({err.strerror or err})") from err
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise WorkbenchError(f"{path}: invalid TOML ({err})") from err
+    sections = {f.name: f.default_factory for f in dataclasses.fields(WorkbenchConfig)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise WorkbenchError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+    parts = {name: _coerce(type(factory()), raw.get(name, {}), f"{path} [{name}]") for name, factory in sections.items()}
+    config = WorkbenchConfig(**parts)
+    if not config.data.root.is_absolute():
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=path.parent / config.data.root))
+    return config

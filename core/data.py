@@ -1,0 +1,255 @@
+"""Datasets from a folder-per-label layout, stratified seeded splits and comparative sets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from core.errors import DatasetError, ImageLoadError
+from core.images import content_hash, decode_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+OnError = Literal["skip", "raise"]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image. ``sha256`` identifies its content, whatever its path."""
+
+    path: Path
+    label: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a dataset, with the reason."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """An ordered collection of labelled images; the order defines record indices."""
+
+    records: tuple[ImageRecord, ...]
+    root: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Sorted distinct labels."""
+        return tuple(sorted({record.label for record in self.records}))
+
+    @property
+    def label_array(self) -> np.ndarray:
+        """Label of each record, as a string array aligned with ``records``."""
+        return np.array([record.label for record in self.records], dtype=object)
+
+    def label_counts(self) -> dict[str, int]:
+        """Number of images per label."""
+        labels, counts = np.unique(self.label_array.astype(str), return_counts=True)
+        return {str(label): int(count) for label, count in zip(labels, counts)}
+
+    def subset(self, indices: Iterable[int]) -> ImageDataset:
+        """A dataset with the records at ``indices``, in that order."""
+        return ImageDataset(tuple(self.records[i] for i in indices), self.root)
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What a folder scan kept and what it left out."""
+
+    dataset: ImageDataset
+    skipped: tuple[SkippedFile, ...]
+
+
+def _inspect_file(path: Path) -> tuple[str | None, str | None]:
+    """Hash and fully decode one file; return (sha256, None) or (None, reason)."""
+    try:
+        data = path.read_bytes()
+        decode_image(data, name=str(path))
+    except ImageLoadError as err:
+        return None, str(err)
+    except OSError as err:
+        return None, f"{path}: cannot read file ({err.strerror or err})"
+    return content_hash(data), None
+
+
+def scan_folder(root: str | Path, on_error: OnError = "skip", workers: int = 4) -> ScanReport:
+    """Build a dataset from ``root/<label>/<image>``, checking that every image decodes.
+
+    Files are decoded once here so that bad files are reported up front, named, and not discovered
+    halfway through featurizing. Exact duplicates (same bytes) keep their first occurrence only, so
+    one picture can never land on both sides of a split.
+
+    Args:
+        root: Folder whose sub-folders are labels.
+        on_error: ``"skip"`` leaves bad files out and reports them; ``"raise"`` stops at the first.
+        workers: Threads used to decode (Pillow releases the GIL while decoding).
+
+    Raises:
+        DatasetError: ``root`` is missing, has no label folders, or no usable image.
+        ImageLoadError: With ``on_error="raise"``, the first bad file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    label_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not label_dirs:
+        raise DatasetError(f"{root}: no label folders (expected {root}/<label>/<image files>)")
+    candidates: list[tuple[Path, str]] = []
+    skipped: list[SkippedFile] = []
+    for label_dir in label_dirs:
+        files = sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            log.warning("%s: empty label folder, ignored", label_dir)
+        for path in files:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                candidates.append((path, label_dir.name))
+            else:
+                skipped.append(SkippedFile(path, f"{path}: not an image file extension ({path.suffix or 'none'})"))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        inspected = list(pool.map(_inspect_file, (path for path, _ in candidates)))
+    records: list[ImageRecord] = []
+    first_path_of: dict[str, Path] = {}
+    for (path, label), (sha256, reason) in zip(candidates, inspected):
+        if sha256 is None:
+            if on_error == "raise":
+                raise ImageLoadError(reason)
+            skipped.append(SkippedFile(path, str(reason)))
+        elif sha256 in first_path_of:
+            skipped.append(SkippedFile(path, f"{path}: exact duplicate of {first_path_of[sha256]}"))
+        else:
+            first_path_of[sha256] = path
+            records.append(ImageRecord(path, label, sha256))
+    for item in skipped:
+        log.warning("skipped %s", item.reason)
+    if not records:
+        raise DatasetError(f"{root}: no usable images found")
+    return ScanReport(ImageDataset(tuple(records), root), tuple(skipped))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into a dataset for the train and test sides."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def stratified_split(labels: Sequence[str] | np.ndarray, train_fraction: float, rng: np.random.Generator) -> Split:
+    """Split each label's images into train and test with the same fraction.
+
+    Each label with at least two images keeps at least one image on each side; a label with a single
+    image goes to train (it cannot be queried anyway). scikit-learn's ``train_test_split`` refuses such
+    labels, which real folders do have, hence this small function.
+
+    Args:
+        labels: Label of each record.
+        train_fraction: Share of each label's images used for training, in (0, 1).
+        rng: Source of randomness; the split is a pure function of its state.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    labels = np.asarray(labels, dtype=object)
+    train_parts, test_parts = [], []
+    for label in sorted(set(labels.tolist())):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_train = int(round(train_fraction * len(members)))
+        if len(members) >= 2:
+            n_train = min(max(n_train, 1), len(members) - 1)
+        else:
+            n_train = len(members)
+        train_parts.append(members[:n_train])
+        test_parts.append(members[n_train:])
+    return Split(np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(test_parts)))
+
+
+def check_disjoint(dataset: ImageDataset, split: Split) -> None:
+    """Raise if any image is on both sides of ``split``, by index, path or content hash.
+
+    Raises:
+        DatasetError: Naming the first offending file.
+    """
+    train = [dataset.records[i] for i in split.train]
+    test = [dataset.records[i] for i in split.test]
+    for key in ("path", "sha256"):
+        train_keys = {getattr(record, key): record for record in train}
+        for record in test:
+            if getattr(record, key) in train_keys:
+                other = train_keys[getattr(record, key)]
+                raise DatasetError(f"{record.path}: same {key} as training image {other.path} (train/test leakage)")
+
+
+@dataclass(frozen=True)
+class ComparativeSets:
+    """Queries, each with one positive and ``n_negatives`` negatives, as indices into one dataset.
+
+    ``references[:, 0]`` is the positive; ``references[:, 1:]`` are the negatives.
+    """
+
+    queries: np.ndarray
+    references: np.ndarray
+
+    @property
+    def n_negatives(self) -> int:
+        return int(self.references.shape[1] - 1)
+
+    def __len__(self) -> int:
+        return int(self.queries.shape[0])
+
+
+def make_comparative_sets(
+    labels: Sequence[str] | np.ndarray,
+    n_queries_per_label: int,
+    n_negatives: int,
+    rng: np.random.Generator,
+) -> ComparativeSets:
+    """Draw comparative sets: per label up to ``n_queries_per_label`` distinct queries.
+
+    Each query gets one positive (same label, another image) and ``n_negatives`` distinct negatives
+    from other labels. When the data are too small, the number of negatives shrinks to what every
+    label can offer, so all sets have the same size and ranks stay comparable.
+
+    Raises:
+        DatasetError: Fewer than two labels, or no label with two images.
+    """
+    labels = np.asarray(labels, dtype=object)
+    names = sorted(set(labels.tolist()))
+    if len(names) < 2:
+        raise DatasetError(f"need at least 2 labels to draw negatives, found {len(names)}")
+    members_of = {name: np.flatnonzero(labels == name) for name in names}
+    usable = [name for name in names if len(members_of[name]) >= 2]
+    if not usable:
+        raise DatasetError("no label has 2 or more images, so no query can have a positive")
+    available = min(len(labels) - len(members_of[name]) for name in usable)
+    if n_negatives > available:
+        log.warning("only %d negatives available for some label; using %d instead of %d", available, available, n_negatives)
+        n_negatives = available
+    queries, references = [], []
+    for name in usable:
+        members = members_of[name]
+        n_queries = min(n_queries_per_label, len(members))
+        query_pos = rng.choice(len(members), size=n_queries, replace=False)
+        # positive: any other member, drawn uniformly by skipping past the query's own slot
+        offsets = rng.integers(1, len(members), size=n_queries)
+        positives = members[(query_pos + offsets) % len(members)]
+        others = np.flatnonzero(labels != name)
+        # distinct negatives per row: the n smallest of independent uniform keys
+        keys = rng.random((n_queries, len(others)))
+        negatives = others[np.argpartition(keys, n_negatives - 1, axis=1)[:, :n_negatives]] if n_negatives else np.empty((n_queries, 0), int)
+        queries.append(members[query_pos])
+        references.append(np.column_stack([positives, negatives]))
+    return ComparativeSets(np.concatenate(queries), np.concatenate(references).astype(np.int64))

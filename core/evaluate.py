@@ -1,0 +1,190 @@
+"""Evaluation on comparative sets: rank of the positive, summary metrics with bootstrap CIs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from core.data import ComparativeSets
+from core.rankers import Ranker
+
+TOP_N_MAX = 32
+
+
+def positive_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of the positive (column 0) among each row's references; 1 is best.
+
+    Ties are counted pessimistically: a negative scoring exactly as high as the positive ranks above it.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] < 1:
+        raise ValueError(f"expected scores of shape (Q, 1 + N), got {scores.shape}")
+    return 1 + (scores[:, 1:] >= scores[:, :1]).sum(axis=1)
+
+
+def top_n_accuracy(ranks: np.ndarray, n: int) -> float:
+    """Share of queries whose positive is ranked within the first ``n``."""
+    return float(np.mean(np.asarray(ranks) <= n)) if len(ranks) else float("nan")
+
+
+def score_comparative_sets(ranker: Ranker, embeddings: np.ndarray, sets: ComparativeSets) -> np.ndarray:
+    """Scores ``float32[Q, 1 + N]`` of each query against its positive then negatives."""
+    n_refs = sets.references.shape[1]
+    queries = np.repeat(embeddings[sets.queries], n_refs, axis=0)
+    references = embeddings[sets.references.reshape(-1)]
+    return ranker.score_pairs(queries, references).reshape(len(sets), n_refs)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric with its bootstrap 95 % confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+@dataclass(frozen=True)
+class CategoryResult:
+    """Metrics for the queries of one label."""
+
+    label: str
+    n_queries: int
+    mean_rank: float
+    median_rank: float
+    top1: float
+    top5: float
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Everything an evaluation measured; ``ranks`` keeps the raw per-query outcome."""
+
+    ranker: str
+    n_queries: int
+    n_negatives: int
+    ranks: np.ndarray
+    query_labels: np.ndarray
+    mean_rank: Estimate
+    median_rank: Estimate
+    top1: Estimate
+    top5: Estimate
+    top_n: np.ndarray
+    per_category: tuple[CategoryResult, ...]
+
+    @property
+    def chance_mean_rank(self) -> float:
+        """Expected mean rank of a random ranker: (N + 2) / 2 for N negatives."""
+        return (self.n_negatives + 2) / 2
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (ranks included, so a report can be re-plotted)."""
+        return {
+            "ranker": self.ranker,
+            "n_queries": self.n_queries,
+            "n_negatives": self.n_negatives,
+            "chance_mean_rank": self.chance_mean_rank,
+            **{name: asdict(getattr(self, name)) for name in ("mean_rank", "median_rank", "top1", "top5")},
+            "top_n": {str(n): float(acc) for n, acc in enumerate(self.top_n, start=1)},
+            "per_category": [asdict(category) for category in self.per_category],
+            "ranks": self.ranks.tolist(),
+            "query_labels": self.query_labels.tolist(),
+        }
+
+
+def _bootstrap(ranks: np.ndarray, rng: np.random.Generator, n_resamples: int) -> dict[str, Estimate]:
+    samples = ranks[rng.integers(0, len(ranks), size=(n_resamples, len(ranks)))]
+    stats = {
+        "mean_rank": (ranks.mean(), samples.mean(axis=1)),
+        "median_rank": (np.median(ranks), np.median(samples, axis=1)),
+        "top1": ((ranks <= 1).mean(), (samples <= 1).mean(axis=1)),
+        "top5": ((ranks <= 5).mean(), (samples <= 5).mean(axis=1)),
+    }
+    return {
+        name: Estimate(float(value), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
+        for name, (value, boot) in stats.items()
+    }
+
+
+def summarize(
+    ranker: str,
+    ranks: np.ndarray,
+    query_labels: Sequence[str] | np.ndarray,
+    n_negatives: int,
+    rng: np.random.Generator,
+    n_resamples: int = 1000,
+) -> EvaluationResult:
+    """Turn per-query ranks into an :class:`EvaluationResult` (bootstrap resamples queries)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    query_labels = np.asarray(query_labels, dtype=str)
+    if len(ranks) == 0:
+        raise ValueError("no queries to evaluate")
+    estimates = _bootstrap(ranks, rng, n_resamples)
+    per_category = tuple(
+        CategoryResult(
+            label=str(label),
+            n_queries=int(mask.sum()),
+            mean_rank=float(ranks[mask].mean()),
+            median_rank=float(np.median(ranks[mask])),
+            top1=top_n_accuracy(ranks[mask], 1),
+            top5=top_n_accuracy(ranks[mask], 5),
+        )
+        for label in np.unique(query_labels)
+        for mask in [query_labels == label]
+    )
+    top_n = (ranks[:, None] <= np.arange(1, TOP_N_MAX + 1)[None, :]).mean(axis=0)
+    return EvaluationResult(
+        ranker=ranker,
+        n_queries=len(ranks),
+        n_negatives=n_negatives,
+        ranks=ranks,
+        query_labels=query_labels,
+        top_n=top_n,
+        per_category=per_category,
+        **estimates,
+    )
+
+
+def evaluate(
+    ranker: Ranker,
+    embeddings: np.ndarray,
+    labels: Sequence[str] | np.ndarray,
+    sets: ComparativeSets,
+    rng: np.random.Generator,
+    n_resamples: int = 1000,
+) -> EvaluationResult:
+    """Rank each query's positive among its references and summarise.
+
+    Args:
+        ranker: Fitted ranker.
+        embeddings: One row per dataset record; ``sets`` indexes into it.
+        labels: Label of each record.
+        sets: The comparative sets to evaluate.
+        rng: Drives the bootstrap resampling.
+        n_resamples: Bootstrap resamples for the CIs.
+    """
+    ranks = positive_ranks(score_comparative_sets(ranker, embeddings, sets))
+    query_labels = np.asarray(labels, dtype=str)[sets.queries]
+    return summarize(ranker.name, ranks, query_labels, sets.n_negatives, rng, n_resamples)
+
+
+def format_table(results: Sequence[EvaluationResult]) -> str:
+    """A fixed-width table comparing rankers: mean/median rank, top-1, top-5 with 95 % CIs."""
+    header = f"{'ranker':<10} {'queries':>7} {'mean rank':>24} {'median':>22} {'top-1':>22} {'top-5':>22}"
+    lines = [header, "-" * len(header)]
+    for result in results:
+        lines.append(
+            f"{result.ranker:<10} {result.n_queries:>7} "
+            f"{result.mean_rank.value:>7.2f} [{result.mean_rank.low:6.2f},{result.mean_rank.high:6.2f}] "
+            f"{result.median_rank.value:>5.1f} [{result.median_rank.low:5.1f},{result.median_rank.high:5.1f}] "
+            f"{result.top1.value:>6.1%} [{result.top1.low:5.1%},{result.top1.high:5.1%}] "
+            f"{result.top5.value:>6.1%} [{result.top5.low:5.1%},{result.top5.high:5.1%}]"
+        )
+    if results:
+        lines.append(f"(1 positive + {results[0].n_negatives} negatives per query; chance mean rank {results[0].chance_mean_rank:.1f})")
+    return "\n".join(lines)

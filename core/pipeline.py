@@ -1,0 +1,203 @@
+"""The end-to-end steps over a workspace folder: prepare, featurize, evaluate, search.
+
+Workspace layout (every file written atomically)::
+
+    <workdir>/prepared.json          dataset records, split and comparative sets
+    <workdir>/features/<id>.npz      feature cache, one file per featurizer
+    <workdir>/reports/<id>.json      evaluation reports
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions, read_json
+from core.config import DataConfig, FeaturizerConfig
+from core.data import (
+    ComparativeSets,
+    ImageDataset,
+    ImageRecord,
+    SkippedFile,
+    Split,
+    check_disjoint,
+    make_comparative_sets,
+    scan_folder,
+    stratified_split,
+)
+from core.errors import ArtifactError
+from core.evaluate import EvaluationResult, evaluate
+from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
+from core.images import load_image
+from core.rankers import Ranker, top_k
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A scanned dataset with its split and comparative sets (indices into ``dataset``)."""
+
+    config: DataConfig
+    dataset: ImageDataset
+    split: Split
+    train_sets: ComparativeSets
+    test_sets: ComparativeSets
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+def prepare(config: DataConfig) -> PreparedData:
+    """Scan ``config.root``, split it and draw comparative sets, all seeded by ``config.seed``."""
+    report = scan_folder(config.root)
+    dataset = report.dataset
+    rng = np.random.default_rng(config.seed)
+    labels = dataset.label_array
+    split = stratified_split(labels, config.train_fraction, rng)
+    check_disjoint(dataset, split)
+
+    def sets_for(indices: np.ndarray, per_label: int) -> ComparativeSets:
+        local = make_comparative_sets(labels[indices], per_label, config.n_negatives, rng)
+        return ComparativeSets(indices[local.queries], indices[local.references])
+
+    prepared = PreparedData(
+        config,
+        dataset,
+        split,
+        sets_for(split.train, config.train_queries_per_label),
+        sets_for(split.test, config.test_queries_per_label),
+        report.skipped,
+    )
+    log.info(
+        "%d images, %d labels; train %d, test %d; %d test queries x (1 + %d)",
+        len(dataset), len(dataset.labels), len(split.train), len(split.test), len(prepared.test_sets), prepared.test_sets.n_negatives,
+    )
+    return prepared
+
+
+def save_prepared(prepared: PreparedData, workdir: Path) -> Path:
+    """Write ``prepared.json`` atomically; image paths are stored relative to the dataset root."""
+    root = prepared.dataset.root or Path(".")
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "config": {**dataclasses.asdict(prepared.config), "root": str(root.resolve())},
+        "versions": environment_versions(),
+        "records": [[str(r.path.relative_to(root)), r.label, r.sha256] for r in prepared.dataset.records],
+        "split": {"train": prepared.split.train, "test": prepared.split.test},
+        "train_sets": {"queries": prepared.train_sets.queries, "references": prepared.train_sets.references},
+        "test_sets": {"queries": prepared.test_sets.queries, "references": prepared.test_sets.references},
+        "skipped": [[str(item.path), item.reason] for item in prepared.skipped],
+    }
+    path = Path(workdir) / "prepared.json"
+    atomic_write_json(path, payload)
+    return path
+
+
+def load_prepared(workdir: Path) -> PreparedData:
+    """Read ``prepared.json`` back.
+
+    Raises:
+        ArtifactError: Missing (run ``prepare`` first), unknown schema or malformed.
+    """
+    path = Path(workdir) / "prepared.json"
+    if not path.exists():
+        raise ArtifactError(f"{path}: not found; run `python -m core prepare` first")
+    payload = read_json(path)
+    if payload.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {payload.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    try:
+        config = DataConfig(**{**payload["config"], "root": Path(payload["config"]["root"])})
+        root = config.root
+        records = tuple(ImageRecord(root / rel, label, sha) for rel, label, sha in payload["records"])
+
+        def sets(key: str) -> ComparativeSets:
+            return ComparativeSets(np.asarray(payload[key]["queries"], np.int64), np.asarray(payload[key]["references"], np.int64))
+
+        return PreparedData(
+            config,
+            ImageDataset(records, root),
+            Split(np.asarray(payload["split"]["train"], np.int64), np.asarray(payload["split"]["test"], np.int64)),
+            sets("train_sets"),
+            sets("test_sets"),
+            tuple(SkippedFile(Path(p), reason) for p, reason in payload.get("skipped", [])),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path}: malformed ({err!r})") from err
+
+
+def build_featurizer(config: FeaturizerConfig) -> TorchFeaturizer:
+    """The PyTorch featurizer described by ``config``."""
+    from core.backbones import build_backbone
+
+    weights = None if config.weights == "none" else config.weights
+    return TorchFeaturizer(build_backbone(config.backbone, weights), device=config.device or None)
+
+
+def featurize(
+    prepared: PreparedData,
+    featurizer: Featurizer,
+    workdir: Path,
+    batch_size: int = 32,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Embeddings of every record of the dataset, through the workspace's feature cache."""
+    cache = FeatureCache(Path(workdir) / "features")
+    return cache.embed(featurizer, prepared.dataset.records, batch_size=batch_size, progress=progress)
+
+
+def evaluate_rankers(
+    prepared: PreparedData,
+    embeddings: np.ndarray,
+    rankers: list[Ranker],
+    seed: int = 0,
+    which: str = "test",
+) -> list[EvaluationResult]:
+    """Evaluate several rankers on the same comparative sets (``which`` = ``"test"`` or ``"train"``)."""
+    sets = prepared.test_sets if which == "test" else prepared.train_sets
+    labels = prepared.dataset.label_array
+    return [evaluate(ranker, embeddings, labels, sets, np.random.default_rng(seed)) for ranker in rankers]
+
+
+def save_report(results: list[EvaluationResult], featurizer_id: str, workdir: Path) -> Path:
+    """Write an evaluation report (all rankers) as JSON, atomically."""
+    path = Path(workdir) / "reports" / f"{featurizer_id}.json"
+    atomic_write_json(
+        path,
+        {
+            "schema_version": SCHEMA_VERSION,
+            "featurizer": featurizer_id,
+            "versions": environment_versions(),
+            "results": {result.ranker: result.to_dict() for result in results},
+        },
+    )
+    return path
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One retrieved gallery image."""
+
+    rank: int
+    record: ImageRecord
+    score: float
+
+
+def search(
+    image_path: Path,
+    featurizer: Featurizer,
+    gallery: ImageDataset,
+    gallery_embeddings: np.ndarray,
+    ranker: Ranker,
+    k: int = 15,
+) -> list[SearchHit]:
+    """The ``k`` gallery images most similar to an image file, best first.
+
+    Raises:
+        ImageLoadError: The query file is not a usable image.
+    """
+    query = featurizer.embed([load_image(image_path)])
+    indices, scores = top_k(ranker, query, gallery_embeddings, k)
+    return [SearchHit(rank, gallery.records[i], float(s)) for rank, (i, s) in enumerate(zip(indices[0], scores[0]), start=1)]

@@ -1,0 +1,168 @@
+"""Rankers: one contract, higher score = more similar.
+
+``score(query, gallery) -> (Nq, Ng)`` for all pairs, ``score_pairs(a, b) -> (N,)`` for aligned rows.
+Distances are negated so that every ranker sorts the same way. Matrices are computed in blocks, and
+:func:`top_k` keeps only the best ``k`` per query, so a large gallery never needs an ``Nq x Ng`` matrix.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Self
+
+import numpy as np
+
+#: Upper bound on floats materialised at once by blockwise code (about 64 MB of float32).
+BLOCK_ELEMENTS = 16_000_000
+
+
+def _check(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    query, gallery = np.asarray(query, np.float32), np.asarray(gallery, np.float32)
+    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
+        raise ValueError(f"expected (Nq, D) and (Ng, D) embeddings, got {query.shape} and {gallery.shape}")
+    return query, gallery
+
+
+def _row_blocks(n_rows: int, row_cost: int, step: int | None = None) -> Iterator[slice]:
+    step = step or max(1, BLOCK_ELEMENTS // max(1, row_cost))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+class Ranker(ABC):
+    """Scores how similar embeddings are; higher is more similar."""
+
+    name: str = "ranker"
+
+    def fit(self, embeddings: np.ndarray, labels: np.ndarray) -> Self:
+        """Learn from labelled embeddings; the plain metrics have nothing to learn."""
+        return self
+
+    @abstractmethod
+    def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        """Similarity of every query row to every gallery row, ``float32[Nq, Ng]``."""
+
+    def score_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Similarity of ``a[i]`` to ``b[i]`` for each row, ``float32[N]``."""
+        a, b = _check(a, b)
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"score_pairs needs aligned rows, got {a.shape[0]} and {b.shape[0]}")
+        return np.concatenate([self._pairs(a[block], b[block]) for block in _row_blocks(len(a), a.shape[1])] or [np.zeros(0, np.float32)])
+
+    @abstractmethod
+    def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+
+
+class L2Ranker(Ranker):
+    """Negative Euclidean distance."""
+
+    name = "l2"
+
+    def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        query, gallery = _check(query, gallery)
+        squared = (query**2).sum(1)[:, None] + (gallery**2).sum(1)[None, :] - 2.0 * query @ gallery.T
+        return -np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+
+    def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return -np.linalg.norm(a - b, axis=1).astype(np.float32)
+
+
+class L1Ranker(Ranker):
+    """Negative Manhattan distance."""
+
+    name = "l1"
+
+    def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        query, gallery = _check(query, gallery)
+        out = np.empty((len(query), len(gallery)), np.float32)
+        for block in _row_blocks(len(query), len(gallery) * query.shape[1]):
+            out[block] = -np.abs(query[block, None, :] - gallery[None, :, :]).sum(2)
+        return out
+
+    def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return -np.abs(a - b).sum(1).astype(np.float32)
+
+
+class CosineRanker(Ranker):
+    """Cosine similarity (equal to the dot product on unit embeddings)."""
+
+    name = "cosine"
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        query, gallery = _check(query, gallery)
+        return (self._unit(query) @ self._unit(gallery).T).astype(np.float32)
+
+    def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (self._unit(a) * self._unit(b)).sum(1).astype(np.float32)
+
+
+class RandomRanker(Ranker):
+    """Uniform random scores: the chance baseline. Reproducible through the given generator."""
+
+    name = "random"
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        query, gallery = _check(query, gallery)
+        return self.rng.random((len(query), len(gallery)), dtype=np.float32)
+
+    def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self.rng.random(len(a), dtype=np.float32)
+
+
+RANKER_NAMES = ("random", "l1", "l2", "cosine")
+
+
+def make_ranker(name: str, rng: np.random.Generator | None = None) -> Ranker:
+    """A plain ranker by name; ``rng`` seeds the random baseline (default: seed 0).
+
+    Raises:
+        ValueError: Unknown name.
+    """
+    if name == "random":
+        return RandomRanker(rng if rng is not None else np.random.default_rng(0))
+    rankers = {"l1": L1Ranker, "l2": L2Ranker, "cosine": CosineRanker}
+    if name not in rankers:
+        raise ValueError(f"unknown ranker {name!r}; choose one of {', '.join(RANKER_NAMES)}")
+    return rankers[name]()
+
+
+def top_k(
+    ranker: Ranker, query: np.ndarray, gallery: np.ndarray, k: int, block_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the ``k`` best gallery rows per query, best first.
+
+    Works through the gallery in blocks, merging running top-k lists, so memory is
+    ``O(Nq * (k + block))`` whatever the gallery size. Ties keep the lower gallery index first.
+
+    Args:
+        ranker: Fitted ranker.
+        query: ``(Nq, D)`` embeddings.
+        gallery: ``(Ng, D)`` embeddings.
+        k: How many results per query.
+        block_rows: Gallery rows scored at once (default: sized to about 64 MB).
+
+    Returns:
+        ``(indices int64[Nq, k'], scores float32[Nq, k'])`` with ``k' = min(k, Ng)``.
+    """
+    query, gallery = _check(query, gallery)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    k = min(k, len(gallery))
+    best_index = np.zeros((len(query), 0), np.int64)
+    best_score = np.zeros((len(query), 0), np.float32)
+    for block in _row_blocks(len(gallery), max(1, len(query)) * gallery.shape[1], block_rows):
+        scores = np.concatenate([best_score, ranker.score(query, gallery[block])], axis=1)
+        indices = np.concatenate([best_index, np.broadcast_to(np.arange(block.start, block.stop), (len(query), block.stop - block.start))], axis=1)
+        # stable sort on (-score, index) keeps ties deterministic
+        order = np.lexsort((indices, -scores), axis=1)[:, :k] if scores.size else np.zeros((len(query), 0), np.int64)
+        best_score = np.take_along_axis(scores, order, axis=1)
+        best_index = np.take_along_axis(indices, order, axis=1)
+    return best_index, best_score
