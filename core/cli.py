@@ -127,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from core import pipeline
+    from core.images import load_image
     from core.rankers import make_ranker
 
     config = _config(args)
@@ -158,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         log.info("report written to %s", report)
         return 0
     if args.command == "search":
-        hits = pipeline.search(args.image, featurizer, prepared.dataset, embeddings, make_ranker(args.ranker), args.k)
+        hits = pipeline.search(load_image(args.image), featurizer, prepared.dataset, embeddings, make_ranker(args.ranker), args.k)
         print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
         for hit in hits:
             print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.record.label:<16} {hit.record.path}")

@@ -51,13 +51,13 @@ class FeaturizerConfig:
     Attributes:
         backbone: Architecture name (see ``core.backbones.BACKBONES``).
         weights: ``"default"`` (packaged or torchvision weights) or a path to a weights file.
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass (8 was fastest on a 2-core CPU, see benchmarks/featurize.py).
         device: ``"cpu"``, ``"cuda"`` or empty for automatic.
     """
 
     backbone: str = "efficientnet_lite0"
     weights: str = "default"
-    batch_size: int = 32
+    batch_size: int = 8
     device: str = ""
 
 

@@ -83,7 +83,8 @@ class TorchFeaturizer:
 
         self.backbone = backbone
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = backbone.model.to(self.device).eval()
+        # channels-last runs convolutions ~1.7x faster on CPU here (see benchmarks/featurize.py)
+        self.model = backbone.model.to(self.device, memory_format=torch.channels_last).eval()
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -97,7 +98,8 @@ class TorchFeaturizer:
         import torch
 
         with torch.inference_mode():
-            features = self.model(torch.from_numpy(batch).to(self.device))
+            inputs = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            features = self.model(inputs)
         return l2_normalize(features.float().cpu().numpy())
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -119,7 +121,7 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
 def embed_files(
     featurizer: Featurizer,
     paths: Sequence[Path],
-    batch_size: int = 32,
+    batch_size: int = 8,
     workers: int = 2,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
@@ -185,7 +187,7 @@ class FeatureCache:
         self,
         featurizer: Featurizer,
         records: Sequence[ImageRecord],
-        batch_size: int = 32,
+        batch_size: int = 8,
         progress: ProgressFn | None = None,
     ) -> np.ndarray:
         """Embeddings of ``records`` in order, computing and saving only the missing ones."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions, read_json
 from core.config import DataConfig, FeaturizerConfig
@@ -32,7 +33,6 @@ from core.data import (
 from core.errors import ArtifactError
 from core.evaluate import EvaluationResult, evaluate
 from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
-from core.images import load_image
 from core.rankers import Ranker, top_k
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def featurize(
     prepared: PreparedData,
     featurizer: Featurizer,
     workdir: Path,
-    batch_size: int = 32,
+    batch_size: int = 8,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Embeddings of every record of the dataset, through the workspace's feature cache."""
@@ -186,18 +186,14 @@ class SearchHit:
 
 
 def search(
-    image_path: Path,
+    image: Image.Image,
     featurizer: Featurizer,
     gallery: ImageDataset,
     gallery_embeddings: np.ndarray,
     ranker: Ranker,
     k: int = 15,
 ) -> list[SearchHit]:
-    """The ``k`` gallery images most similar to an image file, best first.
-
-    Raises:
-        ImageLoadError: The query file is not a usable image.
-    """
-    query = featurizer.embed([load_image(image_path)])
+    """The ``k`` gallery images most similar to an RGB image, best first."""
+    query = featurizer.embed([image])
     indices, scores = top_k(ranker, query, gallery_embeddings, k)
     return [SearchHit(rank, gallery.records[i], float(s)) for rank, (i, s) in enumerate(zip(indices[0], scores[0]), start=1)]

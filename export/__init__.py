@@ -1,0 +1,1 @@
+"""ONNX export of featurizers and onnxruntime inference (not implemented yet)."""

@@ -1,0 +1,41 @@
+"""Search page: upload a photo or pick one from the gallery, see the most similar images."""
+
+import streamlit as st
+
+from app import service
+from pages import common
+
+
+def render() -> None:
+    st.title("Search by image")
+    ws = common.workspace()
+
+    with st.sidebar:
+        ranker = st.selectbox("Ranker", service.RANKER_NAMES, index=service.RANKER_NAMES.index("cosine"), key="ranker")
+        k = st.slider("Results", min_value=1, max_value=30, value=12, key="k")
+
+    upload = st.file_uploader("Upload a photo", type=None, key="upload")
+    names = [str(record.path.relative_to(ws.dataset.root)) for record in ws.dataset.records]
+    picked = st.selectbox("…or pick a gallery image", names, index=0, key="gallery_pick")
+    if upload is not None:
+        data, name = upload.getvalue(), upload.name
+    else:
+        record = ws.dataset.records[names.index(picked)]
+        data, name = record.path.read_bytes(), picked
+
+    try:
+        result = service.search(ws, data, name, ranker, k)
+    except service.ImageLoadError as err:
+        st.error(f"Cannot use this file: {err}")
+        return
+    left, right = st.columns([1, 3])
+    left.image(data, caption=f"query: {name}", width="stretch")
+    right.caption(f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms")
+    columns = right.columns(4)
+    for hit in result.hits:
+        with columns[(hit.rank - 1) % 4]:
+            st.image(str(hit.record.path), width="stretch")
+            st.markdown(f"**{hit.rank}.** {hit.record.label} · `{hit.score:.3f}`")
+
+
+render()

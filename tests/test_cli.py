@@ -1,0 +1,58 @@
+"""End to end through the CLI on tiny real photos with the real pretrained weights."""
+
+import json
+
+import pytest
+
+from core.cli import main
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_dataset):
+    workdir = tmp_path_factory.mktemp("work")
+    assert main(["prepare", "--data", str(tiny_dataset), "--workdir", str(workdir), "--quiet"]) == 0
+    return workdir
+
+
+def test_prepare_writes_split_and_sets(workdir, tiny_dataset, capsys):
+    prepared = json.loads((workdir / "prepared.json").read_text())
+    assert len(prepared["records"]) == len(list(tiny_dataset.glob("*/*.jpg")))
+    train, test = set(prepared["split"]["train"]), set(prepared["split"]["test"])
+    assert train and test and not train & test
+    assert prepared["versions"]["torch"]
+
+
+def test_featurize_evaluate_search(workdir, tiny_dataset, capsys):
+    assert main(["featurize", "--workdir", str(workdir), "--quiet"]) == 0
+    assert "embeddings of dimension 1280" in capsys.readouterr().out
+    assert len(list((workdir / "features").glob("*.npz"))) == 1
+
+    assert main(["evaluate", "--workdir", str(workdir), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    for name in ("random", "l1", "l2", "cosine"):
+        assert f"\n{name} " in table
+    report = json.loads(next((workdir / "reports").glob("*.json")).read_text())
+    assert set(report["results"]) == {"random", "l1", "l2", "cosine"}
+    cosine = report["results"]["cosine"]
+    assert cosine["mean_rank"]["value"] <= report["results"]["random"]["mean_rank"]["value"]
+
+    query = sorted(tiny_dataset.glob("*/*.jpg"))[0]
+    assert main(["search", str(query), "-k", "3", "--workdir", str(workdir), "--quiet", "--ranker", "l2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4  # header + 3 hits
+    top = lines[1].split()
+    assert top[0] == "1" and float(top[1]) == pytest.approx(0.0, abs=1e-3)  # the query itself, distance 0
+    assert top[2] == query.parent.name and top[3].endswith(query.name)
+
+
+def test_user_errors_exit_2_with_a_clear_message(tmp_path, caplog):
+    assert main(["prepare", "--data", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w"), "--quiet"]) == 2
+    assert "missing: dataset folder not found" in caplog.text
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("text")
+    assert main(["search", str(bad), "--workdir", str(tmp_path / "w"), "--quiet"]) == 2
+    assert "not found" in caplog.text or "bad.jpg" in caplog.text
+    config = tmp_path / "c.toml"
+    config.write_text("[data]\nsed = 1\n")
+    assert main(["prepare", "--config", str(config), "--workdir", str(tmp_path / "w"), "--quiet"]) == 2
+    assert "unknown setting(s) sed" in caplog.text
