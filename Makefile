@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 ## run: featurize the bundled demo set (cached after the first run), then serve the app
 run: setup
-	$(PY) -m core featurize
+	$(PY) -m workbench featurize
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
 
 ## test: the default suite (no slow, GPU or browser tests)

@@ -104,7 +104,7 @@ def load_prepared(workdir: Path) -> PreparedData:
     """
     path = Path(workdir) / "prepared.json"
     if not path.exists():
-        raise ArtifactError(f"{path}: not found; run `python -m core prepare` first")
+        raise ArtifactError(f"{path}: not found; run `python -m workbench prepare` first")
     payload = read_json(path)
     if payload.get("schema_version") != SCHEMA_VERSION:
         raise ArtifactError(f"{path}: schema version {payload.get('schema_version')!r}, expected {SCHEMA_VERSION}")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import service
+from workbench import service
 from pages import common
 
 

@@ -10,12 +10,15 @@ def imported_after(statement: str) -> set[str]:
     return set(output.split())
 
 
-def test_core_imports_neither_streamlit_nor_export():
-    modules = imported_after("import core.cli, core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones")
+def test_core_imports_neither_streamlit_nor_export_nor_the_app_layer():
+    modules = imported_after(
+        "import core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones, core.config, core.data"
+    )
     assert "streamlit" not in modules
-    assert not any(name == "export" or name.startswith("export.") for name in modules)
+    for package in ("export", "workbench"):
+        assert not any(name == package or name.startswith(f"{package}.") for name in modules)
 
 
-def test_importing_core_is_cheap():
-    modules = imported_after("import core, core.cli, core.rankers, core.evaluate, core.data")
-    assert "torch" not in modules and "timm" not in modules
+def test_importing_the_cli_is_cheap():
+    modules = imported_after("import core, workbench.cli, core.rankers, core.evaluate, core.data")
+    assert "torch" not in modules and "timm" not in modules and "streamlit" not in modules

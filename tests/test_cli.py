@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core.cli import main
+from workbench.cli import main
 
 
 @pytest.fixture(scope="module")

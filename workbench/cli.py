@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {prepare,featurize,evaluate,search}``.
+"""Command line: ``python -m workbench {prepare,featurize,evaluate,search}``.
 
 Every command takes ``--workdir`` (artifacts), ``--data`` (dataset folder) and ``--config`` (TOML);
 flags override the config file. Missing earlier steps run automatically, from cache when possible.
@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     common.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
-    parser = argparse.ArgumentParser(prog="python -m core", description="Image-similarity ranking workbench")
+    parser = argparse.ArgumentParser(prog="python -m workbench", description="Image-similarity ranking workbench")
     commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser("prepare", parents=[common], help="scan the dataset, split it, draw comparative sets")
     prepare.add_argument("--train-fraction", type=float, help="share of each label for training (default 0.75)")

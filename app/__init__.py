@@ -1,1 +1,0 @@
-"""Glue between the Streamlit pages and the library (see ``app.service``)."""

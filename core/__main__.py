@@ -1,7 +1,0 @@
-"""``python -m core``: the workbench command line."""
-
-import sys
-
-from core.cli import main
-
-sys.exit(main())

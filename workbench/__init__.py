@@ -1,0 +1,1 @@
+"""The application layer on top of ``core`` and ``export``: the command line and the app's service module."""
