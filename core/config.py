@@ -8,6 +8,12 @@ A TOML file has one table per dataclass, e.g.::
 
     [featurizer]
     backbone = "efficientnet_lite0"
+
+    [train]
+    epochs = 6
+
+    [svm]
+    C = 0.01
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.errors import WorkbenchError
 
@@ -62,11 +68,71 @@ class FeaturizerConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """How to fine-tune.
+
+    Attributes:
+        backbone: Architecture to start from (ImageNet-pretrained).
+        weights: Its weights: ``"default"`` or a file.
+        epochs: Passes over the training split; 0 keeps the pretrained model.
+        batch_size: Images per optimisation step.
+        learning_rate: Peak learning rate of the new classifier head (AdamW).
+        body_lr_scale: The pretrained body learns at ``learning_rate * body_lr_scale`` (layer-wise rates).
+        freeze_body: Train the head only (body weights and batch-norm statistics stay fixed).
+        schedule: ``"cosine"`` decay to zero over all steps, or ``"constant"``.
+        weight_decay: AdamW weight decay.
+        dropout: Dropout before the classifier.
+        label_smoothing: Cross-entropy label smoothing.
+        input_size: Training and featurizing resolution; 0 keeps the backbone's own.
+        augment: Random resized crops, flips and colour jitter on training images.
+        seed: Seeds weight init of the head, augmentation and batch order.
+        device: ``"cpu"``, ``"cuda"`` or empty for automatic.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "default"
+    epochs: int = 6
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    body_lr_scale: float = 0.1
+    freeze_body: bool = False
+    schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    label_smoothing: float = 0.1
+    input_size: int = 0
+    augment: bool = True
+    seed: int = 0
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class SVMConfig:
+    """How the SVM ranker is trained.
+
+    Attributes:
+        C: Inverse regularisation strength of ``LinearSVC`` (0.01 as in the reference recipe).
+        hard_negative_rounds: Refits, each adding the negatives the current model finds most similar.
+        hard_negatives_per_query: Negatives added per training query and round.
+        calibration_folds: Folds for out-of-fold Platt calibration.
+        max_iter: ``LinearSVC`` iteration cap.
+    """
+
+    C: float = 0.01
+    hard_negative_rounds: int = 1
+    hard_negatives_per_query: int = 5
+    calibration_folds: int = 3
+    max_iter: int = 20_000
+
+
+@dataclass(frozen=True)
 class WorkbenchConfig:
     """All settings of one workspace."""
 
     data: DataConfig = field(default_factory=DataConfig)
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    svm: SVMConfig = field(default_factory=SVMConfig)
 
 
 def _coerce(cls: type, values: dict[str, Any], origin: str) -> Any:

@@ -5,6 +5,8 @@ Workspace layout (every file written atomically)::
     <workdir>/prepared.json          dataset records, split and comparative sets
     <workdir>/features/<id>.npz      feature cache, one file per featurizer
     <workdir>/reports/<id>.json      evaluation reports
+    <workdir>/runs/<run>/            fine-tuning runs (checkpoint + manifest)
+    <workdir>/rankers/<id>/svm.npz   SVM rankers, one per featurizer
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from core.errors import ArtifactError
 from core.evaluate import EvaluationResult, evaluate
 from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
 from core.rankers import Ranker, top_k
+from core.svm import PairAccuracy, SVMConfig, SVMRanker
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +131,50 @@ def load_prepared(workdir: Path) -> PreparedData:
         raise ArtifactError(f"{path}: malformed ({err!r})") from err
 
 
-def build_featurizer(config: FeaturizerConfig) -> TorchFeaturizer:
-    """The PyTorch featurizer described by ``config``."""
+def build_featurizer(config: FeaturizerConfig, run_dir: Path | None = None) -> TorchFeaturizer:
+    """The PyTorch featurizer described by ``config``, or the fine-tuned body of ``run_dir``."""
     from core.backbones import build_backbone
 
+    if run_dir is not None:
+        from core.train import finetuned_backbone
+
+        return TorchFeaturizer(finetuned_backbone(run_dir), device=config.device or None)
     weights = None if config.weights == "none" else config.weights
     return TorchFeaturizer(build_backbone(config.backbone, weights), device=config.device or None)
+
+
+def run_path(workdir: Path, run: str) -> Path:
+    """Folder of the fine-tuning run named ``run``."""
+    if not run or Path(run).name != run or run.startswith("."):
+        raise ArtifactError(f"{run!r}: a run name must be a plain folder name")
+    return Path(workdir) / "runs" / run
+
+
+def svm_path(workdir: Path, featurizer_id: str) -> Path:
+    """Where the SVM ranker for a featurizer's embeddings is saved."""
+    return Path(workdir) / "rankers" / featurizer_id / "svm.npz"
+
+
+def fit_svm(
+    prepared: PreparedData, embeddings: np.ndarray, config: SVMConfig, featurizer_id: str, workdir: Path
+) -> tuple[SVMRanker, PairAccuracy, PairAccuracy]:
+    """Fit the SVM ranker on the training comparative sets, save it, and measure train/test pair accuracy."""
+    ranker = SVMRanker(config).fit(embeddings, prepared.dataset.label_array, prepared.train_sets)
+    train_accuracy = ranker.pair_accuracy(embeddings, prepared.train_sets)
+    test_accuracy = ranker.pair_accuracy(embeddings, prepared.test_sets)
+    ranker.save(
+        svm_path(workdir, featurizer_id),
+        {"featurizer": featurizer_id, "train_pairs": dataclasses.asdict(train_accuracy), "test_pairs": dataclasses.asdict(test_accuracy)},
+    )
+    return ranker, train_accuracy, test_accuracy
+
+
+def load_rankers(names: list[str], workdir: Path, featurizer_id: str, seed: int = 0) -> list[Ranker]:
+    """Rankers by name; ``"svm"`` is loaded from the workspace for this featurizer."""
+    from core.rankers import make_ranker
+
+    rng = np.random.default_rng(seed)
+    return [SVMRanker.load(svm_path(workdir, featurizer_id)) if name == "svm" else make_ranker(name, rng) for name in names]
 
 
 def featurize(

@@ -17,7 +17,8 @@ import numpy as np
 BLOCK_ELEMENTS = 16_000_000
 
 
-def _check(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_embeddings(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cast to float32 and check both are (N, D) with the same D."""
     query, gallery = np.asarray(query, np.float32), np.asarray(gallery, np.float32)
     if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
         raise ValueError(f"expected (Nq, D) and (Ng, D) embeddings, got {query.shape} and {gallery.shape}")
@@ -45,7 +46,7 @@ class Ranker(ABC):
 
     def score_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Similarity of ``a[i]`` to ``b[i]`` for each row, ``float32[N]``."""
-        a, b = _check(a, b)
+        a, b = check_embeddings(a, b)
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"score_pairs needs aligned rows, got {a.shape[0]} and {b.shape[0]}")
         return np.concatenate([self._pairs(a[block], b[block]) for block in _row_blocks(len(a), a.shape[1])] or [np.zeros(0, np.float32)])
@@ -60,7 +61,7 @@ class L2Ranker(Ranker):
     name = "l2"
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-        query, gallery = _check(query, gallery)
+        query, gallery = check_embeddings(query, gallery)
         squared = (query**2).sum(1)[:, None] + (gallery**2).sum(1)[None, :] - 2.0 * query @ gallery.T
         return -np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
 
@@ -74,7 +75,7 @@ class L1Ranker(Ranker):
     name = "l1"
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-        query, gallery = _check(query, gallery)
+        query, gallery = check_embeddings(query, gallery)
         out = np.empty((len(query), len(gallery)), np.float32)
         for block in _row_blocks(len(query), len(gallery) * query.shape[1]):
             out[block] = -np.abs(query[block, None, :] - gallery[None, :, :]).sum(2)
@@ -94,7 +95,7 @@ class CosineRanker(Ranker):
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-        query, gallery = _check(query, gallery)
+        query, gallery = check_embeddings(query, gallery)
         return (self._unit(query) @ self._unit(gallery).T).astype(np.float32)
 
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -110,7 +111,7 @@ class RandomRanker(Ranker):
         self.rng = rng
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-        query, gallery = _check(query, gallery)
+        query, gallery = check_embeddings(query, gallery)
         return self.rng.random((len(query), len(gallery)), dtype=np.float32)
 
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -152,7 +153,7 @@ def top_k(
     Returns:
         ``(indices int64[Nq, k'], scores float32[Nq, k'])`` with ``k' = min(k, Ng)``.
     """
-    query, gallery = _check(query, gallery)
+    query, gallery = check_embeddings(query, gallery)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     k = min(k, len(gallery))

@@ -56,3 +56,22 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path, caplog):
     config.write_text("[data]\nsed = 1\n")
     assert main(["prepare", "--config", str(config), "--workdir", str(tmp_path / "w"), "--quiet"]) == 2
     assert "unknown setting(s) sed" in caplog.text
+
+
+def test_train_train_svm_and_evaluate_svm(tmp_path, tiny_dataset, capsys):
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    assert main(["train", *common, "--run", "tiny", "--epochs", "1", "--input-size", "128", "--batch-size", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "run tiny" in out and "\n    1 " in out
+    assert main(["train-svm", *common, "--run", "tiny", "--C", "1.0", "--rounds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "train pairs: accuracy" in out and "test pairs" in out
+    assert main(["evaluate", *common, "--run", "tiny"]) == 0
+    table = capsys.readouterr().out
+    assert "\nsvm " in table  # a saved SVM joins "all"
+    assert main(["evaluate", *common, "--ranker", "svm"]) == 2  # no SVM was fitted for the pretrained featurizer
+
+
+def test_bad_run_names_are_refused(tmp_path, tiny_dataset, caplog):
+    assert main(["featurize", "--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet", "--run", "../x"]) == 2
+    assert "plain folder name" in caplog.text

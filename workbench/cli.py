@@ -1,7 +1,8 @@
-"""Command line: ``python -m workbench {prepare,featurize,evaluate,search}``.
+"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,experiment}``.
 
 Every command takes ``--workdir`` (artifacts), ``--data`` (dataset folder) and ``--config`` (TOML);
 flags override the config file. Missing earlier steps run automatically, from cache when possible.
+``--run NAME`` switches the featurizer to the fine-tuned body of run NAME.
 """
 
 from __future__ import annotations
@@ -11,28 +12,41 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from core.config import WorkbenchConfig, load_config
 from core.errors import WorkbenchError
-from core.rankers import RANKER_NAMES
 
-log = logging.getLogger("core")
+log = logging.getLogger("workbench")
+
+RANKER_CHOICES = ("random", "l1", "l2", "cosine", "svm")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser of all sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workdir", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)")
-    common.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer] tables)")
+    common.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer], [train], [svm] tables)")
     common.add_argument("--data", type=Path, help="dataset folder, one sub-folder per label (default: bundled demo)")
-    common.add_argument("--seed", type=int, help="seed for split, comparative sets and bootstrap")
+    common.add_argument("--seed", type=int, help="seed for split, comparative sets, training and bootstrap")
     common.add_argument("--backbone", help="featurizer architecture (default: efficientnet_lite0)")
     common.add_argument("--weights", help="'default', 'none' or a weights file")
+    common.add_argument("--run", help="use the fine-tuned featurizer of this run (see `train`)")
     common.add_argument("--batch-size", type=int, help="images per forward pass")
     common.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     common.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--epochs", type=int, help="fine-tuning epochs (0 = keep the pretrained model)")
+    training.add_argument("--lr", type=float, help="peak learning rate of the new head")
+    training.add_argument("--freeze-body", action="store_true", default=None, help="train the classifier head only")
+    training.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
+    training.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
+
+    svm = argparse.ArgumentParser(add_help=False)
+    svm.add_argument("--C", type=float, dest="svm_c", help="LinearSVC C (default 0.01)")
+    svm.add_argument("--rounds", type=int, help="hard-negative mining rounds (default 1)")
 
     parser = argparse.ArgumentParser(prog="python -m workbench", description="Image-similarity ranking workbench")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,41 +54,53 @@ def get_args_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--train-fraction", type=float, help="share of each label for training (default 0.75)")
     commands.add_parser("featurize", parents=[common], help="embed every image (cached by content hash)")
     evaluate = commands.add_parser("evaluate", parents=[common], help="rank of the positive per ranker, with CIs")
-    evaluate.add_argument("--ranker", action="append", choices=(*RANKER_NAMES, "all"), help="repeatable (default: all)")
+    evaluate.add_argument("--ranker", action="append", choices=(*RANKER_CHOICES, "all"), help="repeatable (default: all)")
     evaluate.add_argument("--split", choices=("test", "train"), default="test", help="which comparative sets")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     search = commands.add_parser("search", parents=[common], help="top-k most similar dataset images for an image")
     search.add_argument("image", type=Path, help="query image file")
     search.add_argument("-k", type=int, default=15, help="how many results (default: %(default)s)")
-    search.add_argument("--ranker", choices=RANKER_NAMES, default="cosine", help="(default: %(default)s)")
+    search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine", help="(default: %(default)s)")
+    commands.add_parser("train", parents=[common, training], help="fine-tune the backbone on the training split")
+    commands.add_parser("train-svm", parents=[common, svm], help="fit the SVM-weighted L2 ranker with Platt calibration")
+    commands.add_parser(
+        "experiment", parents=[common, training, svm],
+        help="split, fine-tune, featurize, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
+    )
     return parser
+
+
+def _overrides(**values: object) -> dict[str, object]:
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _config(args: argparse.Namespace) -> WorkbenchConfig:
     config = load_config(args.config)
-    data_overrides = {
-        key: value
-        for key, value in {"root": args.data, "seed": args.seed, "train_fraction": getattr(args, "train_fraction", None)}.items()
-        if value is not None
-    }
-    featurizer_overrides = {
-        key: value
-        for key, value in {"backbone": args.backbone, "weights": args.weights, "batch_size": args.batch_size, "device": args.device}.items()
-        if value is not None
-    }
+    get = lambda name: getattr(args, name, None)  # noqa: E731  (sub-commands carry different flags)
     return dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, **data_overrides),
-        featurizer=dataclasses.replace(config.featurizer, **featurizer_overrides),
+        data=dataclasses.replace(config.data, **_overrides(root=args.data, seed=args.seed, train_fraction=get("train_fraction"))),
+        featurizer=dataclasses.replace(
+            config.featurizer,
+            **_overrides(backbone=args.backbone, weights=args.weights, batch_size=args.batch_size, device=args.device),
+        ),
+        train=dataclasses.replace(
+            config.train,
+            **_overrides(
+                backbone=args.backbone, weights=args.weights, epochs=get("epochs"), learning_rate=get("lr"), batch_size=args.batch_size,
+                freeze_body=get("freeze_body"), input_size=get("input_size"), seed=args.seed, device=args.device,
+            ),
+        ),
+        svm=dataclasses.replace(config.svm, **_overrides(C=get("svm_c"), hard_negative_rounds=get("rounds"))),
     )
 
 
-def _progress(description: str, quiet: bool):
+def _progress(description: str, quiet: bool, unit: str = "img") -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="img", file=sys.stderr)
+    bar = tqdm(desc=description, unit=unit, file=sys.stderr)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -97,11 +123,12 @@ def _prepared(args: argparse.Namespace, config: WorkbenchConfig, force: bool = F
     return prepared
 
 
-def _embeddings(args: argparse.Namespace, config: WorkbenchConfig, prepared):
+def _embeddings(args: argparse.Namespace, config: WorkbenchConfig, prepared, run: str | None):
     from core import pipeline
 
-    featurizer = pipeline.build_featurizer(config.featurizer)
-    update, close = _progress("featurize", args.quiet)
+    run_dir = pipeline.run_path(args.workdir, run) if run else None
+    featurizer = pipeline.build_featurizer(config.featurizer, run_dir)
+    update, close = _progress(f"featurize ({run or 'pretrained'})", args.quiet)
     try:
         embeddings = pipeline.featurize(prepared, featurizer, args.workdir, config.featurizer.batch_size, update)
     finally:
@@ -109,12 +136,43 @@ def _embeddings(args: argparse.Namespace, config: WorkbenchConfig, prepared):
     return featurizer, embeddings
 
 
+def _train(args: argparse.Namespace, config: WorkbenchConfig, prepared, run: str):
+    from core import pipeline
+    from core.train import fine_tune
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+    def progress(event) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None or bar.desc != f"epoch {event.epoch}/{event.epochs}":
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs}", unit="step", file=sys.stderr)
+        bar.update(event.step - bar.n)
+        if event.metrics:
+            bar.set_postfix(train_acc=f"{event.metrics.train_accuracy:.1%}", test_acc=f"{event.metrics.test_accuracy:.1%}")
+
+    try:
+        result = fine_tune(
+            prepared.dataset.records, prepared.split, config.train, pipeline.run_path(args.workdir, run),
+            progress=progress, resume=not getattr(args, "restart", False),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (2 for a user-facing error)."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        return _run(args)
+        return COMMANDS[args.command](args, _config(args))
     except WorkbenchError as err:
         log.error("%s", err)
         return 2
@@ -123,45 +181,134 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
-    import numpy as np
+def _cmd_prepare(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    prepared = _prepared(args, config, force=True)
+    counts = prepared.dataset.label_counts()
+    print(f"{len(prepared.dataset)} images in {len(counts)} labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    print(f"split: {len(prepared.split.train)} train / {len(prepared.split.test)} test; skipped {len(prepared.skipped)} file(s)")
+    for item in prepared.skipped:
+        print(f"  skipped {item.reason}")
+    return 0
 
+
+def _cmd_featurize(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    featurizer, embeddings = _embeddings(args, config, _prepared(args, config), args.run)
+    print(f"{embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} ({featurizer.fingerprint})")
+    return 0
+
+
+def _ranker_names(requested: list[str] | None, workdir: Path, featurizer_id: str) -> list[str]:
+    from core import pipeline
+
+    if requested and "all" not in requested:
+        return list(dict.fromkeys(requested))
+    names = ["random", "l1", "l2", "cosine"]
+    return names + ["svm"] if pipeline.svm_path(workdir, featurizer_id).exists() else names
+
+
+def _cmd_evaluate(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core import pipeline
+    from core.evaluate import format_table
+
+    prepared = _prepared(args, config)
+    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
+    names = _ranker_names(args.ranker, args.workdir, featurizer.fingerprint)
+    rankers = pipeline.load_rankers(names, args.workdir, featurizer.fingerprint, config.data.seed)
+    results = pipeline.evaluate_rankers(prepared, embeddings, rankers, config.data.seed, args.split)
+    report = pipeline.save_report(results, featurizer.fingerprint, args.workdir)
+    if args.json:
+        summary = {r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")} for r in results}
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"featurizer {featurizer.fingerprint}, {args.split} comparative sets")
+        print(format_table(results))
+    log.info("report written to %s", report)
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     from core import pipeline
     from core.images import load_image
-    from core.rankers import make_ranker
 
-    config = _config(args)
-    if args.command == "prepare":
-        prepared = _prepared(args, config, force=True)
-        counts = prepared.dataset.label_counts()
-        print(f"{len(prepared.dataset)} images in {len(counts)} labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        print(f"split: {len(prepared.split.train)} train / {len(prepared.split.test)} test; skipped {len(prepared.skipped)} file(s)")
-        for item in prepared.skipped:
-            print(f"  skipped {item.reason}")
-        return 0
+    image = load_image(args.image)
     prepared = _prepared(args, config)
-    featurizer, embeddings = _embeddings(args, config, prepared)
-    if args.command == "featurize":
-        print(f"{embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} ({featurizer.fingerprint})")
-        return 0
-    if args.command == "evaluate":
-        names = RANKER_NAMES if not args.ranker or "all" in args.ranker else tuple(dict.fromkeys(args.ranker))
-        rng = np.random.default_rng(config.data.seed)
-        results = pipeline.evaluate_rankers(prepared, embeddings, [make_ranker(n, rng) for n in names], config.data.seed, args.split)
-        report = pipeline.save_report(results, featurizer.fingerprint, args.workdir)
-        if args.json:
-            print(json.dumps({r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")} for r in results}, indent=2))
-        else:
-            from core.evaluate import format_table
+    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
+    [ranker] = pipeline.load_rankers([args.ranker], args.workdir, featurizer.fingerprint, config.data.seed)
+    hits = pipeline.search(image, featurizer, prepared.dataset, embeddings, ranker, args.k)
+    print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
+    for hit in hits:
+        print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.record.label:<16} {hit.record.path}")
+    return 0
 
-            print(f"featurizer {featurizer.fingerprint}, {args.split} comparative sets")
-            print(format_table(results))
-        log.info("report written to %s", report)
-        return 0
-    if args.command == "search":
-        hits = pipeline.search(load_image(args.image), featurizer, prepared.dataset, embeddings, make_ranker(args.ranker), args.k)
-        print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
-        for hit in hits:
-            print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.record.label:<16} {hit.record.path}")
-        return 0
-    raise AssertionError(args.command)
+
+def _cmd_train(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    run = args.run or "default"
+    result = _train(args, config, _prepared(args, config), run)
+    print(f"run {run}: {result.run_dir}")
+    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'seconds':>7}")
+    for m in result.history:
+        print(f"{m.epoch:>5} {m.train_loss:>10.3f} {m.train_accuracy:>9.1%} {m.test_loss:>9.3f} {m.test_accuracy:>8.1%} {m.seconds:>7.1f}")
+    return 0
+
+
+def _cmd_train_svm(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core import pipeline
+
+    prepared = _prepared(args, config)
+    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
+    _, train_accuracy, test_accuracy = pipeline.fit_svm(prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir)
+    print(f"SVM ranker for {featurizer.fingerprint} (C={config.svm.C}, {config.svm.hard_negative_rounds} hard-negative round(s))")
+    for split, accuracy in (("train", train_accuracy), ("test", test_accuracy)):
+        print(f"  {split} pairs: accuracy {accuracy.accuracy:.1%}, balanced accuracy {accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs)")
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core import pipeline
+    from core.artifacts import atomic_write_json, environment_versions
+    from core.evaluate import format_table
+
+    run = args.run or "default"
+    prepared = _prepared(args, config, force=True)
+    _train(args, config, prepared, run)
+    sections = {}
+    for name, run_name in (("pretrained", None), ("fine-tuned", run)):
+        featurizer, embeddings = _embeddings(args, config, prepared, run_name)
+        _, train_pairs, test_pairs = pipeline.fit_svm(prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir)
+        names = ["random", "l1", "l2", "cosine", "svm"]
+        rankers = pipeline.load_rankers(names, args.workdir, featurizer.fingerprint, config.data.seed)
+        results = pipeline.evaluate_rankers(prepared, embeddings, rankers, config.data.seed)
+        pipeline.save_report(results, featurizer.fingerprint, args.workdir)
+        sections[name] = (featurizer.fingerprint, results, train_pairs, test_pairs)
+        print(f"\n{name} featurizer {featurizer.fingerprint}")
+        print(format_table(results))
+        print(f"SVM pair accuracy (balanced): train {train_pairs.balanced_accuracy:.1%}, test {test_pairs.balanced_accuracy:.1%}")
+    report = args.workdir / "reports" / f"experiment-{run}.json"
+    atomic_write_json(
+        report,
+        {
+            "config": dataclasses.asdict(config),
+            "versions": environment_versions(),
+            "sections": {
+                name: {
+                    "featurizer": fingerprint,
+                    "svm_pairs": {"train": dataclasses.asdict(train_pairs), "test": dataclasses.asdict(test_pairs)},
+                    "results": {r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")} for r in results},
+                }
+                for name, (fingerprint, results, train_pairs, test_pairs) in sections.items()
+            },
+        },
+    )
+    print(f"\nreport: {report}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
+    "prepare": _cmd_prepare,
+    "featurize": _cmd_featurize,
+    "evaluate": _cmd_evaluate,
+    "search": _cmd_search,
+    "train": _cmd_train,
+    "train-svm": _cmd_train_svm,
+    "experiment": _cmd_experiment,
+}

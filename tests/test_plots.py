@@ -1,0 +1,27 @@
+"""Plots are pure functions of their data."""
+
+import numpy as np
+
+from core.plots import calibration_plot, training_curves
+from core.svm import SVMRanker
+from core.train import EpochMetrics
+
+
+def test_training_curves_have_train_and_test_traces():
+    history = [EpochMetrics(1, 1.2, 0.5, 1.0, 0.6, 3.0), EpochMetrics(2, 0.8, 0.8, 0.9, 0.7, 3.0)]
+    figure = training_curves(history)
+    names = [trace.name for trace in figure.data]
+    assert names == ["train loss", "train accuracy", "test loss", "test accuracy"]
+    assert list(figure.data[3].y) == [0.6, 0.7]
+
+
+def test_calibration_plot_bins_observed_frequency():
+    ranker = SVMRanker(weights=np.ones(2, np.float32), platt=(-1.0, 0.0))
+    scores = np.r_[np.full(50, -3.0), np.full(50, 3.0)]
+    same = np.r_[np.zeros(45), np.ones(5), np.ones(40), np.zeros(10)].astype(bool)
+    figure = calibration_plot(ranker, scores, same, n_bins=2)
+    observed = figure.data[1]
+    assert list(observed.x) == [-3.0, 3.0]
+    np.testing.assert_allclose(observed.y, [0.1, 0.8])
+    sigmoid = figure.data[0]
+    assert np.all(np.diff(sigmoid.y) > 0)

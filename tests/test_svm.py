@@ -1,0 +1,100 @@
+"""SVM-weighted L2 ranker: naive-loop parity, learning hidden informative dimensions, calibration, storage."""
+
+import json
+
+import numpy as np
+import pytest
+
+from core.config import SVMConfig
+from core.data import make_comparative_sets
+from core.errors import ArtifactError
+from core.evaluate import evaluate
+from core.rankers import L2Ranker
+from core.svm import SVMRanker, pair_features
+
+
+def test_weighted_distance_equals_naive_loop_over_dimensions():
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=6).astype(np.float32)
+    ranker = SVMRanker(weights=weights, bias=0.3)
+    query, gallery = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32)
+    expected = np.zeros((3, 4))
+    for i in range(3):
+        for j in range(4):
+            expected[i, j] = 0.3 + sum(weights[d] * (query[i, d] - gallery[j, d]) ** 2 for d in range(6))
+    np.testing.assert_allclose(ranker.score(query, gallery), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ranker.score_pairs(query, gallery[:3]), np.diag(expected[:, :3]), rtol=1e-4, atol=1e-4)
+
+
+def hidden_signal_data(rng, n_per_label=30, n_labels=6, informative=4, noise=60):
+    """Labels are told apart by a few dimensions; many louder noise dimensions drown them for plain L2."""
+    centres = rng.normal(scale=1.0, size=(n_labels, informative))
+    labels = np.repeat(np.arange(n_labels), n_per_label).astype(str)
+    signal = centres[labels.astype(int)] + rng.normal(scale=0.15, size=(len(labels), informative))
+    embeddings = np.hstack([signal, rng.normal(scale=1.0, size=(len(labels), noise))])
+    return embeddings.astype(np.float32), labels
+
+
+def test_svm_finds_informative_dimensions_hidden_in_noise_and_beats_l2():
+    rng = np.random.default_rng(0)
+    embeddings, labels = hidden_signal_data(rng)
+    train_sets = make_comparative_sets(labels, 20, 40, rng)
+    ranker = SVMRanker(SVMConfig(C=1.0)).fit(embeddings, labels, train_sets)
+    # weights on the 4 informative dimensions are much more negative (distance there matters) than on noise
+    assert ranker.weights[:4].max() < ranker.weights[4:].min()
+    test_embeddings, test_labels = hidden_signal_data(np.random.default_rng(1))
+    test_sets = make_comparative_sets(test_labels, 10, 40, np.random.default_rng(2))
+    svm_result = evaluate(ranker, test_embeddings, test_labels, test_sets, np.random.default_rng(0), 100)
+    l2_result = evaluate(L2Ranker(), test_embeddings, test_labels, test_sets, np.random.default_rng(0), 100)
+    assert svm_result.mean_rank.value < l2_result.mean_rank.value / 2
+    assert svm_result.top1.value > l2_result.top1.value + 0.3
+    accuracy = ranker.pair_accuracy(test_embeddings, test_sets)
+    assert accuracy.balanced_accuracy > 0.8 and accuracy.n_pairs == len(test_sets) * 41
+
+
+def test_calibration_is_monotone_and_informative():
+    rng = np.random.default_rng(0)
+    embeddings, labels = hidden_signal_data(rng)
+    sets = make_comparative_sets(labels, 20, 40, rng)
+    ranker = SVMRanker(SVMConfig(C=1.0, hard_negative_rounds=0)).fit(embeddings, labels, sets)
+    grid = np.linspace(-10, 10, 101)
+    probabilities = ranker.probability(grid)
+    assert np.all(np.diff(probabilities) >= 0) and probabilities[-1] > probabilities[0]
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    same = ranker.probability(ranker.score_pairs(embeddings[sets.queries], embeddings[sets.references[:, 0]]))
+    different = ranker.probability(ranker.score_pairs(embeddings[sets.queries], embeddings[sets.references[:, 1]]))
+    assert same.mean() > 0.5 > different.mean()
+
+
+def test_hard_negative_mining_adds_the_closest_other_label_images():
+    embeddings = np.array([[0.0], [0.1], [0.2], [5.0], [5.2], [9.0]], np.float32)
+    labels = np.array(["a", "a", "b", "b", "c", "c"], dtype=object)
+    ranker = SVMRanker(SVMConfig(hard_negatives_per_query=1), weights=np.array([-1.0], np.float32))
+    left, right = ranker._hard_negatives(embeddings, labels, np.array([0, 3]), np.arange(6))
+    assert left.tolist() == [0, 3] and right.tolist() == [2, 4]  # nearest image of another label
+
+
+def test_save_and_load_round_trip_without_pickle(tmp_path):
+    ranker = SVMRanker(SVMConfig(C=0.5), weights=np.arange(4, dtype=np.float32), bias=-1.5, platt=(-2.0, 0.25))
+    path = tmp_path / "svm.npz"
+    ranker.save(path, {"featurizer": "x"})
+    with np.load(path, allow_pickle=False) as archive:
+        assert json.loads(str(archive["header"]))["metadata"] == {"featurizer": "x"}
+    loaded = SVMRanker.load(path)
+    np.testing.assert_array_equal(loaded.weights, ranker.weights)
+    assert (loaded.bias, loaded.platt, loaded.config) == (-1.5, (-2.0, 0.25), SVMConfig(C=0.5))
+
+
+def test_bad_ranker_files_are_named(tmp_path):
+    with pytest.raises(ArtifactError, match="missing.npz: no SVM ranker"):
+        SVMRanker.load(tmp_path / "missing.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"junk")
+    with pytest.raises(ArtifactError, match="junk.npz: unreadable SVM ranker"):
+        SVMRanker.load(junk)
+    with pytest.raises(ArtifactError, match="not fitted"):
+        SVMRanker().score(np.zeros((1, 2)), np.zeros((1, 2)))
+
+
+def test_pair_features_are_squared_differences():
+    np.testing.assert_array_equal(pair_features(np.array([[1.0, 2.0]]), np.array([[3.0, 2.5]])), [[4.0, 0.25]])

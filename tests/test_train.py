@@ -1,0 +1,90 @@
+"""Fine-tuning on tiny real photos: weights change, a seed reproduces, resume and Ctrl-C keep checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.backbones import build_backbone
+from core.config import TrainConfig
+from core.data import scan_folder, stratified_split
+from core.errors import ArtifactError
+from core.train import fine_tune, finetuned_backbone
+
+FAST = TrainConfig(epochs=1, batch_size=6, input_size=128, learning_rate=1e-2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dataset):
+    dataset = scan_folder(tiny_dataset).dataset
+    return dataset, stratified_split(dataset.label_array, 0.75, np.random.default_rng(0))
+
+
+def body_state(backbone):
+    return {k: v.clone() for k, v in backbone.model.state_dict().items() if "classifier" not in k}
+
+
+def test_one_epoch_changes_weights_and_is_reproducible(tiny, tmp_path):
+    dataset, split = tiny
+    first = fine_tune(dataset.records, split, FAST, tmp_path / "a")
+    again = fine_tune(dataset.records, split, FAST, tmp_path / "b")
+    assert first.labels == ("fish", "landmarks", "tools") and len(first.history) == 1
+    assert first.history[0].train_loss == pytest.approx(again.history[0].train_loss, rel=1e-5)
+    assert first.history[0].test_accuracy == again.history[0].test_accuracy
+    tuned_a, tuned_b = body_state(finetuned_backbone(tmp_path / "a")), body_state(finetuned_backbone(tmp_path / "b"))
+    pretrained = body_state(build_backbone("efficientnet_lite0"))
+    assert any(not torch.equal(tuned_a[k], pretrained[k]) for k in tuned_a if tuned_a[k].is_floating_point())
+    for key in tuned_a:
+        torch.testing.assert_close(tuned_a[key], tuned_b[key], rtol=1e-5, atol=1e-6)
+
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["preprocessing"]["input_size"] == 128
+    assert manifest["history"][0]["test_accuracy"] == first.history[0].test_accuracy
+    tuned = finetuned_backbone(tmp_path / "a")
+    assert tuned.preprocessing.input_size == 128 and tuned.weights_id.startswith("run:a:1:")
+    with torch.no_grad():
+        assert tuned.model(torch.zeros(2, 3, 128, 128)).shape == (2, 1280)
+
+
+def test_interrupt_keeps_last_epoch_and_resume_finishes_the_same_run(tiny, tmp_path):
+    dataset, split = tiny
+    config = TrainConfig(epochs=2, batch_size=6, input_size=128, learning_rate=1e-2, augment=False)
+
+    def stop_in_second_epoch(event):
+        if event.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(dataset.records, split, config, tmp_path / "run", progress=stop_in_second_epoch)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and len(manifest["history"]) == 1
+    finetuned_backbone(tmp_path / "run")  # the checkpoint of epoch 1 is intact and loadable
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+
+    resumed = fine_tune(dataset.records, split, config, tmp_path / "run")
+    uninterrupted = fine_tune(dataset.records, split, config, tmp_path / "straight")
+    assert [m.epoch for m in resumed.history] == [1, 2]
+    assert resumed.history[1].train_loss == pytest.approx(uninterrupted.history[1].train_loss, rel=1e-4)
+    assert resumed.history[1].test_accuracy == uninterrupted.history[1].test_accuracy
+
+
+def test_resume_refuses_another_config(tiny, tmp_path):
+    dataset, split = tiny
+    fine_tune(dataset.records, split, FAST, tmp_path / "run")
+    with pytest.raises(ArtifactError, match="another config or dataset"):
+        fine_tune(dataset.records, split, TrainConfig(epochs=1, batch_size=6, input_size=128, learning_rate=1e-3), tmp_path / "run")
+
+
+def test_frozen_body_trains_only_the_head(tiny, tmp_path):
+    dataset, split = tiny
+    fine_tune(dataset.records, split, TrainConfig(epochs=1, batch_size=6, input_size=128, freeze_body=True), tmp_path / "frozen")
+    tuned = body_state(finetuned_backbone(tmp_path / "frozen"))
+    pretrained = body_state(build_backbone("efficientnet_lite0"))
+    for key, value in tuned.items():
+        assert torch.equal(value, pretrained[key]), key
+
+
+def test_missing_or_corrupt_runs_are_named(tmp_path):
+    with pytest.raises(ArtifactError, match="nothing/manifest.json: not found"):
+        finetuned_backbone(tmp_path / "nothing")
