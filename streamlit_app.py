@@ -7,5 +7,8 @@ st.navigation(
     [
         st.Page("pages/search.py", title="Search", default=True),
         st.Page("pages/evaluation.py", title="Evaluation"),
+        st.Page("pages/compare.py", title="Compare rankers"),
+        st.Page("pages/training.py", title="Training"),
+        st.Page("pages/dataset.py", title="Dataset"),
     ]
 ).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -63,7 +64,11 @@ class CategoryResult:
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Everything an evaluation measured; ``ranks`` keeps the raw per-query outcome."""
+    """Everything an evaluation measured; ``ranks`` keeps the raw per-query outcome.
+
+    When produced by :func:`evaluate`, ``queries``, ``positives`` and ``best_references`` hold record
+    indices per query (the query, its true positive, and the reference the ranker put first).
+    """
 
     ranker: str
     n_queries: int
@@ -76,6 +81,9 @@ class EvaluationResult:
     top5: Estimate
     top_n: np.ndarray
     per_category: tuple[CategoryResult, ...]
+    queries: np.ndarray | None = None
+    positives: np.ndarray | None = None
+    best_references: np.ndarray | None = None
 
     @property
     def chance_mean_rank(self) -> float:
@@ -168,9 +176,12 @@ def evaluate(
         rng: Drives the bootstrap resampling.
         n_resamples: Bootstrap resamples for the CIs.
     """
-    ranks = positive_ranks(score_comparative_sets(ranker, embeddings, sets))
+    scores = score_comparative_sets(ranker, embeddings, sets)
+    ranks = positive_ranks(scores)
     query_labels = np.asarray(labels, dtype=str)[sets.queries]
-    return summarize(ranker.name, ranks, query_labels, sets.n_negatives, rng, n_resamples)
+    result = summarize(ranker.name, ranks, query_labels, sets.n_negatives, rng, n_resamples)
+    best = np.take_along_axis(sets.references, scores.argmax(axis=1)[:, None], axis=1)[:, 0]
+    return dataclasses.replace(result, queries=sets.queries, positives=sets.references[:, 0], best_references=best)
 
 
 def format_table(results: Sequence[EvaluationResult]) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.evaluate import EvaluationResult
 from core.svm import SVMRanker
 from core.train import EpochMetrics
 
@@ -45,4 +46,57 @@ def calibration_plot(ranker: SVMRanker, scores: np.ndarray, same: np.ndarray, n_
     figure.add_trace(go.Scatter(x=grid, y=ranker.probability(grid), name="Platt sigmoid", mode="lines"))
     figure.add_trace(go.Scatter(x=centres, y=observed, name="observed share same", mode="markers", marker={"size": 9}, text=[f"{c} pairs" for c in counts[filled]]))
     figure.update_layout(xaxis_title="SVM score", yaxis_title="P(same label)", yaxis_range=[0, 1])
+    return figure
+
+
+def rank_histogram(results: Sequence[EvaluationResult]) -> go.Figure:
+    """Distribution of the positive's rank, one overlaid histogram per ranker (rank 1 = best)."""
+    figure = go.Figure()
+    max_rank = max(int(r.n_negatives) + 1 for r in results) if results else 1
+    for result in results:
+        figure.add_trace(go.Histogram(x=result.ranks, name=result.ranker, xbins={"start": 0.5, "end": max_rank + 0.5, "size": 1}, opacity=0.6))
+    figure.update_layout(barmode="overlay", xaxis_title="rank of the positive (1 = best)", yaxis_title="queries")
+    return figure
+
+
+def top_n_curves(results: Sequence[EvaluationResult]) -> go.Figure:
+    """Top-N accuracy against N for each ranker."""
+    figure = go.Figure()
+    for result in results:
+        n = np.arange(1, len(result.top_n) + 1)
+        figure.add_trace(go.Scatter(x=n, y=result.top_n, name=result.ranker, mode="lines+markers"))
+    figure.update_layout(xaxis_title="N", yaxis_title="share of queries with the positive in the top N", yaxis_range=[0, 1.02], yaxis_tickformat=".0%")
+    return figure
+
+
+def rank_distributions(results: Sequence[EvaluationResult]) -> go.Figure:
+    """Box plots of the positive's rank per ranker, side by side."""
+    figure = go.Figure([go.Box(y=r.ranks, name=r.ranker, boxmean=True) for r in results])
+    figure.update_layout(yaxis_title="rank of the positive (1 = best)", showlegend=False)
+    return figure
+
+
+def per_category_bars(result: EvaluationResult) -> go.Figure:
+    """Top-1 and top-5 accuracy per label for one ranker."""
+    labels = [c.label for c in result.per_category]
+    figure = go.Figure(
+        [
+            go.Bar(x=labels, y=[c.top1 for c in result.per_category], name="top-1"),
+            go.Bar(x=labels, y=[c.top5 for c in result.per_category], name="top-5"),
+        ]
+    )
+    figure.update_layout(barmode="group", yaxis_tickformat=".0%", yaxis_range=[0, 1], xaxis_title="label")
+    return figure
+
+
+def label_counts_bar(counts: dict[str, tuple[int, int]]) -> go.Figure:
+    """Images per label, stacked by split: ``counts[label] = (train, test)``."""
+    labels = list(counts)
+    figure = go.Figure(
+        [
+            go.Bar(x=labels, y=[counts[label][0] for label in labels], name="train"),
+            go.Bar(x=labels, y=[counts[label][1] for label in labels], name="test"),
+        ]
+    )
+    figure.update_layout(barmode="stack", yaxis_title="images", xaxis_title="label")
     return figure

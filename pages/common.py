@@ -5,14 +5,30 @@ import streamlit as st
 from workbench import service
 
 
-def workspace() -> service.Workspace:
-    """The cached workspace; on the first run, shows a progress bar while the gallery is featurized."""
+def featurizer_picker() -> str:
+    """Sidebar choice of featurizer (pretrained or a fine-tuned run), shared by every page."""
+    choices = service.featurizer_choices()
+    if st.session_state.get("featurizer") not in choices:
+        st.session_state["featurizer"] = choices[0]
+    return st.sidebar.selectbox("Featurizer", choices, key="featurizer", help="pretrained, or a fine-tuned run")
+
+
+def workspace(choice: str | None = None) -> service.Workspace:
+    """The cached workspace; on its first use, shows a progress bar while the gallery is featurized."""
+    choice = choice or featurizer_picker()
     holder = st.empty()
 
     def update(done: int, total: int) -> None:
-        holder.progress(done / max(total, 1), text=f"Featurizing the gallery: {done}/{total} images (first run only)")
+        holder.progress(done / max(total, 1), text=f"Featurizing the gallery ({choice}): {done}/{total} images, first time only")
 
-    with st.spinner("Loading the model and the dataset…"):
-        ws = service.workspace(update)
+    with st.spinner(f"Loading the {choice} model and the dataset…"):
+        ws = service.workspace(choice, update)
     holder.empty()
     return ws
+
+
+def metric_with_ci(column, label: str, estimate, percent: bool = False) -> None:
+    """An ``st.metric`` showing a value with its 95 % confidence interval underneath."""
+    fmt = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
+    column.metric(label, fmt(estimate.value), help="bootstrap 95 % confidence interval below")
+    column.caption(f"95 % CI {fmt(estimate.low)} – {fmt(estimate.high)}")

@@ -1,21 +1,51 @@
-"""Evaluation page: every ranker on the same test comparative sets."""
+"""Evaluation dashboard: one featurizer and ranker on the comparative sets, in depth."""
 
 import streamlit as st
 
-from workbench import service
 from pages import common
+from workbench import service
 
 
 def render() -> None:
     st.title("Evaluation")
     ws = common.workspace()
-    split = st.radio("Comparative sets", ["test", "train"], horizontal=True, key="split")
-    results = service.evaluation(split=split)
+    with st.sidebar:
+        ranker = st.selectbox("Ranker", service.ranker_choices(ws), key="eval_ranker")
+        split = st.radio("Comparative sets", ["test", "train"], horizontal=True, key="split")
+    [result] = service.evaluation(ws, (ranker,), split)
     st.caption(
-        f"{results[0].n_queries} queries, each ranked against 1 positive + {results[0].n_negatives} negatives; "
-        f"chance mean rank {results[0].chance_mean_rank:.1f}. Featurizer `{ws.featurizer.fingerprint}`."
+        f"{result.n_queries} {split} queries, each ranked against 1 positive + {result.n_negatives} negatives "
+        f"(chance mean rank {result.chance_mean_rank:.1f}); featurizer {ws.choice}, ranker {ranker}."
     )
-    st.dataframe(service.summary_rows(results), hide_index=True)
+    columns = st.columns(4)
+    common.metric_with_ci(columns[0], "mean rank", result.mean_rank)
+    common.metric_with_ci(columns[1], "median rank", result.median_rank)
+    common.metric_with_ci(columns[2], "top-1", result.top1, percent=True)
+    common.metric_with_ci(columns[3], "top-5", result.top5, percent=True)
+
+    left, right = st.columns(2)
+    left.subheader("Rank of the positive")
+    left.plotly_chart(service.rank_histogram([result]), key="rank_hist")
+    right.subheader("Top-N accuracy")
+    right.plotly_chart(service.top_n_curves([result]), key="top_n")
+
+    st.subheader("Per category")
+    left, right = st.columns([2, 3])
+    left.dataframe(service.category_rows(result), hide_index=True, key="categories")
+    right.plotly_chart(service.per_category_bars(result), key="category_bars")
+
+    st.subheader("Queries")
+    filters = st.columns(2)
+    category = filters[0].selectbox("Category", ["all", *(c.label for c in result.per_category)], key="qual_category")
+    failures = filters[1].toggle("Failures only (positive not ranked first)", key="failures_only")
+    rows = service.qualitative_rows(ws, result, None if category == "all" else category, failures)
+    if not rows:
+        st.info("No query matches these filters.")
+    for row in rows:
+        cells = st.columns(3)
+        cells[0].image(str(row.query.path), caption=f"query · {row.query.label}", width=160)
+        cells[1].image(str(row.best.path), caption=f"ranked first · {row.best.label}", width=160)
+        cells[2].image(str(row.positive.path), caption=f"true positive · rank {row.rank}", width=160)
 
 
 render()

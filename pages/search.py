@@ -2,19 +2,19 @@
 
 import streamlit as st
 
-from workbench import service
 from pages import common
+from workbench import service
 
 
 def render() -> None:
     st.title("Search by image")
     ws = common.workspace()
-
     with st.sidebar:
-        ranker = st.selectbox("Ranker", service.RANKER_NAMES, index=service.RANKER_NAMES.index("cosine"), key="ranker")
+        rankers = service.ranker_choices(ws)
+        ranker = st.selectbox("Ranker", rankers, index=0, key="ranker", help="svm appears once an SVM ranker is fitted")
         k = st.slider("Results", min_value=1, max_value=30, value=12, key="k")
 
-    upload = st.file_uploader("Upload a photo", type=None, key="upload")
+    upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
     names = [str(record.path.relative_to(ws.dataset.root)) for record in ws.dataset.records]
     picked = st.selectbox("…or pick a gallery image", names, index=0, key="gallery_pick")
     if upload is not None:
@@ -25,12 +25,12 @@ def render() -> None:
 
     try:
         result = service.search(ws, data, name, ranker, k)
-    except service.ImageLoadError as err:
+    except service.WorkbenchError as err:
         st.error(f"Cannot use this file: {err}")
         return
     left, right = st.columns([1, 3])
     left.image(data, caption=f"query: {name}", width="stretch")
-    right.caption(f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms")
+    right.caption(f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.choice}")
     columns = right.columns(4)
     for hit in result.hits:
         with columns[(hit.rank - 1) % 4]:

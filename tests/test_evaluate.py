@@ -68,3 +68,12 @@ def test_empty_or_malformed_input():
         summarize("x", np.array([], int), np.array([], str), 3, np.random.default_rng(0))
     with pytest.raises(ValueError, match="shape"):
         positive_ranks(np.zeros(4))
+
+
+def test_evaluate_records_best_reference_per_query():
+    embeddings = np.array([[0.0], [0.1], [1.0], [2.0], [0.05], [5.0]], np.float32)
+    labels = np.array(["a", "a", "b", "b", "c", "c"])
+    sets = ComparativeSets(queries=np.array([0, 2]), references=np.array([[1, 4, 3], [3, 4, 0]]))
+    result = evaluate(L2Ranker(), embeddings, labels, sets, np.random.default_rng(0), n_resamples=10)
+    assert result.queries.tolist() == [0, 2] and result.positives.tolist() == [1, 3]
+    assert result.best_references.tolist() == [4, 4]  # nearest references: 0.05 for both

@@ -25,3 +25,21 @@ def test_calibration_plot_bins_observed_frequency():
     np.testing.assert_allclose(observed.y, [0.1, 0.8])
     sigmoid = figure.data[0]
     assert np.all(np.diff(sigmoid.y) > 0)
+
+
+def test_evaluation_plots_carry_each_rankers_data():
+    from core.evaluate import summarize
+    from core.plots import per_category_bars, rank_distributions, rank_histogram, top_n_curves
+
+    rng = np.random.default_rng(0)
+    results = [
+        summarize(name, ranks, ["a", "b", "a", "b"], 9, rng, 10)
+        for name, ranks in (("l2", np.array([1, 2, 1, 5])), ("random", np.array([4, 9, 2, 10])))
+    ]
+    assert [t.name for t in rank_histogram(results).data] == ["l2", "random"]
+    assert list(rank_histogram(results).data[0].x) == [1, 2, 1, 5]
+    curves = top_n_curves(results)
+    assert list(curves.data[0].y[:5]) == [0.5, 0.75, 0.75, 0.75, 1.0]
+    assert [list(t.y) for t in rank_distributions(results).data] == [[1, 2, 1, 5], [4, 9, 2, 10]]
+    bars = per_category_bars(results[0])
+    assert list(bars.data[0].x) == ["a", "b"] and list(bars.data[0].y) == [1.0, 0.0]

@@ -1,14 +1,15 @@
-"""The one module the Streamlit pages call: cached workspace, search and evaluation.
+"""The one module the Streamlit pages call: cached workspaces, search, evaluation, training jobs.
 
-Pages only draw widgets and render what these functions return. Models and embeddings are cached
-with ``st.cache_resource``; evaluation results (plain data) with ``st.cache_data``.
-Settings come from the environment so tests and users can point the app elsewhere:
-``WORKBENCH_DATA`` (dataset folder, default: the bundled demo) and ``WORKBENCH_WORKDIR``
+Pages only draw widgets and render what these functions return; they never import ``core`` or
+``export``. Models and embeddings are held in ``st.cache_resource`` slots; evaluation results (plain
+data) in ``st.cache_data``. Settings come from the environment so tests and users can point the app
+elsewhere: ``WORKBENCH_DATA`` (dataset folder, default: the bundled demo) and ``WORKBENCH_WORKDIR``
 (artifacts, default: ``artifacts``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -19,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.config import DEFAULT_DATA, DataConfig, FeaturizerConfig
-from core.data import ImageDataset
+from core.config import DEFAULT_DATA, DataConfig, FeaturizerConfig, SVMConfig, TrainConfig  # noqa: F401  (configs re-exported)
+from core.data import ImageDataset, ImageRecord
+from core.errors import ArtifactError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported for the pages)
 from core.evaluate import EvaluationResult
-from core.errors import ArtifactError, ImageLoadError  # noqa: F401  (ImageLoadError is re-exported for the pages)
 from core.featurize import Featurizer
 from core.images import decode_image
 from core.pipeline import (
@@ -31,25 +32,39 @@ from core.pipeline import (
     build_featurizer,
     evaluate_rankers,
     featurize,
+    fit_svm,
     load_prepared,
+    load_rankers,
     prepare,
+    run_path,
     save_prepared,
+    svm_path,
 )
 from core.pipeline import search as search_image
-from core.rankers import RANKER_NAMES, make_ranker
-
+from core.plots import (  # noqa: F401  (pure figure builders, re-exported for the pages)
+    label_counts_bar,
+    per_category_bars,
+    rank_distributions,
+    rank_histogram,
+    top_n_curves,
+    training_curves,
+)
+from core.train import EpochMetrics, TrainProgress, fine_tune, read_manifest
 
 ProgressFn = Callable[[int, int], None]
+PRETRAINED = "pretrained"
+PLAIN_RANKERS = ("cosine", "l2", "l1", "random")
 
 
 @dataclass(frozen=True)
 class Workspace:
-    """What the pages work with: the prepared dataset, its embeddings and the featurizer."""
+    """What the pages work with: the prepared dataset, one featurizer and its embeddings."""
 
     prepared: PreparedData
     featurizer: Featurizer
     embeddings: np.ndarray
     workdir: Path
+    choice: str
 
     @property
     def dataset(self) -> ImageDataset:
@@ -69,66 +84,104 @@ def settings() -> tuple[Path, Path]:
     return Path(os.environ.get("WORKBENCH_DATA", DEFAULT_DATA)), Path(os.environ.get("WORKBENCH_WORKDIR", "artifacts"))
 
 
-def _build_workspace(data_root: Path, workdir: Path, progress: ProgressFn | None) -> Workspace:
-    try:
-        prepared = load_prepared(workdir)
-        if prepared.config.root.resolve() != data_root.resolve():
-            raise FileNotFoundError(f"{workdir} was prepared for {prepared.config.root}")
-    except (ArtifactError, FileNotFoundError):  # missing, stale or unreadable: rebuild from the dataset
-        prepared = prepare(DataConfig(root=data_root))
-        save_prepared(prepared, workdir)
-    featurizer = build_featurizer(FeaturizerConfig())
-    embeddings = featurize(prepared, featurizer, workdir, progress=progress)
-    return Workspace(prepared, featurizer, embeddings, workdir)
-
-
 @dataclass
 class _Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
-    workspace: Workspace | None = None
+    value: object = None
 
 
 @st.cache_resource(show_spinner=False)
-def _slot(data_root: str, workdir: str) -> _Slot:
-    # The cache holds a slot rather than the workspace itself: building it draws a progress bar, and
-    # Streamlit would replay that drawing on every cache hit if it happened inside a cached function.
+def _slot(*key: str) -> _Slot:
+    # The cache holds a slot rather than the value: building it draws a progress bar, and Streamlit
+    # would replay that drawing on every cache hit if it happened inside a cached function.
     return _Slot()
 
 
-def workspace(progress: ProgressFn | None = None) -> Workspace:
-    """The shared workspace; built on first use, featurizing with ``progress(done, total)``."""
-    data_root, workdir = settings()
-    slot = _slot(str(data_root.resolve()), str(workdir.resolve()))
+def _cached(key: tuple[str, ...], build: Callable[[], object]) -> object:
+    slot = _slot(*key)
     with slot.lock:
-        if slot.workspace is None:
-            slot.workspace = _build_workspace(data_root, workdir, progress)
-        return slot.workspace
+        if slot.value is None:
+            slot.value = build()
+        return slot.value
+
+
+def prepared_data() -> PreparedData:
+    """The dataset with its split and comparative sets, prepared on first use (then read from disk)."""
+    data_root, workdir = settings()
+
+    def build() -> PreparedData:
+        try:
+            prepared = load_prepared(workdir)
+            if prepared.config.root.resolve() == data_root.resolve():
+                return prepared
+        except ArtifactError:  # missing or unreadable: prepare again
+            pass
+        prepared = prepare(DataConfig(root=data_root))
+        save_prepared(prepared, workdir)
+        return prepared
+
+    return _cached(("prepared", str(data_root.resolve()), str(workdir.resolve())), build)
+
+
+def featurizer_choices() -> list[str]:
+    """``"pretrained"`` plus every completed fine-tuning run in the workdir, newest first."""
+    _, workdir = settings()
+    runs = []
+    for manifest_path in (workdir / "runs").glob("*/manifest.json"):
+        try:
+            if read_manifest(manifest_path.parent).get("status") == "complete":
+                runs.append(manifest_path.parent)
+        except ArtifactError:
+            continue
+    runs.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    return [PRETRAINED, *(path.name for path in runs)]
+
+
+def workspace(choice: str = PRETRAINED, progress: ProgressFn | None = None) -> Workspace:
+    """The workspace of a featurizer choice; built on first use, featurizing with ``progress``."""
+    data_root, workdir = settings()
+    prepared = prepared_data()
+
+    def build() -> Workspace:
+        run_dir = None if choice == PRETRAINED else run_path(workdir, choice)
+        featurizer = build_featurizer(FeaturizerConfig(), run_dir)
+        embeddings = featurize(prepared, featurizer, workdir, progress=progress)
+        return Workspace(prepared, featurizer, embeddings, workdir, choice)
+
+    return _cached(("workspace", str(data_root.resolve()), str(workdir.resolve()), choice), build)
+
+
+def ranker_choices(ws: Workspace) -> list[str]:
+    """Rankers usable with this workspace: the plain metrics, plus ``svm`` once one is fitted."""
+    fitted = svm_path(ws.workdir, ws.featurizer.fingerprint).exists()
+    return [*PLAIN_RANKERS[:2], *(["svm"] if fitted else []), *PLAIN_RANKERS[2:]]
 
 
 def search(ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int) -> SearchResult:
-    """Top-``k`` gallery images for uploaded bytes.
+    """Top-``k`` gallery images for uploaded bytes, with the time the query took.
 
     Raises:
         ImageLoadError: The upload is not a usable image; the message names it.
     """
     start = time.perf_counter()
     image = decode_image(image_bytes, name=name)
-    hits = search_image(image, ws.featurizer, ws.dataset, ws.embeddings, make_ranker(ranker), k)
+    [model] = load_rankers([ranker], ws.workdir, ws.featurizer.fingerprint)
+    hits = search_image(image, ws.featurizer, ws.dataset, ws.embeddings, model, k)
     return SearchResult(hits, time.perf_counter() - start)
 
 
 @st.cache_data(show_spinner=False)
-def _evaluation(fingerprint: str, data_root: str, rankers: tuple[str, ...], split: str) -> list[EvaluationResult]:
-    ws = workspace()
+def _evaluation(fingerprint: str, choice: str, data_root: str, rankers: tuple[str, ...], split: str, svm_mtime: float) -> list[EvaluationResult]:
+    ws = workspace(choice)
     seed = ws.prepared.config.seed
-    rng = np.random.default_rng(seed)
-    return evaluate_rankers(ws.prepared, ws.embeddings, [make_ranker(name, rng) for name in rankers], seed, split)
+    return evaluate_rankers(ws.prepared, ws.embeddings, load_rankers(list(rankers), ws.workdir, fingerprint, seed), seed, split)
 
 
-def evaluation(rankers: tuple[str, ...] = RANKER_NAMES, split: str = "test") -> list[EvaluationResult]:
+def evaluation(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[EvaluationResult]:
     """Evaluation of the given rankers on the workspace's comparative sets (cached)."""
-    ws = workspace()
-    return _evaluation(ws.featurizer.fingerprint, str(ws.dataset.root), rankers, split)
+    svm_file = svm_path(ws.workdir, ws.featurizer.fingerprint)
+    mtime = svm_file.stat().st_mtime if svm_file.exists() else 0.0
+    return _evaluation(ws.featurizer.fingerprint, ws.choice, str(ws.dataset.root), tuple(rankers), split, mtime)
 
 
 def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
@@ -144,3 +197,146 @@ def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
         }
         for result in results
     ]
+
+
+def category_rows(result: EvaluationResult) -> list[dict[str, object]]:
+    """Per-label metrics of one ranker, as table rows."""
+    return [dataclasses.asdict(category) for category in result.per_category]
+
+
+@dataclass(frozen=True)
+class QualitativeRow:
+    """One query with the reference its ranker put first and its true positive."""
+
+    query: ImageRecord
+    best: ImageRecord
+    positive: ImageRecord
+    rank: int
+
+
+def qualitative_rows(
+    ws: Workspace, result: EvaluationResult, category: str | None = None, failures_only: bool = False, limit: int = 24
+) -> list[QualitativeRow]:
+    """Queries of an evaluation, optionally of one label and/or only those whose positive was not first."""
+    records = ws.dataset.records
+    rows = []
+    for query, best, positive, rank, label in zip(result.queries, result.best_references, result.positives, result.ranks, result.query_labels):
+        if (category and label != category) or (failures_only and rank == 1):
+            continue
+        rows.append(QualitativeRow(records[query], records[best], records[positive], int(rank)))
+    return rows[:limit]
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What the dataset page shows."""
+
+    root: Path
+    counts: dict[str, tuple[int, int]]
+    samples: dict[str, list[Path]]
+    skipped: list[str]
+    n_test_queries: int
+    n_negatives: int
+
+
+def dataset_summary(samples_per_label: int = 6) -> DatasetSummary:
+    """Label counts by split, a few sample images per label, and what the scan skipped."""
+    prepared = prepared_data()
+    labels = prepared.dataset.label_array
+    counts = {
+        label: (int((labels[prepared.split.train] == label).sum()), int((labels[prepared.split.test] == label).sum()))
+        for label in prepared.dataset.labels
+    }
+    samples = {label: [r.path for r in prepared.dataset.records if r.label == label][:samples_per_label] for label in counts}
+    return DatasetSummary(
+        prepared.dataset.root, counts, samples, [item.reason for item in prepared.skipped],
+        len(prepared.test_sets), prepared.test_sets.n_negatives,
+    )
+
+
+def run_history(run: str) -> list[EpochMetrics]:
+    """Per-epoch metrics of a fine-tuning run (empty for the pretrained model)."""
+    if run == PRETRAINED:
+        return []
+    manifest = read_manifest(run_path(settings()[1], run))
+    return [EpochMetrics(**metrics) for metrics in manifest.get("history", [])]
+
+
+@dataclass
+class TrainingJob:
+    """A fine-tune + featurize + SVM fit running in a background thread; pages poll its fields."""
+
+    run: str
+    config: TrainConfig
+    svm_config: SVMConfig
+    phase: str = "starting"
+    epoch: int = 0
+    step: int = 0
+    steps: int = 1
+    history: list[EpochMetrics] = field(default_factory=list)
+    pair_accuracy: tuple[float, float] | None = None
+    error: str | None = None
+    done: bool = False
+
+    @property
+    def fraction(self) -> float:
+        """Share of the fine-tuning steps done."""
+        if self.done:
+            return 1.0
+        total = max(1, self.config.epochs * self.steps)
+        return min(1.0, ((max(self.epoch, 1) - 1) * self.steps + self.step) / total)
+
+    def _on_progress(self, event: TrainProgress) -> None:
+        self.epoch, self.step, self.steps = event.epoch, event.step, event.steps
+        if event.metrics is not None:
+            self.history.append(event.metrics)
+
+    def _run(self) -> None:
+        try:
+            _, workdir = settings()
+            prepared = prepared_data()
+            self.phase = "fine-tuning"
+            fine_tune(prepared.dataset.records, prepared.split, self.config, run_path(workdir, self.run), self._on_progress)
+            self.phase = "featurizing with the fine-tuned model"
+            ws = workspace(self.run)
+            self.phase = "fitting the SVM ranker"
+            _, train_pairs, test_pairs = fit_svm(prepared, ws.embeddings, self.svm_config, ws.featurizer.fingerprint, workdir)
+            self.pair_accuracy = (train_pairs.balanced_accuracy, test_pairs.balanced_accuracy)
+            self.phase = "done"
+        except Exception as err:  # shown on the page; the run folder keeps its last finished epoch
+            self.error = f"{type(err).__name__}: {err}"
+            self.phase = "failed"
+        finally:
+            self.done = True
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs() -> dict[str, TrainingJob]:
+    return {}
+
+
+def start_training(run: str, config: TrainConfig, svm_config: SVMConfig) -> TrainingJob:
+    """Start (or return the running) job for ``run``.
+
+    Raises:
+        ArtifactError: ``run`` is not a plain folder name.
+    """
+    run_path(settings()[1], run)  # validates the name
+    jobs = _jobs()
+    job = jobs.get(run)
+    if job is None or job.done:
+        job = TrainingJob(run, config, svm_config)
+        jobs[run] = job
+        threading.Thread(target=job._run, name=f"train-{run}", daemon=True).start()
+    return job
+
+
+def training_jobs() -> list[TrainingJob]:
+    """Jobs started in this server process, newest last."""
+    return list(_jobs().values())
+
+
+def fit_svm_for(ws: Workspace, svm_config: SVMConfig) -> tuple[float, float]:
+    """Fit and save the SVM ranker for a workspace; returns balanced pair accuracy (train, test)."""
+    _, train_pairs, test_pairs = fit_svm(ws.prepared, ws.embeddings, svm_config, ws.featurizer.fingerprint, ws.workdir)
+    return train_pairs.balanced_accuracy, test_pairs.balanced_accuracy

@@ -1,0 +1,29 @@
+"""Dataset page: label counts, split sizes and sample images."""
+
+import streamlit as st
+
+from workbench import service
+
+
+def render() -> None:
+    st.title("Dataset")
+    summary = service.dataset_summary()
+    n_train = sum(train for train, _ in summary.counts.values())
+    n_test = sum(test for _, test in summary.counts.values())
+    st.caption(f"{summary.root}")
+    columns = st.columns(4)
+    columns[0].metric("labels", len(summary.counts))
+    columns[1].metric("images", n_train + n_test)
+    columns[2].metric("train / test", f"{n_train} / {n_test}")
+    columns[3].metric("test queries", summary.n_test_queries, help=f"each with 1 positive + {summary.n_negatives} negatives")
+    st.plotly_chart(service.label_counts_bar(summary.counts), key="label_counts")
+    if summary.skipped:
+        with st.expander(f"{len(summary.skipped)} file(s) skipped while scanning"):
+            st.write("\n".join(f"- {reason}" for reason in summary.skipped))
+    for label, paths in summary.samples.items():
+        train, test = summary.counts[label]
+        st.markdown(f"**{label}** · {train} train, {test} test")
+        st.image([str(path) for path in paths], width=120)
+
+
+render()

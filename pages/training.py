@@ -1,0 +1,63 @@
+"""Training page: fine-tune the backbone and fit the SVM ranker, with live progress and curves."""
+
+import streamlit as st
+
+from pages import common
+from workbench import service
+
+
+def _job_panel(job: service.TrainingJob) -> None:
+    st.progress(job.fraction, text=f"run {job.run}: {job.phase}, epoch {job.epoch}/{job.config.epochs}")
+    if job.history:
+        st.plotly_chart(service.training_curves(job.history), key=f"curves_{job.run}_{len(job.history)}")
+    if job.error:
+        st.error(f"Training failed: {job.error}")
+    elif job.done and job.pair_accuracy:
+        train, test = job.pair_accuracy
+        st.success(f"Run {job.run} is ready: pick it as featurizer in the sidebar. SVM balanced pair accuracy: train {train:.1%}, test {test:.1%}.")
+
+
+@st.fragment(run_every=1.0)
+def _live_jobs() -> None:
+    for job in reversed(service.training_jobs()):
+        _job_panel(job)
+
+
+def render() -> None:
+    st.title("Training")
+    common.featurizer_picker()
+    st.caption("Fine-tunes the pretrained backbone as a classifier of the training split, featurizes with the refined "
+               "body and fits the SVM-weighted L2 ranker. Runs in the background; progress updates live.")
+    with st.form("train_form"):
+        first = st.columns(4)
+        run = first[0].text_input("Run name", value="run1", key="run_name")
+        epochs = first[1].number_input("Epochs", min_value=0, max_value=100, value=service.TrainConfig.epochs, key="epochs")
+        learning_rate = first[2].number_input("Learning rate", min_value=1e-5, max_value=1.0, value=service.TrainConfig.learning_rate, format="%.4f", key="lr")
+        batch_size = first[3].number_input("Batch size", min_value=2, max_value=256, value=service.TrainConfig.batch_size, key="batch")
+        second = st.columns(4)
+        input_size = second[0].number_input("Input size (0 = model's)", min_value=0, max_value=512, value=0, step=32, key="input_size")
+        freeze = second[1].checkbox("Freeze body (train head only)", key="freeze")
+        augment = second[2].checkbox("Augment", value=True, key="augment")
+        svm_c = second[3].number_input("SVM C", min_value=1e-4, max_value=100.0, value=service.SVMConfig.C, format="%.4f", key="svm_c")
+        submitted = st.form_submit_button("Start training")
+    if submitted:
+        config = service.TrainConfig(
+            epochs=int(epochs), learning_rate=float(learning_rate), batch_size=int(batch_size),
+            input_size=int(input_size), freeze_body=freeze, augment=augment,
+        )
+        try:
+            service.start_training(run.strip(), config, service.SVMConfig(C=float(svm_c)))
+        except service.WorkbenchError as err:
+            st.error(str(err))
+    _live_jobs()
+
+    st.subheader("Finished runs")
+    runs = [choice for choice in service.featurizer_choices() if choice != service.PRETRAINED]
+    if not runs:
+        st.info("No fine-tuned run yet.")
+    for run_name in runs:
+        with st.expander(run_name):
+            st.plotly_chart(service.training_curves(service.run_history(run_name)), key=f"history_{run_name}")
+
+
+render()
