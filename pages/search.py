@@ -16,7 +16,10 @@ def render() -> None:
 
     upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
     names = [str(record.path.relative_to(ws.dataset.root)) for record in ws.dataset.records]
-    picked = st.selectbox("…or pick a gallery image", names, index=0, key="gallery_pick")
+    picked = st.selectbox(
+        "…or pick a gallery image", names, index=0, key="gallery_pick", disabled=upload is not None,
+        help="clear the upload to search with a gallery image",
+    )
     if upload is not None:
         data, name = upload.getvalue(), upload.name
     else:
@@ -35,7 +38,8 @@ def render() -> None:
     for hit in result.hits:
         with columns[(hit.rank - 1) % 4]:
             st.image(str(hit.record.path), width="stretch")
-            st.markdown(f"**{hit.rank}.** {hit.record.label} · `{hit.score:.3f}`")
+            score = 0.0 if abs(hit.score) < 5e-4 else hit.score  # no "-0.000" for the query itself under L2
+            st.markdown(f"**{hit.rank}.** {hit.record.label} · `{score:.3f}`")
 
 
 render()

@@ -9,7 +9,6 @@ elsewhere: ``WORKBENCH_DATA`` (dataset folder, default: the bundled demo) and ``
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
@@ -200,8 +199,18 @@ def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
 
 
 def category_rows(result: EvaluationResult) -> list[dict[str, object]]:
-    """Per-label metrics of one ranker, as table rows."""
-    return [dataclasses.asdict(category) for category in result.per_category]
+    """Per-label metrics of one ranker, as compact table rows."""
+    return [
+        {
+            "label": c.label,
+            "queries": c.n_queries,
+            "mean rank": round(c.mean_rank, 2),
+            "median": c.median_rank,
+            "top-1": f"{c.top1:.0%}",
+            "top-5": f"{c.top5:.0%}",
+        }
+        for c in result.per_category
+    ]
 
 
 @dataclass(frozen=True)
