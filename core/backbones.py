@@ -19,30 +19,12 @@ import torch
 from torch import nn
 
 from core.errors import ArtifactError
+from core.preprocessing import Preprocessing  # noqa: F401  (re-exported: it travels with a Backbone)
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images must be prepared for a model; it travels with the weights.
-
-    Attributes:
-        input_size: Side of the square crop fed to the network.
-        resize_size: Shorter side after resizing, before the centre crop.
-        mean: Per-channel mean subtracted from [0, 1] pixel values.
-        std: Per-channel divisor applied after the mean.
-        interpolation: Pillow resampling filter name (``"bicubic"`` or ``"bilinear"``).
-    """
-
-    input_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
 
 
 @dataclass(frozen=True)

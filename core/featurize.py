@@ -5,29 +5,28 @@ One contract for every back end: ``embed(images) -> float32[N, D]`` with unit-le
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
 
 from core.artifacts import atomic_save_npz
-from core.backbones import Backbone, Preprocessing
 from core.data import ImageRecord
 from core.errors import ArtifactError
 from core.images import load_image
+from core.preprocessing import Preprocessing, fingerprint_of, normalize_pixels, resize_crop
+
+if TYPE_CHECKING:
+    from core.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
 #: Called as ``progress(done, total)`` after each batch.
 ProgressFn = Callable[[int, int], None]
-
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-
 
 class Featurizer(Protocol):
     """Anything that turns images into L2-normalised embeddings."""
@@ -44,24 +43,13 @@ class Featurizer(Protocol):
         """Embed a preprocessed ``float32[N, 3, S, S]`` batch into ``float32[N, D]`` unit rows."""
         ...
 
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed resized, centre-cropped RGB ``uint8[N, S, S, 3]`` into ``float32[N, D]`` unit rows."""
+        ...
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB images into ``float32[N, D]`` unit rows."""
         ...
-
-
-def preprocess(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """Resize the shorter side, centre-crop and normalise an RGB image into ``float32[3, S, S]``."""
-    size, short = preprocessing.input_size, preprocessing.resize_size
-    width, height = image.size
-    scale = short / min(width, height)
-    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-    if new_size != image.size:
-        image = image.resize(new_size, resample=_RESAMPLE[preprocessing.interpolation])
-    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.asarray(preprocessing.mean, np.float32)) / np.asarray(preprocessing.std, np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
 def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -102,15 +90,12 @@ class TorchFeaturizer:
             features = self.model(inputs)
         return l2_normalize(features.float().cpu().numpy())
 
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.embed_arrays(normalize_pixels(pixels, self.preprocessing))
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB images into ``float32[N, D]`` unit rows."""
-        return self.embed_arrays(np.stack([preprocess(image, self.preprocessing) for image in images]))
-
-
-def fingerprint_of(name: str, weights_id: str, preprocessing: Preprocessing) -> str:
-    """Short stable id of a featurizer: architecture, weights and preprocessing."""
-    text = f"{name}|{weights_id}|{preprocessing}"
-    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        return self.embed_pixels(np.stack([resize_crop(image, self.preprocessing) for image in images]))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -134,7 +119,7 @@ def embed_files(
     draft = preprocessing.resize_size
 
     def prepare(path: Path) -> np.ndarray:
-        return preprocess(load_image(path, draft_size=draft), preprocessing)
+        return resize_crop(load_image(path, draft_size=draft), preprocessing)
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -145,13 +130,13 @@ def embed_files(
         for chunk in _batches(list(paths), batch_size):
             arrays = pool.map(prepare, chunk)  # starts decoding this batch while the last one embeds
             if pending is not None:
-                outputs.append(featurizer.embed_arrays(np.stack(list(pending))))
+                outputs.append(featurizer.embed_pixels(np.stack(list(pending))))
                 done += len(outputs[-1])
                 if progress:
                     progress(done, len(paths))
             pending = arrays
         if pending is not None:
-            outputs.append(featurizer.embed_arrays(np.stack(list(pending))))
+            outputs.append(featurizer.embed_pixels(np.stack(list(pending))))
             done += len(outputs[-1])
             if progress:
                 progress(done, len(paths))

@@ -7,6 +7,7 @@ Workspace layout (every file written atomically)::
     <workdir>/reports/<id>.json      evaluation reports
     <workdir>/runs/<run>/            fine-tuning runs (checkpoint + manifest)
     <workdir>/rankers/<id>/svm.npz   SVM rankers, one per featurizer
+    <workdir>/onnx/<choice>.onnx     exported featurizers ("pretrained" or a run name), used when present
 """
 
 from __future__ import annotations
@@ -148,6 +149,19 @@ def run_path(workdir: Path, run: str) -> Path:
     if not run or Path(run).name != run or run.startswith("."):
         raise ArtifactError(f"{run!r}: a run name must be a plain folder name")
     return Path(workdir) / "runs" / run
+
+
+def onnx_path(workdir: Path, choice: str) -> Path:
+    """Default place of the exported featurizer for ``choice`` (``"pretrained"`` or a run name)."""
+    return Path(workdir) / "onnx" / f"{choice}.onnx"
+
+
+def forget_export(workdir: Path, choice: str) -> None:
+    """Remove the exported model of ``choice``: called when its weights are about to change."""
+    path = onnx_path(workdir, choice)
+    if path.exists():
+        log.info("removing %s: the run is being retrained", path)
+        path.unlink()
 
 
 def svm_path(workdir: Path, featurizer_id: str) -> Path:

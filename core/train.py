@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from core.artifacts import SCHEMA_VERSION, atomic_path, atomic_write_json, environment_versions, read_json
-from core.backbones import Backbone, Preprocessing, build_backbone, file_sha256
+from core.backbones import Backbone, build_backbone, file_sha256
 from core.config import TrainConfig
 from core.data import ImageRecord, Split
 from core.errors import ArtifactError
-from core.featurize import preprocess
+from core.preprocessing import Preprocessing, preprocess
 from core.images import load_image
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ def render() -> None:
         return
     left, right = st.columns([1, 3])
     left.image(data, caption=f"query: {name}", width="stretch")
-    right.caption(f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.choice}")
+    right.caption(f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.choice} ({ws.backend})")
     columns = right.columns(4)
     for hit in result.hits:
         with columns[(hit.rank - 1) % 4]:

@@ -106,3 +106,13 @@ def test_bad_upload_gets_a_clear_message(app_env):
     ws = service.workspace()
     with pytest.raises(service.ImageLoadError, match="notes.jpg: not a recognised image format"):
         service.search(ws, b"plain text", "notes.jpg", "cosine", 5)
+
+
+def test_search_uses_the_exported_onnx_model_when_present(app_env, tiny_dataset):
+    from workbench.cli import main
+
+    assert main(["export", "--data", str(tiny_dataset), "--workdir", str(app_env), "--quiet"]) == 0
+    app = run_app()
+    caption = next(c.value for c in app.caption if "ranker" in c.value)
+    assert "featurizer pretrained (onnx)" in caption
+    assert result_lines(app)[0] == "**1.** fish · `1.000`"

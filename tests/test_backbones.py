@@ -32,7 +32,7 @@ def test_lite0_weights_in_timm_give_the_reference_logits():
 )
 def test_lite0_recognises_real_photos(tiny_dataset, name, imagenet_class):
     """Right weights *and* right preprocessing (mean = std = 0.5): real photos get their ImageNet class."""
-    from core.featurize import preprocess
+    from core.preprocessing import preprocess
     from core.images import load_image
 
     backbone = build_backbone("efficientnet_lite0", num_classes=1000)

@@ -75,3 +75,43 @@ def test_train_train_svm_and_evaluate_svm(tmp_path, tiny_dataset, capsys):
 def test_bad_run_names_are_refused(tmp_path, tiny_dataset, caplog):
     assert main(["featurize", "--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet", "--run", "../x"]) == 2
     assert "plain folder name" in caplog.text
+
+
+def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, tiny_dataset, capsys):
+    import numpy as np
+
+    torch_work, onnx_work = tmp_path / "torch", tmp_path / "onnx"
+    common = ["--data", str(tiny_dataset), "--quiet"]
+    assert main(["featurize", *common, "--workdir", str(torch_work)]) == 0
+    assert main(["export", *common, "--workdir", str(onnx_work)]) == 0
+    assert "min cosine 1.000000" in capsys.readouterr().out
+    assert (onnx_work / "onnx" / "pretrained.onnx").is_file()
+    assert main(["featurize", *common, "--workdir", str(onnx_work), "--backend", "onnx"]) == 0
+    [torch_file] = (torch_work / "features").glob("*.npz")
+    onnx_file = onnx_work / "features" / torch_file.name  # same fingerprint, so the same cache file name
+    with np.load(torch_file) as a, np.load(onnx_file) as b:
+        order = np.argsort(b["sha256"])
+        np.testing.assert_array_equal(np.sort(a["sha256"]), b["sha256"][order])
+        torch_rows = a["embeddings"][np.argsort(a["sha256"])]
+        assert np.min(np.sum(torch_rows * b["embeddings"][order], axis=1)) > 0.9999
+    query = str(sorted(tiny_dataset.glob("*/*.jpg"))[3])
+    capsys.readouterr()
+    assert main(["search", query, "-k", "10", *common, "--workdir", str(torch_work)]) == 0
+    torch_hits = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert main(["search", query, "-k", "10", *common, "--workdir", str(onnx_work), "--backend", "onnx"]) == 0
+    onnx_hits = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert onnx_hits == torch_hits and len(torch_hits) == 10
+
+
+def test_export_of_a_fine_tuned_run_and_retraining_forgets_it(tmp_path, tiny_dataset, capsys):
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet", "--run", "ft"]
+    assert main(["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6"]) == 0
+    assert main(["export", *common]) == 0
+    exported = tmp_path / "onnx" / "ft.onnx"
+    assert exported.is_file() and "min cosine 1.000000" in capsys.readouterr().out
+    from export.onnx_featurizer import OnnxFeaturizer
+
+    assert OnnxFeaturizer(exported).metadata.training_run == "ft"
+    assert OnnxFeaturizer(exported).preprocessing.input_size == 128
+    assert main(["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6", "--restart"]) == 0
+    assert not exported.exists()  # stale export removed when the run is trained again

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from core.backbones import Preprocessing
+from core.preprocessing import Preprocessing
 from core.data import ImageRecord
-from core.featurize import FeatureCache, embed_files, fingerprint_of, preprocess
+from core.featurize import FeatureCache, embed_files
+from core.preprocessing import fingerprint_of, preprocess
 from core.errors import ImageLoadError
 from core.images import content_hash
 
@@ -54,9 +55,9 @@ class CountingFeaturizer:
     def __init__(self):
         self.calls = 0
 
-    def embed_arrays(self, batch):
-        self.calls += len(batch)
-        return batch.reshape(len(batch), -1)[:, :4] + 1.0
+    def embed_pixels(self, pixels):
+        self.calls += len(pixels)
+        return pixels.reshape(len(pixels), -1)[:, :4].astype(np.float32) + 1.0
 
 
 def test_feature_cache_computes_only_missing_images(tmp_path, tiny_dataset):

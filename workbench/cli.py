@@ -1,8 +1,9 @@
-"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,experiment}``.
+"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,export,experiment}``.
 
 Every command takes ``--workdir`` (artifacts), ``--data`` (dataset folder) and ``--config`` (TOML);
 flags override the config file. Missing earlier steps run automatically, from cache when possible.
-``--run NAME`` switches the featurizer to the fine-tuned body of run NAME.
+``--run NAME`` switches the featurizer to the fine-tuned body of run NAME; ``--backend onnx`` runs the
+exported model of that featurizer with onnxruntime instead of PyTorch (same features, same cache).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--run", help="use the fine-tuned featurizer of this run (see `train`)")
     common.add_argument("--batch-size", type=int, help="images per forward pass")
     common.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    common.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="featurizer back end (default: %(default)s)")
+    common.add_argument("--onnx", type=Path, help="model for --backend onnx (default: <workdir>/onnx/<run or pretrained>.onnx)")
     common.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     training = argparse.ArgumentParser(add_help=False)
@@ -63,6 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine", help="(default: %(default)s)")
     commands.add_parser("train", parents=[common, training], help="fine-tune the backbone on the training split")
     commands.add_parser("train-svm", parents=[common, svm], help="fit the SVM-weighted L2 ranker with Platt calibration")
+    export = commands.add_parser("export", parents=[common], help="export the featurizer to ONNX, validated against PyTorch")
+    export.add_argument("--out", type=Path, help="target .onnx file (default: <workdir>/onnx/<run or pretrained>.onnx)")
     commands.add_parser(
         "experiment", parents=[common, training, svm],
         help="split, fine-tune, featurize, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
@@ -126,8 +131,13 @@ def _prepared(args: argparse.Namespace, config: WorkbenchConfig, force: bool = F
 def _embeddings(args: argparse.Namespace, config: WorkbenchConfig, prepared, run: str | None):
     from core import pipeline
 
-    run_dir = pipeline.run_path(args.workdir, run) if run else None
-    featurizer = pipeline.build_featurizer(config.featurizer, run_dir)
+    if args.backend == "onnx":
+        from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
+
+        featurizer = OnnxFeaturizer(args.onnx or pipeline.onnx_path(args.workdir, run or "pretrained"), OrtConfig(allow_spinning=False))
+    else:
+        run_dir = pipeline.run_path(args.workdir, run) if run else None
+        featurizer = pipeline.build_featurizer(config.featurizer, run_dir)
     update, close = _progress(f"featurize ({run or 'pretrained'})", args.quiet)
     try:
         embeddings = pipeline.featurize(prepared, featurizer, args.workdir, config.featurizer.batch_size, update)
@@ -156,6 +166,7 @@ def _train(args: argparse.Namespace, config: WorkbenchConfig, prepared, run: str
         if event.metrics:
             bar.set_postfix(train_acc=f"{event.metrics.train_accuracy:.1%}", test_acc=f"{event.metrics.test_accuracy:.1%}")
 
+    pipeline.forget_export(args.workdir, run)
     try:
         result = fine_tune(
             prepared.dataset.records, prepared.split, config.train, pipeline.run_path(args.workdir, run),
@@ -263,6 +274,21 @@ def _cmd_train_svm(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core import pipeline
+    from export.onnx_export import export_onnx
+
+    featurizer = pipeline.build_featurizer(config.featurizer, pipeline.run_path(args.workdir, args.run) if args.run else None)
+    out = args.out or pipeline.onnx_path(args.workdir, args.run or "pretrained")
+    result = export_onnx(featurizer.backbone, out, training_run=args.run or "")
+    print(
+        f"wrote {result.path} ({result.metadata.fingerprint}, IR {result.ir_version}, opset {result.opset}); "
+        f"validated on batch {result.validation.batch_size}: max |diff| vs PyTorch {result.validation.max_abs_diff:.2e}, "
+        f"min cosine {result.validation.min_cosine:.6f}"
+    )
+    return 0
+
+
 def _cmd_experiment(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     from core import pipeline
     from core.artifacts import atomic_write_json, environment_versions
@@ -310,5 +336,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
     "search": _cmd_search,
     "train": _cmd_train,
     "train-svm": _cmd_train_svm,
+    "export": _cmd_export,
     "experiment": _cmd_experiment,
 }
