@@ -31,9 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    from playwright.sync_api import sync_playwright
-
     import browser
+    from playwright.sync_api import sync_playwright
 
     rows = []
     with sync_playwright() as playwright:

@@ -28,8 +28,8 @@ from core.backbones import Backbone, build_backbone, file_sha256
 from core.config import TrainConfig
 from core.data import ImageRecord, Split
 from core.errors import ArtifactError
-from core.preprocessing import Preprocessing, preprocess
 from core.images import load_image
+from core.preprocessing import Preprocessing, preprocess
 
 log = logging.getLogger(__name__)
 

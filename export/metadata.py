@@ -11,9 +11,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from core.preprocessing import Preprocessing
 from core.errors import ArtifactError
-from core.preprocessing import fingerprint_of
+from core.preprocessing import Preprocessing, fingerprint_of
 
 #: Bumped when the meaning of the graph's input/output or of a key changes.
 SCHEMA = "1"

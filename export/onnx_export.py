@@ -45,9 +45,9 @@ from torch import nn
 
 from core.artifacts import atomic_path
 from core.backbones import Backbone
-from core.preprocessing import Preprocessing, fingerprint_of
 from core.errors import ArtifactError
 from core.featurize import l2_normalize
+from core.preprocessing import Preprocessing, fingerprint_of
 from export.metadata import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 log = logging.getLogger(__name__)

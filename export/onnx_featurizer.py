@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.preprocessing import Preprocessing, resize_crop
 from core.errors import ArtifactError
+from core.preprocessing import Preprocessing, resize_crop
 from export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 log = logging.getLogger(__name__)

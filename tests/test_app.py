@@ -102,7 +102,7 @@ def test_training_page_trains_a_run_that_other_pages_can_use(app_env):
 
 
 def test_bad_upload_gets_a_clear_message(app_env):
-    app = run_app()
+    run_app()
     ws = service.workspace()
     with pytest.raises(service.ImageLoadError, match="notes.jpg: not a recognised image format"):
         service.search(ws, b"plain text", "notes.jpg", "cosine", 5)

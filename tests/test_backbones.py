@@ -32,8 +32,8 @@ def test_lite0_weights_in_timm_give_the_reference_logits():
 )
 def test_lite0_recognises_real_photos(tiny_dataset, name, imagenet_class):
     """Right weights *and* right preprocessing (mean = std = 0.5): real photos get their ImageNet class."""
-    from core.preprocessing import preprocess
     from core.images import load_image
+    from core.preprocessing import preprocess
 
     backbone = build_backbone("efficientnet_lite0", num_classes=1000)
     batch = torch.from_numpy(preprocess(load_image(tiny_dataset / name), backbone.preprocessing))[None]

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-from core.preprocessing import Preprocessing
 from core.data import ImageRecord
-from core.featurize import FeatureCache, embed_files
-from core.preprocessing import fingerprint_of, preprocess
 from core.errors import ImageLoadError
+from core.featurize import FeatureCache, embed_files
 from core.images import content_hash
+from core.preprocessing import Preprocessing, fingerprint_of, preprocess
 
 
 def test_embeddings_are_unit_rows_and_batch_invariant(lite0_featurizer, tiny_images):
