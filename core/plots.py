@@ -100,3 +100,21 @@ def label_counts_bar(counts: dict[str, tuple[int, int]]) -> go.Figure:
     )
     figure.update_layout(barmode="stack", yaxis_title="images", xaxis_title="label")
     return figure
+
+
+def embedding_map(points: np.ndarray, labels: Sequence[str], names: Sequence[str], query: np.ndarray | None = None) -> go.Figure:
+    """Gallery points coloured by label (hover: file name), with an optional query marker."""
+    labels, names = np.asarray(labels), np.asarray(names)
+    figure = go.Figure()
+    for label in sorted(set(labels.tolist())):
+        mask = labels == label
+        figure.add_trace(
+            go.Scatter(
+                x=points[mask, 0], y=points[mask, 1], mode="markers", name=str(label), text=names[mask],
+                customdata=np.flatnonzero(mask), hovertemplate="%{text}<extra>%{fullData.name}</extra>",
+            )
+        )
+    if query is not None:
+        figure.add_trace(go.Scatter(x=[query[0]], y=[query[1]], mode="markers", name="query", marker={"symbol": "star", "size": 18, "color": "black"}))
+    figure.update_layout(xaxis_title="component 1", yaxis_title="component 2")
+    return figure

@@ -116,3 +116,13 @@ def test_search_uses_the_exported_onnx_model_when_present(app_env, tiny_dataset)
     caption = next(c.value for c in app.caption if "ranker" in c.value)
     assert "featurizer pretrained (onnx)" in caption
     assert result_lines(app)[0] == "**1.** fish · `1.000`"
+
+
+def test_explore_page_shows_the_map_and_explains_a_result(app_env):
+    app = run_app("pages/explore.py")
+    assert len(app.get("plotly_chart")) == 1
+    assert any("Cosine similarity" in caption.value for caption in app.caption)
+    first = next(c.value for c in app.caption if "Cosine similarity" in c.value)
+    app.selectbox(key="explain_hit").select_index(2).run()
+    assert not app.exception
+    assert next(c.value for c in app.caption if "Cosine similarity" in c.value) != first

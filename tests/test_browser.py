@@ -137,3 +137,25 @@ def test_compare_page_lists_every_ranker(page, app):
     assert set(rankers) >= {"random", "l1", "l2", "cosine"}, rankers
     assert all(row["mean rank"] for row in rows)
     screenshot(page, "compare")
+
+
+def test_explore_page_draws_the_map_and_similarity_heatmaps(page, app):
+    goto_app(page, app, heading="Search by image")
+    open_page(page, "Explore")
+    wait_for(page, main(page).get_by_text(re.compile(r"Cosine similarity \d\.\d{3}")))
+    wait_idle(page)
+    assert main(page).get_by_test_id("stPlotlyChart").first.locator("svg.main-svg").count() >= 1
+    assert main(page).get_by_test_id("stImage").count() >= 2  # query and result heatmaps
+    screenshot(page, "explore")
+
+
+def test_dataset_and_training_pages_render(page, app):
+    goto_app(page, app, heading="Search by image")
+    open_page(page, "Dataset")
+    wait_for(page, main(page).get_by_text("fish", exact=False).first)
+    wait_idle(page)
+    screenshot(page, "dataset")
+    open_page(page, "Training")
+    wait_for(page, main(page).get_by_text("Start training"))
+    wait_idle(page)
+    screenshot(page, "training")

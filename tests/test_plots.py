@@ -43,3 +43,12 @@ def test_evaluation_plots_carry_each_rankers_data():
     assert [list(t.y) for t in rank_distributions(results).data] == [[1, 2, 1, 5], [4, 9, 2, 10]]
     bars = per_category_bars(results[0])
     assert list(bars.data[0].x) == ["a", "b"] and list(bars.data[0].y) == [1.0, 0.0]
+
+
+def test_embedding_map_groups_points_by_label_and_marks_the_query():
+    from core.plots import embedding_map
+
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    figure = embedding_map(points, ["b", "a", "b"], ["x.jpg", "y.jpg", "z.jpg"], query=np.array([0.5, 0.5]))
+    assert [t.name for t in figure.data] == ["a", "b", "query"]
+    assert list(figure.data[1].customdata) == [0, 2] and list(figure.data[1].text) == ["x.jpg", "z.jpg"]

@@ -43,6 +43,7 @@ from core.pipeline import (
 )
 from core.pipeline import search as search_image
 from core.plots import (  # noqa: F401  (pure figure builders, re-exported for the pages)
+    embedding_map,
     label_counts_bar,
     per_category_bars,
     rank_distributions,
@@ -362,3 +363,64 @@ def fit_svm_for(ws: Workspace, svm_config: SVMConfig) -> tuple[float, float]:
     """Fit and save the SVM ranker for a workspace; returns balanced pair accuracy (train, test)."""
     _, train_pairs, test_pairs = fit_svm(ws.prepared, ws.embeddings, svm_config, ws.featurizer.fingerprint, ws.workdir)
     return train_pairs.balanced_accuracy, test_pairs.balanced_accuracy
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Heatmaps of what drives the similarity of a query and one result."""
+
+    similarity: float
+    query_overlay: object
+    result_overlay: object
+
+
+def _torch_backbone(ws: Workspace):
+    if hasattr(ws.featurizer, "backbone"):
+        return ws.featurizer.backbone
+    data_root, workdir = settings()
+
+    def build():
+        run_dir = None if ws.choice == PRETRAINED else run_path(workdir, ws.choice)
+        return build_featurizer(FeaturizerConfig(), run_dir).backbone
+
+    return _cached(("backbone", str(data_root.resolve()), str(workdir.resolve()), ws.choice), build)
+
+
+def explain(ws: Workspace, image_bytes: bytes, name: str, record: ImageRecord) -> Explanation:
+    """Where the query and a gallery image agree: exact per-region shares of their cosine similarity.
+
+    Raises:
+        ImageLoadError: The query is not a usable image.
+    """
+    from core.explain import overlay, similarity_maps
+    from core.images import load_image
+
+    maps = similarity_maps(_torch_backbone(ws), decode_image(image_bytes, name=name), load_image(record.path))
+    return Explanation(maps.similarity, overlay(maps.query_pixels, maps.query_map), overlay(maps.result_pixels, maps.result_map))
+
+
+@dataclass(frozen=True)
+class EmbeddingMap:
+    """Gallery coordinates on a 2-D map, with the projection to place queries."""
+
+    projection: object
+    labels: list[str]
+    names: list[str]
+
+
+def embedding_projection(ws: Workspace, method: str = "pca") -> EmbeddingMap:
+    """The gallery's 2-D map (cached per featurizer and method; seeded by the dataset seed)."""
+    from core.projection import project_2d
+
+    def build() -> EmbeddingMap:
+        projection = project_2d(ws.embeddings, np.random.default_rng(ws.prepared.config.seed), method)
+        return EmbeddingMap(
+            projection, [r.label for r in ws.dataset.records], [str(r.path.relative_to(ws.dataset.root)) for r in ws.dataset.records]
+        )
+
+    return _cached(("map", ws.featurizer.fingerprint, str(ws.dataset.root), method), build)
+
+
+def place_on_map(ws: Workspace, mapping: EmbeddingMap, image_bytes: bytes, name: str) -> np.ndarray:
+    """Coordinates of an uploaded image on the gallery's map."""
+    return mapping.projection.transform(ws.featurizer.embed([decode_image(image_bytes, name=name)]))[0]
