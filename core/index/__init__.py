@@ -1,0 +1,384 @@
+"""Vector indexes over gallery embeddings: one contract, three back ends.
+
+``add(ids, embeddings)``, ``remove(ids)``, ``search(queries, k, ranker) -> (ids, scores)``, ``save(path)`` and
+``load(path)``. Ids are non-negative ``int64``; :func:`content_ids` derives stable ids from image SHA-256 hashes,
+so an image keeps its id when files are renamed or the dataset is prepared again. Scores follow the ranker
+contract (higher = more similar, same values as ``ranker.score`` up to float rounding).
+
+Back ends:
+
+* :class:`~core.index.exact.ExactIndex` (``ExactConfig``): numpy, blockwise top-k, every ranker. The default
+  for small galleries.
+* :class:`~core.index.faiss_backend.FaissIndex` (``FaissConfig``): faiss flat, IVF or HNSW, for large galleries.
+* :class:`~core.index.milvus_backend.MilvusIndex` (``MilvusConfig``): Milvus Lite file or Milvus server by URI.
+
+The approximate back ends serve one *vector space* chosen when they are created (:class:`VectorSpace`):
+cosine, L2, or SVM-weighted L2 (plain L2 after scaling each dimension by ``sqrt(|w|)``, which is exact only when
+every SVM weight is ``<= 0``; see :func:`space_for`). L1 and random rankers need the exact index.
+
+A saved index is a folder holding ``manifest.json`` (back end, model id, dimension, vector space, data hash,
+count, config, schema version) and the back end's own files. Loading with ``model_id=`` refuses another model's
+index, and ``add``/``search`` with ``model_id=`` refuse embeddings of another model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from core.artifacts import atomic_write_json, environment_versions, read_json
+from core.errors import ArtifactError, WorkbenchError
+from core.rankers import CosineRanker, L2Ranker, Ranker
+
+INDEX_SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+#: Below this many vectors the exact index is the default (see ``benchmarks/index.py``).
+EXACT_DEFAULT_MAX = 200_000
+
+
+class ModelMismatchError(WorkbenchError):
+    """Embeddings of one model were offered to an index built from another."""
+
+
+class UnsupportedRankerError(WorkbenchError, ValueError):
+    """The index cannot serve this ranker (e.g. L1 on an approximate index)."""
+
+
+class IndexHits(NamedTuple):
+    """Search results, best first: ``ids int64[Nq, k]`` and ``scores float32[Nq, k]``.
+
+    Approximate back ends may find fewer than ``k``; missing slots hold id ``-1`` and score ``-inf``.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class VectorSpace:
+    """What an approximate index measures.
+
+    Attributes:
+        metric: ``"cosine"``, ``"l2"`` or ``"weighted_l2"`` (the SVM ranker).
+        scale: ``sqrt(|w|)`` per dimension for ``"weighted_l2"``.
+        bias: The SVM intercept, added back to the scores.
+    """
+
+    metric: str
+    scale: np.ndarray | None = None
+    bias: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        scale = None if self.scale is None else [float(value) for value in self.scale]
+        return {"metric": self.metric, "scale": scale, "bias": self.bias}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> VectorSpace:
+        scale = payload.get("scale")
+        return cls(payload["metric"], None if scale is None else np.asarray(scale, np.float32), float(payload.get("bias", 0.0)))
+
+    def same_as(self, other: VectorSpace) -> bool:
+        if self.metric != other.metric or self.bias != other.bias:
+            return False
+        if self.scale is None or other.scale is None:
+            return self.scale is None and other.scale is None
+        return self.scale.shape == other.scale.shape and bool(np.array_equal(self.scale, other.scale))
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        """Map embeddings into the space the back end searches with a plain inner product or L2."""
+        vectors = np.asarray(vectors, np.float32)
+        if self.metric == "cosine":
+            return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if self.metric == "weighted_l2":
+            return vectors * self.scale
+        return vectors
+
+    def scores_from_distances(self, distances: np.ndarray) -> np.ndarray:
+        """Back-end output (inner product, or squared L2) -> the ranker's score, higher = more similar."""
+        distances = np.asarray(distances, np.float32)
+        if self.metric == "cosine":
+            return distances
+        if self.metric == "l2":
+            return -np.sqrt(np.maximum(distances, 0.0))
+        return (self.bias - np.maximum(distances, 0.0)).astype(np.float32)
+
+
+def space_for(ranker: Ranker) -> VectorSpace:
+    """The vector space an approximate index needs to serve ``ranker``.
+
+    The SVM score ``w . (u - v)**2 + b`` equals ``b - ||s * (u - v)||**2`` with ``s = sqrt(-w)`` when every weight is
+    ``<= 0``: a plain L2 nearest-neighbour search after scaling both sides by ``s``. A positive weight rewards
+    distance along its dimension, so the score is no longer "minus a distance" and no nearest-neighbour index
+    can rank by it; such rankers (and L1, random) get :class:`UnsupportedRankerError`: use the exact index.
+
+    Raises:
+        UnsupportedRankerError: The ranker has no equivalent nearest-neighbour space.
+    """
+    from core.svm import SVMRanker
+
+    if type(ranker) is CosineRanker:
+        return VectorSpace("cosine")
+    if type(ranker) is L2Ranker:
+        return VectorSpace("l2")
+    if isinstance(ranker, SVMRanker):
+        weights = ranker._weights()
+        positive = int(np.sum(weights > 0))
+        if positive:
+            raise UnsupportedRankerError(
+                f"SVM ranker has {positive} positive weight(s) of {weights.size}: its score is not a nearest-neighbour "
+                "distance (sqrt(|w|) scaling needs every weight <= 0); use the exact index for this ranker"
+            )
+        return VectorSpace("weighted_l2", np.sqrt(-weights).astype(np.float32), float(ranker.bias))
+    raise UnsupportedRankerError(f"ranker {ranker.name!r} needs the exact index (approximate back ends serve cosine, l2 and svm)")
+
+
+def content_ids(sha256_hex: Sequence[str]) -> np.ndarray:
+    """Stable non-negative int64 ids from image content hashes (the first 60 bits of each SHA-256).
+
+    Collisions are astronomically unlikely (about 4e-7 for 1e6 images) but :meth:`VectorIndex.add` rejects them.
+    """
+    return np.array([int(digest[:15], 16) for digest in sha256_hex], dtype=np.int64)
+
+
+def ids_hash(ids: np.ndarray) -> str:
+    """SHA-256 of the sorted ids: with :func:`content_ids` this identifies the set of indexed images."""
+    return hashlib.sha256(np.sort(np.asarray(ids, np.int64)).astype("<i8").tobytes()).hexdigest()
+
+
+def check_ids(ids: Sequence[int] | np.ndarray, what: str = "ids") -> np.ndarray:
+    """Cast to a 1-D int64 array of distinct non-negative values."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"{what}: expected a 1-D array of integers, got shape {ids.shape} dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{what}: ids must be non-negative (got {int(ids.min())})")
+    if np.unique(ids).size != ids.size:
+        raise ValueError(f"{what}: duplicate ids in one call")
+    return ids
+
+
+class VectorIndex(ABC):
+    """The index contract. Subclasses set :attr:`backend` and implement the abstract methods.
+
+    Args:
+        model_id: Featurizer fingerprint of the embeddings this index holds.
+        dim: Embedding dimension.
+    """
+
+    backend: str = "index"
+
+    def __init__(self, model_id: str, dim: int) -> None:
+        if not model_id:
+            raise ValueError("model_id must name the featurizer (its fingerprint)")
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.model_id = model_id
+        self.dim = int(dim)
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of live (searchable) vectors."""
+
+    @abstractmethod
+    def ids(self) -> np.ndarray:
+        """The live ids, ``int64[N]`` (order unspecified)."""
+
+    @abstractmethod
+    def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _remove(self, ids: np.ndarray) -> int: ...
+
+    @abstractmethod
+    def _search(self, queries: np.ndarray, k: int, ranker: Ranker) -> IndexHits: ...
+
+    @abstractmethod
+    def _save_files(self, folder: Path) -> dict[str, Any]:
+        """Write the back end's files into ``folder``; return extra manifest fields."""
+
+    @classmethod
+    @abstractmethod
+    def _load_files(cls, folder: Path, manifest: dict[str, Any]) -> VectorIndex: ...
+
+    def check_model(self, model_id: str | None) -> None:
+        """Raise :class:`ModelMismatchError` when ``model_id`` is given and is not this index's model."""
+        if model_id is not None and model_id != self.model_id:
+            raise ModelMismatchError(f"index holds embeddings of {self.model_id!r}, not {model_id!r}: build a new index for that model")
+
+    def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"{what}: expected (N, {self.dim}) embeddings, got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"{what}: embeddings contain NaN or infinity")
+        return vectors
+
+    def add(self, ids: Sequence[int] | np.ndarray, embeddings: np.ndarray, model_id: str | None = None) -> None:
+        """Add vectors under new ids; existing vectors are not touched (no rebuild).
+
+        Raises:
+            ModelMismatchError: ``model_id`` is given and differs from the index's.
+            ValueError: Wrong shape, an id already present, or mismatched lengths.
+        """
+        self.check_model(model_id)
+        ids = check_ids(ids)
+        embeddings = self._check_vectors(embeddings, "add")
+        if len(ids) != len(embeddings):
+            raise ValueError(f"add: {len(ids)} ids for {len(embeddings)} embeddings")
+        if len(ids):
+            self._add(ids, embeddings)
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Remove vectors by id (unknown ids are ignored); returns how many were removed."""
+        ids = check_ids(ids)
+        return self._remove(ids) if len(ids) else 0
+
+    def search(self, queries: np.ndarray, k: int, ranker: Ranker, model_id: str | None = None) -> IndexHits:
+        """The ``k`` most similar indexed vectors per query under ``ranker``, best first.
+
+        Returns:
+            ``IndexHits(ids int64[Nq, k'], scores float32[Nq, k'])`` with ``k' = min(k, len(self))``.
+        """
+        self.check_model(model_id)
+        queries = self._check_vectors(queries, "search")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        k = min(k, len(self))
+        if k == 0 or len(queries) == 0:
+            return IndexHits(np.zeros((len(queries), k), np.int64), np.zeros((len(queries), k), np.float32))
+        return self._search(queries, k, ranker)
+
+    def manifest(self) -> dict[str, Any]:
+        """What identifies this index: back end, model, dimension, data hash and count."""
+        return {
+            "schema_version": INDEX_SCHEMA_VERSION,
+            "backend": self.backend,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "count": len(self),
+            "data_hash": ids_hash(self.ids()),
+            "versions": environment_versions(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index into folder ``path``: back-end files first, ``manifest.json`` last (atomically)."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        extra = self._save_files(folder)
+        atomic_write_json(folder / MANIFEST_NAME, {**self.manifest(), **extra})
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path, model_id: str | None = None) -> VectorIndex:
+        """Read an index saved by :meth:`save` (any back end when called on :class:`VectorIndex`)."""
+        return load_index(path, model_id)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a saved index.
+
+    Raises:
+        ArtifactError: Missing, unreadable or another schema version.
+    """
+    file = Path(path) / MANIFEST_NAME
+    if not file.exists():
+        raise ArtifactError(f"{file}: no index saved here; run `index build` first")
+    manifest = read_json(file)
+    if manifest.get("schema_version") != INDEX_SCHEMA_VERSION:
+        raise ArtifactError(f"{file}: schema version {manifest.get('schema_version')!r}, expected {INDEX_SCHEMA_VERSION}")
+    return manifest
+
+
+def _backends() -> dict[str, type[VectorIndex]]:
+    from core.index.exact import ExactIndex
+    from core.index.faiss_backend import FaissIndex
+    from core.index.milvus_backend import MilvusIndex
+
+    return {"exact": ExactIndex, "faiss": FaissIndex, "milvus": MilvusIndex}
+
+
+def load_index(path: str | Path, model_id: str | None = None) -> VectorIndex:
+    """Load a saved index of any back end; with ``model_id``, refuse an index of another model.
+
+    Raises:
+        ArtifactError: Missing or unreadable.
+        ModelMismatchError: The index was built from another model's embeddings.
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    if model_id is not None and manifest.get("model_id") != model_id:
+        raise ModelMismatchError(f"{folder}: index holds embeddings of {manifest.get('model_id')!r}, not {model_id!r}")
+    backend = _backends().get(manifest.get("backend"))
+    if backend is None:
+        raise ArtifactError(f"{folder}: unknown index back end {manifest.get('backend')!r}")
+    try:
+        index = backend._load_files(folder, manifest)
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{folder}: unreadable {manifest.get('backend')} index ({err})") from err
+    if len(index) != manifest["count"] or index.dim != manifest["dim"]:
+        raise ArtifactError(f"{folder}: index files hold {len(index)} x {index.dim}, manifest says {manifest['count']} x {manifest['dim']}")
+    return index
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as JSON-ready fields."""
+    return dataclasses.asdict(config)
+
+
+def create_index(config: Any, model_id: str, dim: int, ranker: Ranker | None = None) -> VectorIndex:
+    """A new empty index of the back end ``config`` describes.
+
+    Args:
+        config: ``ExactConfig``, ``FaissConfig`` or ``MilvusConfig``.
+        model_id: Featurizer fingerprint.
+        dim: Embedding dimension.
+        ranker: For approximate back ends, the ranker the index will serve (default cosine).
+    """
+    from core.index.exact import ExactConfig, ExactIndex
+    from core.index.faiss_backend import FaissConfig, FaissIndex
+    from core.index.milvus_backend import MilvusConfig, MilvusIndex
+
+    if isinstance(config, ExactConfig):
+        return ExactIndex(model_id, dim, config)
+    space = space_for(ranker if ranker is not None else CosineRanker())
+    if isinstance(config, FaissConfig):
+        return FaissIndex(model_id, dim, space, config)
+    if isinstance(config, MilvusConfig):
+        return MilvusIndex(model_id, dim, space, config)
+    raise TypeError(f"unknown index config {type(config).__name__}")
+
+
+def default_config(n_vectors: int) -> Any:
+    """Exact up to :data:`EXACT_DEFAULT_MAX` vectors, faiss HNSW above."""
+    from core.index.exact import ExactConfig
+    from core.index.faiss_backend import FaissConfig
+
+    return ExactConfig() if n_vectors <= EXACT_DEFAULT_MAX else FaissConfig(kind="hnsw")
+
+
+__all__ = [
+    "EXACT_DEFAULT_MAX",
+    "INDEX_SCHEMA_VERSION",
+    "IndexHits",
+    "ModelMismatchError",
+    "UnsupportedRankerError",
+    "VectorIndex",
+    "VectorSpace",
+    "check_ids",
+    "content_ids",
+    "create_index",
+    "default_config",
+    "ids_hash",
+    "load_index",
+    "read_manifest",
+    "space_for",
+]

@@ -1,0 +1,245 @@
+"""faiss back end: flat (exact), IVF and HNSW, on CPU (``faiss-cpu``) or, for flat and IVF, on a GPU when the
+installed faiss has one (``faiss-gpu``); HNSW always searches on the CPU.
+
+Vectors are mapped into the index's :class:`~core.index.VectorSpace` first (unit length for cosine, scaled by
+``sqrt(|w|)`` for the SVM ranker), then searched by inner product (cosine) or squared L2 (l2, SVM).
+
+* flat: ``IndexIDMap2(IndexFlatIP | IndexFlatL2)``; removal is native.
+* IVF: ``IndexIVFFlat`` with its own id lists; the coarse quantiser is trained on the first ``add`` (a sample of
+  at most ``train_size`` rows, ``nlist = 4 * sqrt(N)`` unless given); later adds only assign rows to lists, so
+  adding 1,000 vectors to 1M costs 1,000 assignments, not a rebuild. Removal is native.
+* HNSW: ``IndexIDMap2(IndexHNSWFlat)``; HNSW graphs cannot drop nodes, so removed ids become tombstones that
+  search excludes through an ``IDSelector``; :meth:`FaissIndex.compact` rebuilds the graph without them
+  (automatic once a quarter of the nodes are dead).
+
+Persistence: ``faiss.write_index`` (atomic rename) plus ``deleted.npy`` for HNSW tombstones; the manifest
+carries the vector space, so a loaded index serves the same ranker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.artifacts import atomic_path
+from core.index import IndexHits, UnsupportedRankerError, VectorIndex, VectorSpace, config_dict, space_for
+from core.rankers import Ranker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaissConfig:
+    """Settings of a faiss index.
+
+    Attributes:
+        kind: ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"``.
+        nlist: IVF lists (0 = ``4 * sqrt(N)`` at training, N = rows of the first add).
+        nprobe: IVF lists visited per query.
+        train_size: IVF training sample (rows of the first add).
+        hnsw_m: HNSW neighbours per node.
+        ef_construction: HNSW candidate list while building.
+        ef_search: HNSW candidate list while searching (recall vs speed).
+        use_gpu: Search flat/IVF on a GPU when faiss has one (None = when available).
+        seed: Seed of the IVF training sample.
+    """
+
+    kind: str = "hnsw"
+    nlist: int = 0
+    nprobe: int = 32
+    train_size: int = 100_000
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    use_gpu: bool | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"faiss kind must be flat, ivf or hnsw, got {self.kind!r}")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise UnsupportedRankerError("faiss is not installed: pip install -r requirements-scale.txt") from err
+    return faiss
+
+
+class FaissIndex(VectorIndex):
+    """A faiss index serving one vector space (cosine, l2 or SVM-weighted l2)."""
+
+    backend = "faiss"
+
+    def __init__(self, model_id: str, dim: int, space: VectorSpace, config: FaissConfig = FaissConfig(), index: Any = None) -> None:
+        super().__init__(model_id, dim)
+        self.space = space
+        self.config = config
+        self._faiss = _faiss()
+        self._index = index if index is not None else self._empty()
+        self._deleted = np.zeros(0, np.int64)  # HNSW tombstones, sorted
+        self._gpu_index: Any = None
+
+    # -- construction -------------------------------------------------------------------------------------------
+    def _metric(self) -> int:
+        return self._faiss.METRIC_INNER_PRODUCT if self.space.metric == "cosine" else self._faiss.METRIC_L2
+
+    def _empty(self) -> Any:
+        faiss = self._faiss
+        if self.config.kind == "flat":
+            flat = faiss.IndexFlatIP(self.dim) if self.space.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+            return faiss.IndexIDMap2(flat)
+        if self.config.kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, self._metric())
+            hnsw.hnsw.efConstruction = self.config.ef_construction
+            hnsw.hnsw.efSearch = self.config.ef_search
+            return faiss.IndexIDMap2(hnsw)
+        return None  # IVF: built and trained on the first add
+
+    def _train_ivf(self, vectors: np.ndarray) -> Any:
+        faiss = self._faiss
+        n = len(vectors)
+        nlist = self.config.nlist or round(4 * math.sqrt(n))
+        nlist = max(1, min(nlist, n // 39 or 1))  # faiss wants >= 39 training points per centroid
+        quantizer = faiss.IndexFlatIP(self.dim) if self.space.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self._metric())
+        rng = np.random.default_rng(self.config.seed)
+        sample = vectors if n <= self.config.train_size else vectors[np.sort(rng.choice(n, self.config.train_size, replace=False))]
+        log.info("training IVF: %d lists on %d vectors", nlist, len(sample))
+        index.train(np.ascontiguousarray(sample))
+        index.nprobe = min(self.config.nprobe, nlist)
+        return index
+
+    # -- contract -------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return 0 if self._index is None else int(self._index.ntotal) - len(self._deleted)
+
+    def _all_ids(self) -> np.ndarray:
+        if self._index is None:
+            return np.zeros(0, np.int64)
+        faiss = self._faiss
+        if self.config.kind == "ivf":
+            invlists = self._index.invlists
+            parts = [
+                faiss.rev_swig_ptr(invlists.get_ids(list_no), invlists.list_size(list_no)).copy()
+                for list_no in range(self._index.nlist)
+                if invlists.list_size(list_no)
+            ]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def ids(self) -> np.ndarray:
+        ids = self._all_ids()
+        return ids[~np.isin(ids, self._deleted)] if len(self._deleted) else ids
+
+    def _check_space(self, ranker: Ranker) -> None:
+        space = space_for(ranker)
+        if not space.same_as(self.space):
+            raise UnsupportedRankerError(
+                f"this faiss index serves {self.space.metric} (built for one ranker), not {ranker.name!r} "
+                f"({space.metric}); build another index or use the exact index"
+            )
+
+    def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
+        if len(self._deleted) and np.isin(ids, self._deleted).any():
+            self.compact()  # a re-added id must not revive its old tombstoned vector
+        clash = np.isin(ids, self._all_ids())
+        if clash.any():
+            raise ValueError(f"add: {int(clash.sum())} id(s) already in the index (e.g. {int(ids[clash][0])}); remove them first")
+        vectors = np.ascontiguousarray(self.space.transform(embeddings))
+        if self._index is None:
+            self._index = self._train_ivf(vectors)
+        self._index.add_with_ids(vectors, np.ascontiguousarray(ids))
+        self._gpu_index = None
+
+    def _remove(self, ids: np.ndarray) -> int:
+        present = ids[np.isin(ids, self.ids())]
+        if not len(present):
+            return 0
+        if self.config.kind == "hnsw":
+            self._deleted = np.union1d(self._deleted, present)
+            if len(self._deleted) >= 0.25 * self._index.ntotal:
+                self.compact()
+        else:
+            self._index.remove_ids(self._faiss.IDSelectorBatch(present))
+        self._gpu_index = None
+        return len(present)
+
+    def compact(self) -> None:
+        """Rebuild the HNSW graph without its tombstones (O(N log N)); a no-op for flat and IVF."""
+        if self.config.kind != "hnsw" or not len(self._deleted):
+            return
+        ids = self._all_ids()
+        vectors = self._index.index.reconstruct_n(0, self._index.ntotal)
+        keep = ~np.isin(ids, self._deleted)
+        log.info("rebuilding HNSW without %d removed vectors", int((~keep).sum()))
+        self._index = self._empty()
+        self._deleted = np.zeros(0, np.int64)
+        if keep.any():
+            self._index.add_with_ids(np.ascontiguousarray(vectors[keep]), np.ascontiguousarray(ids[keep]))
+
+    def _searcher(self) -> Any:
+        faiss = self._faiss
+        use_gpu = self.config.use_gpu
+        has_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+        if self.config.kind == "hnsw" or not has_gpu or use_gpu is False:
+            return self._index
+        if self._gpu_index is None:
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+        return self._gpu_index
+
+    def _search(self, queries: np.ndarray, k: int, ranker: Ranker) -> IndexHits:
+        self._check_space(ranker)
+        faiss = self._faiss
+        vectors = np.ascontiguousarray(self.space.transform(queries))
+        if self.config.kind == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.config.ef_search, k)
+            if len(self._deleted):
+                batch = faiss.IDSelectorBatch(self._deleted)
+                selector = faiss.IDSelectorNot(batch)
+                params.sel = selector
+            distances, ids = self._index.search(vectors, k, params=params)
+        else:
+            distances, ids = self._searcher().search(vectors, k)
+        scores = self.space.scores_from_distances(distances)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        return IndexHits(ids.astype(np.int64), scores)
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the recall / speed trade-off of a built index."""
+        import dataclasses
+
+        if nprobe is not None:
+            self.config = dataclasses.replace(self.config, nprobe=nprobe)
+            if self.config.kind == "ivf" and self._index is not None:
+                self._index.nprobe = min(nprobe, self._index.nlist)
+        if ef_search is not None:
+            self.config = dataclasses.replace(self.config, ef_search=ef_search)  # passed with every HNSW search
+        self._gpu_index = None
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+    def _save_files(self, folder: Path) -> dict[str, Any]:
+        if self._index is None:
+            raise ValueError("cannot save an IVF index before its first add (it is untrained)")
+        with atomic_path(folder / "index.faiss", ".faiss") as temp:
+            self._faiss.write_index(self._index, str(temp))
+        with atomic_path(folder / "deleted.npy", ".npy") as temp:
+            np.save(temp, self._deleted, allow_pickle=False)
+        return {"config": config_dict(self.config), "space": self.space.to_json(), "files": ["index.faiss", "deleted.npy"]}
+
+    @classmethod
+    def _load_files(cls, folder: Path, manifest: dict[str, Any]) -> FaissIndex:
+        faiss = _faiss()
+        index = faiss.read_index(str(folder / "index.faiss"))
+        loaded = cls(manifest["model_id"], manifest["dim"], VectorSpace.from_json(manifest["space"]), FaissConfig(**manifest["config"]), index)
+        loaded._deleted = np.load(folder / "deleted.npy", allow_pickle=False).astype(np.int64)
+        if loaded.config.kind == "ivf":
+            index.nprobe = min(loaded.config.nprobe, index.nlist)
+        return loaded

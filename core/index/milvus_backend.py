@@ -1,0 +1,164 @@
+"""Milvus back end through ``pymilvus.MilvusClient``: an embedded Milvus Lite file by default, a Milvus server
+or cluster when ``uri`` is ``http://host:19530`` (same code path, same class).
+
+The collection has an ``INT64`` primary key ``id`` and a ``FLOAT_VECTOR`` field ``vector`` holding the embeddings
+mapped into the index's :class:`~core.index.VectorSpace` (unit length for cosine, scaled by ``sqrt(|w|)`` for the
+SVM ranker); it is searched by inner product (cosine) or L2 (Milvus returns squared L2). Inserts and deletes are
+incremental on the Milvus side. The data lives in Milvus (the ``.db`` file or the server); ``save`` writes only
+the manifest, which records the URI and collection so ``load`` reconnects to them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.index import IndexHits, UnsupportedRankerError, VectorIndex, VectorSpace, config_dict, space_for
+from core.rankers import Ranker
+
+log = logging.getLogger(__name__)
+
+_INSERT_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class MilvusConfig:
+    """Settings of a Milvus index.
+
+    Attributes:
+        uri: A Milvus Lite file (``*.db``, default ``milvus.db`` in the index folder passed to ``save``, or
+            the working directory before that) or a server URI such as ``http://localhost:19530``.
+        collection: Collection name.
+        index_type: Milvus index type (``FLAT``, ``HNSW``, ``IVF_FLAT``, ``AUTOINDEX``...).
+        index_params: Build parameters of that index type (e.g. ``{"M": 32, "efConstruction": 80}``).
+        search_params: Search parameters (e.g. ``{"ef": 128}`` or ``{"nprobe": 32}``).
+        token: Server credentials (``user:password`` or an API key); empty for Milvus Lite.
+    """
+
+    uri: str = "milvus.db"
+    collection: str = "gallery"
+    index_type: str = "FLAT"
+    index_params: dict[str, Any] = field(default_factory=dict)
+    search_params: dict[str, Any] = field(default_factory=dict)
+    token: str = ""
+
+    @property
+    def is_lite(self) -> bool:
+        return "://" not in self.uri
+
+
+def _pymilvus():
+    try:
+        import pymilvus
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise UnsupportedRankerError("pymilvus is not installed: pip install -r requirements-scale.txt") from err
+    return pymilvus
+
+
+class MilvusIndex(VectorIndex):
+    """A Milvus collection serving one vector space (cosine, l2 or SVM-weighted l2)."""
+
+    backend = "milvus"
+
+    def __init__(self, model_id: str, dim: int, space: VectorSpace, config: MilvusConfig = MilvusConfig(), create: bool = True) -> None:
+        super().__init__(model_id, dim)
+        self.space = space
+        self.config = config
+        pymilvus = _pymilvus()
+        if config.is_lite:
+            Path(config.uri).parent.mkdir(parents=True, exist_ok=True)
+        self._client = pymilvus.MilvusClient(config.uri, token=config.token) if config.token else pymilvus.MilvusClient(config.uri)
+        if create:
+            self._create(pymilvus)
+        elif not self._client.has_collection(config.collection):
+            raise ValueError(f"{config.uri}: no collection {config.collection!r}")
+
+    def _create(self, pymilvus: Any) -> None:
+        client, name = self._client, self.config.collection
+        if client.has_collection(name):
+            raise ValueError(f"{self.config.uri}: collection {name!r} exists already; load it or pick another name")
+        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
+        schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=self.dim)
+        params = client.prepare_index_params()
+        params.add_index(field_name="vector", index_type=self.config.index_type, metric_type=self._metric(), params=dict(self.config.index_params))
+        client.create_collection(name, schema=schema, index_params=params)
+
+    def _metric(self) -> str:
+        return "IP" if self.space.metric == "cosine" else "L2"
+
+    def close(self) -> None:
+        """Release the connection (and, for Milvus Lite, the embedded server)."""
+        self._client.close()
+
+    def __len__(self) -> int:
+        stats = self._client.get_collection_stats(self.config.collection)
+        return int(stats["row_count"])
+
+    def ids(self) -> np.ndarray:
+        iterator = self._client.query_iterator(self.config.collection, batch_size=10_000, filter="", output_fields=["id"])
+        found: list[int] = []
+        try:
+            while batch := iterator.next():
+                found.extend(row["id"] for row in batch)
+        finally:
+            iterator.close()
+        return np.asarray(found, np.int64)
+
+    def _existing(self, ids: np.ndarray) -> np.ndarray:
+        found: list[int] = []
+        for start in range(0, len(ids), _INSERT_BATCH):
+            rows = self._client.get(self.config.collection, ids=ids[start : start + _INSERT_BATCH].tolist(), output_fields=["id"])
+            found.extend(row["id"] for row in rows)
+        return np.asarray(found, np.int64)
+
+    def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
+        clash = self._existing(ids)
+        if len(clash):
+            raise ValueError(f"add: {len(clash)} id(s) already in the index (e.g. {int(clash[0])}); remove them first")
+        vectors = self.space.transform(embeddings)
+        for start in range(0, len(ids), _INSERT_BATCH):
+            rows = slice(start, start + _INSERT_BATCH)
+            self._client.insert(self.config.collection, [{"id": int(i), "vector": v} for i, v in zip(ids[rows], vectors[rows])])
+        self._client.flush(self.config.collection)
+
+    def _remove(self, ids: np.ndarray) -> int:
+        present = self._existing(ids)
+        if len(present):
+            self._client.delete(self.config.collection, ids=present.tolist())
+            self._client.flush(self.config.collection)
+        return len(present)
+
+    def _search(self, queries: np.ndarray, k: int, ranker: Ranker) -> IndexHits:
+        space = space_for(ranker)
+        if not space.same_as(self.space):
+            raise UnsupportedRankerError(f"this Milvus index serves {self.space.metric}, not {ranker.name!r} ({space.metric})")
+        results = self._client.search(
+            self.config.collection,
+            data=list(self.space.transform(queries)),
+            limit=k,
+            output_fields=["id"],
+            search_params={"metric_type": self._metric(), "params": dict(self.config.search_params)},
+        )
+        ids = np.full((len(queries), k), -1, np.int64)
+        distances = np.zeros((len(queries), k), np.float32)
+        for row, hits in enumerate(results):
+            for column, hit in enumerate(hits[:k]):
+                ids[row, column], distances[row, column] = hit["id"], hit["distance"]
+        scores = np.where(ids >= 0, self.space.scores_from_distances(distances), -np.inf).astype(np.float32)
+        return IndexHits(ids, scores)
+
+    def _save_files(self, folder: Path) -> dict[str, Any]:
+        self._client.flush(self.config.collection)
+        uri = str(Path(self.config.uri).resolve()) if self.config.is_lite else self.config.uri
+        config = {**config_dict(self.config), "uri": uri, "token": ""}  # never persist credentials
+        return {"config": config, "space": self.space.to_json(), "files": [uri] if self.config.is_lite else []}
+
+    @classmethod
+    def _load_files(cls, folder: Path, manifest: dict[str, Any], token: str = "") -> MilvusIndex:
+        config = MilvusConfig(**{**manifest["config"], "token": token})
+        return cls(manifest["model_id"], manifest["dim"], VectorSpace.from_json(manifest["space"]), config, create=False)
