@@ -40,6 +40,8 @@ class DataConfig:
         train_queries_per_label: Queries per label drawn from the training side.
         test_queries_per_label: Queries per label drawn from the test side.
         n_negatives: Negatives per query (shrunk when the data are too small).
+        near_duplicate_threshold: dhash-16 Hamming distance (of 256 bits) under which two images count as
+            near-duplicates for the train/test leakage check (see benchmarks/dedup.py).
     """
 
     root: Path = DEFAULT_DATA
@@ -48,6 +50,7 @@ class DataConfig:
     train_queries_per_label: int = 100
     test_queries_per_label: int = 20
     n_negatives: int = 99
+    near_duplicate_threshold: int = 32
 
 
 @dataclass(frozen=True)

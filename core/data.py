@@ -12,12 +12,14 @@ from typing import Literal
 import numpy as np
 
 from core.errors import DatasetError, ImageLoadError
-from core.images import content_hash, decode_image
+from core.images import DHASH_SIZE, content_hash, decode_image, perceptual_hash, printable
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 OnError = Literal["skip", "raise"]
+#: Folder (inside a dataset root) where ``dedup --apply`` moves near-duplicates; never scanned as a label.
+DUPLICATES_DIR = "_duplicates"
 
 
 @dataclass(frozen=True)
@@ -73,31 +75,38 @@ class ScanReport:
 
     dataset: ImageDataset
     skipped: tuple[SkippedFile, ...]
+    #: Difference hash of each record (``uint8[N, DHASH_SIZE**2 / 8]``, packed bits), aligned with
+    #: ``dataset.records``; None when the scan was asked not to hash.
+    dhashes: np.ndarray | None = None
 
 
-def _inspect_file(path: Path) -> tuple[str | None, str | None]:
-    """Hash and fully decode one file; return (sha256, None) or (None, reason)."""
+def _inspect_file(path: Path, with_hash: bool) -> tuple[str | None, np.ndarray | None, str | None]:
+    """Hash and fully decode one file; return (sha256, dhash, None) or (None, None, reason)."""
     try:
         data = path.read_bytes()
-        decode_image(data, name=str(path))
+        image = decode_image(data, name=str(path))
+        dhash = perceptual_hash(image, DHASH_SIZE) if with_hash else None
     except ImageLoadError as err:
-        return None, str(err)
+        return None, None, str(err)
     except OSError as err:
-        return None, f"{path}: cannot read file ({err.strerror or err})"
-    return content_hash(data), None
+        return None, None, f"{printable(str(path))}: cannot read file ({err.strerror or err})"
+    return content_hash(data), dhash, None
 
 
-def scan_folder(root: str | Path, on_error: OnError = "skip", workers: int = 4) -> ScanReport:
+def scan_folder(root: str | Path, on_error: OnError = "skip", workers: int = 4, perceptual_hashes: bool = True) -> ScanReport:
     """Build a dataset from ``root/<label>/<image>``, checking that every image decodes.
 
     Files are decoded once here so that bad files are reported up front, named, and not discovered
     halfway through featurizing. Exact duplicates (same bytes) keep their first occurrence only, so
-    one picture can never land on both sides of a split.
+    one picture can never land on both sides of a split. Label folders whose names are not valid
+    UTF-8 get a printable label (undecodable bytes shown as U+FFFD); ``DUPLICATES_DIR`` is not a label.
 
     Args:
         root: Folder whose sub-folders are labels.
         on_error: ``"skip"`` leaves bad files out and reports them; ``"raise"`` stops at the first.
         workers: Threads used to decode (Pillow releases the GIL while decoding).
+        perceptual_hashes: Also compute each image's difference hash while it is decoded anyway
+            (``ScanReport.dhashes``, used for near-duplicate and leakage checks).
 
     Raises:
         DatasetError: ``root`` is missing, has no label folders, or no usable image.
@@ -105,40 +114,46 @@ def scan_folder(root: str | Path, on_error: OnError = "skip", workers: int = 4) 
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
-    label_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DatasetError(f"{printable(str(root))}: dataset folder not found")
+    label_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != DUPLICATES_DIR)
     if not label_dirs:
-        raise DatasetError(f"{root}: no label folders (expected {root}/<label>/<image files>)")
+        shown = printable(str(root))
+        raise DatasetError(f"{shown}: no label folders (expected {shown}/<label>/<image files>)")
     candidates: list[tuple[Path, str]] = []
     skipped: list[SkippedFile] = []
     for label_dir in label_dirs:
         files = sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
-            log.warning("%s: empty label folder, ignored", label_dir)
+            log.warning("%s: empty label folder, ignored", printable(str(label_dir)))
+        label = printable(label_dir.name)
         for path in files:
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                candidates.append((path, label_dir.name))
+                candidates.append((path, label))
             else:
-                skipped.append(SkippedFile(path, f"{path}: not an image file extension ({path.suffix or 'none'})"))
+                suffix = printable(path.suffix) or "none"
+                skipped.append(SkippedFile(path, f"{printable(str(path))}: not an image file extension ({suffix})"))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        inspected = list(pool.map(_inspect_file, (path for path, _ in candidates)))
+        inspected = list(pool.map(lambda path: _inspect_file(path, perceptual_hashes), (path for path, _ in candidates)))
     records: list[ImageRecord] = []
+    dhashes: list[np.ndarray] = []
     first_path_of: dict[str, Path] = {}
-    for (path, label), (sha256, reason) in zip(candidates, inspected):
+    for (path, label), (sha256, dhash, reason) in zip(candidates, inspected):
         if sha256 is None:
             if on_error == "raise":
                 raise ImageLoadError(reason)
             skipped.append(SkippedFile(path, str(reason)))
         elif sha256 in first_path_of:
-            skipped.append(SkippedFile(path, f"{path}: exact duplicate of {first_path_of[sha256]}"))
+            skipped.append(SkippedFile(path, f"{printable(str(path))}: exact duplicate of {printable(str(first_path_of[sha256]))}"))
         else:
             first_path_of[sha256] = path
             records.append(ImageRecord(path, label, sha256))
+            dhashes.append(dhash)
     for item in skipped:
         log.warning("skipped %s", item.reason)
     if not records:
-        raise DatasetError(f"{root}: no usable images found")
-    return ScanReport(ImageDataset(tuple(records), root), tuple(skipped))
+        raise DatasetError(f"{printable(str(root))}: no usable images found")
+    hashes = np.stack(dhashes) if perceptual_hashes else None
+    return ScanReport(ImageDataset(tuple(records), root), tuple(skipped), hashes)
 
 
 @dataclass(frozen=True)
@@ -190,7 +205,9 @@ def check_disjoint(dataset: ImageDataset, split: Split) -> None:
         for record in test:
             if getattr(record, key) in train_keys:
                 other = train_keys[getattr(record, key)]
-                raise DatasetError(f"{record.path}: same {key} as training image {other.path} (train/test leakage)")
+                raise DatasetError(
+                    f"{printable(str(record.path))}: same {key} as training image {printable(str(other.path))} (train/test leakage)"
+                )
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ from core.data import (
     scan_folder,
     stratified_split,
 )
+from core.dedup import Leak
 from core.errors import ArtifactError
 from core.evaluate import EvaluationResult, evaluate
 from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
+from core.images import printable
 from core.rankers import Ranker, top_k
 from core.svm import PairAccuracy, SVMConfig, SVMRanker
 
@@ -52,16 +54,22 @@ class PreparedData:
     train_sets: ComparativeSets
     test_sets: ComparativeSets
     skipped: tuple[SkippedFile, ...] = ()
+    leaks: tuple[Leak, ...] = ()
 
 
 def prepare(config: DataConfig) -> PreparedData:
-    """Scan ``config.root``, split it and draw comparative sets, all seeded by ``config.seed``."""
+    """Scan ``config.root``, split it and draw comparative sets, all seeded by ``config.seed``.
+
+    Exact duplicates are dropped by the scan; near-duplicates (perceptual hash) that land on both
+    sides of the split are logged as warnings naming both files (see :func:`near_duplicate_leaks`).
+    """
     report = scan_folder(config.root)
     dataset = report.dataset
     rng = np.random.default_rng(config.seed)
     labels = dataset.label_array
     split = stratified_split(labels, config.train_fraction, rng)
     check_disjoint(dataset, split)
+    leaks = near_duplicate_leaks(dataset, split, report.dhashes, config.near_duplicate_threshold)
 
     def sets_for(indices: np.ndarray, per_label: int) -> ComparativeSets:
         local = make_comparative_sets(labels[indices], per_label, config.n_negatives, rng)
@@ -74,12 +82,36 @@ def prepare(config: DataConfig) -> PreparedData:
         sets_for(split.train, config.train_queries_per_label),
         sets_for(split.test, config.test_queries_per_label),
         report.skipped,
+        leaks,
     )
     log.info(
         "%d images, %d labels; train %d, test %d; %d test queries x (1 + %d)",
         len(dataset), len(dataset.labels), len(split.train), len(split.test), len(prepared.test_sets), prepared.test_sets.n_negatives,
     )
     return prepared
+
+
+def near_duplicate_leaks(dataset: ImageDataset, split: Split, dhashes: np.ndarray | None, threshold: int | None = None) -> tuple[Leak, ...]:
+    """Near-duplicate pairs straddling ``split``, each logged as a warning naming both files.
+
+    Args:
+        dataset: The scanned records.
+        split: Train/test indices into ``dataset``.
+        dhashes: Packed difference hashes aligned with the records (``ScanReport.dhashes``); None skips the check.
+        threshold: Hamming distance in bits (default: ``core.dedup.DEFAULT_THRESHOLD``).
+    """
+    from core.dedup import DEFAULT_THRESHOLD, find_leaks
+
+    if dhashes is None:
+        return ()
+    leaks = find_leaks(dataset, split, dhashes, DEFAULT_THRESHOLD if threshold is None else threshold)
+    for leak in leaks:
+        log.warning(
+            "possible train/test leakage: %s (test) is a near-duplicate of %s (train), dhash distance %d; "
+            "run `python -m workbench dedup` to remove near-duplicates",
+            printable(str(leak.test_path)), printable(str(leak.train_path)), leak.distance,
+        )
+    return leaks
 
 
 def save_prepared(prepared: PreparedData, workdir: Path) -> Path:
@@ -94,6 +126,7 @@ def save_prepared(prepared: PreparedData, workdir: Path) -> Path:
         "train_sets": {"queries": prepared.train_sets.queries, "references": prepared.train_sets.references},
         "test_sets": {"queries": prepared.test_sets.queries, "references": prepared.test_sets.references},
         "skipped": [[str(item.path), item.reason] for item in prepared.skipped],
+        "leaks": [[str(leak.train_path.relative_to(root)), str(leak.test_path.relative_to(root)), leak.distance] for leak in prepared.leaks],
     }
     path = Path(workdir) / "prepared.json"
     atomic_write_json(path, payload)
@@ -127,6 +160,7 @@ def load_prepared(workdir: Path) -> PreparedData:
             sets("train_sets"),
             sets("test_sets"),
             tuple(SkippedFile(Path(p), reason) for p, reason in payload.get("skipped", [])),
+            tuple(Leak(root / train, root / test, int(distance)) for train, test, distance in payload.get("leaks", [])),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path}: malformed ({err!r})") from err

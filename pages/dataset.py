@@ -20,6 +20,10 @@ def render() -> None:
     if summary.skipped:
         with st.expander(f"{len(summary.skipped)} file(s) skipped while scanning"):
             st.write("\n".join(f"- {reason}" for reason in summary.skipped))
+    if summary.leaks:
+        st.warning(f"{len(summary.leaks)} near-duplicate pair(s) straddle the train/test split; `python -m workbench dedup` removes them.")
+        with st.expander("Near-duplicates across the split"):
+            st.write("\n".join(f"- {leak}" for leak in summary.leaks))
     for label, paths in summary.samples.items():
         train, test = summary.counts[label]
         st.markdown(f"**{label}** · {train} train, {test} test")

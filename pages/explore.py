@@ -10,7 +10,7 @@ def render() -> None:
     st.title("Explore")
     ws = common.workspace()
     method = st.sidebar.radio("Projection", ["pca", "umap"], horizontal=True, key="projection", help="UMAP needs umap-learn; PCA otherwise")
-    names = [str(record.path.relative_to(ws.dataset.root)) for record in ws.dataset.records]
+    names = service.gallery_names(ws)
     upload = st.file_uploader("Query photo (optional; default: the picked gallery image)", key="explore_upload")
     picked = st.selectbox("Gallery query", names, key="explore_pick", disabled=upload is not None)
     data, name = (upload.getvalue(), upload.name) if upload is not None else (ws.dataset.records[names.index(picked)].path.read_bytes(), picked)

@@ -15,7 +15,7 @@ def render() -> None:
         k = st.slider("Results", min_value=1, max_value=30, value=12, key="k")
 
     upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
-    names = [str(record.path.relative_to(ws.dataset.root)) for record in ws.dataset.records]
+    names = service.gallery_names(ws)
     picked = st.selectbox(
         "…or pick a gallery image", names, index=0, key="gallery_pick", disabled=upload is not None,
         help="clear the upload to search with a gallery image",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,export,experiment}``.
+"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,export,experiment,import-urls,dedup}``.
 
 Every command takes ``--workdir`` (artifacts), ``--data`` (dataset folder) and ``--config`` (TOML);
 flags override the config file. Missing earlier steps run automatically, from cache when possible.
@@ -72,6 +72,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "experiment", parents=[common, training, svm],
         help="split, fine-tune, featurize, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
     )
+    imports = commands.add_parser("import-urls", parents=[common], help="download a label<TAB>url list into a folder per label")
+    imports.add_argument("list", type=Path, help="URL list: one label<TAB>url per line; blank lines and # comments allowed")
+    imports.add_argument("--out", type=Path, required=True, help="dataset folder to fill (re-running resumes)")
+    imports.add_argument("--workers", type=int, default=8, help="downloads in flight (default: %(default)s)")
+    imports.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default: %(default)s)")
+    imports.add_argument("--retries", type=int, default=2, help="retries of transient failures (default: %(default)s)")
+    imports.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest download (default: %(default)s)")
+    dedup = commands.add_parser("dedup", parents=[common], help="find near-duplicate images (dhash); --apply moves them aside")
+    dedup.add_argument("--threshold", type=int, help="largest Hamming distance in bits out of 256 (default: 32)")
+    dedup.add_argument("--apply", action="store_true", help="move removed images to <data>/_duplicates/ (default: report only)")
     return parser
 
 
@@ -199,6 +209,8 @@ def _cmd_prepare(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     print(f"split: {len(prepared.split.train)} train / {len(prepared.split.test)} test; skipped {len(prepared.skipped)} file(s)")
     for item in prepared.skipped:
         print(f"  skipped {item.reason}")
+    if prepared.leaks:
+        print(f"{len(prepared.leaks)} near-duplicate pair(s) straddle the split (see the warnings; `dedup` removes them)")
     return 0
 
 
@@ -239,7 +251,7 @@ def _cmd_evaluate(args: argparse.Namespace, config: WorkbenchConfig) -> int:
 
 def _cmd_search(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     from core import pipeline
-    from core.images import load_image
+    from core.images import load_image, printable
 
     image = load_image(args.image)
     prepared = _prepared(args, config)
@@ -248,7 +260,7 @@ def _cmd_search(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     hits = pipeline.search(image, featurizer, prepared.dataset, embeddings, ranker, args.k)
     print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
     for hit in hits:
-        print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.record.label:<16} {hit.record.path}")
+        print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.record.label:<16} {printable(str(hit.record.path))}")
     return 0
 
 
@@ -329,6 +341,66 @@ def _cmd_experiment(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     return 0
 
 
+def _cmd_import_urls(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core.ingest import REPORT_NAME, IngestConfig, import_urls
+
+    for name in ("workers", "timeout", "max_bytes"):
+        if getattr(args, name) <= 0:
+            raise WorkbenchError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.retries < 0:
+        raise WorkbenchError(f"--retries must be 0 or more, got {args.retries}")
+    ingest_config = IngestConfig(workers=args.workers, timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes)
+    update, close = _progress("download", args.quiet, unit="url")
+    try:
+        report = import_urls(args.list, args.out, ingest_config, update)
+    finally:
+        close()
+    counts = report.counts()
+    print(
+        f"{counts['downloaded']} downloaded, {counts['present']} already present, {counts['failed']} failed, "
+        f"{counts['duplicate']} duplicate(s), {counts['malformed']} malformed line(s) in {report.seconds:.1f} s"
+    )
+    for bad in report.malformed:
+        print(f"  line {bad.line}: malformed: {bad.reason}")
+    for item in report.with_status("failed"):
+        print(f"  line {item.line}: failed: {item.url}: {item.reason}")
+    for item in report.with_status("duplicate"):
+        print(f"  line {item.line}: duplicate: {item.url}: {item.reason}")
+    print(f"report: {args.out / REPORT_NAME}")
+    return 0
+
+
+def _cmd_dedup(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core import pipeline
+    from core.artifacts import atomic_write_json
+    from core.data import DUPLICATES_DIR, scan_folder
+    from core.dedup import DEFAULT_THRESHOLD, find_near_duplicates, move_duplicates
+
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    if not 0 <= threshold <= 256:
+        raise WorkbenchError(f"--threshold must be between 0 and 256 bits, got {threshold}")
+    root = config.data.root
+    scan = scan_folder(root)
+    report = find_near_duplicates(scan.dataset, scan.dhashes, threshold)
+    exact = [item for item in scan.skipped if "exact duplicate of" in item.reason]
+    path = args.workdir / "reports" / "dedup.json"
+    atomic_write_json(path, {**report.to_dict(), "exact_duplicates": [item.reason for item in exact], "applied": args.apply})
+    print(f"{report.n_images} images: {len(report.removed)} near-duplicate(s) in {report.n_groups} group(s) at threshold {threshold}/256 bits; "
+          f"{len(exact)} exact duplicate(s) already left out by the scan")
+    for row in report.to_dict()["removed"]:
+        print(f"  {row['distance']:>3}  {row['removed']}  (keeps {row['kept']})")
+    if args.apply and report.removed:
+        moved = move_duplicates(report, root)
+        print(f"moved {len(moved)} file(s) to {root / DUPLICATES_DIR}")
+        if (args.workdir / "prepared.json").exists() and pipeline.load_prepared(args.workdir).config.root.resolve() == root.resolve():
+            _prepared(args, config, force=True)
+            print("prepared.json rebuilt without them")
+    elif report.removed:
+        print("nothing moved (report only); add --apply to move them aside")
+    print(f"report: {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
     "prepare": _cmd_prepare,
     "featurize": _cmd_featurize,
@@ -338,4 +410,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
     "train-svm": _cmd_train_svm,
     "export": _cmd_export,
     "experiment": _cmd_experiment,
+    "import-urls": _cmd_import_urls,
+    "dedup": _cmd_dedup,
 }

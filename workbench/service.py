@@ -24,7 +24,7 @@ from core.data import ImageDataset, ImageRecord
 from core.errors import ArtifactError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported for the pages)
 from core.evaluate import EvaluationResult
 from core.featurize import Featurizer
-from core.images import decode_image
+from core.images import decode_image, printable
 from core.pipeline import (
     PreparedData,
     SearchHit,
@@ -163,6 +163,11 @@ def workspace(choice: str = PRETRAINED, progress: ProgressFn | None = None) -> W
     return _cached(("workspace", str(data_root.resolve()), str(workdir.resolve()), choice), build)
 
 
+def gallery_names(ws: Workspace) -> list[str]:
+    """Display names of the gallery images (paths relative to the dataset, safe to print)."""
+    return [printable(str(record.path.relative_to(ws.dataset.root))) for record in ws.dataset.records]
+
+
 def ranker_choices(ws: Workspace) -> list[str]:
     """Rankers usable with this workspace: the plain metrics, plus ``svm`` once one is fitted."""
     fitted = svm_path(ws.workdir, ws.featurizer.fingerprint).exists()
@@ -257,6 +262,7 @@ class DatasetSummary:
     counts: dict[str, tuple[int, int]]
     samples: dict[str, list[Path]]
     skipped: list[str]
+    leaks: list[str]
     n_test_queries: int
     n_negatives: int
 
@@ -271,7 +277,8 @@ def dataset_summary(samples_per_label: int = 6) -> DatasetSummary:
     }
     samples = {label: [r.path for r in prepared.dataset.records if r.label == label][:samples_per_label] for label in counts}
     return DatasetSummary(
-        prepared.dataset.root, counts, samples, [item.reason for item in prepared.skipped],
+        prepared.dataset.root, counts, samples, [printable(item.reason) for item in prepared.skipped],
+        [f"{printable(str(leak.test_path))} (test) ~ {printable(str(leak.train_path))} (train), distance {leak.distance}" for leak in prepared.leaks],
         len(prepared.test_sets), prepared.test_sets.n_negatives,
     )
 
@@ -415,7 +422,7 @@ def embedding_projection(ws: Workspace, method: str = "pca") -> EmbeddingMap:
     def build() -> EmbeddingMap:
         projection = project_2d(ws.embeddings, np.random.default_rng(ws.prepared.config.seed), method)
         return EmbeddingMap(
-            projection, [r.label for r in ws.dataset.records], [str(r.path.relative_to(ws.dataset.root)) for r in ws.dataset.records]
+            projection, [r.label for r in ws.dataset.records], gallery_names(ws)
         )
 
     return _cached(("map", ws.featurizer.fingerprint, str(ws.dataset.root), method), build)

@@ -1,0 +1,29 @@
+"""prepared.json round trip, including near-duplicate leaks found by prepare."""
+
+import numpy as np
+from PIL import Image
+
+from core.config import DataConfig
+from core.pipeline import load_prepared, prepare, save_prepared
+
+
+def test_prepare_records_leaks_and_round_trips(tmp_path, tiny_dataset):
+    data = tmp_path / "data"
+    for source in sorted(tiny_dataset.glob("*/*.jpg")):
+        (data / source.parent.name).mkdir(parents=True, exist_ok=True)
+        (data / source.parent.name / source.name).write_bytes(source.read_bytes())
+    # a resized, re-encoded copy of every fish: some copies must land on the other side of the split
+    for source in sorted((tiny_dataset / "fish").glob("*.jpg")):
+        image = Image.open(source)
+        image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(data / "fish" / f"copy_{source.name}", quality=80)
+    prepared = prepare(DataConfig(root=data, n_negatives=5))
+    assert prepared.leaks, "no near-duplicate straddles the split"
+    for leak in prepared.leaks:
+        assert {leak.train_path.name.removeprefix("copy_"), leak.test_path.name.removeprefix("copy_")} == {leak.train_path.name.removeprefix("copy_")}
+        assert leak.distance <= 32
+    save_prepared(prepared, tmp_path / "work")
+    loaded = load_prepared(tmp_path / "work")
+    assert loaded.leaks == prepared.leaks
+    assert [r.sha256 for r in loaded.dataset.records] == [r.sha256 for r in prepared.dataset.records]
+    np.testing.assert_array_equal(loaded.test_sets.references, prepared.test_sets.references)
+    assert loaded.config == prepared.config
