@@ -2,11 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-REQS := requirements.txt requirements-dev.txt
+REQS := requirements.txt requirements-dev.txt requirements-serve.txt requirements-scale.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-12)
 PORT ?= 8501
 
-.PHONY: setup run test test-all test-browser bench clean
+.PHONY: setup run test test-all test-browser test-slow test-spark serve bench clean
+SPARK_STAMP := $(VENV)/.spark-$(shell cat requirements-spark.txt | sha256sum | cut -c1-12)
+API_PORT ?= 8000
 BROWSER_STAMP := $(VENV)/.browser-$(shell cat requirements-browser.txt | sha256sum | cut -c1-12)
 
 $(STAMP): $(REQS)
@@ -21,9 +23,26 @@ run: setup
 	$(PY) -m workbench featurize
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
 
-## test: the default suite (no slow, GPU or browser tests)
+## test: the default suite (no slow, GPU, browser or Spark tests)
 test: setup
-	$(PY) -m pytest -m "not slow and not gpu and not browser"
+	$(PY) -m pytest -m "not slow and not gpu and not browser and not spark"
+
+## test-slow: longer tests (schema-driven fuzzing of the REST API)
+test-slow: setup
+	$(PY) -m pytest -m "slow and not browser and not spark" --durations=5
+
+$(SPARK_STAMP): requirements-spark.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-spark.txt
+	rm -f $(VENV)/.spark-* && touch $@
+
+## test-spark: Spark local-mode tests (apt-get install openjdk-17-jre-headless first)
+test-spark: setup $(SPARK_STAMP)
+	@command -v java >/dev/null || { echo "install Java first: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+	$(PY) -m pytest -m spark --durations=5
+
+## serve: the REST service on 127.0.0.1:$(API_PORT) (OpenAPI document at /openapi.json)
+serve: setup
+	$(PY) -m workbench serve --port $(API_PORT)
 
 $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-browser.txt
@@ -41,6 +60,7 @@ test-all: setup
 bench: setup
 	$(PY) benchmarks/featurize.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/index.py --sizes 10000 100000 --dims 512
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -24,7 +24,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import sys
+
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.artifacts import atomic_write_json, environment_versions
 from core.index import VectorIndex, create_index

@@ -115,3 +115,20 @@ def test_export_of_a_fine_tuned_run_and_retraining_forgets_it(tmp_path, tiny_dat
     assert OnnxFeaturizer(exported).preprocessing.input_size == 128
     assert main(["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6", "--restart"]) == 0
     assert not exported.exists()  # stale export removed when the run is trained again
+
+
+def test_index_build_search_remove_add(tmp_path, tiny_dataset, capsys):
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    query = tiny_dataset / "tools" / "gc_wrench.jpg"
+    assert main(["index", "build", *common]) == 0
+    assert "indexed 18 images (exact)" in capsys.readouterr().out
+    assert main(["index", "search", str(query), "-k", "3", *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[3].endswith("gc_wrench.jpg") and len(lines) == 4
+    assert main(["index", "remove", str(query), *common]) == 0
+    assert "removed 1 image(s); 17 indexed" in capsys.readouterr().out
+    assert main(["index", "search", str(query), "-k", "3", *common]) == 0
+    assert "gc_wrench.jpg" not in capsys.readouterr().out
+    assert main(["index", "add", *common]) == 0
+    assert "added 1 image(s); 18 indexed" in capsys.readouterr().out
+    assert main(["index", "search", str(query), "-k", "1", *common, "--run", "missing"]) == 2  # no such run

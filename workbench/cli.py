@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,export,experiment,import-urls,dedup}``.
+"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,export,experiment,import-urls,dedup,index,serve,spark-featurize}``.
 
 Every command takes ``--workdir`` (artifacts), ``--data`` (dataset folder) and ``--config`` (TOML);
 flags override the config file. Missing earlier steps run automatically, from cache when possible.
@@ -72,6 +72,32 @@ def get_args_parser() -> argparse.ArgumentParser:
         "experiment", parents=[common, training, svm],
         help="split, fine-tune, featurize, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
     )
+    index_flags = argparse.ArgumentParser(add_help=False)
+    index_flags.add_argument("--index-dir", type=Path, help="saved index folder (default: <workdir>/index)")
+    index = commands.add_parser("index", help="a saved vector index of the dataset: build, add, remove, search")
+    index_commands = index.add_subparsers(dest="index_command", required=True)
+    build = index_commands.add_parser("build", parents=[common, index_flags], help="index every dataset image (replaces the saved index)")
+    build.add_argument("--kind", choices=("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus"), default="auto")
+    build.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="exact index storage")
+    build.add_argument("--ranker", choices=("cosine", "l2", "svm"), default="cosine", help="what an approximate index serves")
+    build.add_argument("--milvus-uri", help="Milvus server URI (default: Milvus Lite file <index-dir>/milvus.db)")
+    index_commands.add_parser("add", parents=[common, index_flags], help="add dataset images missing from the index (no rebuild)")
+    remove = index_commands.add_parser("remove", parents=[common, index_flags], help="remove images (matched by content hash)")
+    remove.add_argument("images", type=Path, nargs="+")
+    index_search = index_commands.add_parser("search", parents=[common, index_flags], help="top-k indexed images for an image")
+    index_search.add_argument("image", type=Path)
+    index_search.add_argument("-k", type=int, default=15)
+    index_search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine")
+    serve = commands.add_parser("serve", parents=[common], help="REST service: POST /search, POST /embed, GET /health (OpenAPI at /docs)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s; 0.0.0.0 publishes the service)")
+    serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (default: %(default)s)")
+    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image, w x h (default: %(default)s)")
+    spark = commands.add_parser("spark-featurize", parents=[common], help="embed images with Apache Spark into Parquet (ONNX model)")
+    spark.add_argument("--out", type=Path, required=True, help="output Parquet folder (replaced)")
+    spark.add_argument("--master", default="local[2]", help="Spark master URL (default: %(default)s)")
+    spark.add_argument("--partitions", type=int, default=4, help="(default: %(default)s)")
+    spark.add_argument("--paths", type=Path, help="text file with one image path per line (default: every image of --data)")
     imports = commands.add_parser("import-urls", parents=[common], help="download a label<TAB>url list into a folder per label")
     imports.add_argument("list", type=Path, help="URL list: one label<TAB>url per line; blank lines and # comments allowed")
     imports.add_argument("--out", type=Path, required=True, help="dataset folder to fill (re-running resumes)")
@@ -401,6 +427,99 @@ def _cmd_dedup(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     return 0
 
 
+def _index_config(args: argparse.Namespace, folder: Path, n_images: int):
+    from core.index import default_config
+    from core.index.exact import ExactConfig
+    from core.index.faiss_backend import FaissConfig
+    from core.index.milvus_backend import MilvusConfig
+
+    if args.kind == "auto":
+        chosen = default_config(n_images)
+        return ExactConfig(dtype=args.dtype) if isinstance(chosen, ExactConfig) else chosen
+    if args.kind == "exact":
+        return ExactConfig(dtype=args.dtype)
+    if args.kind == "milvus":
+        return MilvusConfig(uri=args.milvus_uri or str(folder / "milvus.db"))
+    return FaissConfig(kind=args.kind.removeprefix("faiss-"))
+
+
+def _cmd_index(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    import shutil
+
+    import numpy as np
+
+    from core import pipeline
+    from core.images import content_hash, load_image, printable
+    from core.index import content_ids, create_index, load_index
+    from core.index.exact import ExactConfig
+
+    prepared = _prepared(args, config)
+    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
+    model_id, folder = featurizer.fingerprint, args.index_dir or args.workdir / "index"
+    records = prepared.dataset.records
+    ids = content_ids([record.sha256 for record in records])
+    if args.index_command == "build":
+        index_config = _index_config(args, folder, len(records))
+        ranker = None
+        if not isinstance(index_config, ExactConfig):
+            [ranker] = pipeline.load_rankers([args.ranker], args.workdir, model_id, config.data.seed)
+        index = create_index(index_config, model_id, embeddings.shape[1], ranker)
+        index.add(ids, embeddings, model_id=model_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        index.save(folder)
+        print(f"indexed {len(index)} images ({index.backend}) for {model_id} in {folder}")
+        return 0
+    index = load_index(folder, model_id=model_id)
+    if args.index_command == "add":
+        new = ~np.isin(ids, index.ids())
+        index.add(ids[new], embeddings[new], model_id=model_id)
+        index.save(folder)
+        print(f"added {int(new.sum())} image(s); {len(index)} indexed")
+    elif args.index_command == "remove":
+        removed = index.remove(content_ids([content_hash(path.read_bytes()) for path in args.images]))
+        index.save(folder)
+        print(f"removed {removed} image(s); {len(index)} indexed")
+    else:
+        [ranker] = pipeline.load_rankers([args.ranker], args.workdir, model_id, config.data.seed)
+        hits = index.search(featurizer.embed([load_image(args.image)]), args.k, ranker, model_id=model_id)
+        by_id = dict(zip(ids.tolist(), records))
+        print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
+        for rank, (hit_id, score) in enumerate(zip(hits.ids[0].tolist(), hits.scores[0].tolist()), 1):
+            record = by_id.get(hit_id)
+            label, path = (record.label, printable(str(record.path))) if record else ("?", f"<id {hit_id} not in dataset>")
+            print(f"{rank:>4}  {score:>8.4f}  {label:<16} {path}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from workbench.api import ServeSettings, serve
+
+    settings = ServeSettings(
+        data=config.data.root, workdir=args.workdir, choice=args.run or "pretrained",
+        backend="onnx" if args.backend == "onnx" else "auto",
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+    )
+    serve(settings, args.host, args.port, "warning" if args.quiet else "info")
+    return 0
+
+
+def _cmd_spark_featurize(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core import pipeline
+    from workbench.spark_job import SparkJobConfig, featurize_with_spark
+
+    if args.paths:
+        paths = [Path(line) for line in args.paths.read_text().splitlines() if line.strip()]
+    else:
+        paths = [record.path for record in _prepared(args, config).dataset.records]
+    onnx = args.onnx or pipeline.onnx_path(args.workdir, args.run or "pretrained")
+    result = featurize_with_spark(paths, onnx, args.out, args.partitions, args.batch_size or 16, config=SparkJobConfig(master=args.master))
+    print(
+        f"wrote {result.n_images} embeddings ({result.n_failed} failed) of {result.fingerprint} to {result.path} "
+        f"in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s)"
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
     "prepare": _cmd_prepare,
     "featurize": _cmd_featurize,
@@ -412,4 +531,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
     "experiment": _cmd_experiment,
     "import-urls": _cmd_import_urls,
     "dedup": _cmd_dedup,
+    "index": _cmd_index,
+    "serve": _cmd_serve,
+    "spark-featurize": _cmd_spark_featurize,
 }

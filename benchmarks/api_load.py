@@ -1,0 +1,156 @@
+"""Bounded loopback load test of the REST service: requests/s and p50/p99 latency of ``POST /search``.
+
+Starts ``python -m workbench.api`` on 127.0.0.1 at a free port in a subprocess (demo data, the given
+workdir: its exported ONNX model is used when present), waits for ``/health``, then for each concurrency
+level keeps that many requests in flight for ``--seconds`` (closed loop: each worker sends its next
+request when the last one is answered), cycling through demo photos. Stops the server at the end, prints
+a table and writes JSON (default ``benchmarks/results/api_load.json``). Nothing leaves 127.0.0.1.
+
+    .venv/bin/python benchmarks/api_load.py [--seconds 60] [--concurrency 1 4 16] [--k 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of each concurrency level (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="(default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured requests first (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=10, help="results per search (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts")
+    parser.add_argument("--queries", type=int, default=32, help="distinct demo photos to cycle through")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "api_load.json")
+    return parser
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen, float]:
+    """The service in a subprocess; returns it and the seconds until ``/health`` answered."""
+    import httpx
+
+    command = [sys.executable, "-m", "workbench.api", "--host", "127.0.0.1", "--port", str(port),
+               "--data", str(args.data), "--workdir", str(args.workdir), "--log-level", "warning"]
+    log = open(Path(tempfile.gettempdir()) / f"workbench-api-load-{port}.log", "w")  # noqa: SIM115  (held by the server)
+    server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    start = time.perf_counter()
+    while time.perf_counter() - start < 300:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited with {server.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return server, time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.terminate()
+    raise RuntimeError("server did not become healthy in 300 s")
+
+
+async def run_level(url: str, payloads: list[tuple[str, bytes]], concurrency: int, seconds: float, warmup: float, k: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker(index: int, until: float, record: bool) -> None:
+            n = index
+            while time.perf_counter() < until:
+                name, data = payloads[n % len(payloads)]
+                n += concurrency
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/search", files={"file": (name, data, "image/jpeg")}, data={"k": str(k)})
+                    ok = response.status_code == 200 and len(response.json()["hits"]) == k
+                    kind = None if ok else f"http {response.status_code}"
+                except httpx.HTTPError as err:
+                    kind = type(err).__name__
+                if record:
+                    if kind is None:
+                        latencies.append(time.perf_counter() - start)
+                    else:
+                        errors[kind] = errors.get(kind, 0) + 1
+
+        await asyncio.gather(*(worker(i, time.perf_counter() + warmup, False) for i in range(concurrency)))
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(i, began + seconds, True) for i in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 2),
+        "requests": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "requests_per_second": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+        "mean_ms": round(float(ms.mean()), 1) if len(ms) else None,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    import httpx
+
+    photos = sorted(args.data.glob("*/*.jpg"))[:: max(1, len(list(args.data.glob("*/*.jpg"))) // args.queries)][: args.queries]
+    payloads = [(path.name, path.read_bytes()) for path in photos]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server, startup = start_server(args, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = httpx.get(f"{url}/health").json()
+        print(f"server healthy after {startup:.1f} s: {health['backend']} {health['fingerprint']}, gallery {health['gallery_size']}")
+        levels = []
+        for concurrency in args.concurrency:
+            result = asyncio.run(run_level(url, payloads, concurrency, args.seconds, args.warmup, args.k))
+            levels.append(result)
+            print(f"  concurrency {concurrency:>2}: {result['requests_per_second']:7.1f} req/s, p50 {result['p50_ms']} ms, "
+                  f"p99 {result['p99_ms']} ms, errors {result['errors']}", flush=True)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    report = {
+        "endpoint": "POST /search", "k": args.k, "seconds_per_level": args.seconds, "warmup_seconds": args.warmup,
+        "distinct_queries": len(payloads), "server_startup_seconds": round(startup, 2), "health": health, "levels": levels,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "note": "client and server share the machine's cores; closed loop, one uvicorn process",
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("\n| concurrency | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
+    for r in levels:
+        print(f"| {r['concurrency']} | {r['requests_per_second']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+    print(f"\nwrote {args.out}")
+    return 0 if all(r["errors"] == 0 for r in levels) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,457 @@
+"""REST service: ``POST /search``, ``POST /embed``, ``GET /health`` over one workspace, with OpenAPI docs.
+
+``create_app(settings)`` builds the FastAPI app and does no heavy work: the workspace (prepared data,
+featurizer, gallery embeddings, rankers) loads once at start-up through the app's lifespan, with the
+same ``core.pipeline`` steps as the CLI. The featurizer is the exported ONNX model when
+``<workdir>/onnx/<choice>.onnx`` exists (same features as PyTorch, several times faster per query),
+else PyTorch.
+
+Input limits, each answered with ``{"error": {"code", "message"}}`` and never a stack trace:
+
+* request body over ``max_upload_bytes`` (plus a little multipart overhead): 413 ``upload_too_large``,
+  checked from ``Content-Length`` and again while the body streams in, so an oversize upload is cut
+  off instead of spooled;
+* more than ``max_pixels`` (read from the image header before decoding; ``core.images`` keeps its own
+  decompression-bomb guard behind it): 413 ``image_too_large``;
+* bytes that no decoder recognises (text, PDF...), whatever the file name or declared type: 415
+  ``unsupported_media_type``; an empty upload: 400 ``empty_upload``; a recognised but truncated or
+  corrupt image, or one too small to rank: 422 ``invalid_image``;
+* bad form fields (``k`` outside 1..100, an unknown ranker, a missing file): 422 ``invalid_request``;
+  ``svm`` before an SVM ranker was fitted for this featurizer: 422 ``ranker_unavailable``.
+
+``/openapi.json`` works offline; the interactive ``/docs`` page loads Swagger UI's JavaScript and CSS from
+a CDN, so it renders only where the browser can reach one.
+
+Run it with ``python -m workbench.api --port 8000`` (or the CLI's ``serve``); it listens on 127.0.0.1
+unless ``--host`` says otherwise.
+"""
+
+import argparse
+import io
+import logging
+import time
+import warnings
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.config import DEFAULT_DATA
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from core.featurize import Featurizer
+    from core.pipeline import PreparedData
+    from core.rankers import Ranker
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = "pretrained"
+#: Room for the multipart envelope and the small form fields around the image.
+MULTIPART_SLACK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the service serves and the limits it enforces.
+
+    Attributes:
+        data: Dataset folder (one sub-folder per label): the search gallery.
+        workdir: Artifact folder (prepared data, feature cache, exported models, SVM rankers).
+        choice: ``"pretrained"`` or the name of a fine-tuning run in ``workdir``.
+        backend: ``"auto"`` (ONNX when exported, else PyTorch), ``"onnx"`` or ``"torch"``.
+        max_upload_bytes: Largest accepted image file.
+        max_pixels: Largest accepted image, width x height, read from its header before decoding.
+        max_k: Most results one search may ask for.
+        inference_threads: Queries decoded and embedded at once; more wait their turn.
+    """
+
+    data: Path = DEFAULT_DATA
+    workdir: Path = Path("artifacts")
+    choice: str = PRETRAINED
+    backend: str = "auto"
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_k: int = 100
+    inference_threads: int = 2
+
+
+class RankerName(str, Enum):
+    """Rankers a search can use; ``svm`` only once fitted (``python -m workbench train-svm``)."""
+
+    cosine = "cosine"
+    l2 = "l2"
+    l1 = "l1"
+    svm = "svm"
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class ServedWorkspace:
+    """What the endpoints read: loaded once at start-up, never changed afterwards."""
+
+    prepared: "PreparedData"
+    featurizer: "Featurizer"
+    backend: str
+    embeddings: np.ndarray
+    rankers: "dict[str, Ranker]"
+    relative_paths: tuple[str, ...]
+
+
+def load_workspace(settings: ServeSettings) -> ServedWorkspace:
+    """Prepared data (prepared again when missing or for another folder), featurizer, embeddings, rankers.
+
+    Raises:
+        WorkbenchError: The dataset, a saved artifact or the exported model is unusable.
+    """
+    from core import pipeline
+    from core.config import DataConfig, FeaturizerConfig
+    from core.errors import ArtifactError
+
+    workdir = Path(settings.workdir)
+    try:
+        prepared = pipeline.load_prepared(workdir)
+        if prepared.config.root.resolve() != Path(settings.data).resolve():
+            raise ArtifactError("prepared for another dataset")
+    except ArtifactError:
+        prepared = pipeline.prepare(DataConfig(root=Path(settings.data)))
+        pipeline.save_prepared(prepared, workdir)
+    exported = pipeline.onnx_path(workdir, settings.choice)
+    if settings.backend == "onnx" or (settings.backend == "auto" and exported.is_file()):
+        from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
+
+        featurizer: Featurizer = OnnxFeaturizer(exported, OrtConfig(allow_spinning=False))
+        backend = "onnx"
+    else:
+        run_dir = None if settings.choice == PRETRAINED else pipeline.run_path(workdir, settings.choice)
+        featurizer = pipeline.build_featurizer(FeaturizerConfig(), run_dir)
+        backend = "torch"
+    embeddings = pipeline.featurize(prepared, featurizer, workdir)
+    names = [name.value for name in RankerName if name is not RankerName.svm]
+    if pipeline.svm_path(workdir, featurizer.fingerprint).exists():
+        names.append(RankerName.svm.value)
+    rankers = dict(zip(names, pipeline.load_rankers(names, workdir, featurizer.fingerprint)))
+    root = prepared.dataset.root
+    relative = tuple(str(record.path.relative_to(root)) if root else record.path.name for record in prepared.dataset.records)
+    log.info("serving %d gallery images with %s (%s); rankers: %s", len(embeddings), featurizer.fingerprint, backend, ", ".join(rankers))
+    return ServedWorkspace(prepared, featurizer, backend, embeddings, rankers, relative)
+
+
+class ErrorBody(BaseModel):
+    """What went wrong."""
+
+    code: str = Field(description="machine-readable error kind, e.g. `unsupported_media_type`")
+    message: str = Field(description="one line for a person, naming the upload and the problem")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    """Liveness and what is being served."""
+
+    status: str
+    fingerprint: str = Field(description="featurizer id (model, weights, preprocessing)")
+    backend: str = Field(description="`onnx` or `torch`")
+    gallery_size: int
+    embedding_dim: int
+    rankers: list[str]
+
+
+class Embedding(BaseModel):
+    """One image's embedding."""
+
+    fingerprint: str
+    backend: str
+    dim: int
+    embedding: list[float] = Field(description="L2-normalised feature vector")
+
+
+class Hit(BaseModel):
+    """One retrieved gallery image."""
+
+    rank: int = Field(ge=1)
+    label: str
+    path: str = Field(description="path relative to the dataset folder")
+    score: float = Field(description="higher = more similar")
+
+
+class Timing(BaseModel):
+    """Where a search spent its time, in milliseconds."""
+
+    decode_ms: float
+    search_ms: float = Field(description="embedding the query and ranking the gallery")
+    total_ms: float
+
+
+class SearchResponse(BaseModel):
+    """Hits for one query image, best first."""
+
+    fingerprint: str
+    ranker: str
+    k: int
+    hits: list[Hit]
+    timing: Timing
+
+
+def check_image(data: bytes, name: str, max_pixels: int) -> "Image.Image":
+    """Decode upload bytes into upright RGB, classifying every failure for the HTTP answer.
+
+    Raises:
+        ApiError: 400 empty, 415 not an image, 413 too many pixels, 422 corrupt/truncated/too small.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from core.errors import ImageLoadError
+    from core.images import decode_image
+
+    if not data:
+        raise ApiError(400, "empty_upload", f"{name}: empty file (0 bytes)")
+    try:  # the header alone: format and size, no pixel data decoded yet
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+    except UnidentifiedImageError as err:
+        raise ApiError(415, "unsupported_media_type", f"{name}: not a recognised image format") from err
+    except Image.DecompressionBombError as err:
+        raise ApiError(413, "image_too_large", f"{name}: image too large to decode") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ApiError(422, "invalid_image", f"{name}: corrupt image header ({err})") from err
+    if width * height > max_pixels:
+        raise ApiError(413, "image_too_large", f"{name}: {width}x{height} px is over the limit of {max_pixels} pixels")
+    try:
+        return decode_image(data, name=name)
+    except ImageLoadError as err:
+        raise ApiError(422, "invalid_image", str(err)) from err
+
+
+def _upload_name(filename: str | None) -> str:
+    """The client's file name without any directory part, for messages."""
+    name = Path((filename or "").replace("\\", "/")).name
+    return name[:120] or "upload"
+
+
+def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """The FastAPI app for ``settings``; the workspace loads when the app starts (lifespan)."""
+    errors = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500)}
+    limiter = anyio.CapacityLimiter(max(1, settings.inference_threads))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.workspace = await anyio.to_thread.run_sync(load_workspace, settings)
+        yield
+
+    app = FastAPI(
+        title="Similarity workbench",
+        version="1",
+        summary="Find the gallery images most similar to an uploaded photo.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
+
+    def error_response(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return error_response(err.status, err.code, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        parts = []
+        for item in err.errors():
+            where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query"))
+            parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg", "invalid")))
+        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+        response = error_response(err.status_code, codes.get(err.status_code, f"http_{err.status_code}"), str(err.detail))
+        response.headers.update(err.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error; see the server log")
+
+    async def read_upload(file: UploadFile) -> tuple[bytes, str]:
+        name = _upload_name(file.filename)
+        data = await file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, "upload_too_large", f"{name}: larger than {settings.max_upload_bytes} bytes")
+        return data, name
+
+    def workspace(request: Request) -> ServedWorkspace:
+        return request.app.state.workspace
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    async def health(request: Request) -> Health:
+        """Liveness and what is being served."""
+        ws = workspace(request)
+        return Health(
+            status="ok", fingerprint=ws.featurizer.fingerprint, backend=ws.backend,
+            gallery_size=len(ws.embeddings), embedding_dim=int(ws.embeddings.shape[1]), rankers=list(ws.rankers),
+        )
+
+    @app.post("/embed", response_model=Embedding, responses=errors, tags=["search"])
+    async def embed(request: Request, file: Annotated[UploadFile, File(description="an image (JPEG, PNG, WebP...)")]) -> Embedding:
+        """The L2-normalised embedding of an uploaded image."""
+        ws = workspace(request)
+        data, name = await read_upload(file)
+
+        def work() -> np.ndarray:
+            return ws.featurizer.embed([check_image(data, name, settings.max_pixels)])[0]
+
+        vector = await anyio.to_thread.run_sync(work, limiter=limiter)
+        return Embedding(fingerprint=ws.featurizer.fingerprint, backend=ws.backend, dim=len(vector), embedding=vector.tolist())
+
+    @app.post("/search", response_model=SearchResponse, responses=errors, tags=["search"])
+    async def search(
+        request: Request,
+        file: Annotated[UploadFile, File(description="the query image")],
+        k: Annotated[int, Form(ge=1, le=settings.max_k, description="how many results")] = 10,
+        ranker: Annotated[RankerName, Form(description="`svm` only once fitted for this featurizer")] = RankerName.cosine,
+    ) -> SearchResponse:
+        """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
+        from core.pipeline import search as search_gallery
+
+        ws = workspace(request)
+        model = ws.rankers.get(ranker.value)
+        if model is None:
+            raise ApiError(422, "ranker_unavailable", f"ranker {ranker.value!r} is not fitted for {ws.featurizer.fingerprint}")
+        data, name = await read_upload(file)
+
+        def work() -> tuple[list, float, float]:
+            start = time.perf_counter()
+            image = check_image(data, name, settings.max_pixels)
+            decoded = time.perf_counter()
+            hits = search_gallery(image, ws.featurizer, ws.prepared.dataset, ws.embeddings, model, k)
+            return hits, decoded - start, time.perf_counter() - decoded
+
+        start = time.perf_counter()
+        hits, decode_s, search_s = await anyio.to_thread.run_sync(work, limiter=limiter)
+        index = {id(record): i for i, record in enumerate(ws.prepared.dataset.records)}
+        return SearchResponse(
+            fingerprint=ws.featurizer.fingerprint,
+            ranker=ranker.value,
+            k=k,
+            hits=[Hit(rank=h.rank, label=h.record.label, path=ws.relative_paths[index[id(h.record)]], score=h.score) for h in hits],
+            timing=Timing(decode_ms=decode_s * 1e3, search_ms=search_s * 1e3, total_ms=(time.perf_counter() - start) * 1e3),
+        )
+
+    return app
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes``, from ``Content-Length`` or while streaming.
+
+    The 413 is raised from ``receive`` as an HTTP exception, so it reaches the app's structured error
+    handler; a route that never reads the body is unaffected.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.exceptions import HTTPException
+
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = f"request body over {self.max_bytes} bytes"
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                raise HTTPException(413, too_large)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, too_large)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m workbench.api`` (the CLI's ``serve`` takes the same)."""
+    parser = argparse.ArgumentParser(prog="python -m workbench.api", description="Serve search and embeddings over HTTP")
+    add_serve_arguments(parser)
+    return parser
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the serve options (host, port, limits, featurizer choice) to ``parser``."""
+    defaults = ServeSettings()
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s; 0.0.0.0 publishes it)")
+    parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    parser.add_argument("--serve-run", dest="serve_run", default=PRETRAINED, help="featurizer: 'pretrained' or a fine-tuning run")
+    parser.add_argument("--serve-backend", dest="serve_backend", choices=("auto", "onnx", "torch"), default="auto",
+                        help="(default: %(default)s: ONNX when exported)")
+    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20, help="(default: %(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="(default: %(default)s)")
+    parser.add_argument("--inference-threads", type=int, default=defaults.inference_threads, help="(default: %(default)s)")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+def settings_from_args(args: argparse.Namespace, data: Path | None = None, workdir: Path | None = None) -> ServeSettings:
+    """``ServeSettings`` from parsed serve arguments (``data``/``workdir`` default to the demo and ``artifacts``)."""
+    return ServeSettings(
+        data=Path(data) if data is not None else DEFAULT_DATA,
+        workdir=Path(workdir) if workdir is not None else Path("artifacts"),
+        choice=args.serve_run,
+        backend=args.serve_backend,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        inference_threads=args.inference_threads,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workbench.api [--data DIR] [--workdir DIR] [--port 8000]``."""
+    parser = get_args_parser()
+    parser.add_argument("--data", type=Path, help="dataset folder (default: bundled demo)")
+    parser.add_argument("--workdir", type=Path, default=Path("artifacts"), help="(default: %(default)s)")
+    args = parser.parse_args(argv)
+    serve(settings_from_args(args, args.data, args.workdir), args.host, args.port, args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
