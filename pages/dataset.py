@@ -7,6 +7,14 @@ from workbench import service
 
 def render() -> None:
     st.title("Dataset")
+    with st.form("dataset_form"):
+        folder = st.text_input("Dataset folder (one sub-folder per label)", value=str(service.settings()[0]), key="data_folder")
+        if st.form_submit_button("Use this folder"):
+            try:
+                service.use_dataset(folder)
+                st.success("Dataset switched: every page now works on it (first use prepares and featurizes it).")
+            except service.WorkbenchError as err:
+                st.error(str(err))
     summary = service.dataset_summary()
     n_train = sum(train for train, _ in summary.counts.values())
     n_test = sum(test for _, test in summary.counts.values())

@@ -15,7 +15,8 @@ def app_env(monkeypatch, tmp_path_factory, tiny_dataset):
     workdir = tmp_path_factory.mktemp("app-work")
     monkeypatch.setenv("WORKBENCH_DATA", str(tiny_dataset))
     monkeypatch.setenv("WORKBENCH_WORKDIR", str(workdir))
-    return workdir
+    yield workdir
+    service._active_dataset().clear()  # a test may have switched the app to another folder
 
 
 def run_app(page: str | None = None) -> AppTest:
@@ -126,3 +127,22 @@ def test_explore_page_shows_the_map_and_explains_a_result(app_env):
     app.selectbox(key="explain_hit").select_index(2).run()
     assert not app.exception
     assert next(c.value for c in app.caption if "Cosine similarity" in c.value) != first
+
+
+def test_dataset_page_switches_to_another_folder(app_env, tmp_path, tiny_dataset):
+    import shutil
+
+    other = tmp_path / "photos"
+    for label in ("fish", "tools"):
+        shutil.copytree(tiny_dataset / label, other / label)
+    app = run_app("pages/dataset.py")
+    app.text_input(key="data_folder").input(str(tmp_path / "nowhere"))
+    app.button[0].click().run()
+    assert any("dataset folder not found" in e.value for e in app.error)
+    app.text_input(key="data_folder").input(str(other))
+    app.button[0].click().run()
+    assert not app.exception
+    values = {m.label: m.value for m in app.metric}
+    assert values["labels"] == "2" and values["images"] == "12"
+    data_root, workdir = service.settings()
+    assert data_root == other.resolve() and workdir.parent.name == "datasets"

@@ -9,6 +9,7 @@ elsewhere: ``WORKBENCH_DATA`` (dataset folder, default: the bundled demo) and ``
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ import streamlit as st
 
 from core.config import DEFAULT_DATA, DataConfig, FeaturizerConfig, SVMConfig, TrainConfig  # noqa: F401  (configs re-exported)
 from core.data import ImageDataset, ImageRecord
-from core.errors import ArtifactError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported for the pages)
+from core.errors import ArtifactError, DatasetError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported for the pages)
 from core.evaluate import EvaluationResult
 from core.featurize import Featurizer
 from core.images import decode_image, printable
@@ -86,9 +87,38 @@ class SearchResult:
     seconds: float
 
 
+@st.cache_resource(show_spinner=False)
+def _active_dataset() -> dict[str, Path]:
+    return {}
+
+
 def settings() -> tuple[Path, Path]:
-    """(dataset folder, workdir) from the environment, with the bundled demo as default."""
-    return Path(os.environ.get("WORKBENCH_DATA", DEFAULT_DATA)), Path(os.environ.get("WORKBENCH_WORKDIR", "artifacts"))
+    """(dataset folder, workdir): the folder chosen in the app, else ``WORKBENCH_DATA`` or the bundled demo.
+
+    A chosen folder gets its own workdir under ``<workdir>/datasets/`` so runs, rankers and reports of
+    different datasets never mix.
+    """
+    base_workdir = Path(os.environ.get("WORKBENCH_WORKDIR", "artifacts"))
+    chosen = _active_dataset().get("root")
+    if chosen is None:
+        return Path(os.environ.get("WORKBENCH_DATA", DEFAULT_DATA)), base_workdir
+    key = hashlib.sha256(str(chosen).encode()).hexdigest()[:8]
+    return chosen, base_workdir / "datasets" / f"{chosen.name}-{key}"
+
+
+def use_dataset(folder: str) -> Path:
+    """Switch the app (every session of this server) to another folder-per-label dataset.
+
+    Raises:
+        DatasetError: The folder does not exist or has no label sub-folders.
+    """
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    if not any(child.is_dir() and not child.name.startswith((".", "_")) for child in root.iterdir()):
+        raise DatasetError(f"{root}: no label folders (expected {root}/<label>/<image files>)")
+    _active_dataset()["root"] = root
+    return root
 
 
 @dataclass
@@ -112,9 +142,10 @@ def _cached(key: tuple[str, ...], build: Callable[[], object]) -> object:
         return slot.value
 
 
-def prepared_data() -> PreparedData:
+def prepared_data(data_root: Path | None = None, workdir: Path | None = None) -> PreparedData:
     """The dataset with its split and comparative sets, prepared on first use (then read from disk)."""
-    data_root, workdir = settings()
+    if data_root is None or workdir is None:
+        data_root, workdir = settings()
 
     def build() -> PreparedData:
         try:
@@ -144,10 +175,13 @@ def featurizer_choices() -> list[str]:
     return [PRETRAINED, *(path.name for path in runs)]
 
 
-def workspace(choice: str = PRETRAINED, progress: ProgressFn | None = None) -> Workspace:
+def workspace(
+    choice: str = PRETRAINED, progress: ProgressFn | None = None, data_root: Path | None = None, workdir: Path | None = None
+) -> Workspace:
     """The workspace of a featurizer choice; built on first use, featurizing with ``progress``."""
-    data_root, workdir = settings()
-    prepared = prepared_data()
+    if data_root is None or workdir is None:
+        data_root, workdir = settings()
+    prepared = prepared_data(data_root, workdir)
 
     def build() -> Workspace:
         exported = onnx_path(workdir, choice)
@@ -298,6 +332,8 @@ class TrainingJob:
     run: str
     config: TrainConfig
     svm_config: SVMConfig
+    data_root: Path
+    workdir: Path
     phase: str = "starting"
     epoch: int = 0
     step: int = 0
@@ -322,15 +358,14 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
-            _, workdir = settings()
-            prepared = prepared_data()
+            prepared = prepared_data(self.data_root, self.workdir)
             self.phase = "fine-tuning"
-            forget_export(workdir, self.run)
-            fine_tune(prepared.dataset.records, prepared.split, self.config, run_path(workdir, self.run), self._on_progress)
+            forget_export(self.workdir, self.run)
+            fine_tune(prepared.dataset.records, prepared.split, self.config, run_path(self.workdir, self.run), self._on_progress)
             self.phase = "featurizing with the fine-tuned model"
-            ws = workspace(self.run)
+            ws = workspace(self.run, None, self.data_root, self.workdir)
             self.phase = "fitting the SVM ranker"
-            _, train_pairs, test_pairs = fit_svm(prepared, ws.embeddings, self.svm_config, ws.featurizer.fingerprint, workdir)
+            _, train_pairs, test_pairs = fit_svm(prepared, ws.embeddings, self.svm_config, ws.featurizer.fingerprint, self.workdir)
             self.pair_accuracy = (train_pairs.balanced_accuracy, test_pairs.balanced_accuracy)
             self.phase = "done"
         except Exception as err:  # shown on the page; the run folder keeps its last finished epoch
@@ -351,11 +386,12 @@ def start_training(run: str, config: TrainConfig, svm_config: SVMConfig) -> Trai
     Raises:
         ArtifactError: ``run`` is not a plain folder name.
     """
-    run_path(settings()[1], run)  # validates the name
+    data_root, workdir = settings()
+    run_path(workdir, run)  # validates the name
     jobs = _jobs()
     job = jobs.get(run)
     if job is None or job.done:
-        job = TrainingJob(run, config, svm_config)
+        job = TrainingJob(run, config, svm_config, data_root, workdir)
         jobs[run] = job
         threading.Thread(target=job._run, name=f"train-{run}", daemon=True).start()
     return job
