@@ -28,6 +28,7 @@ def render() -> None:
     common.featurizer_picker()
     st.caption("Fine-tunes the pretrained backbone as a classifier of the training split, featurizes with the refined "
                "body and fits the SVM-weighted L2 ranker. Runs in the background; progress updates live.")
+    st.caption(f"Dataset: `{service.settings()[0]}` (switch it on the Dataset page).")
     with st.form("train_form"):
         first = st.columns(4)
         run = first[0].text_input("Run name", value="run1", key="run_name")
