@@ -90,6 +90,10 @@ class TrainConfig:
         augment: Random resized crops, flips and colour jitter on training images.
         seed: Seeds weight init of the head, augmentation and batch order.
         device: ``"cpu"``, ``"cuda"`` or empty for automatic.
+        objective: ``"classification"`` (cross-entropy on the labels, the body then serves as featurizer)
+            or ``"triplet"`` (triplet margin loss on the embedding itself, with mined triplets).
+        margin: Triplet margin (on L2-normalised embeddings).
+        mining: Which triplets the miner keeps: ``"semihard"``, ``"hard"`` or ``"all"`` violating the margin.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -107,6 +111,9 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = ""
+    objective: Literal["classification", "triplet"] = "classification"
+    margin: float = 0.2
+    mining: Literal["semihard", "hard", "all"] = "semihard"
 
 
 @dataclass(frozen=True)

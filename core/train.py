@@ -114,17 +114,71 @@ def _train_transform(preprocessing: Preprocessing, augment: bool) -> Callable:
     )
 
 
-def _evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, loss_fn: nn.Module) -> tuple[float, float]:
+class _Objective:
+    """What fine-tuning optimises: a loss on a batch's outputs and how many of them are "right"."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
+        raise NotImplementedError
+
+
+class _Classification(_Objective):
+    """Cross-entropy on the labels; right = arg-max class."""
+
+    def __init__(self, label_smoothing: float) -> None:
+        self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(outputs, targets)
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
+        return int((outputs.argmax(1) == targets).sum())
+
+
+class _Triplet(_Objective):
+    """Triplet margin loss on mined triplets (pytorch-metric-learning); right = nearest other item shares the label."""
+
+    def __init__(self, margin: float, mining: str) -> None:
+        from pytorch_metric_learning import losses, miners
+
+        self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=mining)
+        self.triplet = losses.TripletMarginLoss(margin=margin)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.triplet(outputs, targets, self.miner(outputs, targets))
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
+        if len(targets) < 2:
+            return 0
+        unit = nn.functional.normalize(outputs.detach(), dim=1)
+        similarity = unit @ unit.T
+        similarity.fill_diagonal_(-2.0)
+        return int((targets[similarity.argmax(1)] == targets).sum())
+
+
+def _objective(config: TrainConfig) -> _Objective:
+    if config.objective == "classification":
+        return _Classification(config.label_smoothing)
+    if config.objective == "triplet":
+        return _Triplet(config.margin, config.mining)
+    raise ValueError(f"unknown objective {config.objective!r}; choose classification or triplet")
+
+
+def _evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, objective: _Objective) -> tuple[float, float]:
+    """Loss and accuracy over the whole loader at once (triplets and nearest neighbours span batches)."""
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    outputs, targets = [], []
     with torch.inference_mode():
-        for images, targets in loader:
-            images, targets = images.to(device), targets.to(device)
-            logits = model(images)
-            total_loss += float(loss_fn(logits, targets)) * len(targets)
-            correct += int((logits.argmax(1) == targets).sum())
-            count += len(targets)
-    return (total_loss / count, correct / count) if count else (float("nan"), float("nan"))
+        for images, batch_targets in loader:
+            outputs.append(model(images.to(device)))
+            targets.append(batch_targets.to(device))
+    if not outputs:
+        return float("nan"), float("nan")
+    outputs, targets = torch.cat(outputs), torch.cat(targets)
+    with torch.inference_mode():
+        return float(objective.loss(outputs, targets)), objective.correct(outputs, targets) / len(targets)
 
 
 def fine_tune(
@@ -158,7 +212,9 @@ def fine_tune(
     torch.manual_seed(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    backbone = build_backbone(config.backbone, config.weights, num_classes=len(labels))
+    objective = _objective(config)
+    head_classes = len(labels) if config.objective == "classification" else 0
+    backbone = build_backbone(config.backbone, config.weights, num_classes=head_classes)
     preprocessing = _resized(backbone.preprocessing, config.input_size)
     model = backbone.model
     if hasattr(model, "drop_rate"):
@@ -167,9 +223,11 @@ def fine_tune(
     head_params = list(_classifier(model).parameters())
     head_ids = {id(p) for p in head_params}
     body_params = [p for p in model.parameters() if id(p) not in head_ids]
+    if config.freeze_body and not head_params:
+        raise ValueError("freeze_body leaves nothing to train with the triplet objective (it has no head)")
     for parameter in body_params:
         parameter.requires_grad_(not config.freeze_body)
-    groups = [{"params": head_params, "lr": config.learning_rate}]
+    groups = [{"params": head_params, "lr": config.learning_rate}] if head_params else []
     if not config.freeze_body:
         groups.append({"params": body_params, "lr": config.learning_rate * config.body_lr_scale})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -192,7 +250,6 @@ def fine_tune(
         if config.schedule == "cosine"
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -239,14 +296,14 @@ def fine_tune(
             for step, (images, targets) in enumerate(train_loader, start=1):
                 images = images.to(device).contiguous(memory_format=torch.channels_last)
                 targets = targets.to(device)
-                logits = model(images)
-                loss = loss_fn(logits, targets)
+                outputs = model(images)
+                loss = objective.loss(outputs, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 running_loss += float(loss.detach()) * len(targets)
-                running_correct += int((logits.argmax(1) == targets).sum())
+                running_correct += objective.correct(outputs, targets)
                 seen += len(targets)
                 if progress:
                     progress(TrainProgress(epoch, config.epochs, step, len(train_loader)))
@@ -254,7 +311,7 @@ def fine_tune(
             save("interrupted")
             log.warning("interrupted in epoch %d; %s holds epoch %d", epoch, checkpoint_path, len(history))
             raise
-        test_loss, test_accuracy = _evaluate(model, test_loader, device, loss_fn)
+        test_loss, test_accuracy = _evaluate(model, test_loader, device, objective)
         metrics = EpochMetrics(epoch, running_loss / max(seen, 1), running_correct / max(seen, 1), test_loss, test_accuracy, time.perf_counter() - started)
         history.append(metrics)
         _save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, history, manifest)
@@ -313,7 +370,8 @@ def finetuned_backbone(run_dir: str | Path) -> Backbone:
     manifest = read_manifest(run_dir)
     checkpoint_path = run_dir / "checkpoint.pt"
     state = _load_checkpoint(checkpoint_path)
-    backbone = build_backbone(manifest["backbone"], weights=None, num_classes=len(manifest["labels"]))
+    classification = manifest["config"].get("objective", "classification") == "classification"
+    backbone = build_backbone(manifest["backbone"], weights=None, num_classes=len(manifest["labels"]) if classification else 0)
     try:
         backbone.model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as err:

@@ -88,3 +88,37 @@ def test_frozen_body_trains_only_the_head(tiny, tmp_path):
 def test_missing_or_corrupt_runs_are_named(tmp_path):
     with pytest.raises(ArtifactError, match="nothing/manifest.json: not found"):
         finetuned_backbone(tmp_path / "nothing")
+
+
+def test_triplet_miner_picks_hard_and_semihard_negatives_on_a_hand_built_batch():
+    from core.train import _Triplet
+
+    # anchor a0 and positive a1 are 0.2 apart; negatives at distance 0.1 (hard: closer than the positive),
+    # 0.3 (semi-hard: farther than the positive but within the 0.2 margin) and 1.5 (easy)
+    embeddings = torch.tensor([[0.0, 0.0], [0.2, 0.0], [0.0, 0.1], [0.0, 0.3], [0.0, 1.5]])
+    labels = torch.tensor([0, 0, 1, 2, 3])
+
+    def mined_negatives(mining: str) -> set[int]:
+        objective = _Triplet(margin=0.2, mining=mining)
+        objective.miner.distance.normalize_embeddings = False  # keep the hand-built geometry
+        anchors, positives, negatives = objective.miner(embeddings, labels)
+        return {int(n) for a, p, n in zip(anchors, positives, negatives) if int(a) == 0 and int(p) == 1}
+
+    assert mined_negatives("hard") == {2}
+    assert mined_negatives("semihard") == {3}
+    assert mined_negatives("all") == {2, 3}
+
+
+def test_triplet_fine_tune_learns_an_embedding_that_serves_as_featurizer(tiny, tmp_path):
+    dataset, split = tiny
+    config = TrainConfig(epochs=1, batch_size=12, input_size=128, learning_rate=1e-2, objective="triplet", mining="all")
+    result = fine_tune(dataset.records, split, config, tmp_path / "triplet")
+    assert len(result.history) == 1 and 0.0 <= result.history[0].test_accuracy <= 1.0
+    tuned = finetuned_backbone(tmp_path / "triplet")
+    pretrained = body_state(build_backbone("efficientnet_lite0"))
+    state = body_state(tuned)
+    assert any(not torch.equal(state[k], pretrained[k]) for k in state if state[k].is_floating_point())
+    with torch.no_grad():
+        assert tuned.model(torch.zeros(2, 3, 128, 128)).shape == (2, 1280)
+    with pytest.raises(ValueError, match="nothing to train"):
+        fine_tune(dataset.records, split, TrainConfig(epochs=1, objective="triplet", freeze_body=True), tmp_path / "frozen")

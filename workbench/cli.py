@@ -46,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     training.add_argument("--freeze-body", action="store_true", default=None, help="train the classifier head only")
     training.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
     training.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
+    training.add_argument("--objective", choices=("classification", "triplet"), help="what fine-tuning optimises (default: classification)")
+    training.add_argument("--margin", type=float, help="triplet margin (default 0.2)")
+    training.add_argument("--mining", choices=("semihard", "hard", "all"), help="triplet mining (default: semihard)")
 
     svm = argparse.ArgumentParser(add_help=False)
     svm.add_argument("--C", type=float, dest="svm_c", help="LinearSVC C (default 0.01)")
@@ -130,6 +133,7 @@ def _config(args: argparse.Namespace) -> WorkbenchConfig:
             **_overrides(
                 backbone=args.backbone, weights=args.weights, epochs=get("epochs"), learning_rate=get("lr"), batch_size=args.batch_size,
                 freeze_body=get("freeze_body"), input_size=get("input_size"), seed=args.seed, device=args.device,
+                objective=get("objective"), margin=get("margin"), mining=get("mining"),
             ),
         ),
         svm=dataclasses.replace(config.svm, **_overrides(C=get("svm_c"), hard_negative_rounds=get("rounds"))),
