@@ -217,12 +217,29 @@ def fit_svm(
     return ranker, train_accuracy, test_accuracy
 
 
+def siamese_path(workdir: Path, featurizer_id: str) -> Path:
+    """Where the Siamese pair ranker for a featurizer's embeddings is saved."""
+    return Path(workdir) / "rankers" / featurizer_id / "siamese.npz"
+
+
+def fit_siamese(prepared: PreparedData, embeddings: np.ndarray, featurizer_id: str, workdir: Path) -> Ranker:
+    """Train the Siamese pair head on the training comparative sets and save it."""
+    from core.siamese import SiameseRanker
+
+    ranker = SiameseRanker().fit(embeddings, prepared.dataset.label_array, prepared.train_sets)
+    ranker.save(siamese_path(workdir, featurizer_id), {"featurizer": featurizer_id})
+    return ranker
+
+
 def load_rankers(names: list[str], workdir: Path, featurizer_id: str, seed: int = 0) -> list[Ranker]:
-    """Rankers by name; ``"svm"`` is loaded from the workspace for this featurizer."""
+    """Rankers by name; ``"svm"`` and ``"siamese"`` are loaded from the workspace for this featurizer."""
     from core.rankers import make_ranker
+    from core.siamese import SiameseRanker
 
     rng = np.random.default_rng(seed)
-    return [SVMRanker.load(svm_path(workdir, featurizer_id)) if name == "svm" else make_ranker(name, rng) for name in names]
+    learned = {"svm": lambda: SVMRanker.load(svm_path(workdir, featurizer_id)),
+               "siamese": lambda: SiameseRanker.load(siamese_path(workdir, featurizer_id))}
+    return [learned[name]() if name in learned else make_ranker(name, rng) for name in names]
 
 
 def featurize(

@@ -132,3 +132,11 @@ def test_index_build_search_remove_add(tmp_path, tiny_dataset, capsys):
     assert main(["index", "add", *common]) == 0
     assert "added 1 image(s); 18 indexed" in capsys.readouterr().out
     assert main(["index", "search", str(query), "-k", "1", *common, "--run", "missing"]) == 2  # no such run
+
+
+def test_train_siamese_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    assert main(["train-siamese", *common]) == 0
+    assert "siamese.npz" in capsys.readouterr().out
+    assert main(["evaluate", *common]) == 0
+    assert "\nsiamese " in capsys.readouterr().out

@@ -1,14 +1,22 @@
 """Datasets: scanning with bad files, stratified seeded split, comparative sets."""
 
-import io
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import ImageDataset, ImageRecord, Split, check_disjoint, make_comparative_sets, scan_folder, stratified_split
+from core.data import (
+    ImageDataset,
+    ImageRecord,
+    Split,
+    check_disjoint,
+    make_comparative_sets,
+    scan_folder,
+    stratified_split,
+)
 from core.errors import DatasetError, ImageLoadError
-from pathlib import Path
 
 
 def write_image(path: Path, color, size=(40, 30), fmt="PNG") -> Path:

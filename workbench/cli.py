@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,export,experiment,import-urls,dedup,index,serve,spark-featurize}``.
+"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,train-siamese,export,experiment,import-urls,dedup,index,serve,spark-featurize}``.
 
 Every command takes ``--workdir`` (artifacts), ``--data`` (dataset folder) and ``--config`` (TOML);
 flags override the config file. Missing earlier steps run automatically, from cache when possible.
@@ -21,7 +21,7 @@ from core.errors import WorkbenchError
 
 log = logging.getLogger("workbench")
 
-RANKER_CHOICES = ("random", "l1", "l2", "cosine", "svm")
+RANKER_CHOICES = ("random", "l1", "l2", "cosine", "svm", "siamese")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine", help="(default: %(default)s)")
     commands.add_parser("train", parents=[common, training], help="fine-tune the backbone on the training split")
     commands.add_parser("train-svm", parents=[common, svm], help="fit the SVM-weighted L2 ranker with Platt calibration")
+    commands.add_parser("train-siamese", parents=[common], help="train the Siamese pair head on the training sets' pairs")
     export = commands.add_parser("export", parents=[common], help="export the featurizer to ONNX, validated against PyTorch")
     export.add_argument("--out", type=Path, help="target .onnx file (default: <workdir>/onnx/<run or pretrained>.onnx)")
     commands.add_parser(
@@ -256,7 +257,8 @@ def _ranker_names(requested: list[str] | None, workdir: Path, featurizer_id: str
     if requested and "all" not in requested:
         return list(dict.fromkeys(requested))
     names = ["random", "l1", "l2", "cosine"]
-    return names + ["svm"] if pipeline.svm_path(workdir, featurizer_id).exists() else names
+    names += ["svm"] if pipeline.svm_path(workdir, featurizer_id).exists() else []
+    return names + (["siamese"] if pipeline.siamese_path(workdir, featurizer_id).exists() else [])
 
 
 def _cmd_evaluate(args: argparse.Namespace, config: WorkbenchConfig) -> int:
@@ -313,6 +315,16 @@ def _cmd_train_svm(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     print(f"SVM ranker for {featurizer.fingerprint} (C={config.svm.C}, {config.svm.hard_negative_rounds} hard-negative round(s))")
     for split, accuracy in (("train", train_accuracy), ("test", test_accuracy)):
         print(f"  {split} pairs: accuracy {accuracy.accuracy:.1%}, balanced accuracy {accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs)")
+    return 0
+
+
+def _cmd_train_siamese(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+    from core import pipeline
+
+    prepared = _prepared(args, config)
+    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
+    pipeline.fit_siamese(prepared, embeddings, featurizer.fingerprint, args.workdir)
+    print(f"Siamese ranker for {featurizer.fingerprint}: {pipeline.siamese_path(args.workdir, featurizer.fingerprint)}")
     return 0
 
 
@@ -531,6 +543,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
     "search": _cmd_search,
     "train": _cmd_train,
     "train-svm": _cmd_train_svm,
+    "train-siamese": _cmd_train_siamese,
     "export": _cmd_export,
     "experiment": _cmd_experiment,
     "import-urls": _cmd_import_urls,

@@ -40,6 +40,7 @@ from core.pipeline import (
     prepare,
     run_path,
     save_prepared,
+    siamese_path,
     svm_path,
 )
 from core.pipeline import search as search_image
@@ -204,8 +205,8 @@ def gallery_names(ws: Workspace) -> list[str]:
 
 def ranker_choices(ws: Workspace) -> list[str]:
     """Rankers usable with this workspace: the plain metrics, plus ``svm`` once one is fitted."""
-    fitted = svm_path(ws.workdir, ws.featurizer.fingerprint).exists()
-    return [*PLAIN_RANKERS[:2], *(["svm"] if fitted else []), *PLAIN_RANKERS[2:]]
+    learned = [name for name, path in (("svm", svm_path), ("siamese", siamese_path)) if path(ws.workdir, ws.featurizer.fingerprint).exists()]
+    return [*PLAIN_RANKERS[:2], *learned, *PLAIN_RANKERS[2:]]
 
 
 def search(ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int) -> SearchResult:
