@@ -42,6 +42,8 @@ class DataConfig:
         n_negatives: Negatives per query (shrunk when the data are too small).
         near_duplicate_threshold: dhash-16 Hamming distance (of 256 bits) under which two images count as
             near-duplicates for the train/test leakage check (see benchmarks/dedup.py).
+        condition: Attribute that defines "similar" (a column of the attributes file); empty = the label folder.
+        attributes: Attributes CSV (``path`` + one column per attribute); empty = ``<root>/attributes.csv``.
     """
 
     root: Path = DEFAULT_DATA
@@ -51,6 +53,8 @@ class DataConfig:
     test_queries_per_label: int = 20
     n_negatives: int = 99
     near_duplicate_threshold: int = 32
+    condition: str = ""
+    attributes: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from core.data import (
     ImageRecord,
     SkippedFile,
     Split,
+    apply_condition,
     check_disjoint,
     make_comparative_sets,
     scan_folder,
@@ -64,6 +65,8 @@ def prepare(config: DataConfig) -> PreparedData:
     sides of the split are logged as warnings naming both files (see :func:`near_duplicate_leaks`).
     """
     report = scan_folder(config.root)
+    if config.condition:
+        report = apply_condition(report, config.condition, Path(config.attributes) if config.attributes else None)
     dataset = report.dataset
     rng = np.random.default_rng(config.seed)
     labels = dataset.label_array

@@ -15,6 +15,15 @@ def render() -> None:
                 st.success("Dataset switched: every page now works on it (first use prepares and featurizes it).")
             except service.WorkbenchError as err:
                 st.error(str(err))
+    attributes = service.conditions()
+    if attributes:
+        options = ["label folders", *attributes]
+        current = service.active_condition() or "label folders"
+        picked = st.selectbox("Similar means: same …", options, index=options.index(current), key="condition",
+                              help="attributes come from attributes.csv in the dataset folder")
+        chosen = "" if picked == "label folders" else picked
+        if chosen != service.active_condition():
+            service.use_condition(chosen)
     summary = service.dataset_summary()
     n_train = sum(train for train, _ in summary.counts.values())
     n_test = sum(test for _, test in summary.counts.values())

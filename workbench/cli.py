@@ -31,6 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer], [train], [svm] tables)")
     common.add_argument("--data", type=Path, help="dataset folder, one sub-folder per label (default: bundled demo)")
     common.add_argument("--seed", type=int, help="seed for split, comparative sets, training and bootstrap")
+    common.add_argument("--condition", help="attribute that defines similarity (a column of <data>/attributes.csv)")
+    common.add_argument("--attributes", help="attributes CSV (default: <data>/attributes.csv)")
     common.add_argument("--backbone", help="featurizer architecture (default: efficientnet_lite0)")
     common.add_argument("--weights", help="'default', 'none' or a weights file")
     common.add_argument("--run", help="use the fine-tuned featurizer of this run (see `train`)")
@@ -124,7 +126,9 @@ def _config(args: argparse.Namespace) -> WorkbenchConfig:
     get = lambda name: getattr(args, name, None)  # noqa: E731  (sub-commands carry different flags)
     return dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, **_overrides(root=args.data, seed=args.seed, train_fraction=get("train_fraction"))),
+        data=dataclasses.replace(config.data, **_overrides(
+                root=args.data, seed=args.seed, train_fraction=get("train_fraction"), condition=get("condition"), attributes=get("attributes"),
+            )),
         featurizer=dataclasses.replace(
             config.featurizer,
             **_overrides(backbone=args.backbone, weights=args.weights, batch_size=args.batch_size, device=args.device),
@@ -160,7 +164,8 @@ def _prepared(args: argparse.Namespace, config: WorkbenchConfig, force: bool = F
 
     if not force and (args.workdir / "prepared.json").exists():
         prepared = pipeline.load_prepared(args.workdir)
-        if args.data is None or prepared.config.root.resolve() == config.data.root.resolve():
+        same_data = args.data is None or prepared.config.root.resolve() == config.data.root.resolve()
+        if same_data and (args.condition is None or prepared.config.condition == config.data.condition):
             return prepared
         log.info("dataset changed to %s: preparing again", config.data.root)
     prepared = pipeline.prepare(config.data)

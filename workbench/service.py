@@ -21,7 +21,7 @@ import numpy as np
 import streamlit as st
 
 from core.config import DEFAULT_DATA, DataConfig, FeaturizerConfig, SVMConfig, TrainConfig  # noqa: F401  (configs re-exported)
-from core.data import ImageDataset, ImageRecord
+from core.data import ATTRIBUTES_FILE, ImageDataset, ImageRecord
 from core.errors import ArtifactError, DatasetError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported for the pages)
 from core.evaluate import EvaluationResult
 from core.featurize import Featurizer
@@ -102,9 +102,37 @@ def settings() -> tuple[Path, Path]:
     base_workdir = Path(os.environ.get("WORKBENCH_WORKDIR", "artifacts"))
     chosen = _active_dataset().get("root")
     if chosen is None:
-        return Path(os.environ.get("WORKBENCH_DATA", DEFAULT_DATA)), base_workdir
-    key = hashlib.sha256(str(chosen).encode()).hexdigest()[:8]
-    return chosen, base_workdir / "datasets" / f"{chosen.name}-{key}"
+        data_root, workdir = Path(os.environ.get("WORKBENCH_DATA", DEFAULT_DATA)), base_workdir
+    else:
+        key = hashlib.sha256(str(chosen).encode()).hexdigest()[:8]
+        data_root, workdir = chosen, base_workdir / "datasets" / f"{chosen.name}-{key}"
+    condition = active_condition()
+    return data_root, workdir / "conditions" / condition if condition else workdir
+
+
+def active_condition() -> str:
+    """The attribute that currently defines similarity ("" = the label folders)."""
+    return _active_dataset().get("condition", "")
+
+
+def conditions() -> list[str]:
+    """Attributes the active dataset offers as conditions (columns of its ``attributes.csv``)."""
+    import csv
+
+    data_root = _active_dataset().get("root") or Path(os.environ.get("WORKBENCH_DATA", DEFAULT_DATA))
+    path = data_root / ATTRIBUTES_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return [column for column in header if column != "path"]
+
+
+def use_condition(condition: str) -> None:
+    """Define similarity by an attribute of the dataset ("" = the label folders), for every page."""
+    if condition and condition not in conditions():
+        raise DatasetError(f"no attribute {condition!r} in this dataset's {ATTRIBUTES_FILE}")
+    _active_dataset()["condition"] = condition
 
 
 def use_dataset(folder: str) -> Path:
@@ -119,6 +147,7 @@ def use_dataset(folder: str) -> Path:
     if not any(child.is_dir() and not child.name.startswith((".", "_")) for child in root.iterdir()):
         raise DatasetError(f"{root}: no label folders (expected {root}/<label>/<image files>)")
     _active_dataset()["root"] = root
+    _active_dataset()["condition"] = ""
     return root
 
 
@@ -143,23 +172,24 @@ def _cached(key: tuple[str, ...], build: Callable[[], object]) -> object:
         return slot.value
 
 
-def prepared_data(data_root: Path | None = None, workdir: Path | None = None) -> PreparedData:
+def prepared_data(data_root: Path | None = None, workdir: Path | None = None, condition: str | None = None) -> PreparedData:
     """The dataset with its split and comparative sets, prepared on first use (then read from disk)."""
     if data_root is None or workdir is None:
         data_root, workdir = settings()
+    condition = active_condition() if condition is None else condition
 
     def build() -> PreparedData:
         try:
             prepared = load_prepared(workdir)
-            if prepared.config.root.resolve() == data_root.resolve():
+            if prepared.config.root.resolve() == data_root.resolve() and prepared.config.condition == condition:
                 return prepared
         except ArtifactError:  # missing or unreadable: prepare again
             pass
-        prepared = prepare(DataConfig(root=data_root))
+        prepared = prepare(DataConfig(root=data_root, condition=condition))
         save_prepared(prepared, workdir)
         return prepared
 
-    return _cached(("prepared", str(data_root.resolve()), str(workdir.resolve())), build)
+    return _cached(("prepared", str(data_root.resolve()), str(workdir.resolve()), condition), build)
 
 
 def featurizer_choices() -> list[str]:
@@ -177,12 +207,16 @@ def featurizer_choices() -> list[str]:
 
 
 def workspace(
-    choice: str = PRETRAINED, progress: ProgressFn | None = None, data_root: Path | None = None, workdir: Path | None = None
+    choice: str = PRETRAINED,
+    progress: ProgressFn | None = None,
+    data_root: Path | None = None,
+    workdir: Path | None = None,
+    condition: str | None = None,
 ) -> Workspace:
     """The workspace of a featurizer choice; built on first use, featurizing with ``progress``."""
     if data_root is None or workdir is None:
         data_root, workdir = settings()
-    prepared = prepared_data(data_root, workdir)
+    prepared = prepared_data(data_root, workdir, condition)
 
     def build() -> Workspace:
         exported = onnx_path(workdir, choice)
@@ -335,6 +369,7 @@ class TrainingJob:
     svm_config: SVMConfig
     data_root: Path
     workdir: Path
+    condition: str = ""
     phase: str = "starting"
     epoch: int = 0
     step: int = 0
@@ -359,12 +394,12 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
-            prepared = prepared_data(self.data_root, self.workdir)
+            prepared = prepared_data(self.data_root, self.workdir, self.condition)
             self.phase = "fine-tuning"
             forget_export(self.workdir, self.run)
             fine_tune(prepared.dataset.records, prepared.split, self.config, run_path(self.workdir, self.run), self._on_progress)
             self.phase = "featurizing with the fine-tuned model"
-            ws = workspace(self.run, None, self.data_root, self.workdir)
+            ws = workspace(self.run, None, self.data_root, self.workdir, self.condition)
             self.phase = "fitting the SVM ranker"
             _, train_pairs, test_pairs = fit_svm(prepared, ws.embeddings, self.svm_config, ws.featurizer.fingerprint, self.workdir)
             self.pair_accuracy = (train_pairs.balanced_accuracy, test_pairs.balanced_accuracy)
@@ -392,7 +427,7 @@ def start_training(run: str, config: TrainConfig, svm_config: SVMConfig) -> Trai
     jobs = _jobs()
     job = jobs.get(run)
     if job is None or job.done:
-        job = TrainingJob(run, config, svm_config, data_root, workdir)
+        job = TrainingJob(run, config, svm_config, data_root, workdir, active_condition())
         jobs[run] = job
         threading.Thread(target=job._run, name=f"train-{run}", daemon=True).start()
     return job
