@@ -41,5 +41,18 @@ def render() -> None:
             score = 0.0 if abs(hit.score) < 5e-4 else hit.score  # no "-0.000" for the query itself under L2
             st.markdown(f"**{hit.rank}.** {hit.record.label} · `{score:.3f}`")
 
+    if not st.toggle("Explain a result (similarity heatmaps)", key="explain"):
+        return
+    with st.container(border=True):
+        ranks = [hit.rank for hit in result.hits]
+        rank = st.selectbox("Result", ranks, index=min(1, len(ranks) - 1), key="explain_rank",
+                            format_func=lambda r: f"{r}. {result.hits[r - 1].record.label}")
+        explanation = service.explain(ws, data, name, result.hits[rank - 1].record)
+        st.caption(f"Cosine similarity {explanation.similarity:.3f}, split exactly over the regions of each image: "
+                   "red regions contribute most, blue least.")
+        cells = st.columns(2)
+        cells[0].image(explanation.query_overlay, caption="query", width="stretch")
+        cells[1].image(explanation.result_overlay, caption=f"result {rank}", width="stretch")
+
 
 render()

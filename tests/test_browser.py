@@ -159,3 +159,13 @@ def test_dataset_and_training_pages_render(page, app):
     wait_for(page, main(page).get_by_text("Start training"))
     wait_idle(page)
     screenshot(page, "training")
+
+
+def test_search_page_explains_a_result_with_heatmaps(page, app):
+    goto_app(page, app, heading="Search by image")
+    wait_for_results(page)
+    main(page).get_by_text("Explain a result (similarity heatmaps)").click()
+    wait_for(page, main(page).get_by_text(re.compile(r"Cosine similarity \d\.\d{3}")))
+    wait_idle(page)
+    assert_no_exception(page)
+    screenshot(page, "search_explain")
