@@ -157,3 +157,41 @@ class SiameseRanker(Ranker):
             return cls(config, head.eval())
         except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ArtifactError(f"{path}: unreadable Siamese ranker ({err})") from err
+
+
+class PrefilteredRanker(Ranker):
+    """A two-stage ranker: a classifier predicts each image's class, the base ranker scores only the gallery
+    images of the query's predicted class (the reference design's classifier -> Siamese pipeline).
+
+    Gallery images of other predicted classes are not scored at all (that is the speed-up); they get the
+    lowest possible score, so a misclassified query loses its true matches.
+    """
+
+    def __init__(self, base: Ranker, classifier) -> None:
+        self.base = base
+        self.classifier = classifier
+        self.name = f"{base.name}+prefilter"
+
+    def fit(self, embeddings: np.ndarray, labels: np.ndarray) -> PrefilteredRanker:
+        """Fit the class predictor (a logistic regression on the embeddings) on labelled training images."""
+        from sklearn.linear_model import LogisticRegression
+
+        self.classifier = LogisticRegression(max_iter=2000).fit(embeddings, np.asarray(labels, dtype=str))
+        return self
+
+    def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        query, gallery = check_embeddings(query, gallery)
+        query_class, gallery_class = self.classifier.predict(query), self.classifier.predict(gallery)
+        out = np.full((len(query), len(gallery)), np.finfo(np.float32).min, np.float32)
+        for label in np.unique(query_class):
+            rows, columns = np.flatnonzero(query_class == label), np.flatnonzero(gallery_class == label)
+            if len(columns):
+                out[np.ix_(rows, columns)] = self.base.score(query[rows], gallery[columns])
+        return out
+
+    def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        same_class = self.classifier.predict(a) == self.classifier.predict(b)
+        scores = np.full(len(a), np.finfo(np.float32).min, np.float32)
+        if same_class.any():
+            scores[same_class] = self.base.score_pairs(a[same_class], b[same_class])
+        return scores

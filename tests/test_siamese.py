@@ -53,3 +53,27 @@ def test_save_load_round_trip_and_errors(trained, tmp_path):
         SiameseRanker.load(tmp_path / "missing.npz")
     with pytest.raises(ArtifactError, match="not trained"):
         SiameseRanker().score(a, b)
+
+
+def test_prefilter_scores_only_the_predicted_class(trained):
+    from core.siamese import PrefilteredRanker
+
+    rng = np.random.default_rng(4)
+    embeddings, labels = clusters(rng)
+    calls = []
+
+    class Counting(SiameseRanker):
+        def score(self, query, gallery):
+            calls.append(len(query) * len(gallery))
+            return super().score(query, gallery)
+
+    base = Counting(trained.config, trained.head)
+    ranker = PrefilteredRanker(base, None).fit(embeddings, labels)
+    scores = ranker.score(embeddings[:10], embeddings)
+    assert sum(calls) < 10 * len(embeddings) / 2  # only same-class pairs were scored (5 classes)
+    predicted = ranker.classifier.predict(embeddings)
+    for i in range(10):
+        same = predicted == predicted[i]
+        np.testing.assert_allclose(scores[i, same], trained.score(embeddings[i : i + 1], embeddings[same])[0], atol=1e-5)
+        assert (scores[i, ~same] == np.finfo(np.float32).min).all()
+    np.testing.assert_allclose(ranker.score_pairs(embeddings[:10], embeddings[10:20]), np.diag(scores[:, 10:20]), atol=1e-5)
