@@ -150,3 +150,19 @@ def test_dataset_page_switches_to_another_folder(app_env, tmp_path, tiny_dataset
     assert values["labels"] == "2" and values["images"] == "12"
     data_root, workdir = service.settings()
     assert data_root == other.resolve() and workdir.parent.name == "datasets"
+
+
+def test_evaluation_cache_follows_the_saved_ranker_files(app_env):
+    from core.pipeline import fit_siamese
+
+    run_app()
+    ws = service.workspace()
+    for name in ("svm", "siamese"):
+        if name == "svm":
+            service.fit_svm_for(ws, service.SVMConfig(C=0.01, hard_negative_rounds=0))
+        else:
+            fit_siamese(ws.prepared, ws.embeddings, ws.featurizer.fingerprint, ws.workdir)
+        assert service.evaluation(ws, (name,), "train")[0].ranker == name
+        next((app_env / "rankers").glob(f"*/{name}.npz")).unlink()
+        with pytest.raises(service.ArtifactError, match="ranker saved here"):  # not a stale cached result
+            service.evaluation(ws, (name,), "train")

@@ -257,7 +257,10 @@ def search(ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int) ->
 
 
 @st.cache_data(show_spinner=False)
-def _evaluation(fingerprint: str, choice: str, data_root: str, rankers: tuple[str, ...], split: str, svm_mtime: float) -> list[EvaluationResult]:
+def _evaluation(
+    fingerprint: str, choice: str, workdir: str, rankers: tuple[str, ...], split: str, ranker_versions: tuple[float, ...]
+) -> list[EvaluationResult]:
+    # workdir identifies dataset and condition; ranker_versions (file times) invalidate retrained rankers
     ws = workspace(choice)
     seed = ws.prepared.config.seed
     return evaluate_rankers(ws.prepared, ws.embeddings, load_rankers(list(rankers), ws.workdir, fingerprint, seed), seed, split)
@@ -265,9 +268,9 @@ def _evaluation(fingerprint: str, choice: str, data_root: str, rankers: tuple[st
 
 def evaluation(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[EvaluationResult]:
     """Evaluation of the given rankers on the workspace's comparative sets (cached)."""
-    svm_file = svm_path(ws.workdir, ws.featurizer.fingerprint)
-    mtime = svm_file.stat().st_mtime if svm_file.exists() else 0.0
-    return _evaluation(ws.featurizer.fingerprint, ws.choice, str(ws.dataset.root), tuple(rankers), split, mtime)
+    saved = (path(ws.workdir, ws.featurizer.fingerprint) for path in (svm_path, siamese_path))
+    versions = tuple(file.stat().st_mtime if file.exists() else 0.0 for file in saved)
+    return _evaluation(ws.featurizer.fingerprint, ws.choice, str(ws.workdir.resolve()), tuple(rankers), split, versions)
 
 
 def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
