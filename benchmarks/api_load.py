@@ -31,9 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="duration of each concurrency level (default: %(default)s)")
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="duration of each concurrency level (default: %(default)s)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="(default: %(default)s)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured requests first (default: %(default)s)")
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of unmeasured requests first (default: %(default)s)"
+    )
     parser.add_argument("--k", type=int, default=10, help="results per search (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo")
     parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts")
@@ -52,10 +56,25 @@ def start_server(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen,
     """The service in a subprocess; returns it and the seconds until ``/health`` answered."""
     import httpx
 
-    command = [sys.executable, "-m", "workbench.api", "--host", "127.0.0.1", "--port", str(port),
-               "--data", str(args.data), "--workdir", str(args.workdir), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "workbench.api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data",
+        str(args.data),
+        "--workdir",
+        str(args.workdir),
+        "--log-level",
+        "warning",
+    ]
     log = open(Path(tempfile.gettempdir()) / f"workbench-api-load-{port}.log", "w")  # noqa: SIM115  (held by the server)
-    server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    server = subprocess.Popen(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     start = time.perf_counter()
     while time.perf_counter() - start < 300:
         if server.poll() is not None:
@@ -70,7 +89,9 @@ def start_server(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen,
     raise RuntimeError("server did not become healthy in 300 s")
 
 
-async def run_level(url: str, payloads: list[tuple[str, bytes]], concurrency: int, seconds: float, warmup: float, k: int) -> dict:
+async def run_level(
+    url: str, payloads: list[tuple[str, bytes]], concurrency: int, seconds: float, warmup: float, k: int
+) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -85,7 +106,9 @@ async def run_level(url: str, payloads: list[tuple[str, bytes]], concurrency: in
                 n += concurrency
                 start = time.perf_counter()
                 try:
-                    response = await client.post("/search", files={"file": (name, data, "image/jpeg")}, data={"k": str(k)})
+                    response = await client.post(
+                        "/search", files={"file": (name, data, "image/jpeg")}, data={"k": str(k)}
+                    )
                     ok = response.status_code == 200 and len(response.json()["hits"]) == k
                     kind = None if ok else f"http {response.status_code}"
                 except httpx.HTTPError as err:
@@ -117,7 +140,9 @@ async def run_level(url: str, payloads: list[tuple[str, bytes]], concurrency: in
 def main(args: argparse.Namespace) -> int:
     import httpx
 
-    photos = sorted(args.data.glob("*/*.jpg"))[:: max(1, len(list(args.data.glob("*/*.jpg"))) // args.queries)][: args.queries]
+    photos = sorted(args.data.glob("*/*.jpg"))[:: max(1, len(list(args.data.glob("*/*.jpg"))) // args.queries)][
+        : args.queries
+    ]
     payloads = [(path.name, path.read_bytes()) for path in photos]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -125,13 +150,18 @@ def main(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{port}"
     try:
         health = httpx.get(f"{url}/health").json()
-        print(f"server healthy after {startup:.1f} s: {health['backend']} {health['fingerprint']}, gallery {health['gallery_size']}")
+        print(
+            f"server healthy after {startup:.1f} s: {health['backend']} {health['fingerprint']}, gallery {health['gallery_size']}"
+        )
         levels = []
         for concurrency in args.concurrency:
             result = asyncio.run(run_level(url, payloads, concurrency, args.seconds, args.warmup, args.k))
             levels.append(result)
-            print(f"  concurrency {concurrency:>2}: {result['requests_per_second']:7.1f} req/s, p50 {result['p50_ms']} ms, "
-                  f"p99 {result['p99_ms']} ms, errors {result['errors']}", flush=True)
+            print(
+                f"  concurrency {concurrency:>2}: {result['requests_per_second']:7.1f} req/s, p50 {result['p50_ms']} ms, "
+                f"p99 {result['p99_ms']} ms, errors {result['errors']}",
+                flush=True,
+            )
     finally:
         server.terminate()
         try:
@@ -139,8 +169,14 @@ def main(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     report = {
-        "endpoint": "POST /search", "k": args.k, "seconds_per_level": args.seconds, "warmup_seconds": args.warmup,
-        "distinct_queries": len(payloads), "server_startup_seconds": round(startup, 2), "health": health, "levels": levels,
+        "endpoint": "POST /search",
+        "k": args.k,
+        "seconds_per_level": args.seconds,
+        "warmup_seconds": args.warmup,
+        "distinct_queries": len(payloads),
+        "server_startup_seconds": round(startup, 2),
+        "health": health,
+        "levels": levels,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "note": "client and server share the machine's cores; closed loop, one uvicorn process",
     }

@@ -49,7 +49,9 @@ def main(args: argparse.Namespace) -> None:
                 page.close()
             finally:
                 server.stop()
-            rows.append({"attempt": attempt + 1, "health_s": healthy, "results_s": interactive, "hits": len(results.hits)})
+            rows.append(
+                {"attempt": attempt + 1, "health_s": healthy, "results_s": interactive, "hits": len(results.hits)}
+            )
         chromium.close()
     print(f"app cold start on {args.data} (workdir {args.workdir}), {args.repeats} starts")
     print(f"{'start':>5} {'health s':>9} {'results s':>10}")

@@ -73,14 +73,14 @@ def main(args: argparse.Namespace) -> dict:
             seconds = time.perf_counter() - start
             removed = {item.removed for item in report.removed}
             planted_copies = {copy for _, copy, _ in planted}
-            found = {variant: 0 for variant in (*EASY, *HARD)}
+            found = dict.fromkeys((*EASY, *HARD), 0)
             for _, copy, variant in planted:
                 found[variant] += copy in removed or copy in exact_skipped
             false_removals = len(removed - planted_copies)
             rows.append({"threshold": threshold, "found": found, "false_removals": false_removals, "seconds": seconds})
     result = {
         "images": len(sources),
-        "planted": {variant: args.copies_per_variant for variant in (*EASY, *HARD)},
+        "planted": dict.fromkeys((*EASY, *HARD), args.copies_per_variant),
         "distinct_pairs": percentiles(upper),
         "distinct_nearest_neighbour": percentiles(nearest),
         "distinct_pairs_within": {str(t): int((upper <= t).sum()) for t in THRESHOLDS},
@@ -93,14 +93,20 @@ def main(args: argparse.Namespace) -> dict:
     print(f"distinct pairs, Hamming distance:       {result['distinct_pairs']}")
     print(f"distinct nearest neighbour distance:    {result['distinct_nearest_neighbour']}")
     print(f"distinct pairs within t:                {result['distinct_pairs_within']}")
-    print(f"\n{'variant':<18} {'n':>3} {'min':>4} {'median':>6} {'max':>4}   (distance of planted copy to its original)")
+    print(
+        f"\n{'variant':<18} {'n':>3} {'min':>4} {'median':>6} {'max':>4}   (distance of planted copy to its original)"
+    )
     for variant, values in copy_distance.items():
         print(f"{variant:<18} {len(values):>3} {min(values):>4} {np.median(values):>6.1f} {max(values):>4}")
     if exact_skipped:
         print(f"{'exact':<18} {len(exact_skipped):>3}  (dropped at scan time as exact duplicates)")
     print(f"\n{'threshold':>9} " + " ".join(f"{v[:10]:>10}" for v in (*EASY, *HARD)) + f" {'false rm':>8} {'ms':>6}")
     for row in rows:
-        print(f"{row['threshold']:>9} " + " ".join(f"{row['found'][v]:>10}" for v in (*EASY, *HARD)) + f" {row['false_removals']:>8} {row['seconds'] * 1000:>6.1f}")
+        print(
+            f"{row['threshold']:>9} "
+            + " ".join(f"{row['found'][v]:>10}" for v in (*EASY, *HARD))
+            + f" {row['false_removals']:>8} {row['seconds'] * 1000:>6.1f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

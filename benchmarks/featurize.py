@@ -122,7 +122,11 @@ def _export(args: argparse.Namespace) -> dict:
     from export.onnx_export import export_onnx
 
     result = export_onnx(build_backbone(args.backbone), args.onnx)
-    return {"path": str(result.path), "max_abs_diff": result.validation.max_abs_diff, "min_cosine": result.validation.min_cosine}
+    return {
+        "path": str(result.path),
+        "max_abs_diff": result.validation.max_abs_diff,
+        "min_cosine": result.validation.min_cosine,
+    }
 
 
 def main(args: argparse.Namespace) -> None:
@@ -135,9 +139,22 @@ def main(args: argparse.Namespace) -> None:
     for batch_size in args.batch_sizes:
         for backend, mode in CONFIGS:
             command = [
-                sys.executable, __file__, "--one", f"{backend}:{mode}:{batch_size}", "--data", str(args.data),
-                "--backbone", args.backbone, "--repeats", str(args.repeats), "--images", str(args.images),
-                "--threads", str(args.threads), "--onnx", str(args.onnx),
+                sys.executable,
+                __file__,
+                "--one",
+                f"{backend}:{mode}:{batch_size}",
+                "--data",
+                str(args.data),
+                "--backbone",
+                args.backbone,
+                "--repeats",
+                str(args.repeats),
+                "--images",
+                str(args.images),
+                "--threads",
+                str(args.threads),
+                "--onnx",
+                str(args.onnx),
             ]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
@@ -145,9 +162,13 @@ def main(args: argparse.Namespace) -> None:
             print(f"  {backend:<5} {mode:<6} batch {batch_size:>2}: {row['images_per_s']:.1f} img/s", file=sys.stderr)
 
     def rate(backend: str, mode: str, batch_size: int) -> float:
-        return next(r["images_per_s"] for r in rows if (r["backend"], r["mode"], r["batch_size"]) == (backend, mode, batch_size))
+        return next(
+            r["images_per_s"] for r in rows if (r["backend"], r["mode"], r["batch_size"]) == (backend, mode, batch_size)
+        )
 
-    print(f"{args.backbone} on {platform.processor() or platform.machine()}, {args.images} images, median of {args.repeats} runs")
+    print(
+        f"{args.backbone} on {platform.processor() or platform.machine()}, {args.images} images, median of {args.repeats} runs"
+    )
     print(f"{'backend':<8}{'mode':<7}{'batch':>5} {'images/s':>9} {'ms/image':>9} {'peak MB':>8}")
     for row in rows:
         print(
@@ -161,7 +182,9 @@ def main(args: argparse.Namespace) -> None:
             "onnx_over_torch_files": rate("onnx", "files", batch_size) / rate("torch", "files", batch_size),
             "onnx_files_over_onnx_model": rate("onnx", "files", batch_size) / rate("onnx", "model", batch_size),
         }
-        print(f"batch {batch_size}: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios[str(batch_size)].items()))
+        print(
+            f"batch {batch_size}: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios[str(batch_size)].items())
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from core.artifacts import atomic_write_json
 

@@ -18,17 +18,18 @@ import gc
 import json
 import logging
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import sys
-
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import contextlib
 
 from core.artifacts import atomic_write_json, environment_versions
 from core.index import VectorIndex, create_index
@@ -64,7 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=100, help="queries for recall and batch-100 timing")
     parser.add_argument("--single-queries", type=int, default=20, help="batch-1 queries timed (median)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 64, 256], help="IVF nprobe values measured")
-    parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 256, 1024], help="HNSW efSearch values measured")
+    parser.add_argument(
+        "--ef-search", type=int, nargs="+", default=[64, 256, 1024], help="HNSW efSearch values measured"
+    )
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
     parser.add_argument("--milvus-max", type=int, default=100_000, help="skip Milvus Lite above this size")
@@ -121,7 +124,11 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a[a >= 0].tolist()) & set(b.tolist())) / truth.shape[1] for a, b in zip(found, truth)]))
+    return float(
+        np.mean(
+            [len(set(a[a >= 0].tolist()) & set(b.tolist())) / truth.shape[1] for a, b in zip(found, truth, strict=True)]
+        )
+    )
 
 
 def configs(backend: str, args: argparse.Namespace, workdir: Path) -> Iterator[tuple[object, str]]:
@@ -137,7 +144,10 @@ def configs(backend: str, args: argparse.Namespace, workdir: Path) -> Iterator[t
     elif backend == "faiss-ivf":
         yield FaissConfig(kind="ivf"), "nlist=4*sqrt(N)"
     elif backend == "faiss-hnsw":
-        yield FaissConfig(kind="hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction), f"M={args.hnsw_m},efC={args.ef_construction}"
+        yield (
+            FaissConfig(kind="hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction),
+            f"M={args.hnsw_m},efC={args.ef_construction}",
+        )
     elif backend == "milvus-lite":
         yield MilvusConfig(uri=str(workdir / "milvus.db"), collection=f"bench_{time.time_ns()}"), "FLAT (Lite)"
 
@@ -156,7 +166,9 @@ def search_variants(index: VectorIndex, backend: str, args: argparse.Namespace) 
         yield ""
 
 
-def measure(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, backend: str, args: argparse.Namespace) -> list[Row]:
+def measure(
+    gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, backend: str, args: argparse.Namespace
+) -> list[Row]:
     ranker = CosineRanker()
     ids = np.arange(len(gallery), dtype=np.int64)
     rows = []
@@ -174,11 +186,24 @@ def measure(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, backend
             for variant in search_variants(index, backend, args):
                 single = queries[: args.single_queries]
                 index.search(single[:1], 10, ranker)  # warm-up
-                b1 = float(np.median([timed(lambda q=q, index=index: index.search(q[None], 10, ranker), 1) for q in single]))
+                b1 = float(
+                    np.median([timed(lambda q=q, index=index: index.search(q[None], 10, ranker), 1) for q in single])
+                )
                 b100 = timed(lambda index=index: index.search(queries, 10, ranker), 3) / len(queries)
                 found = index.search(queries, 10, ranker).ids
-                row = Row(args.data, gallery.shape[1], len(gallery), backend, ",".join(p for p in (params, variant) if p),
-                          round(build, 2), round(memory, 1), round(size, 1), round(b1 * 1e3, 3), round(b100 * 1e3, 3), round(recall_at_10(found, truth), 4))
+                row = Row(
+                    args.data,
+                    gallery.shape[1],
+                    len(gallery),
+                    backend,
+                    ",".join(p for p in (params, variant) if p),
+                    round(build, 2),
+                    round(memory, 1),
+                    round(size, 1),
+                    round(b1 * 1e3, 3),
+                    round(b100 * 1e3, 3),
+                    round(recall_at_10(found, truth), 4),
+                )
                 log.info("%s", row)
                 print(format_row(row), flush=True)
                 rows.append(row)
@@ -193,8 +218,10 @@ HEADER = f"{'data':<9} {'D':>5} {'N':>8} {'backend':<12} {'params':<28} {'build 
 
 
 def format_row(row: Row) -> str:
-    return (f"{row.data:<9} {row.dim:>5} {row.n:>8} {row.backend:<12} {row.params:<28} {row.build_s:>8.2f} {row.memory_mb:>8.0f} {row.index_mb:>8.0f} "
-            f"{row.ms_per_query_b1:>8.2f} {row.ms_per_query_b100:>9.3f} {row.recall_at_10:>6.3f}")
+    return (
+        f"{row.data:<9} {row.dim:>5} {row.n:>8} {row.backend:<12} {row.params:<28} {row.build_s:>8.2f} {row.memory_mb:>8.0f} {row.index_mb:>8.0f} "
+        f"{row.ms_per_query_b1:>8.2f} {row.ms_per_query_b100:>9.3f} {row.recall_at_10:>6.3f}"
+    )
 
 
 def main(args: argparse.Namespace) -> list[Row]:
@@ -204,7 +231,9 @@ def main(args: argparse.Namespace) -> list[Row]:
     for dim in args.dims:
         for n in args.sizes:
             rng = np.random.default_rng(args.seed)
-            centres = rng.standard_normal((1000, dim), dtype=np.float32) / np.sqrt(dim) if args.data == "clustered" else None
+            centres = (
+                rng.standard_normal((1000, dim), dtype=np.float32) / np.sqrt(dim) if args.data == "clustered" else None
+            )
             gallery = unit_rows(rng, n, dim, args.data, centres)
             queries = unit_rows(rng, args.queries, dim, args.data, centres)
             exact = create_index(ExactConfig(), "bench", dim)
@@ -212,7 +241,9 @@ def main(args: argparse.Namespace) -> list[Row]:
             truth = exact.search(queries, 10, CosineRanker()).ids
             del exact
             for backend in args.backends:
-                if (backend == "milvus-lite" and n > args.milvus_max) or (backend == "faiss-hnsw" and n > args.hnsw_max):
+                if (backend == "milvus-lite" and n > args.milvus_max) or (
+                    backend == "faiss-hnsw" and n > args.hnsw_max
+                ):
                     continue
                 try:
                     rows.extend(measure(gallery, queries, truth, backend, args))
@@ -233,6 +264,7 @@ def _write(args: argparse.Namespace, rows: list[Row]) -> None:
     }
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = previous.get("runs", []) if isinstance(previous.get("runs"), list) else []
+
     def key(run_args: dict) -> tuple:
         return tuple(str(run_args.get(name)) for name in ("data", "dims", "sizes", "backends"))
 
@@ -245,10 +277,8 @@ def _scale_versions() -> dict[str, str]:
 
     versions = {}
     for package in ("faiss-cpu", "pymilvus", "milvus-lite"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 

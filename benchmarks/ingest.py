@@ -44,7 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_list(base: str, photos: list[Path], n_lines: int, broken_share: float, rng: np.random.Generator) -> tuple[list[str], Counter]:
+def build_list(
+    base: str, photos: list[Path], n_lines: int, broken_share: float, rng: np.random.Generator
+) -> tuple[list[str], Counter]:
     n_broken = round(n_lines * broken_share)
     kinds = [BROKEN_ROUTES[i % len(BROKEN_ROUTES)] for i in range(n_broken)]
     lines, planned = [], Counter()
@@ -62,8 +64,14 @@ def build_list(base: str, photos: list[Path], n_lines: int, broken_share: float,
 
 def main(args: argparse.Namespace) -> dict:
     photos = sorted(args.data.glob("*/*.jpg"))
-    state = ServerState({f"{p.parent.name}__{p.name}": p.read_bytes() for p in photos}, slow_seconds=args.timeout + 1, big_bytes=args.max_bytes * 2)
-    config = IngestConfig(workers=args.workers, timeout=args.timeout, retries=args.retries, backoff=0.2, max_bytes=args.max_bytes)
+    state = ServerState(
+        {f"{p.parent.name}__{p.name}": p.read_bytes() for p in photos},
+        slow_seconds=args.timeout + 1,
+        big_bytes=args.max_bytes * 2,
+    )
+    config = IngestConfig(
+        workers=args.workers, timeout=args.timeout, retries=args.retries, backoff=0.2, max_bytes=args.max_bytes
+    )
     with serve(state) as base, tempfile.TemporaryDirectory() as tmp:
         lines, planned = build_list(base, photos, args.lines, args.broken, np.random.default_rng(args.seed))
         listing = Path(tmp) / "list.tsv"
@@ -77,18 +85,29 @@ def main(args: argparse.Namespace) -> dict:
         requests = sum(state.hits.values())
     reasons = Counter(item.reason.split(" (after")[0].split(": ")[0] for item in first.with_status("failed"))
     result = {
-        "lines": args.lines, "planned": dict(planned), "config": vars(args) | {"data": str(args.data), "out": str(args.out)},
+        "lines": args.lines,
+        "planned": dict(planned),
+        "config": vars(args) | {"data": str(args.data), "out": str(args.out)},
         "first_run": {"seconds": first_seconds, "counts": first.counts()},
         "resume_run": {"seconds": second_seconds, "counts": second.counts()},
         "http_requests": requests,
         "failure_reasons": dict(reasons),
-        "failed_examples": [{"line": i.line, "url": i.url, "reason": i.reason, "attempts": i.attempts} for i in first.with_status("failed")[:8]],
+        "failed_examples": [
+            {"line": i.line, "url": i.url, "reason": i.reason, "attempts": i.attempts}
+            for i in first.with_status("failed")[:8]
+        ],
     }
-    print(f"{args.lines} lines ({dict(planned)}), {args.workers} workers, timeout {args.timeout:g} s, {args.retries} retries")
-    print(f"{'run':<8} {'seconds':>8} {'downloaded':>10} {'present':>8} {'failed':>7} {'duplicate':>9} {'malformed':>9}")
+    print(
+        f"{args.lines} lines ({dict(planned)}), {args.workers} workers, timeout {args.timeout:g} s, {args.retries} retries"
+    )
+    print(
+        f"{'run':<8} {'seconds':>8} {'downloaded':>10} {'present':>8} {'failed':>7} {'duplicate':>9} {'malformed':>9}"
+    )
     for name, report, seconds in (("first", first, first_seconds), ("resume", second, second_seconds)):
         c = report.counts()
-        print(f"{name:<8} {seconds:>8.2f} {c['downloaded']:>10} {c['present']:>8} {c['failed']:>7} {c['duplicate']:>9} {c['malformed']:>9}")
+        print(
+            f"{name:<8} {seconds:>8.2f} {c['downloaded']:>10} {c['present']:>8} {c['failed']:>7} {c['duplicate']:>9} {c['malformed']:>9}"
+        )
     print(f"HTTP requests served: {requests}")
     print("failure reasons:")
     for reason, count in reasons.most_common():

@@ -38,7 +38,9 @@ def main(args: argparse.Namespace) -> None:
     from core.siamese import PrefilteredRanker
 
     prepared = pipeline.load_prepared(args.workdir)
-    featurizer = pipeline.build_featurizer(FeaturizerConfig(), pipeline.run_path(args.workdir, args.run) if args.run else None)
+    featurizer = pipeline.build_featurizer(
+        FeaturizerConfig(), pipeline.run_path(args.workdir, args.run) if args.run else None
+    )
     embeddings = pipeline.featurize(prepared, featurizer, args.workdir)
     [siamese] = pipeline.load_rankers(["siamese"], args.workdir, featurizer.fingerprint)
     labels = prepared.dataset.label_array
@@ -53,14 +55,21 @@ def main(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             top_k(ranker, queries, embeddings, 10)
             seconds.append(time.perf_counter() - start)
-        rows.append({
-            "ranker": ranker.name, "mean_rank": result.mean_rank.value, "top1": result.top1.value, "top5": result.top5.value,
-            "ms_per_query": 1000 * statistics.median(seconds) / len(queries),
-        })
+        rows.append(
+            {
+                "ranker": ranker.name,
+                "mean_rank": result.mean_rank.value,
+                "top1": result.top1.value,
+                "top5": result.top5.value,
+                "ms_per_query": 1000 * statistics.median(seconds) / len(queries),
+            }
+        )
     print(f"{featurizer.fingerprint}: {len(queries)} test queries against the whole {len(embeddings)}-image gallery")
     print(f"{'ranker':<20} {'mean rank':>9} {'top-1':>7} {'top-5':>7} {'ms/query':>9}")
     for row in rows:
-        print(f"{row['ranker']:<20} {row['mean_rank']:>9.2f} {row['top1']:>7.1%} {row['top5']:>7.1%} {row['ms_per_query']:>9.2f}")
+        print(
+            f"{row['ranker']:<20} {row['mean_rank']:>9.2f} {row['top1']:>7.1%} {row['top5']:>7.1%} {row['ms_per_query']:>9.2f}"
+        )
     print(f"pre-filter speed-up {rows[0]['ms_per_query'] / rows[1]['ms_per_query']:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"featurizer": featurizer.fingerprint, "rows": rows}, indent=2) + "\n")

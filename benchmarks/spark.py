@@ -71,7 +71,9 @@ def main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for repeat in range(args.repeats + 1):  # the first run starts the Python workers: reported as cold
                 start = time.perf_counter()
-                result = featurize_with_spark(paths, args.onnx, Path(tmp) / "out.parquet", args.partitions, args.batch_size, spark=session)
+                result = featurize_with_spark(
+                    paths, args.onnx, Path(tmp) / "out.parquet", args.partitions, args.batch_size, spark=session
+                )
                 seconds = time.perf_counter() - start
                 if repeat == 0:
                     cold_seconds = seconds
@@ -89,10 +91,16 @@ def main(args: argparse.Namespace) -> int:
         "onnx": str(args.onnx.relative_to(ROOT) if args.onnx.is_relative_to(ROOT) else args.onnx),
         "fingerprint": featurizer.fingerprint,
         "batch_size": args.batch_size,
-        "single_process": {"seconds": [round(s, 3) for s in single_seconds], "median_images_per_second": round(n / single_median, 1)},
+        "single_process": {
+            "seconds": [round(s, 3) for s in single_seconds],
+            "median_images_per_second": round(n / single_median, 1),
+        },
         "spark": {
-            "master": args.master, "partitions": args.partitions, "session_start_seconds": round(session_seconds, 2),
-            "cold_job_seconds": round(cold_seconds, 2), "seconds": [round(s, 3) for s in spark_seconds],
+            "master": args.master,
+            "partitions": args.partitions,
+            "session_start_seconds": round(session_seconds, 2),
+            "cold_job_seconds": round(cold_seconds, 2),
+            "seconds": [round(s, 3) for s in spark_seconds],
             "median_images_per_second": round(n / spark_median, 1),
             "note": "job time includes writing Parquet and counting the written rows",
         },
@@ -103,8 +111,10 @@ def main(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{n} images, batch {args.batch_size}; max |spark - single| = {max_abs_diff:.2e}")
     print(f"single process embed_files : {n / single_median:6.1f} img/s (median of {args.repeats})")
-    print(f"spark {args.master} x{args.partitions} parts: {n / spark_median:6.1f} img/s (median of {args.repeats}; "
-          f"session start {session_seconds:.1f} s, cold first job {cold_seconds:.1f} s)")
+    print(
+        f"spark {args.master} x{args.partitions} parts: {n / spark_median:6.1f} img/s (median of {args.repeats}; "
+        f"session start {session_seconds:.1f} s, cold first job {cold_seconds:.1f} s)"
+    )
     print(f"wrote {args.out}")
     return 0
 

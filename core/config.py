@@ -186,7 +186,9 @@ def load_config(path: str | Path | None) -> WorkbenchConfig:
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise WorkbenchError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(sections)}")
-    parts = {name: _coerce(type(factory()), raw.get(name, {}), f"{path} [{name}]") for name, factory in sections.items()}
+    parts = {
+        name: _coerce(type(factory()), raw.get(name, {}), f"{path} [{name}]") for name, factory in sections.items()
+    }
     config = WorkbenchConfig(**parts)
     if not config.data.root.is_absolute():
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=path.parent / config.data.root))

@@ -62,7 +62,7 @@ class ImageDataset:
     def label_counts(self) -> dict[str, int]:
         """Number of images per label."""
         labels, counts = np.unique(self.label_array.astype(str), return_counts=True)
-        return {str(label): int(count) for label, count in zip(labels, counts)}
+        return {str(label): int(count) for label, count in zip(labels, counts, strict=True)}
 
     def subset(self, indices: Iterable[int]) -> ImageDataset:
         """A dataset with the records at ``indices``, in that order."""
@@ -93,7 +93,9 @@ def _inspect_file(path: Path, with_hash: bool) -> tuple[str | None, np.ndarray |
     return content_hash(data), dhash, None
 
 
-def scan_folder(root: str | Path, on_error: OnError = "skip", workers: int = 4, perceptual_hashes: bool = True) -> ScanReport:
+def scan_folder(
+    root: str | Path, on_error: OnError = "skip", workers: int = 4, perceptual_hashes: bool = True
+) -> ScanReport:
     """Build a dataset from ``root/<label>/<image>``, checking that every image decodes.
 
     Files are decoded once here so that bad files are reported up front, named, and not discovered
@@ -115,7 +117,9 @@ def scan_folder(root: str | Path, on_error: OnError = "skip", workers: int = 4, 
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{printable(str(root))}: dataset folder not found")
-    label_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != DUPLICATES_DIR)
+    label_dirs = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != DUPLICATES_DIR
+    )
     if not label_dirs:
         shown = printable(str(root))
         raise DatasetError(f"{shown}: no label folders (expected {shown}/<label>/<image files>)")
@@ -133,17 +137,21 @@ def scan_folder(root: str | Path, on_error: OnError = "skip", workers: int = 4, 
                 suffix = printable(path.suffix) or "none"
                 skipped.append(SkippedFile(path, f"{printable(str(path))}: not an image file extension ({suffix})"))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        inspected = list(pool.map(lambda path: _inspect_file(path, perceptual_hashes), (path for path, _ in candidates)))
+        inspected = list(
+            pool.map(lambda path: _inspect_file(path, perceptual_hashes), (path for path, _ in candidates))
+        )
     records: list[ImageRecord] = []
     dhashes: list[np.ndarray] = []
     first_path_of: dict[str, Path] = {}
-    for (path, label), (sha256, dhash, reason) in zip(candidates, inspected):
+    for (path, label), (sha256, dhash, reason) in zip(candidates, inspected, strict=True):
         if sha256 is None:
             if on_error == "raise":
                 raise ImageLoadError(reason)
             skipped.append(SkippedFile(path, str(reason)))
         elif sha256 in first_path_of:
-            skipped.append(SkippedFile(path, f"{printable(str(path))}: exact duplicate of {printable(str(first_path_of[sha256]))}"))
+            skipped.append(
+                SkippedFile(path, f"{printable(str(path))}: exact duplicate of {printable(str(first_path_of[sha256]))}")
+            )
         else:
             first_path_of[sha256] = path
             records.append(ImageRecord(path, label, sha256))
@@ -182,7 +190,7 @@ def stratified_split(labels: Sequence[str] | np.ndarray, train_fraction: float, 
     train_parts, test_parts = [], []
     for label in sorted(set(labels.tolist())):
         members = rng.permutation(np.flatnonzero(labels == label))
-        n_train = int(round(train_fraction * len(members)))
+        n_train = round(train_fraction * len(members))
         if len(members) >= 2:
             n_train = min(max(n_train, 1), len(members) - 1)
         else:
@@ -253,7 +261,9 @@ def make_comparative_sets(
         raise DatasetError("no label has 2 or more images, so no query can have a positive")
     available = min(len(labels) - len(members_of[name]) for name in usable)
     if n_negatives > available:
-        log.warning("only %d negatives available for some label; using %d instead of %d", available, available, n_negatives)
+        log.warning(
+            "only %d negatives available for some label; using %d instead of %d", available, available, n_negatives
+        )
         n_negatives = available
     queries, references = [], []
     for name in usable:
@@ -266,7 +276,11 @@ def make_comparative_sets(
         others = np.flatnonzero(labels != name)
         # distinct negatives per row: the n smallest of independent uniform keys
         keys = rng.random((n_queries, len(others)))
-        negatives = others[np.argpartition(keys, n_negatives - 1, axis=1)[:, :n_negatives]] if n_negatives else np.empty((n_queries, 0), int)
+        negatives = (
+            others[np.argpartition(keys, n_negatives - 1, axis=1)[:, :n_negatives]]
+            if n_negatives
+            else np.empty((n_queries, 0), int)
+        )
         queries.append(members[query_pos])
         references.append(np.column_stack([positives, negatives]))
     return ComparativeSets(np.concatenate(queries), np.concatenate(references).astype(np.int64))
@@ -301,7 +315,9 @@ def apply_condition(report: ScanReport, condition: str, attributes: Path | None 
     if "path" not in columns:
         raise DatasetError(f"{path}: needs a 'path' column, found {', '.join(columns) or 'no rows'}")
     if condition not in columns:
-        raise DatasetError(f"{path}: no attribute {condition!r}; choose one of {', '.join(c for c in columns if c != 'path')}")
+        raise DatasetError(
+            f"{path}: no attribute {condition!r}; choose one of {', '.join(c for c in columns if c != 'path')}"
+        )
     values = {}
     for line, row in enumerate(rows, start=2):
         if row["path"] is None or None in row:

@@ -64,7 +64,11 @@ class DedupReport:
             "n_groups": self.n_groups,
             "n_removed": len(self.removed),
             "removed": [
-                {"kept": _shown(item.kept, self.root), "removed": _shown(item.removed, self.root), "distance": item.distance}
+                {
+                    "kept": _shown(item.kept, self.root),
+                    "removed": _shown(item.removed, self.root),
+                    "distance": item.distance,
+                }
                 for item in self.removed
             ],
         }
@@ -121,10 +125,16 @@ def close_pairs(
     if not rows:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty.astype(np.int32)
-    return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64), np.concatenate(dists).astype(np.int32)
+    return (
+        np.concatenate(rows).astype(np.int64),
+        np.concatenate(cols).astype(np.int64),
+        np.concatenate(dists).astype(np.int32),
+    )
 
 
-def near_duplicate_pairs(hashes: np.ndarray, threshold: int, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def near_duplicate_pairs(
+    hashes: np.ndarray, threshold: int, block_rows: int = BLOCK_ROWS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``i < j`` of one set of hashes within ``threshold`` bits: ``(i, j, distance)``."""
     i, j, distance = close_pairs(hashes, hashes, threshold, block_rows)
     upper = i < j
@@ -170,22 +180,33 @@ def find_near_duplicates(
     representative = group_labels(len(dataset), i, j)
     removed_index = np.flatnonzero(representative != np.arange(len(dataset)))
     kept_index = representative[removed_index]
-    distances = np.bitwise_count(np.bitwise_xor(hashes[removed_index], hashes[kept_index])).sum(1) if len(removed_index) else []
+    distances = (
+        np.bitwise_count(np.bitwise_xor(hashes[removed_index], hashes[kept_index])).sum(1) if len(removed_index) else []
+    )
     removed = tuple(
-        NearDuplicate(dataset.records[k].path, dataset.records[r].path, int(d)) for r, k, d in zip(removed_index, kept_index, distances)
+        NearDuplicate(dataset.records[k].path, dataset.records[r].path, int(d))
+        for r, k, d in zip(removed_index, kept_index, distances, strict=True)
     )
     n_groups = len(np.unique(kept_index))
-    log.info("%d near-duplicate group(s) among %d images; %d image(s) to remove (threshold %d bits)", n_groups, len(dataset), len(removed), threshold)
+    log.info(
+        "%d near-duplicate group(s) among %d images; %d image(s) to remove (threshold %d bits)",
+        n_groups,
+        len(dataset),
+        len(removed),
+        threshold,
+    )
     return DedupReport(dataset.root, threshold, hash_size, len(dataset), n_groups, removed)
 
 
-def find_leaks(dataset: ImageDataset, split: Split, hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD) -> tuple[Leak, ...]:
+def find_leaks(
+    dataset: ImageDataset, split: Split, hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD
+) -> tuple[Leak, ...]:
     """Near-duplicate pairs with one image in train and the other in test, closest first."""
     test_local, train_local, distance = close_pairs(hashes[split.test], hashes[split.train], threshold)
     order = np.lexsort((train_local, test_local, distance))
     return tuple(
         Leak(dataset.records[split.train[t]].path, dataset.records[split.test[q]].path, int(d))
-        for q, t, d in zip(test_local[order], train_local[order], distance[order])
+        for q, t, d in zip(test_local[order], train_local[order], distance[order], strict=True)
     )
 
 

@@ -197,5 +197,7 @@ def format_table(results: Sequence[EvaluationResult]) -> str:
             f"{result.top5.value:>6.1%} [{result.top5.low:5.1%},{result.top5.high:5.1%}]"
         )
     if results:
-        lines.append(f"(1 positive + {results[0].n_negatives} negatives per query; chance mean rank {results[0].chance_mean_rank:.1f})")
+        lines.append(
+            f"(1 positive + {results[0].n_negatives} negatives per query; chance mean rank {results[0].chance_mean_rank:.1f})"
+        )
     return "\n".join(lines)

@@ -98,6 +98,9 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> I
     low, high = float(heatmap.min()), float(heatmap.max())
     scaled = (heatmap - low) / (high - low) if high > low else np.full_like(heatmap, 0.5)
     size = pixels.shape[1], pixels.shape[0]
-    mask = np.asarray(Image.fromarray((scaled * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR), np.float32) / 255
+    mask = (
+        np.asarray(Image.fromarray((scaled * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR), np.float32)
+        / 255
+    )
     colour = np.stack([mask, 0.15 * np.ones_like(mask), 1 - mask], axis=-1) * 255
     return Image.fromarray((pixels * (1 - opacity) + colour * opacity).astype(np.uint8))

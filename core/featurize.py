@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 #: Called as ``progress(done, total)`` after each batch.
 ProgressFn = Callable[[int, int], None]
 
+
 class Featurizer(Protocol):
     """Anything that turns images into L2-normalised embeddings."""
 
@@ -164,7 +165,7 @@ class FeatureCache:
             return {}
         try:
             with np.load(path, allow_pickle=False) as archive:
-                return dict(zip(archive["sha256"].tolist(), archive["embeddings"]))
+                return dict(zip(archive["sha256"].tolist(), archive["embeddings"], strict=True))
         except (OSError, KeyError, ValueError) as err:
             raise ArtifactError(f"{path}: unreadable feature cache ({err}); delete it to rebuild") from err
 
@@ -181,7 +182,7 @@ class FeatureCache:
         if missing:
             log.info("featurizing %d of %d images (%d cached)", len(missing), len(records), len(records) - len(missing))
             embeddings = embed_files(featurizer, list(missing.values()), batch_size=batch_size, progress=progress)
-            cached.update(zip(missing, embeddings))
+            cached.update(zip(missing, embeddings, strict=True))
             atomic_save_npz(
                 self.path_for(featurizer.fingerprint),
                 sha256=np.array(list(cached), dtype=str),

@@ -40,7 +40,11 @@ class FusionRanker(Ranker):
         self.weights = weights
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-        return fuse_probabilities([r.probability(r.score(query, gallery)) for r in self.rankers], self.weights).astype(np.float32)
+        return fuse_probabilities([r.probability(r.score(query, gallery)) for r in self.rankers], self.weights).astype(
+            np.float32
+        )
 
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return fuse_probabilities([r.probability(r.score_pairs(a, b)) for r in self.rankers], self.weights).astype(np.float32)
+        return fuse_probabilities([r.probability(r.score_pairs(a, b)) for r in self.rankers], self.weights).astype(
+            np.float32
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
@@ -45,7 +46,7 @@ def sniff_format(data: bytes) -> str | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 return image.format
-    except Exception:  # noqa: BLE001  (any failure means "not an image we know")
+    except Exception:
         return None
 
 
@@ -89,10 +90,8 @@ def decode_image(data: bytes, name: str = "<bytes>", draft_size: int | None = No
     except Exception as err:
         detail = str(err) or type(err).__name__
         raise ImageLoadError(f"{name}: corrupt or truncated image ({detail})") from err
-    try:
+    with contextlib.suppress(Exception):
         image = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001  (a broken EXIF block must not lose the picture)
-        pass
     try:
         return to_rgb(image)
     except (OSError, ValueError) as err:
@@ -101,8 +100,13 @@ def decode_image(data: bytes, name: str = "<bytes>", draft_size: int | None = No
 
 #: File signatures of formats Pillow reads, to tell "damaged image" from "not an image at all".
 _SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
 )
 
 
@@ -154,7 +158,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, BACKGROUND_RGB + (255,))
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND_RGB, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 

@@ -287,9 +287,13 @@ def _download_once(url: str, config: IngestConfig, opener: urllib.request.Opener
         with opener.open(request, timeout=config.timeout) as response:
             length = response.headers.get("Content-Length")
             if length and length.strip().isdigit() and int(length) > config.max_bytes:
-                raise DownloadError(f"too large: Content-Length {int(length):,} bytes > limit {config.max_bytes:,}", transient=False)
+                raise DownloadError(
+                    f"too large: Content-Length {int(length):,} bytes > limit {config.max_bytes:,}", transient=False
+                )
             chunks, size = [], 0
-            read = getattr(response, "read1", response.read)  # read1: return what has arrived, so the deadline is checked
+            read = getattr(
+                response, "read1", response.read
+            )  # read1: return what has arrived, so the deadline is checked
             while True:
                 if time.monotonic() > deadline:
                     raise DownloadError(f"timed out after {config.timeout:g} s (body too slow)", transient=True)
@@ -358,7 +362,9 @@ def read_manifest(out: Path) -> dict[str, dict[str, str]]:
         return {}
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-        return {str(url): {"path": str(v["path"]), "sha256": str(v["sha256"])} for url, v in payload["downloads"].items()}
+        return {
+            str(url): {"path": str(v["path"]), "sha256": str(v["sha256"])} for url, v in payload["downloads"].items()
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         log.warning("%s: unreadable manifest (%s); downloading everything again", printable(str(path)), err)
         return {}
@@ -416,12 +422,20 @@ def import_urls(
     to_fetch: list[UrlEntry] = []
     for entry in url_list.entries:
         if entry.url in first_line_of_url:
-            items[entry.line] = IngestItem(entry.line, entry.url, entry.label, "duplicate", reason=f"same URL as line {first_line_of_url[entry.url]}")
+            items[entry.line] = IngestItem(
+                entry.line,
+                entry.url,
+                entry.label,
+                "duplicate",
+                reason=f"same URL as line {first_line_of_url[entry.url]}",
+            )
             continue
         first_line_of_url[entry.url] = entry.line
         record = manifest.get(entry.url)
         if _present(out, record):
-            items[entry.line] = IngestItem(entry.line, entry.url, entry.label, "present", record["path"], "already downloaded", 0, record["sha256"])
+            items[entry.line] = IngestItem(
+                entry.line, entry.url, entry.label, "present", record["path"], "already downloaded", 0, record["sha256"]
+            )
         else:
             to_fetch.append(entry)
     path_of_content = {record["sha256"]: record["path"] for record in manifest.values() if _present(out, record)}
@@ -445,7 +459,7 @@ def import_urls(
                 entry, future = window.popleft()
                 try:
                     fetched = future.result()
-                except Exception as err:  # noqa: BLE001  (one bad URL must never stop the import)
+                except Exception as err:
                     fetched = _Fetched(None, "", f"unexpected error ({type(err).__name__}: {err})", 0)
                 items[entry.line] = _store(entry, fetched, out, manifest, path_of_content)
                 since_checkpoint += items[entry.line].status == "downloaded"
@@ -459,22 +473,38 @@ def import_urls(
             for _, future in window:
                 future.cancel()
             _write_manifest(out, manifest)
-    report = IngestReport(url_list.path, out, time.perf_counter() - start, tuple(items[line] for line in sorted(items)), url_list.malformed)
+    report = IngestReport(
+        url_list.path,
+        out,
+        time.perf_counter() - start,
+        tuple(items[line] for line in sorted(items)),
+        url_list.malformed,
+    )
     atomic_write_json(out / REPORT_NAME, report.to_dict())
     log.info("imported %s into %s: %s", printable(str(url_list.path)), printable(str(out)), report.counts())
     return report
 
 
-def _store(entry: UrlEntry, fetched: _Fetched, out: Path, manifest: dict[str, dict[str, str]], path_of_content: dict[str, str]) -> IngestItem:
+def _store(
+    entry: UrlEntry, fetched: _Fetched, out: Path, manifest: dict[str, dict[str, str]], path_of_content: dict[str, str]
+) -> IngestItem:
     """Write a fetched image atomically (unless its content is already there) and record it."""
     if fetched.data is None:
         log.info("failed line %d %s: %s", entry.line, entry.url, fetched.reason)
-        return IngestItem(entry.line, entry.url, entry.label, "failed", reason=fetched.reason, attempts=fetched.attempts)
+        return IngestItem(
+            entry.line, entry.url, entry.label, "failed", reason=fetched.reason, attempts=fetched.attempts
+        )
     sha256 = content_hash(fetched.data)
     if sha256 in path_of_content:
         return IngestItem(
-            entry.line, entry.url, entry.label, "duplicate", path_of_content[sha256],
-            f"same content as {path_of_content[sha256]}", fetched.attempts, sha256,
+            entry.line,
+            entry.url,
+            entry.label,
+            "duplicate",
+            path_of_content[sha256],
+            f"same content as {path_of_content[sha256]}",
+            fetched.attempts,
+            sha256,
         )
     relative = f"{entry.folder}/{file_stem(entry.url)}{fetched.extension}"
     target = out / relative

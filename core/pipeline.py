@@ -89,12 +89,19 @@ def prepare(config: DataConfig) -> PreparedData:
     )
     log.info(
         "%d images, %d labels; train %d, test %d; %d test queries x (1 + %d)",
-        len(dataset), len(dataset.labels), len(split.train), len(split.test), len(prepared.test_sets), prepared.test_sets.n_negatives,
+        len(dataset),
+        len(dataset.labels),
+        len(split.train),
+        len(split.test),
+        len(prepared.test_sets),
+        prepared.test_sets.n_negatives,
     )
     return prepared
 
 
-def near_duplicate_leaks(dataset: ImageDataset, split: Split, dhashes: np.ndarray | None, threshold: int | None = None) -> tuple[Leak, ...]:
+def near_duplicate_leaks(
+    dataset: ImageDataset, split: Split, dhashes: np.ndarray | None, threshold: int | None = None
+) -> tuple[Leak, ...]:
     """Near-duplicate pairs straddling ``split``, each logged as a warning naming both files.
 
     Args:
@@ -112,7 +119,9 @@ def near_duplicate_leaks(dataset: ImageDataset, split: Split, dhashes: np.ndarra
         log.warning(
             "possible train/test leakage: %s (test) is a near-duplicate of %s (train), dhash distance %d; "
             "run `python -m workbench dedup` to remove near-duplicates",
-            printable(str(leak.test_path)), printable(str(leak.train_path)), leak.distance,
+            printable(str(leak.test_path)),
+            printable(str(leak.train_path)),
+            leak.distance,
         )
     return leaks
 
@@ -129,7 +138,10 @@ def save_prepared(prepared: PreparedData, workdir: Path) -> Path:
         "train_sets": {"queries": prepared.train_sets.queries, "references": prepared.train_sets.references},
         "test_sets": {"queries": prepared.test_sets.queries, "references": prepared.test_sets.references},
         "skipped": [[str(item.path), item.reason] for item in prepared.skipped],
-        "leaks": [[str(leak.train_path.relative_to(root)), str(leak.test_path.relative_to(root)), leak.distance] for leak in prepared.leaks],
+        "leaks": [
+            [str(leak.train_path.relative_to(root)), str(leak.test_path.relative_to(root)), leak.distance]
+            for leak in prepared.leaks
+        ],
     }
     path = Path(workdir) / "prepared.json"
     atomic_write_json(path, payload)
@@ -154,7 +166,9 @@ def load_prepared(workdir: Path) -> PreparedData:
         records = tuple(ImageRecord(root / rel, label, sha) for rel, label, sha in payload["records"])
 
         def sets(key: str) -> ComparativeSets:
-            return ComparativeSets(np.asarray(payload[key]["queries"], np.int64), np.asarray(payload[key]["references"], np.int64))
+            return ComparativeSets(
+                np.asarray(payload[key]["queries"], np.int64), np.asarray(payload[key]["references"], np.int64)
+            )
 
         return PreparedData(
             config,
@@ -215,7 +229,11 @@ def fit_svm(
     test_accuracy = ranker.pair_accuracy(embeddings, prepared.test_sets)
     ranker.save(
         svm_path(workdir, featurizer_id),
-        {"featurizer": featurizer_id, "train_pairs": dataclasses.asdict(train_accuracy), "test_pairs": dataclasses.asdict(test_accuracy)},
+        {
+            "featurizer": featurizer_id,
+            "train_pairs": dataclasses.asdict(train_accuracy),
+            "test_pairs": dataclasses.asdict(test_accuracy),
+        },
     )
     return ranker, train_accuracy, test_accuracy
 
@@ -240,8 +258,10 @@ def load_rankers(names: list[str], workdir: Path, featurizer_id: str, seed: int 
     from core.siamese import SiameseRanker
 
     rng = np.random.default_rng(seed)
-    learned = {"svm": lambda: SVMRanker.load(svm_path(workdir, featurizer_id)),
-               "siamese": lambda: SiameseRanker.load(siamese_path(workdir, featurizer_id))}
+    learned = {
+        "svm": lambda: SVMRanker.load(svm_path(workdir, featurizer_id)),
+        "siamese": lambda: SiameseRanker.load(siamese_path(workdir, featurizer_id)),
+    }
     return [learned[name]() if name in learned else make_ranker(name, rng) for name in names]
 
 
@@ -305,4 +325,7 @@ def search(
     """The ``k`` gallery images most similar to an RGB image, best first."""
     query = featurizer.embed([image])
     indices, scores = top_k(ranker, query, gallery_embeddings, k)
-    return [SearchHit(rank, gallery.records[i], float(s)) for rank, (i, s) in enumerate(zip(indices[0], scores[0]), start=1)]
+    return [
+        SearchHit(rank, gallery.records[i], float(s))
+        for rank, (i, s) in enumerate(zip(indices[0], scores[0], strict=True), start=1)
+    ]

@@ -18,8 +18,23 @@ def training_curves(history: Sequence[EpochMetrics]) -> go.Figure:
     epochs = [m.epoch for m in history]
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
     for split, dash in (("train", "solid"), ("test", "dash")):
-        figure.add_trace(go.Scatter(x=epochs, y=[getattr(m, f"{split}_loss") for m in history], name=f"{split} loss", line={"dash": dash}), 1, 1)
-        figure.add_trace(go.Scatter(x=epochs, y=[getattr(m, f"{split}_accuracy") for m in history], name=f"{split} accuracy", line={"dash": dash}), 1, 2)
+        figure.add_trace(
+            go.Scatter(
+                x=epochs, y=[getattr(m, f"{split}_loss") for m in history], name=f"{split} loss", line={"dash": dash}
+            ),
+            1,
+            1,
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=[getattr(m, f"{split}_accuracy") for m in history],
+                name=f"{split} accuracy",
+                line={"dash": dash},
+            ),
+            1,
+            2,
+        )
     figure.update_xaxes(title_text="epoch", dtick=1)
     figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
     return figure
@@ -39,12 +54,21 @@ def calibration_plot(ranker: SVMRanker, scores: np.ndarray, same: np.ndarray, n_
     which = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, len(edges) - 2)
     counts = np.bincount(which, minlength=len(edges) - 1)
     filled = counts > 0
-    centres = (np.bincount(which, weights=scores, minlength=len(edges) - 1)[filled] / counts[filled])
-    observed = (np.bincount(which, weights=same, minlength=len(edges) - 1)[filled] / counts[filled])
+    centres = np.bincount(which, weights=scores, minlength=len(edges) - 1)[filled] / counts[filled]
+    observed = np.bincount(which, weights=same, minlength=len(edges) - 1)[filled] / counts[filled]
     grid = np.linspace(scores.min(), scores.max(), 200)
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=grid, y=ranker.probability(grid), name="Platt sigmoid", mode="lines"))
-    figure.add_trace(go.Scatter(x=centres, y=observed, name="observed share same", mode="markers", marker={"size": 9}, text=[f"{c} pairs" for c in counts[filled]]))
+    figure.add_trace(
+        go.Scatter(
+            x=centres,
+            y=observed,
+            name="observed share same",
+            mode="markers",
+            marker={"size": 9},
+            text=[f"{c} pairs" for c in counts[filled]],
+        )
+    )
     figure.update_layout(xaxis_title="SVM score", yaxis_title="P(same label)", yaxis_range=[0, 1])
     return figure
 
@@ -54,7 +78,11 @@ def rank_histogram(results: Sequence[EvaluationResult]) -> go.Figure:
     figure = go.Figure()
     max_rank = max(int(r.n_negatives) + 1 for r in results) if results else 1
     for result in results:
-        figure.add_trace(go.Histogram(x=result.ranks, name=result.ranker, xbins={"start": 0.5, "end": max_rank + 0.5, "size": 1}, opacity=0.6))
+        figure.add_trace(
+            go.Histogram(
+                x=result.ranks, name=result.ranker, xbins={"start": 0.5, "end": max_rank + 0.5, "size": 1}, opacity=0.6
+            )
+        )
     figure.update_layout(barmode="overlay", xaxis_title="rank of the positive (1 = best)", yaxis_title="queries")
     return figure
 
@@ -65,7 +93,12 @@ def top_n_curves(results: Sequence[EvaluationResult]) -> go.Figure:
     for result in results:
         n = np.arange(1, len(result.top_n) + 1)
         figure.add_trace(go.Scatter(x=n, y=result.top_n, name=result.ranker, mode="lines+markers"))
-    figure.update_layout(xaxis_title="N", yaxis_title="share of queries with the positive in the top N", yaxis_range=[0, 1.02], yaxis_tickformat=".0%")
+    figure.update_layout(
+        xaxis_title="N",
+        yaxis_title="share of queries with the positive in the top N",
+        yaxis_range=[0, 1.02],
+        yaxis_tickformat=".0%",
+    )
     return figure
 
 
@@ -102,7 +135,9 @@ def label_counts_bar(counts: dict[str, tuple[int, int]]) -> go.Figure:
     return figure
 
 
-def embedding_map(points: np.ndarray, labels: Sequence[str], names: Sequence[str], query: np.ndarray | None = None) -> go.Figure:
+def embedding_map(
+    points: np.ndarray, labels: Sequence[str], names: Sequence[str], query: np.ndarray | None = None
+) -> go.Figure:
     """Gallery points coloured by label (hover: file name), with an optional query marker."""
     labels, names = np.asarray(labels), np.asarray(names)
     figure = go.Figure()
@@ -110,11 +145,24 @@ def embedding_map(points: np.ndarray, labels: Sequence[str], names: Sequence[str
         mask = labels == label
         figure.add_trace(
             go.Scatter(
-                x=points[mask, 0], y=points[mask, 1], mode="markers", name=str(label), text=names[mask],
-                customdata=np.flatnonzero(mask), hovertemplate="%{text}<extra>%{fullData.name}</extra>",
+                x=points[mask, 0],
+                y=points[mask, 1],
+                mode="markers",
+                name=str(label),
+                text=names[mask],
+                customdata=np.flatnonzero(mask),
+                hovertemplate="%{text}<extra>%{fullData.name}</extra>",
             )
         )
     if query is not None:
-        figure.add_trace(go.Scatter(x=[query[0]], y=[query[1]], mode="markers", name="query", marker={"symbol": "star", "size": 18, "color": "black"}))
+        figure.add_trace(
+            go.Scatter(
+                x=[query[0]],
+                y=[query[1]],
+                mode="markers",
+                name="query",
+                marker={"symbol": "star", "size": 18, "color": "black"},
+            )
+        )
     figure.update_layout(xaxis_title="component 1", yaxis_title="component 2")
     return figure

@@ -49,7 +49,9 @@ class Ranker(ABC):
         a, b = check_embeddings(a, b)
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"score_pairs needs aligned rows, got {a.shape[0]} and {b.shape[0]}")
-        return np.concatenate([self._pairs(a[block], b[block]) for block in _row_blocks(len(a), a.shape[1])] or [np.zeros(0, np.float32)])
+        return np.concatenate(
+            [self._pairs(a[block], b[block]) for block in _row_blocks(len(a), a.shape[1])] or [np.zeros(0, np.float32)]
+        )
 
     @abstractmethod
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
@@ -161,7 +163,10 @@ def top_k(
     best_score = np.zeros((len(query), 0), np.float32)
     for block in _row_blocks(len(gallery), max(1, len(query)) * gallery.shape[1], block_rows):
         scores = np.concatenate([best_score, ranker.score(query, gallery[block])], axis=1)
-        indices = np.concatenate([best_index, np.broadcast_to(np.arange(block.start, block.stop), (len(query), block.stop - block.start))], axis=1)
+        indices = np.concatenate(
+            [best_index, np.broadcast_to(np.arange(block.start, block.stop), (len(query), block.stop - block.start))],
+            axis=1,
+        )
         # stable sort on (-score, index) keeps ties deterministic
         order = np.lexsort((indices, -scores), axis=1)[:, :k] if scores.size else np.zeros((len(query), 0), np.int64)
         best_score = np.take_along_axis(scores, order, axis=1)

@@ -83,7 +83,8 @@ class SiameseRanker(Ranker):
         for start in range(0, len(query), step):
             block = query[start : start + step]
             out[start : start + step] = self._logits(
-                np.repeat(block[:, None, :], len(gallery), axis=1), np.broadcast_to(gallery, (len(block), *gallery.shape)).copy()
+                np.repeat(block[:, None, :], len(gallery), axis=1),
+                np.broadcast_to(gallery, (len(block), *gallery.shape)).copy(),
             )
         return out
 
@@ -112,7 +113,9 @@ class SiameseRanker(Ranker):
         generator = torch.Generator().manual_seed(self.config.seed)
         torch.manual_seed(self.config.seed)
         head = _head(embeddings.shape[1], self.config.hidden)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            head.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
+        )
         loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(max(1, n_refs - 1))))
         for _ in range(self.config.epochs):
             order = torch.randperm(len(same), generator=generator)
@@ -148,9 +151,15 @@ class SiameseRanker(Ranker):
         try:
             with np.load(path, allow_pickle=False) as archive:
                 header = json.loads(str(archive["header"]))
-                state = {key.removeprefix("param:"): torch.from_numpy(archive[key]) for key in archive.files if key.startswith("param:")}
+                state = {
+                    key.removeprefix("param:"): torch.from_numpy(archive[key])
+                    for key in archive.files
+                    if key.startswith("param:")
+                }
             if header.get("schema_version") != SIAMESE_SCHEMA_VERSION:
-                raise ArtifactError(f"{path}: schema version {header.get('schema_version')!r}, expected {SIAMESE_SCHEMA_VERSION}")
+                raise ArtifactError(
+                    f"{path}: schema version {header.get('schema_version')!r}, expected {SIAMESE_SCHEMA_VERSION}"
+                )
             config = SiameseConfig(**header["config"])
             head = _head(state["0.weight"].shape[1] // 2, config.hidden)
             head.load_state_dict(state)

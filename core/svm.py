@@ -67,12 +67,12 @@ class SVMRanker(Ranker):
 
     def __init__(
         self,
-        config: SVMConfig = SVMConfig(),
+        config: SVMConfig | None = None,
         weights: np.ndarray | None = None,
         bias: float = 0.0,
         platt: tuple[float, float] = (-1.0, 0.0),
     ) -> None:
-        self.config = config
+        self.config = config or SVMConfig()
         self.weights = None if weights is None else np.asarray(weights, np.float32)
         self.bias = float(bias)
         self.platt = (float(platt[0]), float(platt[1]))
@@ -185,7 +185,9 @@ class SVMRanker(Ranker):
             with np.load(path, allow_pickle=False) as archive:
                 weights, header = archive["weights"], json.loads(str(archive["header"]))
             if header.get("schema_version") != SVM_SCHEMA_VERSION:
-                raise ArtifactError(f"{path}: schema version {header.get('schema_version')!r}, expected {SVM_SCHEMA_VERSION}")
+                raise ArtifactError(
+                    f"{path}: schema version {header.get('schema_version')!r}, expected {SVM_SCHEMA_VERSION}"
+                )
             return cls(SVMConfig(**header["config"]), weights, header["bias"], tuple(header["platt"]))
         except (OSError, KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{path}: unreadable SVM ranker ({err})") from err

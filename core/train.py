@@ -105,7 +105,12 @@ def _train_transform(preprocessing: Preprocessing, augment: bool) -> Callable:
     return v2.Compose(
         [
             v2.PILToTensor(),
-            v2.RandomResizedCrop(preprocessing.input_size, scale=(0.35, 1.0), interpolation=interpolation[preprocessing.interpolation], antialias=True),
+            v2.RandomResizedCrop(
+                preprocessing.input_size,
+                scale=(0.35, 1.0),
+                interpolation=interpolation[preprocessing.interpolation],
+                antialias=True,
+            ),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             v2.ToDtype(torch.float32, scale=True),
@@ -166,7 +171,9 @@ def _objective(config: TrainConfig) -> _Objective:
     raise ValueError(f"unknown objective {config.objective!r}; choose classification or triplet")
 
 
-def _evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, objective: _Objective) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, objective: _Objective
+) -> tuple[float, float]:
     """Loss and accuracy over the whole loader at once (triplets and nearest neighbours span batches)."""
     model.eval()
     outputs, targets = [], []
@@ -236,12 +243,21 @@ def fine_tune(
     test_records = [records[i] for i in split.test]
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = torch.utils.data.DataLoader(
-        _Images(train_records, [index_of[r.label] for r in train_records], _train_transform(preprocessing, config.augment)),
-        batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=len(train_records) > config.batch_size,
+        _Images(
+            train_records, [index_of[r.label] for r in train_records], _train_transform(preprocessing, config.augment)
+        ),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=len(train_records) > config.batch_size,
     )
     known_test = [r for r in test_records if r.label in index_of]
     test_loader = torch.utils.data.DataLoader(
-        _Images(known_test, [index_of[r.label] for r in known_test], lambda image: torch.from_numpy(preprocess(image, preprocessing))),
+        _Images(
+            known_test,
+            [index_of[r.label] for r in known_test],
+            lambda image: torch.from_numpy(preprocess(image, preprocessing)),
+        ),
         batch_size=config.batch_size,
     )
     total_steps = max(1, config.epochs * len(train_loader))
@@ -279,7 +295,10 @@ def fine_tune(
         log.info("resuming %s after epoch %d", run_dir, len(history))
 
     def save(status: str) -> None:
-        atomic_write_json(run_dir / "manifest.json", {**manifest, "status": status, "history": [dataclasses.asdict(m) for m in history]})
+        atomic_write_json(
+            run_dir / "manifest.json",
+            {**manifest, "status": status, "history": [dataclasses.asdict(m) for m in history]},
+        )
 
     if start_epoch == 1:
         # epoch 0: the pretrained body, so a 0-epoch run is a valid (pretrained) featurizer too
@@ -312,13 +331,26 @@ def fine_tune(
             log.warning("interrupted in epoch %d; %s holds epoch %d", epoch, checkpoint_path, len(history))
             raise
         test_loss, test_accuracy = _evaluate(model, test_loader, device, objective)
-        metrics = EpochMetrics(epoch, running_loss / max(seen, 1), running_correct / max(seen, 1), test_loss, test_accuracy, time.perf_counter() - started)
+        metrics = EpochMetrics(
+            epoch,
+            running_loss / max(seen, 1),
+            running_correct / max(seen, 1),
+            test_loss,
+            test_accuracy,
+            time.perf_counter() - started,
+        )
         history.append(metrics)
         _save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, history, manifest)
         save("running" if epoch < config.epochs else "complete")
         log.info(
             "epoch %d/%d: train loss %.3f acc %.1f%%, test loss %.3f acc %.1f%% (%.0f s)",
-            epoch, config.epochs, metrics.train_loss, 100 * metrics.train_accuracy, test_loss, 100 * test_accuracy, metrics.seconds,
+            epoch,
+            config.epochs,
+            metrics.train_loss,
+            100 * metrics.train_accuracy,
+            test_loss,
+            100 * test_accuracy,
+            metrics.seconds,
         )
         if progress:
             progress(TrainProgress(epoch, config.epochs, len(train_loader), len(train_loader), metrics))
@@ -356,7 +388,9 @@ def read_manifest(run_dir: str | Path) -> dict:
     """
     manifest = read_json(Path(run_dir) / "manifest.json")
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(f"{run_dir}/manifest.json: schema version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        raise ArtifactError(
+            f"{run_dir}/manifest.json: schema version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+        )
     return manifest
 
 
@@ -371,7 +405,9 @@ def finetuned_backbone(run_dir: str | Path) -> Backbone:
     checkpoint_path = run_dir / "checkpoint.pt"
     state = _load_checkpoint(checkpoint_path)
     classification = manifest["config"].get("objective", "classification") == "classification"
-    backbone = build_backbone(manifest["backbone"], weights=None, num_classes=len(manifest["labels"]) if classification else 0)
+    backbone = build_backbone(
+        manifest["backbone"], weights=None, num_classes=len(manifest["labels"]) if classification else 0
+    )
     try:
         backbone.model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as err:
@@ -381,7 +417,13 @@ def finetuned_backbone(run_dir: str | Path) -> Backbone:
         model.reset_classifier(0)
     else:
         model.fc = nn.Identity()
-    preprocessing = Preprocessing(**{**manifest["preprocessing"], "mean": tuple(manifest["preprocessing"]["mean"]), "std": tuple(manifest["preprocessing"]["std"])})
+    preprocessing = Preprocessing(
+        **{
+            **manifest["preprocessing"],
+            "mean": tuple(manifest["preprocessing"]["mean"]),
+            "std": tuple(manifest["preprocessing"]["std"]),
+        }
+    )
     weights_id = f"run:{manifest['run_id']}:{len(state['history'])}:sha256:{file_sha256(checkpoint_path)[:16]}"
     return Backbone(backbone.name, model.eval(), preprocessing, weights_id, backbone.feature_dim)
 

@@ -80,7 +80,18 @@ class ModelMetadata:
                 unknown schema, or a fingerprint that does not match the other fields; names ``origin``.
         """
         values = {key[len(_PREFIX) :]: value for key, value in props.items() if key.startswith(_PREFIX)}
-        required = ("schema", "backbone", "weights_id", "fingerprint", "feature_dim", "input_size", "resize_size", "interpolation", "mean", "std")
+        required = (
+            "schema",
+            "backbone",
+            "weights_id",
+            "fingerprint",
+            "feature_dim",
+            "input_size",
+            "resize_size",
+            "interpolation",
+            "mean",
+            "std",
+        )
         missing = [key for key in required if key not in values]
         if missing:
             raise ArtifactError(

@@ -32,6 +32,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import logging
@@ -151,7 +152,14 @@ def freeze_same_padding(model: nn.Module, input_size: int) -> nn.Module:
         pad_h = get_same_padding(height, same.kernel_size[0], same.stride[0], same.dilation[0])
         pad_w = get_same_padding(width, same.kernel_size[1], same.stride[1], same.dilation[1])
         conv = nn.Conv2d(
-            same.in_channels, same.out_channels, same.kernel_size, same.stride, 0, same.dilation, same.groups, same.bias is not None
+            same.in_channels,
+            same.out_channels,
+            same.kernel_size,
+            same.stride,
+            0,
+            same.dilation,
+            same.groups,
+            same.bias is not None,
         )
         conv.load_state_dict(same.state_dict())
         padded = nn.Sequential(nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)), conv)
@@ -170,7 +178,9 @@ def pin_ir_version(model: object, max_ir_version: int = MAX_IR_VERSION) -> int:
 
     needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     if needed > max_ir_version:
-        raise ArtifactError(f"opsets {[(o.domain, o.version) for o in model.opset_import]} need IR {needed} > {max_ir_version}")
+        raise ArtifactError(
+            f"opsets {[(o.domain, o.version) for o in model.opset_import]} need IR {needed} > {max_ir_version}"
+        )
     model.ir_version = needed
     return needed
 
@@ -178,10 +188,8 @@ def pin_ir_version(model: object, max_ir_version: int = MAX_IR_VERSION) -> int:
 def _versions() -> dict[str, str]:
     versions = {"exporter": "torch.onnx (TorchScript, dynamo=False)"}
     for package in ("torch", "onnx", "onnxruntime-gpu", "onnxruntime", "timm", "torchvision"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -263,7 +271,13 @@ def export_onnx(
             raise ArtifactError(f"{path}: export failed validation, nothing written ({err})") from err
     log.info(
         "exported %s to %s (IR %d, opset %d): max |diff| %.2e, min cosine %.6f on batch %d",
-        backbone.name, path, ir_version, config.opset, validation.max_abs_diff, validation.min_cosine, validation.batch_size,
+        backbone.name,
+        path,
+        ir_version,
+        config.opset,
+        validation.max_abs_diff,
+        validation.min_cosine,
+        validation.batch_size,
     )
     return ExportResult(path, metadata, validation, ir_version, config.opset)
 
@@ -277,7 +291,9 @@ def torch_reference(backbone: Backbone, pixels: np.ndarray) -> np.ndarray:
     return l2_normalize(features.float().numpy())
 
 
-def validate_onnx(path: str | Path, backbone: Backbone, pixels: np.ndarray, config: ExportConfig = ExportConfig()) -> ValidationReport:
+def validate_onnx(
+    path: str | Path, backbone: Backbone, pixels: np.ndarray, config: ExportConfig = ExportConfig()
+) -> ValidationReport:
     """Check an exported model's names, dynamic axes, shapes and values against its PyTorch source.
 
     Args:
@@ -294,16 +310,24 @@ def validate_onnx(path: str | Path, backbone: Backbone, pixels: np.ndarray, conf
 
     size = backbone.preprocessing.input_size
     if pixels.dtype != np.uint8 or pixels.shape[1:] != (size, size, 3):
-        raise ValueError(f"validation pixels must be uint8[N, {size}, {size}, 3], got {pixels.dtype}{list(pixels.shape)}")
+        raise ValueError(
+            f"validation pixels must be uint8[N, {size}, {size}, 3], got {pixels.dtype}{list(pixels.shape)}"
+        )
     featurizer = OnnxFeaturizer(path, OrtConfig(providers=("CPUExecutionProvider",)))
     session = featurizer.session
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
-        raise ArtifactError(f"{path}: inputs {[i.name for i in inputs]}, outputs {[o.name for o in outputs]}; expected [{INPUT_NAME}] -> [{OUTPUT_NAME}]")
+        raise ArtifactError(
+            f"{path}: inputs {[i.name for i in inputs]}, outputs {[o.name for o in outputs]}; expected [{INPUT_NAME}] -> [{OUTPUT_NAME}]"
+        )
     if inputs[0].shape != [BATCH_AXIS, size, size, 3] or inputs[0].type != "tensor(uint8)":
-        raise ArtifactError(f"{path}: input {inputs[0].type}{inputs[0].shape}, expected tensor(uint8)[{BATCH_AXIS}, {size}, {size}, 3]")
+        raise ArtifactError(
+            f"{path}: input {inputs[0].type}{inputs[0].shape}, expected tensor(uint8)[{BATCH_AXIS}, {size}, {size}, 3]"
+        )
     if outputs[0].shape != [BATCH_AXIS, backbone.feature_dim] or outputs[0].type != "tensor(float)":
-        raise ArtifactError(f"{path}: output {outputs[0].type}{outputs[0].shape}, expected tensor(float)[{BATCH_AXIS}, {backbone.feature_dim}]")
+        raise ArtifactError(
+            f"{path}: output {outputs[0].type}{outputs[0].shape}, expected tensor(float)[{BATCH_AXIS}, {backbone.feature_dim}]"
+        )
     got = featurizer.embed_pixels(pixels)
     expected = torch_reference(backbone, pixels)
     if got.shape != expected.shape:

@@ -27,7 +27,12 @@ from export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 log = logging.getLogger(__name__)
 
-_OPTIMIZATION = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_OPTIMIZATION = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,9 @@ class OnnxFeaturizer:
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
         options.log_severity_level = config.log_severity
-        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, _OPTIMIZATION[config.optimization])
+        options.graph_optimization_level = getattr(
+            onnxruntime.GraphOptimizationLevel, _OPTIMIZATION[config.optimization]
+        )
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
         providers = list(config.providers) if config.providers is not None else default_providers()
         try:
@@ -110,11 +117,15 @@ class OnnxFeaturizer:
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
             raise ArtifactError(f"{self.path}: not a loadable ONNX model ({type(err).__name__}: {err})") from err
         if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in self.session.get_providers():
-            log.warning("%s: CUDA requested but unavailable to onnxruntime (missing cuDNN/cuBLAS?); running on CPU", self.path)
+            log.warning(
+                "%s: CUDA requested but unavailable to onnxruntime (missing cuDNN/cuBLAS?); running on CPU", self.path
+            )
         self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         if names != ([INPUT_NAME], [OUTPUT_NAME]):
-            raise ArtifactError(f"{self.path}: graph {names[0]} -> {names[1]}, expected [{INPUT_NAME}] -> [{OUTPUT_NAME}]")
+            raise ArtifactError(
+                f"{self.path}: graph {names[0]} -> {names[1]}, expected [{INPUT_NAME}] -> [{OUTPUT_NAME}]"
+            )
         spec = self.metadata.preprocessing
         self._mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
@@ -137,7 +148,9 @@ class OnnxFeaturizer:
         """Embed resized, centre-cropped RGB ``uint8[N, S, S, 3]`` into ``float32[N, D]`` unit rows (the fast path)."""
         size = self.preprocessing.input_size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
-            raise ValueError(f"{self.path}: expects uint8[N, {size}, {size}, 3] pixels, got {pixels.dtype}{list(pixels.shape)}")
+            raise ValueError(
+                f"{self.path}: expects uint8[N, {size}, {size}, 3] pixels, got {pixels.dtype}{list(pixels.shape)}"
+            )
         if len(pixels) == 0:
             return np.zeros((0, self.metadata.feature_dim), np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels)})[0]
@@ -151,7 +164,9 @@ class OnnxFeaturizer:
         """
         size = self.preprocessing.input_size
         if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
-            raise ValueError(f"{self.path}: expects float32[N, 3, {size}, {size}], got {batch.dtype}{list(batch.shape)}")
+            raise ValueError(
+                f"{self.path}: expects float32[N, 3, {size}, {size}], got {batch.dtype}{list(batch.shape)}"
+            )
         values = (batch * self._std + self._mean) * 255.0
         pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         return self.embed_pixels(pixels)

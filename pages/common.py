@@ -19,7 +19,9 @@ def workspace(choice: str | None = None) -> service.Workspace:
     holder = st.empty()
 
     def update(done: int, total: int) -> None:
-        holder.progress(done / max(total, 1), text=f"Featurizing the gallery ({choice}): {done}/{total} images, first time only")
+        holder.progress(
+            done / max(total, 1), text=f"Featurizing the gallery ({choice}): {done}/{total} images, first time only"
+        )
 
     with st.spinner(f"Loading the {choice} model and the dataset…"):
         ws = service.workspace(choice, update)

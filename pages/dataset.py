@@ -8,7 +8,9 @@ from workbench import service
 def render() -> None:
     st.title("Dataset")
     with st.form("dataset_form"):
-        folder = st.text_input("Dataset folder (one sub-folder per label)", value=str(service.settings()[0]), key="data_folder")
+        folder = st.text_input(
+            "Dataset folder (one sub-folder per label)", value=str(service.settings()[0]), key="data_folder"
+        )
         if st.form_submit_button("Use this folder"):
             try:
                 service.use_dataset(folder)
@@ -19,8 +21,13 @@ def render() -> None:
     if attributes:
         options = ["label folders", *attributes]
         current = service.active_condition() or "label folders"
-        picked = st.selectbox("Similar means: same …", options, index=options.index(current), key="condition",
-                              help="attributes come from attributes.csv in the dataset folder")
+        picked = st.selectbox(
+            "Similar means: same …",
+            options,
+            index=options.index(current),
+            key="condition",
+            help="attributes come from attributes.csv in the dataset folder",
+        )
         chosen = "" if picked == "label folders" else picked
         if chosen != service.active_condition():
             service.use_condition(chosen)
@@ -32,13 +39,17 @@ def render() -> None:
     columns[0].metric("labels", len(summary.counts))
     columns[1].metric("images", n_train + n_test)
     columns[2].metric("train / test", f"{n_train} / {n_test}")
-    columns[3].metric("test queries", summary.n_test_queries, help=f"each with 1 positive + {summary.n_negatives} negatives")
+    columns[3].metric(
+        "test queries", summary.n_test_queries, help=f"each with 1 positive + {summary.n_negatives} negatives"
+    )
     st.plotly_chart(service.label_counts_bar(summary.counts), key="label_counts")
     if summary.skipped:
         with st.expander(f"{len(summary.skipped)} file(s) skipped while scanning"):
             st.write("\n".join(f"- {reason}" for reason in summary.skipped))
     if summary.leaks:
-        st.warning(f"{len(summary.leaks)} near-duplicate pair(s) straddle the train/test split; `python -m workbench dedup` removes them.")
+        st.warning(
+            f"{len(summary.leaks)} near-duplicate pair(s) straddle the train/test split; `python -m workbench dedup` removes them."
+        )
         with st.expander("Near-duplicates across the split"):
             st.write("\n".join(f"- {leak}" for leak in summary.leaks))
     for label, paths in summary.samples.items():

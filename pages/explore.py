@@ -9,11 +9,17 @@ from workbench import service
 def render() -> None:
     st.title("Explore")
     ws = common.workspace()
-    method = st.sidebar.radio("Projection", ["pca", "umap"], horizontal=True, key="projection", help="UMAP needs umap-learn; PCA otherwise")
+    method = st.sidebar.radio(
+        "Projection", ["pca", "umap"], horizontal=True, key="projection", help="UMAP needs umap-learn; PCA otherwise"
+    )
     names = service.gallery_names(ws)
     upload = st.file_uploader("Query photo (optional; default: the picked gallery image)", key="explore_upload")
     picked = st.selectbox("Gallery query", names, key="explore_pick", disabled=upload is not None)
-    data, name = (upload.getvalue(), upload.name) if upload is not None else (ws.dataset.records[names.index(picked)].path.read_bytes(), picked)
+    data, name = (
+        (upload.getvalue(), upload.name)
+        if upload is not None
+        else (ws.dataset.records[names.index(picked)].path.read_bytes(), picked)
+    )
 
     try:
         mapping = service.embedding_projection(ws, method)
@@ -24,19 +30,27 @@ def render() -> None:
         return
 
     st.subheader("Embedding map")
-    st.caption(f"{mapping.projection.method.upper()} of {len(names)} gallery embeddings ({ws.choice}); the star is the query. Select a point to see it.")
+    st.caption(
+        f"{mapping.projection.method.upper()} of {len(names)} gallery embeddings ({ws.choice}); the star is the query. Select a point to see it."
+    )
     event = st.plotly_chart(
         service.embedding_map(mapping.projection.points, mapping.labels, names, query_point),
-        key="embedding_map", on_select="rerun", selection_mode="points",
+        key="embedding_map",
+        on_select="rerun",
+        selection_mode="points",
     )
-    selected = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata") is not None]
+    selected = [
+        p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata") is not None
+    ]
     if selected:
         record = ws.dataset.records[int(selected[0])]
         st.image(str(record.path), caption=f"{record.label} · {names[int(selected[0])]}", width=220)
 
     st.subheader("Why these results?")
     labels = [f"{hit.rank}. {hit.record.label} · {names[ws.dataset.records.index(hit.record)]}" for hit in hits]
-    choice = st.selectbox("Result to explain (cosine ranking)", labels, index=min(1, len(labels) - 1), key="explain_hit")
+    choice = st.selectbox(
+        "Result to explain (cosine ranking)", labels, index=min(1, len(labels) - 1), key="explain_hit"
+    )
     hit = hits[labels.index(choice)]
     explanation = service.explain(ws, data, name, hit.record)
     st.caption(

@@ -17,7 +17,11 @@ def render() -> None:
     upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
     names = service.gallery_names(ws)
     picked = st.selectbox(
-        "…or pick a gallery image", names, index=0, key="gallery_pick", disabled=upload is not None,
+        "…or pick a gallery image",
+        names,
+        index=0,
+        key="gallery_pick",
+        disabled=upload is not None,
         help="clear the upload to search with a gallery image",
     )
     if upload is not None:
@@ -33,7 +37,9 @@ def render() -> None:
         return
     left, right = st.columns([1, 3])
     left.image(data, caption=f"query: {name}", width="stretch")
-    right.caption(f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.choice} ({ws.backend})")
+    right.caption(
+        f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.choice} ({ws.backend})"
+    )
     columns = right.columns(4)
     for hit in result.hits:
         with columns[(hit.rank - 1) % 4]:
@@ -45,11 +51,18 @@ def render() -> None:
         return
     with st.container(border=True):
         ranks = [hit.rank for hit in result.hits]
-        rank = st.selectbox("Result", ranks, index=min(1, len(ranks) - 1), key="explain_rank",
-                            format_func=lambda r: f"{r}. {result.hits[r - 1].record.label}")
+        rank = st.selectbox(
+            "Result",
+            ranks,
+            index=min(1, len(ranks) - 1),
+            key="explain_rank",
+            format_func=lambda r: f"{r}. {result.hits[r - 1].record.label}",
+        )
         explanation = service.explain(ws, data, name, result.hits[rank - 1].record)
-        st.caption(f"Cosine similarity {explanation.similarity:.3f}, split exactly over the regions of each image: "
-                   "red regions contribute most, blue least.")
+        st.caption(
+            f"Cosine similarity {explanation.similarity:.3f}, split exactly over the regions of each image: "
+            "red regions contribute most, blue least."
+        )
         cells = st.columns(2)
         cells[0].image(explanation.query_overlay, caption="query", width="stretch")
         cells[1].image(explanation.result_overlay, caption=f"result {rank}", width="stretch")

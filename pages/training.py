@@ -14,7 +14,9 @@ def _job_panel(job: service.TrainingJob) -> None:
         st.error(f"Training failed: {job.error}")
     elif job.done and job.pair_accuracy:
         train, test = job.pair_accuracy
-        st.success(f"Run {job.run} is ready: pick it as featurizer in the sidebar. SVM balanced pair accuracy: train {train:.1%}, test {test:.1%}.")
+        st.success(
+            f"Run {job.run} is ready: pick it as featurizer in the sidebar. SVM balanced pair accuracy: train {train:.1%}, test {test:.1%}."
+        )
 
 
 @st.fragment(run_every=1.0)
@@ -26,28 +28,54 @@ def _live_jobs() -> None:
 def render() -> None:
     st.title("Training")
     common.featurizer_picker()
-    st.caption("Fine-tunes the pretrained backbone on the training split (as a classifier, or directly on the embedding "
-               "with a triplet loss), featurizes with the refined body and fits the SVM-weighted L2 ranker. Runs in the "
-               "background; progress updates live.")
+    st.caption(
+        "Fine-tunes the pretrained backbone on the training split (as a classifier, or directly on the embedding "
+        "with a triplet loss), featurizes with the refined body and fits the SVM-weighted L2 ranker. Runs in the "
+        "background; progress updates live."
+    )
     st.caption(f"Dataset: `{service.settings()[0]}` (switch it on the Dataset page).")
     with st.form("train_form"):
         first = st.columns(4)
         run = first[0].text_input("Run name", value="run1", key="run_name")
-        epochs = first[1].number_input("Epochs", min_value=0, max_value=100, value=service.TrainConfig.epochs, key="epochs")
-        learning_rate = first[2].number_input("Learning rate", min_value=1e-5, max_value=1.0, value=service.TrainConfig.learning_rate, format="%.4f", key="lr")
-        batch_size = first[3].number_input("Batch size", min_value=2, max_value=256, value=service.TrainConfig.batch_size, key="batch")
+        epochs = first[1].number_input(
+            "Epochs", min_value=0, max_value=100, value=service.TrainConfig.epochs, key="epochs"
+        )
+        learning_rate = first[2].number_input(
+            "Learning rate",
+            min_value=1e-5,
+            max_value=1.0,
+            value=service.TrainConfig.learning_rate,
+            format="%.4f",
+            key="lr",
+        )
+        batch_size = first[3].number_input(
+            "Batch size", min_value=2, max_value=256, value=service.TrainConfig.batch_size, key="batch"
+        )
         second = st.columns(4)
-        input_size = second[0].number_input("Input size (0 = model's)", min_value=0, max_value=512, value=0, step=32, key="input_size")
+        input_size = second[0].number_input(
+            "Input size (0 = model's)", min_value=0, max_value=512, value=0, step=32, key="input_size"
+        )
         freeze = second[1].checkbox("Freeze body (train head only)", key="freeze")
         augment = second[2].checkbox("Augment", value=True, key="augment")
-        objective = st.selectbox("Objective", ["classification", "triplet"], key="objective",
-                                 help="classification: cross-entropy on the labels; triplet: margin loss on the embedding with mined triplets")
-        svm_c = second[3].number_input("SVM C", min_value=1e-4, max_value=100.0, value=service.SVMConfig.C, format="%.4f", key="svm_c")
+        objective = st.selectbox(
+            "Objective",
+            ["classification", "triplet"],
+            key="objective",
+            help="classification: cross-entropy on the labels; triplet: margin loss on the embedding with mined triplets",
+        )
+        svm_c = second[3].number_input(
+            "SVM C", min_value=1e-4, max_value=100.0, value=service.SVMConfig.C, format="%.4f", key="svm_c"
+        )
         submitted = st.form_submit_button("Start training")
     if submitted:
         config = service.TrainConfig(
-            epochs=int(epochs), learning_rate=float(learning_rate), batch_size=int(batch_size),
-            input_size=int(input_size), freeze_body=freeze, augment=augment, objective=objective,
+            epochs=int(epochs),
+            learning_rate=float(learning_rate),
+            batch_size=int(batch_size),
+            input_size=int(input_size),
+            freeze_body=freeze,
+            augment=augment,
+            objective=objective,
         )
         try:
             service.start_training(run.strip(), config, service.SVMConfig(C=float(svm_c)))

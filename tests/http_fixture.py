@@ -46,7 +46,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/octet-stream", headers: dict | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "application/octet-stream", headers: dict | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -124,7 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
                 block = b"\x00" * 65536
                 self._chunked((block for _ in range(self.state.big_bytes // len(block) + 1)), "image/jpeg")
             elif route == "html":
-                self._send(200, b"<!doctype html><title>Not here</title><p>Image moved.</p>", "text/html; charset=utf-8")
+                self._send(
+                    200, b"<!doctype html><title>Not here</title><p>Image moved.</p>", "text/html; charset=utf-8"
+                )
             elif route == "redirect" and rest:
                 self._send(302, b"", "text/plain", {"Location": f"/img/{rest[-1]}"})
             elif route == "redirect-loop":

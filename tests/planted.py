@@ -22,7 +22,9 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def _resized(image: Image.Image, factor: float) -> Image.Image:
-    return image.resize((max(8, round(image.width * factor)), max(8, round(image.height * factor))), Image.Resampling.BICUBIC)
+    return image.resize(
+        (max(8, round(image.width * factor)), max(8, round(image.height * factor))), Image.Resampling.BICUBIC
+    )
 
 
 def _cropped(image: Image.Image, share: float) -> Image.Image:
@@ -41,12 +43,17 @@ EASY: dict[str, tuple[str, Callable[[bytes, Image.Image], bytes]]] = {
 HARD: dict[str, tuple[str, Callable[[bytes, Image.Image], bytes]]] = {
     "crop_3pct": ("jpg", lambda data, image: _encode(_cropped(image, 0.03), "JPEG", quality=90)),
     "crop_10pct": ("jpg", lambda data, image: _encode(_cropped(image, 0.10), "JPEG", quality=90)),
-    "brighter_20pct": ("jpg", lambda data, image: _encode(ImageEnhance.Brightness(image).enhance(1.2), "JPEG", quality=90)),
+    "brighter_20pct": (
+        "jpg",
+        lambda data, image: _encode(ImageEnhance.Brightness(image).enhance(1.2), "JPEG", quality=90),
+    ),
 }
 VARIANTS = {**EASY, **HARD}
 
 
-def plant(sources: Sequence[Path], out: Path, variants: Sequence[str], rng: np.random.Generator) -> list[tuple[Path, Path, str]]:
+def plant(
+    sources: Sequence[Path], out: Path, variants: Sequence[str], rng: np.random.Generator
+) -> list[tuple[Path, Path, str]]:
     """Copy ``sources`` into ``out/<label>/`` and add one planted copy per (source, variant).
 
     Copies are named ``zz-...`` so that the original sorts first in its label folder (dedup keeps the
@@ -63,7 +70,7 @@ def plant(sources: Sequence[Path], out: Path, variants: Sequence[str], rng: np.r
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
     chosen = rng.choice(len(sources), size=len(variants), replace=len(variants) > len(sources))
-    for n, (variant, index) in enumerate(zip(variants, chosen)):
+    for n, (variant, index) in enumerate(zip(variants, chosen, strict=True)):
         source = sources[index]
         original = out / source.parent.name / source.name
         suffix, make = VARIANTS[variant]

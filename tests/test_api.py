@@ -22,7 +22,10 @@ MAX_PIXELS = 1_000_000
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, tiny_dataset) -> ServeSettings:
     return ServeSettings(
-        data=tiny_dataset, workdir=tmp_path_factory.mktemp("api-work"), max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS
+        data=tiny_dataset,
+        workdir=tmp_path_factory.mktemp("api-work"),
+        max_upload_bytes=MAX_UPLOAD,
+        max_pixels=MAX_PIXELS,
     )
 
 
@@ -79,7 +82,9 @@ def test_embed_equals_library_featurizer(client, tiny_images, lite0_featurizer):
 
 def test_search_finds_gallery_image_itself_first(client, tiny_dataset):
     for relative in ("fish/gc_fish1.jpg", "tools/gc_hammer1.jpg", "landmarks/gc_burj.jpg"):
-        response = client.post("/search", files=upload((tiny_dataset / relative).read_bytes(), "photo.png"), data={"k": "5"})
+        response = client.post(
+            "/search", files=upload((tiny_dataset / relative).read_bytes(), "photo.png"), data={"k": "5"}
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert [hit["rank"] for hit in body["hits"]] == [1, 2, 3, 4, 5]
@@ -124,7 +129,9 @@ def test_type_is_decided_by_content_not_name(client, tiny_dataset):
     photo = (tiny_dataset / "fish/gc_fish1.jpg").read_bytes()
     response = client.post("/embed", files=upload(photo, "notes.txt", "text/plain"))
     assert response.status_code == 200  # a JPEG is a JPEG, whatever it is called
-    assert_error(client.post("/embed", files=upload(b"hello", "photo.jpg", "image/jpeg")), 415, "unsupported_media_type")
+    assert_error(
+        client.post("/embed", files=upload(b"hello", "photo.jpg", "image/jpeg")), 415, "unsupported_media_type"
+    )
 
 
 def test_oversize_body_is_cut_off_while_streaming(client):
@@ -138,14 +145,21 @@ def test_oversize_body_is_cut_off_while_streaming(client):
             sent.append(start)
             yield body[start : start + 64 * 1024]
 
-    response = client.post("/embed", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/embed", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert_error(response, 413, "upload_too_large")
 
 
 @pytest.mark.parametrize(
     ("data", "code"),
-    [({"k": "0"}, "invalid_request"), ({"k": "101"}, "invalid_request"), ({"k": "three"}, "invalid_request"),
-     ({"ranker": "euclid"}, "invalid_request"), ({"ranker": "svm"}, "ranker_unavailable")],
+    [
+        ({"k": "0"}, "invalid_request"),
+        ({"k": "101"}, "invalid_request"),
+        ({"k": "three"}, "invalid_request"),
+        ({"ranker": "euclid"}, "invalid_request"),
+        ({"ranker": "svm"}, "ranker_unavailable"),
+    ],
 )
 def test_bad_fields_get_422(client, tiny_dataset, data, code):
     photo = (tiny_dataset / "fish/gc_fish1.jpg").read_bytes()
@@ -177,7 +191,9 @@ def test_onnx_export_is_served_when_present(tmp_path, tiny_dataset, tiny_images,
     with TestClient(create_app(ServeSettings(data=tiny_dataset, workdir=tmp_path))) as onnx_client:
         health = onnx_client.get("/health").json()
         assert health["backend"] == "onnx" and health["fingerprint"] == lite0_featurizer.fingerprint
-        served = np.asarray(onnx_client.post("/embed", files=upload(paths[3].read_bytes())).json()["embedding"], np.float32)
+        served = np.asarray(
+            onnx_client.post("/embed", files=upload(paths[3].read_bytes())).json()["embedding"], np.float32
+        )
         assert np.abs(served - lite0_featurizer.embed([images[3]])[0]).max() < 1e-5
         relative = str(paths[3].relative_to(tiny_dataset))
         hits = onnx_client.post("/search", files=upload(paths[3].read_bytes())).json()["hits"]

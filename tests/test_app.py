@@ -5,9 +5,9 @@ import time
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from workbench import service  # noqa: E402
+from workbench import service
 
 
 @pytest.fixture
@@ -43,7 +43,9 @@ def test_search_page_shows_results_and_switching_ranker_changes_scores(app_env):
     assert not app.exception
     assert any("l2 ranker" in caption.value for caption in app.caption)
     l2 = result_lines(app)
-    assert l2 != cosine and [line.split("`")[0] for line in l2] == [line.split("`")[0] for line in cosine]  # same order, other scores
+    assert l2 != cosine and [line.split("`")[0] for line in l2] == [
+        line.split("`")[0] for line in cosine
+    ]  # same order, other scores
     app.slider(key="k").set_value(3).run()
     assert len(result_lines(app)) == 3
     app.selectbox(key="gallery_pick").select("tools/gc_hammer1.jpg").run()
@@ -60,7 +62,7 @@ def test_evaluation_page_dashboard(app_env):
     assert len(app.get("plotly_chart")) == 3
     categories = app.dataframe[0].value
     assert set(categories["label"]) == {"fish", "landmarks", "tools"}
-    all_rows = len([image for image in app.get("imgs")])
+    all_rows = len(list(app.get("imgs")))
     app.toggle(key="failures_only").set_value(True).run()
     assert not app.exception
     assert len(app.get("imgs")) <= all_rows

@@ -63,7 +63,10 @@ CHILD = textwrap.dedent(
 
 def kill_mid_write(kind: str, target: Path) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(root=str(ROOT)), kind, str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", CHILD.format(root=str(ROOT)), kind, str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = child.stdout.readline()
@@ -104,7 +107,9 @@ def test_sigkill_mid_write_leaves_previous_artifact_intact(tmp_path, kind):
         assert read_json(target) == {"status": "complete"}
     # the half-written temp file is left behind (SIGKILL runs no clean-up), but under a name no loader uses
     leftovers = [p for p in target.parent.iterdir() if p != target]
-    assert len(leftovers) == 1 and leftovers[0].name.startswith(f".{target.name}.") and leftovers[0].name.endswith(".tmp")
+    assert (
+        len(leftovers) == 1 and leftovers[0].name.startswith(f".{target.name}.") and leftovers[0].name.endswith(".tmp")
+    )
     assert leftovers[0].stat().st_size > 0
     assert list(target.parent.glob(f"*{target.suffix}")) == [target]
     if kind != "json":

@@ -97,24 +97,60 @@ def corpus() -> list[Case]:
     return [
         Case("corrupt JPEG (header)", "corrupt_header.jpg", _corrupt_header(), "corrupt JPEG file (header unreadable)"),
         Case("corrupt JPEG (scan data)", "corrupt_scan.jpg", _corrupt_scan(), "ok", (160, 107)),
-        Case("truncated JPEG", "truncated.jpg", good[: len(good) * 6 // 10], "corrupt or truncated image (image file is truncated"),
+        Case(
+            "truncated JPEG",
+            "truncated.jpg",
+            good[: len(good) * 6 // 10],
+            "corrupt or truncated image (image file is truncated",
+        ),
         Case("corrupt PNG (IDAT)", "corrupt.png", _corrupt_png(), "corrupt or truncated image (broken data stream"),
-        Case("truncated PNG", "truncated.png", png[: len(png) // 2], "corrupt or truncated image (image file is truncated)"),
+        Case(
+            "truncated PNG",
+            "truncated.png",
+            png[: len(png) // 2],
+            "corrupt or truncated image (image file is truncated)",
+        ),
         Case("zero-byte file", "empty.jpg", b"", "empty file (0 bytes)"),
         Case("text file named .jpg", "notes.jpg", b"shopping list: eggs, milk\n", "not a recognised image format"),
-        Case("HTML page named .png", "page.png", b"<!DOCTYPE html><html><body>404</body></html>", "not a recognised image format (an HTML page)"),
-        Case("SVG named .png", "vector.png", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', "SVG vector graphics are not supported"),
+        Case(
+            "HTML page named .png",
+            "page.png",
+            b"<!DOCTYPE html><html><body>404</body></html>",
+            "not a recognised image format (an HTML page)",
+        ),
+        Case(
+            "SVG named .png",
+            "vector.png",
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+            "SVG vector graphics are not supported",
+        ),
         Case("HEIC named .jpg", "phone.jpg", b"\x00\x00\x00\x18ftypheic" + bytes(64), "HEIC/AVIF is not supported"),
-        Case("decompression bomb (9000x9000 PNG)", "bomb.png", encode(Image.new("1", (9000, 9000)), "PNG"), "image too large, refusing to decode"),
+        Case(
+            "decompression bomb (9000x9000 PNG)",
+            "bomb.png",
+            encode(Image.new("1", (9000, 9000)), "PNG"),
+            "image too large, refusing to decode",
+        ),
         Case("CMYK JPEG", "cmyk.jpg", encode(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG"), "ok", (40, 30)),
         Case("16-bit PNG", "sixteen.png", encode(Image.new("I;16", (40, 30), 40000), "PNG"), "ok", (40, 30)),
         Case("palette PNG", "palette.png", encode(photo().convert("P"), "PNG"), "ok", (160, 107)),
-        Case("palette PNG with transparency", "palette_t.png", encode(Image.new("P", (40, 30), 0), "PNG", transparency=0), "ok", (40, 30)),
+        Case(
+            "palette PNG with transparency",
+            "palette_t.png",
+            encode(Image.new("P", (40, 30), 0), "PNG", transparency=0),
+            "ok",
+            (40, 30),
+        ),
         Case("RGBA PNG", "alpha.png", encode(Image.new("RGBA", (40, 30), (255, 0, 0, 0)), "PNG"), "ok", (40, 30)),
         Case("EXIF-rotated photo", "rotated.jpg", encode(photo(), "JPEG", exif=_exif(6)), "ok", (107, 160)),
         Case("broken EXIF block", "broken_exif.jpg", _broken_exif(), "ok", (160, 107)),
         Case("1x1 image", "pixel.png", encode(Image.new("RGB", (1, 1)), "PNG"), "image too small (1x1 px"),
-        Case("very wide image (4000x40)", "wide.png", encode(Image.new("RGB", (4000, 40), (9, 9, 9)), "PNG"), "extreme aspect ratio (4000x40 px"),
+        Case(
+            "very wide image (4000x40)",
+            "wide.png",
+            encode(Image.new("RGB", (4000, 40), (9, 9, 9)), "PNG"),
+            "extreme aspect ratio (4000x40 px",
+        ),
         Case("animated GIF", "anim.gif", _animated_gif(), "ok", (40, 30)),
         Case("WebP", "photo.webp", encode(photo(), "WEBP"), "ok", (160, 107)),
         Case("TIFF", "photo.tif", encode(photo(), "TIFF"), "ok", (160, 107)),
@@ -122,12 +158,30 @@ def corpus() -> list[Case]:
         Case("32-bit float TIFF", "float.tif", encode(Image.new("F", (40, 30), 0.5), "TIFF"), "ok", (40, 30)),
         Case("grayscale JPEG", "grey.jpg", encode(photo().convert("L"), "JPEG"), "ok", (160, 107)),
         Case("PNG named .jpg", "really_png.jpg", png, "ok", (160, 107)),
-        Case("non-UTF-8 file name", os.fsdecode(b"caf\xe9-\xff.jpg"), encode(photo(), "JPEG", quality=80), "ok", (160, 107)),
+        Case(
+            "non-UTF-8 file name",
+            os.fsdecode(b"caf\xe9-\xff.jpg"),
+            encode(photo(), "JPEG", quality=80),
+            "ok",
+            (160, 107),
+        ),
         Case("non-UTF-8 name, truncated", os.fsdecode(b"bad-\xfe.png"), png[:300], "corrupt or truncated image"),
-        Case("path-traversal-looking name (hidden)", "..\\..\\etc\\passwd.jpg", encode(photo(), "JPEG", quality=70), "ok", (160, 107)),
+        Case(
+            "path-traversal-looking name (hidden)",
+            "..\\..\\etc\\passwd.jpg",
+            encode(photo(), "JPEG", quality=70),
+            "ok",
+            (160, 107),
+        ),
         Case("backslash traversal name", "x\\..\\..\\evil.jpg", encode(photo(), "JPEG", quality=65), "ok", (160, 107)),
         Case("dot-dot name", "...jpg", encode(photo(), "JPEG", quality=60), "ok", (160, 107)),
-        Case("percent-encoded traversal name", "%2e%2e%2f%2e%2e%2fx.png", encode(photo().resize((80, 53)), "PNG"), "ok", (80, 53)),
+        Case(
+            "percent-encoded traversal name",
+            "%2e%2e%2f%2e%2e%2fx.png",
+            encode(photo().resize((80, 53)), "PNG"),
+            "ok",
+            (80, 53),
+        ),
     ]
 
 
@@ -174,7 +228,9 @@ def corpus_root(tmp_path_factory, tiny_dataset):
         routes = ("library", "scan", "cli", "app")
         lines = ["| case | " + " | ".join(routes) + " |", "|---|" + "---|" * len(routes)]
         for name, by_route in OUTCOMES.items():
-            lines.append(f"| {name} | " + " | ".join(by_route.get(route, "").replace("|", "/") for route in routes) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(by_route.get(route, "").replace("|", "/") for route in routes) + " |"
+            )
         TABLE.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -38,7 +38,7 @@ def test_prepare_follows_the_condition(attributed):
     prepared = prepare(DataConfig(root=attributed, condition="habitat", n_negatives=5))
     assert set(prepared.dataset.labels) == {"water", "workshop", "city"}
     labels = prepared.dataset.label_array
-    for query, refs in zip(prepared.test_sets.queries, prepared.test_sets.references):
+    for query, refs in zip(prepared.test_sets.queries, prepared.test_sets.references, strict=True):
         assert labels[refs[0]] == labels[query] and all(labels[n] != labels[query] for n in refs[1:])
 
 

@@ -1,6 +1,5 @@
 """Datasets: scanning with bad files, stratified seeded split, comparative sets."""
 
-
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,11 @@ def test_scan_folder_keeps_good_images_and_names_bad_ones(tmp_path):
     (tmp_path / "green").mkdir()
 
     report = scan_folder(tmp_path)
-    assert [(r.path.name, r.label) for r in report.dataset.records] == [("c.png", "blue"), ("a.png", "red"), ("b.jpg", "red")]
+    assert [(r.path.name, r.label) for r in report.dataset.records] == [
+        ("c.png", "blue"),
+        ("a.png", "red"),
+        ("b.jpg", "red"),
+    ]
     reasons = {item.path.name: item.reason for item in report.skipped}
     assert set(reasons) == {"notes.txt", "fake.jpg", "empty.png", "copy.png"}
     assert "fake.jpg: not a recognised image format" in reasons["fake.jpg"]
@@ -66,7 +69,9 @@ def test_stratified_split_fractions_disjointness_and_determinism():
     split = stratified_split(LABELS, 0.75, np.random.default_rng(0))
     assert set(split.train) | set(split.test) == set(range(len(LABELS)))
     assert not set(split.train) & set(split.test)
-    counts = {label: (int((LABELS[split.train] == label).sum()), int((LABELS[split.test] == label).sum())) for label in "abcd"}
+    counts = {
+        label: (int((LABELS[split.train] == label).sum()), int((LABELS[split.test] == label).sum())) for label in "abcd"
+    }
     assert counts == {"a": (6, 2), "b": (3, 1), "c": (1, 1), "d": (1, 0)}
     again = stratified_split(LABELS, 0.75, np.random.default_rng(0))
     other = stratified_split(LABELS, 0.75, np.random.default_rng(1))
@@ -92,7 +97,7 @@ def test_comparative_sets_are_valid_and_reproducible():
     labels = np.array(["a"] * 10 + ["b"] * 6 + ["c"] * 5 + ["single"])
     sets = make_comparative_sets(labels, n_queries_per_label=4, n_negatives=8, rng=np.random.default_rng(0))
     assert len(sets) == 12 and sets.n_negatives == 8  # "single" cannot be queried
-    for query, refs in zip(sets.queries, sets.references):
+    for query, refs in zip(sets.queries, sets.references, strict=True):
         assert refs[0] != query and labels[refs[0]] == labels[query]
         assert all(labels[n] != labels[query] for n in refs[1:])
         assert len(set(refs[1:])) == len(refs) - 1

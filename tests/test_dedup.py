@@ -16,11 +16,16 @@ def test_hamming_distances_match_a_loop_and_blocks_match_one_pass():
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 256, size=(23, 32), dtype=np.uint8)
     hashes[5] = hashes[3] ^ np.eye(1, 32, 7, dtype=np.uint8)[0]  # one bit apart
-    loop = np.array([[bin(int.from_bytes(a.tobytes(), "big") ^ int.from_bytes(b.tobytes(), "big")).count("1") for b in hashes] for a in hashes])
+    loop = np.array(
+        [
+            [bin(int.from_bytes(a.tobytes(), "big") ^ int.from_bytes(b.tobytes(), "big")).count("1") for b in hashes]
+            for a in hashes
+        ]
+    )
     np.testing.assert_array_equal(hamming_distances(hashes, hashes), loop)
     one_pass = close_pairs(hashes, hashes, 120)
     blocked = close_pairs(hashes, hashes, 120, block_rows=4)
-    for a, b in zip(one_pass, blocked):
+    for a, b in zip(one_pass, blocked, strict=True):
         np.testing.assert_array_equal(a, b)
     assert loop[3, 5] == 1
 
@@ -36,7 +41,7 @@ def test_group_labels_match_union_find():
             x = parent[x]
         return x
 
-    for a, b in zip(i, j):
+    for a, b in zip(i, j, strict=True):
         ra, rb = root(a), root(b)
         parent[max(ra, rb)] = min(ra, rb)
     expected = [min(k for k in range(n) if root(k) == root(x)) for x in range(n)]
@@ -61,7 +66,7 @@ def test_planted_near_duplicates_are_found_and_the_original_kept(planted_folder)
     # mostly JPEG noise; at quality 30 its copy is 57 bits away (q=70: 37, q=90: 13). Everything else is found.
     assert missed == [("zz-003-jpeg_q30-gc_burj.jpg", "jpeg_q30")]
     assert len(removed) == len(planted) - len(exact) - len(missed)  # no distinct photo removed
-    for original, copy, variant in planted:
+    for original, copy, _variant in planted:
         if copy in removed:
             assert removed[copy].kept == original and removed[copy].distance <= report.threshold
     assert json.loads(json.dumps(report.to_dict()))["n_removed"] == len(removed)

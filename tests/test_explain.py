@@ -28,7 +28,9 @@ def test_difference_map_concentrates_on_the_only_changed_patch(backbone, tiny_da
     reference = Image.open(tiny_dataset / "landmarks" / "gc_colosseum.jpg").convert("RGB").resize((256, 256))
     patch = Image.open(tiny_dataset / "fish" / "gc_fish1.jpg").convert("RGB").resize((64, 64))
     changed = reference.copy()
-    changed.paste(patch, (16 + 128, 16 + 32))  # crop pixels rows 32..96, cols 128..192 -> feature cells rows 1-2, cols 4-5
+    changed.paste(
+        patch, (16 + 128, 16 + 32)
+    )  # crop pixels rows 32..96, cols 128..192 -> feature cells rows 1-2, cols 4-5
     drop = difference_map(backbone, reference, changed)
     inside = np.zeros_like(drop, dtype=bool)
     inside[0:4, 3:7] = True  # the patch's cells, grown by one cell for the receptive field

@@ -23,7 +23,9 @@ TOP_K = 10
 def exported(tmp_path_factory, lite0_featurizer):
     """The pretrained default exported with batch 2."""
     path = tmp_path_factory.mktemp("onnx") / "lite0.onnx"
-    return export_onnx(lite0_featurizer.backbone, path, config=ExportConfig(export_batch_size=2, validation_batch_size=3))
+    return export_onnx(
+        lite0_featurizer.backbone, path, config=ExportConfig(export_batch_size=2, validation_batch_size=3)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +50,7 @@ def finetuned(tmp_path_factory):
 
 def cosine_rows(a, b):
     """Per-row cosine similarity, as an explicit loop."""
-    return np.array([float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a, b)])
+    return np.array([float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a, b, strict=True)])
 
 
 def top_k_lists(embeddings, k):
@@ -127,7 +129,9 @@ def test_ir_version_loadable_by_onnxruntime(exported):
     # A model built by this onnx package gets its newest IR version; pinning brings it back in range.
     node = onnx.helper.make_node("Identity", ["x"], ["y"])
     value = onnx.helper.make_tensor_value_info
-    graph = onnx.helper.make_graph([node], "g", [value("x", onnx.TensorProto.FLOAT, [1])], [value("y", onnx.TensorProto.FLOAT, [1])])
+    graph = onnx.helper.make_graph(
+        [node], "g", [value("x", onnx.TensorProto.FLOAT, [1])], [value("y", onnx.TensorProto.FLOAT, [1])]
+    )
     fresh = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     fresh.ir_version = onnx.IR_VERSION
     assert pin_ir_version(fresh) == 8 == fresh.ir_version
@@ -140,7 +144,9 @@ def test_resize_crop_is_preprocess_without_normalisation(tiny_images, lite0_feat
     spec = lite0_featurizer.preprocessing
     for image in images:
         pixels = resize_crop(image, spec)
-        normalised = (pixels.astype(np.float32) / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+        normalised = (pixels.astype(np.float32) / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(
+            spec.std, np.float32
+        )
         np.testing.assert_array_equal(normalised.transpose(2, 0, 1), preprocess(image, spec))
 
 
@@ -179,7 +185,8 @@ def test_model_without_our_metadata_is_refused(tmp_path):
 
     node = onnx.helper.make_node("ReduceMean", ["pixels"], ["embedding"], axes=[1, 2], keepdims=0)
     graph = onnx.helper.make_graph(
-        [node], "foreign",
+        [node],
+        "foreign",
         [onnx.helper.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, ["batch", 4, 4, 3])],
         [onnx.helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["batch", 3])],
     )
@@ -212,7 +219,9 @@ def test_failed_validation_leaves_the_previous_file(tmp_path, lite0_featurizer):
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     with pytest.raises(ValueError, match="must differ"):
-        export_onnx(lite0_featurizer.backbone, target, config=ExportConfig(export_batch_size=2, validation_batch_size=2))
+        export_onnx(
+            lite0_featurizer.backbone, target, config=ExportConfig(export_batch_size=2, validation_batch_size=2)
+        )
 
 
 def test_providers_are_cpu_only_and_quiet_without_a_gpu(exported, capfd, caplog):
@@ -234,6 +243,8 @@ def test_export_package_import_is_light():
     import sys
 
     code = "import sys, export; print(' '.join(sorted(sys.modules)))"
-    modules = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    modules = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
     assert not {"torch", "onnx", "onnxruntime", "streamlit"} & modules
     assert not any(name == "workbench" or name.startswith("workbench.") for name in modules)

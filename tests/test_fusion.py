@@ -45,6 +45,8 @@ def test_fusion_ranker_matches_fused_probabilities():
     second = SVMRanker(weights=-np.array([1, 0, 0], np.float32), bias=0.5, platt=(-5.0, 1.0))
     query, gallery = rng.normal(size=(2, 3)), rng.normal(size=(5, 3))
     fusion = FusionRanker([first, second], [1.0, 2.0])
-    expected = (first.probability(first.score(query, gallery)) + 2 * second.probability(second.score(query, gallery))) / 3
+    expected = (
+        first.probability(first.score(query, gallery)) + 2 * second.probability(second.score(query, gallery))
+    ) / 3
     np.testing.assert_allclose(fusion.score(query, gallery), expected, rtol=1e-5)
     np.testing.assert_allclose(fusion.score_pairs(query, gallery[:2]), np.diag(expected[:, :2]), rtol=1e-5)

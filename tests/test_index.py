@@ -34,7 +34,9 @@ def clustered(rng: np.random.Generator, n: int, dim: int, n_clusters: int = 20) 
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def naive_top_k(score_fn, query: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def naive_top_k(
+    score_fn, query: np.ndarray, gallery: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference: score every pair in a Python loop, full sort."""
     scores = np.array([[score_fn(q, g) for g in gallery] for q in query], np.float64)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -82,7 +84,10 @@ def test_exact_index_svm_equals_explicit_weighted_loop() -> None:
     ranker = svm_with(weights)
     index = ExactIndex(MODEL, 10, ExactConfig(block_rows=16))
     index.add(np.arange(50), gallery)
-    loop = lambda q, g: float(sum(w * (a - b) ** 2 for w, a, b in zip(weights, q, g)) + 0.3)
+
+    def loop(q, g):
+        return float(sum(w * (a - b) ** 2 for w, a, b in zip(weights, q, g, strict=True)) + 0.3)
+
     expected_ids, expected_scores = naive_top_k(loop, query, gallery, np.arange(50), 6)
     assert_same_hits(index.search(query, 6, ranker), expected_ids, expected_scores)
 
@@ -106,7 +111,7 @@ def test_float16_storage_has_full_recall_against_float32() -> None:
     for queries in (query, query[:1]):  # batch path and the few-query half-precision path
         for ranker in (CosineRanker(), L2Ranker()):
             a, b = full.search(queries, 10, ranker), half.search(queries, 10, ranker)
-            recall = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a.ids, b.ids)])
+            recall = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a.ids, b.ids, strict=True)])
             assert recall >= 0.95
             np.testing.assert_allclose(a.scores, b.scores, atol=3e-3)
     assert half.nbytes < 0.6 * full.nbytes
@@ -225,7 +230,9 @@ def test_svm_sqrt_w_scaling_equals_weighted_loop() -> None:
     space = space_for(ranker)
     u, v = rng.standard_normal((5, 6)).astype(np.float32), rng.standard_normal((7, 6)).astype(np.float32)
     scaled_sq = ((space.transform(u)[:, None, :] - space.transform(v)[None, :, :]) ** 2).sum(2)
-    loop = np.array([[sum(w * (a - b) ** 2 for w, a, b in zip(weights, x, y)) + 0.3 for y in v] for x in u])
+    loop = np.array(
+        [[sum(w * (a - b) ** 2 for w, a, b in zip(weights, x, y, strict=True)) + 0.3 for y in v] for x in u]
+    )
     np.testing.assert_allclose(space.scores_from_distances(scaled_sq), loop, atol=1e-5)
     np.testing.assert_allclose(ranker.score(u, v), loop, atol=1e-5)
 
@@ -243,7 +250,9 @@ def test_space_for_refuses_what_ann_cannot_serve() -> None:
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / truth.shape[1] for a, b in zip(found, truth)]))
+    return float(
+        np.mean([len(set(a.tolist()) & set(b.tolist())) / truth.shape[1] for a, b in zip(found, truth, strict=True)])
+    )
 
 
 @pytest.mark.parametrize("ranker_name", ["cosine", "l2", "svm"])
@@ -282,7 +291,9 @@ def test_faiss_remove_save_load_and_model_check(tmp_path, kind: str) -> None:
     loaded = load_index(tmp_path / kind, model_id=MODEL)
     assert isinstance(loaded, FaissIndex) and len(loaded) == len(index)
     query = gallery[1:6]
-    np.testing.assert_array_equal(loaded.search(query, 10, CosineRanker()).ids, index.search(query, 10, CosineRanker()).ids)
+    np.testing.assert_array_equal(
+        loaded.search(query, 10, CosineRanker()).ids, index.search(query, 10, CosineRanker()).ids
+    )
     with pytest.raises(ModelMismatchError):
         load_index(tmp_path / kind, model_id="other-model")
     with pytest.raises(UnsupportedRankerError, match="serves cosine"):

@@ -20,7 +20,9 @@ def images(tiny_dataset):
 
 @pytest.fixture
 def server(images):
-    state = ServerState(dict(images, **{"..%2F..%2Fpwned.jpg": images["gc_colosseum.jpg"]}), slow_seconds=1.2, big_bytes=1024 * 1024)
+    state = ServerState(
+        dict(images, **{"..%2F..%2Fpwned.jpg": images["gc_colosseum.jpg"]}), slow_seconds=1.2, big_bytes=1024 * 1024
+    )
     with serve(state) as base:
         yield base, state
 
@@ -70,7 +72,14 @@ def test_parse_url_list_reports_malformed_lines_with_numbers(tmp_path):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("../../etc", "etc"), ("..", "x"), ("a/b\\c", "a_b_c"), (".hidden", "hidden"), ("Fische & Vögel", "Fische_Vögel"), ("\udcff\udcfe", "x")],
+    [
+        ("../../etc", "etc"),
+        ("..", "x"),
+        ("a/b\\c", "a_b_c"),
+        (".hidden", "hidden"),
+        ("Fische & Vögel", "Fische_Vögel"),
+        ("\udcff\udcfe", "x"),
+    ],
 )
 def test_safe_name_neutralises_paths(text, expected):
     assert safe_name(text, "x") == expected
@@ -79,7 +88,9 @@ def test_safe_name_neutralises_paths(text, expected):
 def test_file_stem_is_safe_and_unique_per_url():
     a, b = file_stem("http://h/a/image.jpg"), file_stem("http://h/b/image.jpg")
     assert a.startswith("image-") and b.startswith("image-") and a != b
-    assert "/" not in file_stem("http://h/..%2F..%2Fetc%2Fpasswd") and not file_stem("http://h/..%2F..%2Fx").startswith(".")
+    assert "/" not in file_stem("http://h/..%2F..%2Fetc%2Fpasswd") and not file_stem("http://h/..%2F..%2Fx").startswith(
+        "."
+    )
     assert file_stem("http://h/").startswith("image-")
 
 
@@ -116,7 +127,9 @@ def test_import_downloads_good_urls_and_reports_every_failure(tmp_path, server, 
     ]
     out = tmp_path / "data"
     calls = []
-    report = import_urls(write_list(tmp_path / "list.tsv", lines), out, FAST, progress=lambda d, t: calls.append((d, t)))
+    report = import_urls(
+        write_list(tmp_path / "list.tsv", lines), out, FAST, progress=lambda d, t: calls.append((d, t))
+    )
     by_line = {item.line: item for item in report.items}
     status = {line: item.status for line, item in by_line.items()}
     assert [line for line, s in status.items() if s == "downloaded"] == [2, 3, 4, 5, 6, 7, 8]
@@ -128,7 +141,9 @@ def test_import_downloads_good_urls_and_reports_every_failure(tmp_path, server, 
     assert reasons[15] == "timed out after 0.5 s (body too slow) (after 2 attempts)"
     assert reasons[16] == f"too large: Content-Length 1,000,000,000,000 bytes > limit {FAST.max_bytes:,}"
     assert reasons[17] == f"too large: body exceeds limit of {FAST.max_bytes:,} bytes"
-    assert reasons[18].startswith("not a usable image: ") and reasons[18].endswith("/html: not a recognised image format (an HTML page)")
+    assert reasons[18].startswith("not a usable image: ") and reasons[18].endswith(
+        "/html: not a recognised image format (an HTML page)"
+    )
     assert "corrupt or truncated image" in reasons[19]
     assert reasons[20].startswith("HTTP 302") and "redirect" in reasons[20]
     assert reasons[21] == "redirect to unsupported URL scheme 'ftp' refused (ftp://127.0.0.1/secret.jpg)"
@@ -144,7 +159,8 @@ def test_import_downloads_good_urls_and_reports_every_failure(tmp_path, server, 
     # files: folder per label, extension from the decoded content, nothing outside out, nothing hidden but the manifest
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert files == sorted(
-        ["list.tsv", f"data/{MANIFEST_NAME}", f"data/{REPORT_NAME}"] + [f"data/{by_line[line].path}" for line in range(2, 9)]
+        ["list.tsv", f"data/{MANIFEST_NAME}", f"data/{REPORT_NAME}"]
+        + [f"data/{by_line[line].path}" for line in range(2, 9)]
     )
     assert by_line[7].path.startswith("outside/gc_burj-") and by_line[8].path.startswith("tools/pwned-")
     assert all(by_line[line].path.endswith(".jpg") for line in range(2, 9))
@@ -171,7 +187,14 @@ def test_import_resumes_and_refetches_what_is_missing(tmp_path, server):
     (tmp_path / "out" / first.items[0].path).unlink()
     (tmp_path / "out" / first.items[1].path).write_bytes(b"half a file")
     third = import_urls(listing, tmp_path / "out", FAST)
-    assert [item.status for item in third.items] == ["downloaded", "downloaded", "present", "present", "present", "present"]
+    assert [item.status for item in third.items] == [
+        "downloaded",
+        "downloaded",
+        "present",
+        "present",
+        "present",
+        "present",
+    ]
     assert sum(state.hits.values()) == hits + 2
 
 
@@ -182,7 +205,10 @@ def test_cli_import_urls(tmp_path, server, capsys, caplog):
     assert main(["import-urls", str(listing), "--out", str(out), "--timeout", "1", "--retries", "0", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "1 downloaded, 0 already present, 1 failed, 0 duplicate(s), 1 malformed line(s)" in printed
-    assert "line 3: malformed: expected label<TAB>url" in printed and f"line 2: failed: {base}/404: HTTP 404 Not Found" in printed
+    assert (
+        "line 3: malformed: expected label<TAB>url" in printed
+        and f"line 2: failed: {base}/404: HTTP 404 Not Found" in printed
+    )
     assert main(["import-urls", str(tmp_path / "nope.tsv"), "--out", str(out), "--quiet"]) == 2
     assert "nope.tsv: cannot read URL list" in caplog.text
     assert main(["import-urls", str(listing), "--out", str(out), "--workers", "0", "--quiet"]) == 2

@@ -15,11 +15,15 @@ def test_prepare_records_leaks_and_round_trips(tmp_path, tiny_dataset):
     # a resized, re-encoded copy of every fish: some copies must land on the other side of the split
     for source in sorted((tiny_dataset / "fish").glob("*.jpg")):
         image = Image.open(source)
-        image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(data / "fish" / f"copy_{source.name}", quality=80)
+        image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(
+            data / "fish" / f"copy_{source.name}", quality=80
+        )
     prepared = prepare(DataConfig(root=data, n_negatives=5))
     assert prepared.leaks, "no near-duplicate straddles the split"
     for leak in prepared.leaks:
-        assert {leak.train_path.name.removeprefix("copy_"), leak.test_path.name.removeprefix("copy_")} == {leak.train_path.name.removeprefix("copy_")}
+        assert {leak.train_path.name.removeprefix("copy_"), leak.test_path.name.removeprefix("copy_")} == {
+            leak.train_path.name.removeprefix("copy_")
+        }
         assert leak.distance <= 32
     save_prepared(prepared, tmp_path / "work")
     loaded = load_prepared(tmp_path / "work")

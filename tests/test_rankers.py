@@ -11,11 +11,11 @@ def naive_score(name: str, query: np.ndarray, gallery: np.ndarray) -> np.ndarray
     for i, q in enumerate(query.astype(np.float64)):
         for j, g in enumerate(gallery.astype(np.float64)):
             if name == "l2":
-                out[i, j] = -sum((a - b) ** 2 for a, b in zip(q, g)) ** 0.5
+                out[i, j] = -(sum((a - b) ** 2 for a, b in zip(q, g, strict=True)) ** 0.5)
             elif name == "l1":
-                out[i, j] = -sum(abs(a - b) for a, b in zip(q, g))
+                out[i, j] = -sum(abs(a - b) for a, b in zip(q, g, strict=True))
             else:
-                dot = sum(a * b for a, b in zip(q, g))
+                dot = sum(a * b for a, b in zip(q, g, strict=True))
                 out[i, j] = dot / (sum(a * a for a in q) ** 0.5 * sum(b * b for b in g) ** 0.5)
     return out
 

@@ -74,6 +74,10 @@ def test_prefilter_scores_only_the_predicted_class(trained):
     predicted = ranker.classifier.predict(embeddings)
     for i in range(10):
         same = predicted == predicted[i]
-        np.testing.assert_allclose(scores[i, same], trained.score(embeddings[i : i + 1], embeddings[same])[0], atol=1e-5)
+        np.testing.assert_allclose(
+            scores[i, same], trained.score(embeddings[i : i + 1], embeddings[same])[0], atol=1e-5
+        )
         assert (scores[i, ~same] == np.finfo(np.float32).min).all()
-    np.testing.assert_allclose(ranker.score_pairs(embeddings[:10], embeddings[10:20]), np.diag(scores[:, 10:20]), atol=1e-5)
+    np.testing.assert_allclose(
+        ranker.score_pairs(embeddings[:10], embeddings[10:20]), np.diag(scores[:, 10:20]), atol=1e-5
+    )

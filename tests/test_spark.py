@@ -58,7 +58,9 @@ def test_spark_equals_single_machine_featurizer(spark, onnx_model, tiny_paths, t
     from export.onnx_featurizer import OnnxFeaturizer
 
     # 3 partitions, batches of 4: uneven splits, so partition and batch boundaries fall mid-label
-    result = featurize_with_spark(tiny_paths, onnx_model, tmp_path / "embeddings.parquet", partitions=3, batch_size=4, spark=spark)
+    result = featurize_with_spark(
+        tiny_paths, onnx_model, tmp_path / "embeddings.parquet", partitions=3, batch_size=4, spark=spark
+    )
     assert result.n_images == len(tiny_paths) == 18 and result.n_failed == 0
     paths, spark_embeddings, errors = read_embeddings(result.path)
     assert paths == [str(path) for path in tiny_paths]  # one row per input, joined back by path
@@ -86,11 +88,13 @@ def test_bad_files_become_error_rows_not_failures(spark, onnx_model, tiny_paths,
     out = tmp_path / "out.parquet"
     out.mkdir()
     (out / "stale.parquet").write_bytes(b"old")  # replaced, not merged
-    result = featurize_with_spark([tiny_paths[0], text, missing], onnx_model, out, partitions=2, batch_size=2, spark=spark)
+    result = featurize_with_spark(
+        [tiny_paths[0], text, missing], onnx_model, out, partitions=2, batch_size=2, spark=spark
+    )
     assert (result.n_images, result.n_failed) == (3, 2)
     assert not (out / "stale.parquet").exists()
     paths, embeddings, errors = read_embeddings(out)
-    by_path = dict(zip(paths, errors))
+    by_path = dict(zip(paths, errors, strict=True))
     assert by_path[str(tiny_paths[0])] is None
     assert "not a recognised image format" in by_path[str(text.resolve())]
     assert "cannot read file" in by_path[str(missing.resolve())]

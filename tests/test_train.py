@@ -73,12 +73,22 @@ def test_resume_refuses_another_config(tiny, tmp_path):
     dataset, split = tiny
     fine_tune(dataset.records, split, FAST, tmp_path / "run")
     with pytest.raises(ArtifactError, match="another config or dataset"):
-        fine_tune(dataset.records, split, TrainConfig(epochs=1, batch_size=6, input_size=128, learning_rate=1e-3), tmp_path / "run")
+        fine_tune(
+            dataset.records,
+            split,
+            TrainConfig(epochs=1, batch_size=6, input_size=128, learning_rate=1e-3),
+            tmp_path / "run",
+        )
 
 
 def test_frozen_body_trains_only_the_head(tiny, tmp_path):
     dataset, split = tiny
-    fine_tune(dataset.records, split, TrainConfig(epochs=1, batch_size=6, input_size=128, freeze_body=True), tmp_path / "frozen")
+    fine_tune(
+        dataset.records,
+        split,
+        TrainConfig(epochs=1, batch_size=6, input_size=128, freeze_body=True),
+        tmp_path / "frozen",
+    )
     tuned = body_state(finetuned_backbone(tmp_path / "frozen"))
     pretrained = body_state(build_backbone("efficientnet_lite0"))
     for key, value in tuned.items():
@@ -102,7 +112,7 @@ def test_triplet_miner_picks_hard_and_semihard_negatives_on_a_hand_built_batch()
         objective = _Triplet(margin=0.2, mining=mining)
         objective.miner.distance.normalize_embeddings = False  # keep the hand-built geometry
         anchors, positives, negatives = objective.miner(embeddings, labels)
-        return {int(n) for a, p, n in zip(anchors, positives, negatives) if int(a) == 0 and int(p) == 1}
+        return {int(n) for a, p, n in zip(anchors, positives, negatives, strict=True) if int(a) == 0 and int(p) == 1}
 
     assert mined_negatives("hard") == {2}
     assert mined_negatives("semihard") == {3}
@@ -121,4 +131,6 @@ def test_triplet_fine_tune_learns_an_embedding_that_serves_as_featurizer(tiny, t
     with torch.no_grad():
         assert tuned.model(torch.zeros(2, 3, 128, 128)).shape == (2, 1280)
     with pytest.raises(ValueError, match="nothing to train"):
-        fine_tune(dataset.records, split, TrainConfig(epochs=1, objective="triplet", freeze_body=True), tmp_path / "frozen")
+        fine_tune(
+            dataset.records, split, TrainConfig(epochs=1, objective="triplet", freeze_body=True), tmp_path / "frozen"
+        )

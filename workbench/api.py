@@ -34,7 +34,7 @@ import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -87,7 +87,7 @@ class ServeSettings:
     inference_threads: int = 2
 
 
-class RankerName(str, Enum):
+class RankerName(StrEnum):
     """Rankers a search can use; ``svm`` only once fitted (``python -m workbench train-svm``)."""
 
     cosine = "cosine"
@@ -148,10 +148,18 @@ def load_workspace(settings: ServeSettings) -> ServedWorkspace:
     names = [name.value for name in RankerName if name is not RankerName.svm]
     if pipeline.svm_path(workdir, featurizer.fingerprint).exists():
         names.append(RankerName.svm.value)
-    rankers = dict(zip(names, pipeline.load_rankers(names, workdir, featurizer.fingerprint)))
+    rankers = dict(zip(names, pipeline.load_rankers(names, workdir, featurizer.fingerprint), strict=True))
     root = prepared.dataset.root
-    relative = tuple(str(record.path.relative_to(root)) if root else record.path.name for record in prepared.dataset.records)
-    log.info("serving %d gallery images with %s (%s); rankers: %s", len(embeddings), featurizer.fingerprint, backend, ", ".join(rankers))
+    relative = tuple(
+        str(record.path.relative_to(root)) if root else record.path.name for record in prepared.dataset.records
+    )
+    log.info(
+        "serving %d gallery images with %s (%s); rankers: %s",
+        len(embeddings),
+        featurizer.fingerprint,
+        backend,
+        ", ".join(rankers),
+    )
     return ServedWorkspace(prepared, featurizer, backend, embeddings, rankers, relative)
 
 
@@ -289,7 +297,9 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
-        response = error_response(err.status_code, codes.get(err.status_code, f"http_{err.status_code}"), str(err.detail))
+        response = error_response(
+            err.status_code, codes.get(err.status_code, f"http_{err.status_code}"), str(err.detail)
+        )
         response.headers.update(err.headers or {})
         return response
 
@@ -313,12 +323,18 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         """Liveness and what is being served."""
         ws = workspace(request)
         return Health(
-            status="ok", fingerprint=ws.featurizer.fingerprint, backend=ws.backend,
-            gallery_size=len(ws.embeddings), embedding_dim=int(ws.embeddings.shape[1]), rankers=list(ws.rankers),
+            status="ok",
+            fingerprint=ws.featurizer.fingerprint,
+            backend=ws.backend,
+            gallery_size=len(ws.embeddings),
+            embedding_dim=int(ws.embeddings.shape[1]),
+            rankers=list(ws.rankers),
         )
 
     @app.post("/embed", response_model=Embedding, responses=errors, tags=["search"])
-    async def embed(request: Request, file: Annotated[UploadFile, File(description="an image (JPEG, PNG, WebP...)")]) -> Embedding:
+    async def embed(
+        request: Request, file: Annotated[UploadFile, File(description="an image (JPEG, PNG, WebP...)")]
+    ) -> Embedding:
         """The L2-normalised embedding of an uploaded image."""
         ws = workspace(request)
         data, name = await read_upload(file)
@@ -327,14 +343,18 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             return ws.featurizer.embed([check_image(data, name, settings.max_pixels)])[0]
 
         vector = await anyio.to_thread.run_sync(work, limiter=limiter)
-        return Embedding(fingerprint=ws.featurizer.fingerprint, backend=ws.backend, dim=len(vector), embedding=vector.tolist())
+        return Embedding(
+            fingerprint=ws.featurizer.fingerprint, backend=ws.backend, dim=len(vector), embedding=vector.tolist()
+        )
 
     @app.post("/search", response_model=SearchResponse, responses=errors, tags=["search"])
     async def search(
         request: Request,
         file: Annotated[UploadFile, File(description="the query image")],
         k: Annotated[int, Form(ge=1, le=settings.max_k, description="how many results")] = 10,
-        ranker: Annotated[RankerName, Form(description="`svm` only once fitted for this featurizer")] = RankerName.cosine,
+        ranker: Annotated[
+            RankerName, Form(description="`svm` only once fitted for this featurizer")
+        ] = RankerName.cosine,
     ) -> SearchResponse:
         """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
         from core.pipeline import search as search_gallery
@@ -342,7 +362,9 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         ws = workspace(request)
         model = ws.rankers.get(ranker.value)
         if model is None:
-            raise ApiError(422, "ranker_unavailable", f"ranker {ranker.value!r} is not fitted for {ws.featurizer.fingerprint}")
+            raise ApiError(
+                422, "ranker_unavailable", f"ranker {ranker.value!r} is not fitted for {ws.featurizer.fingerprint}"
+            )
         data, name = await read_upload(file)
 
         def work() -> tuple[list, float, float]:
@@ -359,8 +381,13 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             fingerprint=ws.featurizer.fingerprint,
             ranker=ranker.value,
             k=k,
-            hits=[Hit(rank=h.rank, label=h.record.label, path=ws.relative_paths[index[id(h.record)]], score=h.score) for h in hits],
-            timing=Timing(decode_ms=decode_s * 1e3, search_ms=search_s * 1e3, total_ms=(time.perf_counter() - start) * 1e3),
+            hits=[
+                Hit(rank=h.rank, label=h.record.label, path=ws.relative_paths[index[id(h.record)]], score=h.score)
+                for h in hits
+            ],
+            timing=Timing(
+                decode_ms=decode_s * 1e3, search_ms=search_s * 1e3, total_ms=(time.perf_counter() - start) * 1e3
+            ),
         )
 
     return app
@@ -403,7 +430,9 @@ class _BodyLimit:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m workbench.api`` (the CLI's ``serve`` takes the same)."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.api", description="Serve search and embeddings over HTTP")
+    parser = argparse.ArgumentParser(
+        prog="python -m workbench.api", description="Serve search and embeddings over HTTP"
+    )
     add_serve_arguments(parser)
     return parser
 
@@ -411,14 +440,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the serve options (host, port, limits, featurizer choice) to ``parser``."""
     defaults = ServeSettings()
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s; 0.0.0.0 publishes it)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default: %(default)s; 0.0.0.0 publishes it)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    parser.add_argument("--serve-run", dest="serve_run", default=PRETRAINED, help="featurizer: 'pretrained' or a fine-tuning run")
-    parser.add_argument("--serve-backend", dest="serve_backend", choices=("auto", "onnx", "torch"), default="auto",
-                        help="(default: %(default)s: ONNX when exported)")
-    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20, help="(default: %(default)s)")
+    parser.add_argument(
+        "--serve-run", dest="serve_run", default=PRETRAINED, help="featurizer: 'pretrained' or a fine-tuning run"
+    )
+    parser.add_argument(
+        "--serve-backend",
+        dest="serve_backend",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="(default: %(default)s: ONNX when exported)",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20, help="(default: %(default)s)"
+    )
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="(default: %(default)s)")
-    parser.add_argument("--inference-threads", type=int, default=defaults.inference_threads, help="(default: %(default)s)")
+    parser.add_argument(
+        "--inference-threads", type=int, default=defaults.inference_threads, help="(default: %(default)s)"
+    )
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -430,7 +472,9 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
-def settings_from_args(args: argparse.Namespace, data: Path | None = None, workdir: Path | None = None) -> ServeSettings:
+def settings_from_args(
+    args: argparse.Namespace, data: Path | None = None, workdir: Path | None = None
+) -> ServeSettings:
     """``ServeSettings`` from parsed serve arguments (``data``/``workdir`` default to the demo and ``artifacts``)."""
     return ServeSettings(
         data=Path(data) if data is not None else DEFAULT_DATA,

@@ -27,7 +27,9 @@ RANKER_CHOICES = ("random", "l1", "l2", "cosine", "svm", "siamese")
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser of all sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workdir", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)")
+    common.add_argument(
+        "--workdir", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)"
+    )
     common.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer], [train], [svm] tables)")
     common.add_argument("--data", type=Path, help="dataset folder, one sub-folder per label (default: bundled demo)")
     common.add_argument("--seed", type=int, help="seed for split, comparative sets, training and bootstrap")
@@ -38,8 +40,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--run", help="use the fine-tuned featurizer of this run (see `train`)")
     common.add_argument("--batch-size", type=int, help="images per forward pass")
     common.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    common.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="featurizer back end (default: %(default)s)")
-    common.add_argument("--onnx", type=Path, help="model for --backend onnx (default: <workdir>/onnx/<run or pretrained>.onnx)")
+    common.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch", help="featurizer back end (default: %(default)s)"
+    )
+    common.add_argument(
+        "--onnx", type=Path, help="model for --backend onnx (default: <workdir>/onnx/<run or pretrained>.onnx)"
+    )
     common.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
     training = argparse.ArgumentParser(add_help=False)
@@ -48,7 +54,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     training.add_argument("--freeze-body", action="store_true", default=None, help="train the classifier head only")
     training.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
     training.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
-    training.add_argument("--objective", choices=("classification", "triplet"), help="what fine-tuning optimises (default: classification)")
+    training.add_argument(
+        "--objective",
+        choices=("classification", "triplet"),
+        help="what fine-tuning optimises (default: classification)",
+    )
     training.add_argument("--margin", type=float, help="triplet margin (default 0.2)")
     training.add_argument("--mining", choices=("semihard", "hard", "all"), help="triplet mining (default: semihard)")
 
@@ -62,7 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--train-fraction", type=float, help="share of each label for training (default 0.75)")
     commands.add_parser("featurize", parents=[common], help="embed every image (cached by content hash)")
     evaluate = commands.add_parser("evaluate", parents=[common], help="rank of the positive per ranker, with CIs")
-    evaluate.add_argument("--ranker", action="append", choices=(*RANKER_CHOICES, "all"), help="repeatable (default: all)")
+    evaluate.add_argument(
+        "--ranker", action="append", choices=(*RANKER_CHOICES, "all"), help="repeatable (default: all)"
+    )
     evaluate.add_argument("--split", choices=("test", "train"), default="test", help="which comparative sets")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     search = commands.add_parser("search", parents=[common], help="top-k most similar dataset images for an image")
@@ -70,50 +82,91 @@ def get_args_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=15, help="how many results (default: %(default)s)")
     search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine", help="(default: %(default)s)")
     commands.add_parser("train", parents=[common, training], help="fine-tune the backbone on the training split")
-    commands.add_parser("train-svm", parents=[common, svm], help="fit the SVM-weighted L2 ranker with Platt calibration")
-    commands.add_parser("train-siamese", parents=[common], help="train the Siamese pair head on the training sets' pairs")
-    export = commands.add_parser("export", parents=[common], help="export the featurizer to ONNX, validated against PyTorch")
+    commands.add_parser(
+        "train-svm", parents=[common, svm], help="fit the SVM-weighted L2 ranker with Platt calibration"
+    )
+    commands.add_parser(
+        "train-siamese", parents=[common], help="train the Siamese pair head on the training sets' pairs"
+    )
+    export = commands.add_parser(
+        "export", parents=[common], help="export the featurizer to ONNX, validated against PyTorch"
+    )
     export.add_argument("--out", type=Path, help="target .onnx file (default: <workdir>/onnx/<run or pretrained>.onnx)")
     commands.add_parser(
-        "experiment", parents=[common, training, svm],
+        "experiment",
+        parents=[common, training, svm],
         help="split, fine-tune, featurize, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
     )
     index_flags = argparse.ArgumentParser(add_help=False)
     index_flags.add_argument("--index-dir", type=Path, help="saved index folder (default: <workdir>/index)")
     index = commands.add_parser("index", help="a saved vector index of the dataset: build, add, remove, search")
     index_commands = index.add_subparsers(dest="index_command", required=True)
-    build = index_commands.add_parser("build", parents=[common, index_flags], help="index every dataset image (replaces the saved index)")
-    build.add_argument("--kind", choices=("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus"), default="auto")
+    build = index_commands.add_parser(
+        "build", parents=[common, index_flags], help="index every dataset image (replaces the saved index)"
+    )
+    build.add_argument(
+        "--kind", choices=("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus"), default="auto"
+    )
     build.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="exact index storage")
-    build.add_argument("--ranker", choices=("cosine", "l2", "svm"), default="cosine", help="what an approximate index serves")
+    build.add_argument(
+        "--ranker", choices=("cosine", "l2", "svm"), default="cosine", help="what an approximate index serves"
+    )
     build.add_argument("--milvus-uri", help="Milvus server URI (default: Milvus Lite file <index-dir>/milvus.db)")
-    index_commands.add_parser("add", parents=[common, index_flags], help="add dataset images missing from the index (no rebuild)")
-    remove = index_commands.add_parser("remove", parents=[common, index_flags], help="remove images (matched by content hash)")
+    index_commands.add_parser(
+        "add", parents=[common, index_flags], help="add dataset images missing from the index (no rebuild)"
+    )
+    remove = index_commands.add_parser(
+        "remove", parents=[common, index_flags], help="remove images (matched by content hash)"
+    )
     remove.add_argument("images", type=Path, nargs="+")
-    index_search = index_commands.add_parser("search", parents=[common, index_flags], help="top-k indexed images for an image")
+    index_search = index_commands.add_parser(
+        "search", parents=[common, index_flags], help="top-k indexed images for an image"
+    )
     index_search.add_argument("image", type=Path)
     index_search.add_argument("-k", type=int, default=15)
     index_search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine")
-    serve = commands.add_parser("serve", parents=[common], help="REST service: POST /search, POST /embed, GET /health (OpenAPI at /docs)")
-    serve.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s; 0.0.0.0 publishes the service)")
+    serve = commands.add_parser(
+        "serve", parents=[common], help="REST service: POST /search, POST /embed, GET /health (OpenAPI at /docs)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="interface (default: %(default)s; 0.0.0.0 publishes the service)"
+    )
     serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (default: %(default)s)")
-    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image, w x h (default: %(default)s)")
-    spark = commands.add_parser("spark-featurize", parents=[common], help="embed images with Apache Spark into Parquet (ONNX model)")
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest accepted image file (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest accepted image, w x h (default: %(default)s)"
+    )
+    spark = commands.add_parser(
+        "spark-featurize", parents=[common], help="embed images with Apache Spark into Parquet (ONNX model)"
+    )
     spark.add_argument("--out", type=Path, required=True, help="output Parquet folder (replaced)")
     spark.add_argument("--master", default="local[2]", help="Spark master URL (default: %(default)s)")
     spark.add_argument("--partitions", type=int, default=4, help="(default: %(default)s)")
-    spark.add_argument("--paths", type=Path, help="text file with one image path per line (default: every image of --data)")
-    imports = commands.add_parser("import-urls", parents=[common], help="download a label<TAB>url list into a folder per label")
-    imports.add_argument("list", type=Path, help="URL list: one label<TAB>url per line; blank lines and # comments allowed")
+    spark.add_argument(
+        "--paths", type=Path, help="text file with one image path per line (default: every image of --data)"
+    )
+    imports = commands.add_parser(
+        "import-urls", parents=[common], help="download a label<TAB>url list into a folder per label"
+    )
+    imports.add_argument(
+        "list", type=Path, help="URL list: one label<TAB>url per line; blank lines and # comments allowed"
+    )
     imports.add_argument("--out", type=Path, required=True, help="dataset folder to fill (re-running resumes)")
     imports.add_argument("--workers", type=int, default=8, help="downloads in flight (default: %(default)s)")
     imports.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default: %(default)s)")
     imports.add_argument("--retries", type=int, default=2, help="retries of transient failures (default: %(default)s)")
-    imports.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, help="largest download (default: %(default)s)")
-    dedup = commands.add_parser("dedup", parents=[common], help="find near-duplicate images (dhash); --apply moves them aside")
+    imports.add_argument(
+        "--max-bytes", type=int, default=20 * 1024 * 1024, help="largest download (default: %(default)s)"
+    )
+    dedup = commands.add_parser(
+        "dedup", parents=[common], help="find near-duplicate images (dhash); --apply moves them aside"
+    )
     dedup.add_argument("--threshold", type=int, help="largest Hamming distance in bits out of 256 (default: 32)")
-    dedup.add_argument("--apply", action="store_true", help="move removed images to <data>/_duplicates/ (default: report only)")
+    dedup.add_argument(
+        "--apply", action="store_true", help="move removed images to <data>/_duplicates/ (default: report only)"
+    )
     return parser
 
 
@@ -126,9 +179,16 @@ def _config(args: argparse.Namespace) -> WorkbenchConfig:
     get = lambda name: getattr(args, name, None)  # noqa: E731  (sub-commands carry different flags)
     return dataclasses.replace(
         config,
-        data=dataclasses.replace(config.data, **_overrides(
-                root=args.data, seed=args.seed, train_fraction=get("train_fraction"), condition=get("condition"), attributes=get("attributes"),
-            )),
+        data=dataclasses.replace(
+            config.data,
+            **_overrides(
+                root=args.data,
+                seed=args.seed,
+                train_fraction=get("train_fraction"),
+                condition=get("condition"),
+                attributes=get("attributes"),
+            ),
+        ),
         featurizer=dataclasses.replace(
             config.featurizer,
             **_overrides(backbone=args.backbone, weights=args.weights, batch_size=args.batch_size, device=args.device),
@@ -136,16 +196,27 @@ def _config(args: argparse.Namespace) -> WorkbenchConfig:
         train=dataclasses.replace(
             config.train,
             **_overrides(
-                backbone=args.backbone, weights=args.weights, epochs=get("epochs"), learning_rate=get("lr"), batch_size=args.batch_size,
-                freeze_body=get("freeze_body"), input_size=get("input_size"), seed=args.seed, device=args.device,
-                objective=get("objective"), margin=get("margin"), mining=get("mining"),
+                backbone=args.backbone,
+                weights=args.weights,
+                epochs=get("epochs"),
+                learning_rate=get("lr"),
+                batch_size=args.batch_size,
+                freeze_body=get("freeze_body"),
+                input_size=get("input_size"),
+                seed=args.seed,
+                device=args.device,
+                objective=get("objective"),
+                margin=get("margin"),
+                mining=get("mining"),
             ),
         ),
         svm=dataclasses.replace(config.svm, **_overrides(C=get("svm_c"), hard_negative_rounds=get("rounds"))),
     )
 
 
-def _progress(description: str, quiet: bool, unit: str = "img") -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+def _progress(
+    description: str, quiet: bool, unit: str = "img"
+) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
@@ -180,7 +251,9 @@ def _embeddings(args: argparse.Namespace, config: WorkbenchConfig, prepared, run
     if args.backend == "onnx":
         from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
 
-        featurizer = OnnxFeaturizer(args.onnx or pipeline.onnx_path(args.workdir, run or "pretrained"), OrtConfig(allow_spinning=False))
+        featurizer = OnnxFeaturizer(
+            args.onnx or pipeline.onnx_path(args.workdir, run or "pretrained"), OrtConfig(allow_spinning=False)
+        )
     else:
         run_dir = pipeline.run_path(args.workdir, run) if run else None
         featurizer = pipeline.build_featurizer(config.featurizer, run_dir)
@@ -210,13 +283,19 @@ def _train(args: argparse.Namespace, config: WorkbenchConfig, prepared, run: str
             bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs}", unit="step", file=sys.stderr)
         bar.update(event.step - bar.n)
         if event.metrics:
-            bar.set_postfix(train_acc=f"{event.metrics.train_accuracy:.1%}", test_acc=f"{event.metrics.test_accuracy:.1%}")
+            bar.set_postfix(
+                train_acc=f"{event.metrics.train_accuracy:.1%}", test_acc=f"{event.metrics.test_accuracy:.1%}"
+            )
 
     pipeline.forget_export(args.workdir, run)
     try:
         result = fine_tune(
-            prepared.dataset.records, prepared.split, config.train, pipeline.run_path(args.workdir, run),
-            progress=progress, resume=not getattr(args, "restart", False),
+            prepared.dataset.records,
+            prepared.split,
+            config.train,
+            pipeline.run_path(args.workdir, run),
+            progress=progress,
+            resume=not getattr(args, "restart", False),
         )
     finally:
         if bar is not None:
@@ -241,12 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_prepare(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     prepared = _prepared(args, config, force=True)
     counts = prepared.dataset.label_counts()
-    print(f"{len(prepared.dataset)} images in {len(counts)} labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    print(f"split: {len(prepared.split.train)} train / {len(prepared.split.test)} test; skipped {len(prepared.skipped)} file(s)")
+    print(
+        f"{len(prepared.dataset)} images in {len(counts)} labels: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+    )
+    print(
+        f"split: {len(prepared.split.train)} train / {len(prepared.split.test)} test; skipped {len(prepared.skipped)} file(s)"
+    )
     for item in prepared.skipped:
         print(f"  skipped {item.reason}")
     if prepared.leaks:
-        print(f"{len(prepared.leaks)} near-duplicate pair(s) straddle the split (see the warnings; `dedup` removes them)")
+        print(
+            f"{len(prepared.leaks)} near-duplicate pair(s) straddle the split (see the warnings; `dedup` removes them)"
+        )
     return 0
 
 
@@ -277,7 +362,9 @@ def _cmd_evaluate(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     results = pipeline.evaluate_rankers(prepared, embeddings, rankers, config.data.seed, args.split)
     report = pipeline.save_report(results, featurizer.fingerprint, args.workdir)
     if args.json:
-        summary = {r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")} for r in results}
+        summary = {
+            r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")} for r in results
+        }
         print(json.dumps(summary, indent=2))
     else:
         print(f"featurizer {featurizer.fingerprint}, {args.split} comparative sets")
@@ -307,7 +394,9 @@ def _cmd_train(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     print(f"run {run}: {result.run_dir}")
     print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'seconds':>7}")
     for m in result.history:
-        print(f"{m.epoch:>5} {m.train_loss:>10.3f} {m.train_accuracy:>9.1%} {m.test_loss:>9.3f} {m.test_accuracy:>8.1%} {m.seconds:>7.1f}")
+        print(
+            f"{m.epoch:>5} {m.train_loss:>10.3f} {m.train_accuracy:>9.1%} {m.test_loss:>9.3f} {m.test_accuracy:>8.1%} {m.seconds:>7.1f}"
+        )
     return 0
 
 
@@ -316,10 +405,16 @@ def _cmd_train_svm(args: argparse.Namespace, config: WorkbenchConfig) -> int:
 
     prepared = _prepared(args, config)
     featurizer, embeddings = _embeddings(args, config, prepared, args.run)
-    _, train_accuracy, test_accuracy = pipeline.fit_svm(prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir)
-    print(f"SVM ranker for {featurizer.fingerprint} (C={config.svm.C}, {config.svm.hard_negative_rounds} hard-negative round(s))")
+    _, train_accuracy, test_accuracy = pipeline.fit_svm(
+        prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir
+    )
+    print(
+        f"SVM ranker for {featurizer.fingerprint} (C={config.svm.C}, {config.svm.hard_negative_rounds} hard-negative round(s))"
+    )
     for split, accuracy in (("train", train_accuracy), ("test", test_accuracy)):
-        print(f"  {split} pairs: accuracy {accuracy.accuracy:.1%}, balanced accuracy {accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs)")
+        print(
+            f"  {split} pairs: accuracy {accuracy.accuracy:.1%}, balanced accuracy {accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs)"
+        )
     return 0
 
 
@@ -337,7 +432,9 @@ def _cmd_export(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     from core import pipeline
     from export.onnx_export import export_onnx
 
-    featurizer = pipeline.build_featurizer(config.featurizer, pipeline.run_path(args.workdir, args.run) if args.run else None)
+    featurizer = pipeline.build_featurizer(
+        config.featurizer, pipeline.run_path(args.workdir, args.run) if args.run else None
+    )
     out = args.out or pipeline.onnx_path(args.workdir, args.run or "pretrained")
     result = export_onnx(featurizer.backbone, out, training_run=args.run or "")
     print(
@@ -359,7 +456,9 @@ def _cmd_experiment(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     sections = {}
     for name, run_name in (("pretrained", None), ("fine-tuned", run)):
         featurizer, embeddings = _embeddings(args, config, prepared, run_name)
-        _, train_pairs, test_pairs = pipeline.fit_svm(prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir)
+        _, train_pairs, test_pairs = pipeline.fit_svm(
+            prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir
+        )
         names = ["random", "l1", "l2", "cosine", "svm"]
         rankers = pipeline.load_rankers(names, args.workdir, featurizer.fingerprint, config.data.seed)
         results = pipeline.evaluate_rankers(prepared, embeddings, rankers, config.data.seed)
@@ -367,7 +466,9 @@ def _cmd_experiment(args: argparse.Namespace, config: WorkbenchConfig) -> int:
         sections[name] = (featurizer.fingerprint, results, train_pairs, test_pairs)
         print(f"\n{name} featurizer {featurizer.fingerprint}")
         print(format_table(results))
-        print(f"SVM pair accuracy (balanced): train {train_pairs.balanced_accuracy:.1%}, test {test_pairs.balanced_accuracy:.1%}")
+        print(
+            f"SVM pair accuracy (balanced): train {train_pairs.balanced_accuracy:.1%}, test {test_pairs.balanced_accuracy:.1%}"
+        )
     report = args.workdir / "reports" / f"experiment-{run}.json"
     atomic_write_json(
         report,
@@ -378,7 +479,10 @@ def _cmd_experiment(args: argparse.Namespace, config: WorkbenchConfig) -> int:
                 name: {
                     "featurizer": fingerprint,
                     "svm_pairs": {"train": dataclasses.asdict(train_pairs), "test": dataclasses.asdict(test_pairs)},
-                    "results": {r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")} for r in results},
+                    "results": {
+                        r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")}
+                        for r in results
+                    },
                 }
                 for name, (fingerprint, results, train_pairs, test_pairs) in sections.items()
             },
@@ -396,7 +500,9 @@ def _cmd_import_urls(args: argparse.Namespace, config: WorkbenchConfig) -> int:
             raise WorkbenchError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.retries < 0:
         raise WorkbenchError(f"--retries must be 0 or more, got {args.retries}")
-    ingest_config = IngestConfig(workers=args.workers, timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes)
+    ingest_config = IngestConfig(
+        workers=args.workers, timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes
+    )
     update, close = _progress("download", args.quiet, unit="url")
     try:
         report = import_urls(args.list, args.out, ingest_config, update)
@@ -431,15 +537,21 @@ def _cmd_dedup(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     report = find_near_duplicates(scan.dataset, scan.dhashes, threshold)
     exact = [item for item in scan.skipped if "exact duplicate of" in item.reason]
     path = args.workdir / "reports" / "dedup.json"
-    atomic_write_json(path, {**report.to_dict(), "exact_duplicates": [item.reason for item in exact], "applied": args.apply})
-    print(f"{report.n_images} images: {len(report.removed)} near-duplicate(s) in {report.n_groups} group(s) at threshold {threshold}/256 bits; "
-          f"{len(exact)} exact duplicate(s) already left out by the scan")
+    atomic_write_json(
+        path, {**report.to_dict(), "exact_duplicates": [item.reason for item in exact], "applied": args.apply}
+    )
+    print(
+        f"{report.n_images} images: {len(report.removed)} near-duplicate(s) in {report.n_groups} group(s) at threshold {threshold}/256 bits; "
+        f"{len(exact)} exact duplicate(s) already left out by the scan"
+    )
     for row in report.to_dict()["removed"]:
         print(f"  {row['distance']:>3}  {row['removed']}  (keeps {row['kept']})")
     if args.apply and report.removed:
         moved = move_duplicates(report, root)
         print(f"moved {len(moved)} file(s) to {root / DUPLICATES_DIR}")
-        if (args.workdir / "prepared.json").exists() and pipeline.load_prepared(args.workdir).config.root.resolve() == root.resolve():
+        if (args.workdir / "prepared.json").exists() and pipeline.load_prepared(
+            args.workdir
+        ).config.root.resolve() == root.resolve():
             _prepared(args, config, force=True)
             print("prepared.json rebuilt without them")
     elif report.removed:
@@ -503,11 +615,13 @@ def _cmd_index(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     else:
         [ranker] = pipeline.load_rankers([args.ranker], args.workdir, model_id, config.data.seed)
         hits = index.search(featurizer.embed([load_image(args.image)]), args.k, ranker, model_id=model_id)
-        by_id = dict(zip(ids.tolist(), records))
+        by_id = dict(zip(ids.tolist(), records, strict=True))
         print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
-        for rank, (hit_id, score) in enumerate(zip(hits.ids[0].tolist(), hits.scores[0].tolist()), 1):
+        for rank, (hit_id, score) in enumerate(zip(hits.ids[0].tolist(), hits.scores[0].tolist(), strict=True), 1):
             record = by_id.get(hit_id)
-            label, path = (record.label, printable(str(record.path))) if record else ("?", f"<id {hit_id} not in dataset>")
+            label, path = (
+                (record.label, printable(str(record.path))) if record else ("?", f"<id {hit_id} not in dataset>")
+            )
             print(f"{rank:>4}  {score:>8.4f}  {label:<16} {path}")
     return 0
 
@@ -516,9 +630,12 @@ def _cmd_serve(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     from workbench.api import ServeSettings, serve
 
     settings = ServeSettings(
-        data=config.data.root, workdir=args.workdir, choice=args.run or "pretrained",
+        data=config.data.root,
+        workdir=args.workdir,
+        choice=args.run or "pretrained",
         backend="onnx" if args.backend == "onnx" else "auto",
-        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
     )
     serve(settings, args.host, args.port, "warning" if args.quiet else "info")
     return 0
@@ -533,7 +650,9 @@ def _cmd_spark_featurize(args: argparse.Namespace, config: WorkbenchConfig) -> i
     else:
         paths = [record.path for record in _prepared(args, config).dataset.records]
     onnx = args.onnx or pipeline.onnx_path(args.workdir, args.run or "pretrained")
-    result = featurize_with_spark(paths, onnx, args.out, args.partitions, args.batch_size or 16, config=SparkJobConfig(master=args.master))
+    result = featurize_with_spark(
+        paths, onnx, args.out, args.partitions, args.batch_size or 16, config=SparkJobConfig(master=args.master)
+    )
     print(
         f"wrote {result.n_images} embeddings ({result.n_failed} failed) of {result.fingerprint} to {result.path} "
         f"in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s)"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.config import DEFAULT_DATA, DataConfig, FeaturizerConfig, SVMConfig, TrainConfig  # noqa: F401  (configs re-exported)
+from core.config import DEFAULT_DATA, DataConfig, FeaturizerConfig, SVMConfig, TrainConfig
 from core.data import ATTRIBUTES_FILE, ImageDataset, ImageRecord
 from core.errors import ArtifactError, DatasetError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported for the pages)
 from core.evaluate import EvaluationResult
@@ -172,7 +172,9 @@ def _cached(key: tuple[str, ...], build: Callable[[], object]) -> object:
         return slot.value
 
 
-def prepared_data(data_root: Path | None = None, workdir: Path | None = None, condition: str | None = None) -> PreparedData:
+def prepared_data(
+    data_root: Path | None = None, workdir: Path | None = None, condition: str | None = None
+) -> PreparedData:
     """The dataset with its split and comparative sets, prepared on first use (then read from disk)."""
     if data_root is None or workdir is None:
         data_root, workdir = settings()
@@ -225,7 +227,9 @@ def workspace(
 
             featurizer: Featurizer = OnnxFeaturizer(exported, OrtConfig(allow_spinning=False))
         else:
-            featurizer = build_featurizer(FeaturizerConfig(), None if choice == PRETRAINED else run_path(workdir, choice))
+            featurizer = build_featurizer(
+                FeaturizerConfig(), None if choice == PRETRAINED else run_path(workdir, choice)
+            )
         embeddings = featurize(prepared, featurizer, workdir, progress=progress)
         return Workspace(prepared, featurizer, embeddings, workdir, choice)
 
@@ -239,7 +243,11 @@ def gallery_names(ws: Workspace) -> list[str]:
 
 def ranker_choices(ws: Workspace) -> list[str]:
     """Rankers usable with this workspace: the plain metrics, plus ``svm`` once one is fitted."""
-    learned = [name for name, path in (("svm", svm_path), ("siamese", siamese_path)) if path(ws.workdir, ws.featurizer.fingerprint).exists()]
+    learned = [
+        name
+        for name, path in (("svm", svm_path), ("siamese", siamese_path))
+        if path(ws.workdir, ws.featurizer.fingerprint).exists()
+    ]
     return [*PLAIN_RANKERS[:2], *learned, *PLAIN_RANKERS[2:]]
 
 
@@ -258,12 +266,19 @@ def search(ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int) ->
 
 @st.cache_data(show_spinner=False)
 def _evaluation(
-    fingerprint: str, choice: str, workdir: str, rankers: tuple[str, ...], split: str, ranker_versions: tuple[float, ...]
+    fingerprint: str,
+    choice: str,
+    workdir: str,
+    rankers: tuple[str, ...],
+    split: str,
+    ranker_versions: tuple[float, ...],
 ) -> list[EvaluationResult]:
     # workdir identifies dataset and condition; ranker_versions (file times) invalidate retrained rankers
     ws = workspace(choice)
     seed = ws.prepared.config.seed
-    return evaluate_rankers(ws.prepared, ws.embeddings, load_rankers(list(rankers), ws.workdir, fingerprint, seed), seed, split)
+    return evaluate_rankers(
+        ws.prepared, ws.embeddings, load_rankers(list(rankers), ws.workdir, fingerprint, seed), seed, split
+    )
 
 
 def evaluation(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[EvaluationResult]:
@@ -319,7 +334,9 @@ def qualitative_rows(
     """Queries of an evaluation, optionally of one label and/or only those whose positive was not first."""
     records = ws.dataset.records
     rows = []
-    for query, best, positive, rank, label in zip(result.queries, result.best_references, result.positives, result.ranks, result.query_labels):
+    for query, best, positive, rank, label in zip(
+        result.queries, result.best_references, result.positives, result.ranks, result.query_labels, strict=False
+    ):
         if (category and label != category) or (failures_only and rank == 1):
             continue
         rows.append(QualitativeRow(records[query], records[best], records[positive], int(rank)))
@@ -347,11 +364,20 @@ def dataset_summary(samples_per_label: int = 6) -> DatasetSummary:
         label: (int((labels[prepared.split.train] == label).sum()), int((labels[prepared.split.test] == label).sum()))
         for label in prepared.dataset.labels
     }
-    samples = {label: [r.path for r in prepared.dataset.records if r.label == label][:samples_per_label] for label in counts}
+    samples = {
+        label: [r.path for r in prepared.dataset.records if r.label == label][:samples_per_label] for label in counts
+    }
     return DatasetSummary(
-        prepared.dataset.root, counts, samples, [printable(item.reason) for item in prepared.skipped],
-        [f"{printable(str(leak.test_path))} (test) ~ {printable(str(leak.train_path))} (train), distance {leak.distance}" for leak in prepared.leaks],
-        len(prepared.test_sets), prepared.test_sets.n_negatives,
+        prepared.dataset.root,
+        counts,
+        samples,
+        [printable(item.reason) for item in prepared.skipped],
+        [
+            f"{printable(str(leak.test_path))} (test) ~ {printable(str(leak.train_path))} (train), distance {leak.distance}"
+            for leak in prepared.leaks
+        ],
+        len(prepared.test_sets),
+        prepared.test_sets.n_negatives,
     )
 
 
@@ -400,11 +426,19 @@ class TrainingJob:
             prepared = prepared_data(self.data_root, self.workdir, self.condition)
             self.phase = "fine-tuning"
             forget_export(self.workdir, self.run)
-            fine_tune(prepared.dataset.records, prepared.split, self.config, run_path(self.workdir, self.run), self._on_progress)
+            fine_tune(
+                prepared.dataset.records,
+                prepared.split,
+                self.config,
+                run_path(self.workdir, self.run),
+                self._on_progress,
+            )
             self.phase = "featurizing with the fine-tuned model"
             ws = workspace(self.run, None, self.data_root, self.workdir, self.condition)
             self.phase = "fitting the SVM ranker"
-            _, train_pairs, test_pairs = fit_svm(prepared, ws.embeddings, self.svm_config, ws.featurizer.fingerprint, self.workdir)
+            _, train_pairs, test_pairs = fit_svm(
+                prepared, ws.embeddings, self.svm_config, ws.featurizer.fingerprint, self.workdir
+            )
             self.pair_accuracy = (train_pairs.balanced_accuracy, test_pairs.balanced_accuracy)
             self.phase = "done"
         except Exception as err:  # shown on the page; the run folder keeps its last finished epoch
@@ -478,7 +512,9 @@ def explain(ws: Workspace, image_bytes: bytes, name: str, record: ImageRecord) -
     from core.images import load_image
 
     maps = similarity_maps(_torch_backbone(ws), decode_image(image_bytes, name=name), load_image(record.path))
-    return Explanation(maps.similarity, overlay(maps.query_pixels, maps.query_map), overlay(maps.result_pixels, maps.result_map))
+    return Explanation(
+        maps.similarity, overlay(maps.query_pixels, maps.query_map), overlay(maps.result_pixels, maps.result_map)
+    )
 
 
 @dataclass(frozen=True)
@@ -496,9 +532,7 @@ def embedding_projection(ws: Workspace, method: str = "pca") -> EmbeddingMap:
 
     def build() -> EmbeddingMap:
         projection = project_2d(ws.embeddings, np.random.default_rng(ws.prepared.config.seed), method)
-        return EmbeddingMap(
-            projection, [r.label for r in ws.dataset.records], gallery_names(ws)
-        )
+        return EmbeddingMap(projection, [r.label for r in ws.dataset.records], gallery_names(ws))
 
     return _cached(("map", ws.featurizer.fingerprint, str(ws.dataset.root), method), build)
 

@@ -124,7 +124,9 @@ def _worker_featurizer(onnx_path: str, threads: int) -> OnnxFeaturizer:
     return OnnxFeaturizer(onnx_path, OrtConfig(intra_op_threads=threads, allow_spinning=False))
 
 
-def embed_partition(batches: Iterator[pd.DataFrame], onnx_path: str, batch_size: int, threads: int) -> Iterator[pd.DataFrame]:
+def embed_partition(
+    batches: Iterator[pd.DataFrame], onnx_path: str, batch_size: int, threads: int
+) -> Iterator[pd.DataFrame]:
     """The ``mapInPandas`` function: frames with a ``path`` column into :data:`OUTPUT_SCHEMA` frames.
 
     Reads each file once (the bytes give both the SHA-256 and the image), decodes and resizes it exactly
@@ -161,12 +163,14 @@ def embed_partition(batches: Iterator[pd.DataFrame], onnx_path: str, batch_size:
                 good.append(index)
                 pixels.append(resize_crop(image, preprocessing))
             if pixels:
-                for index, vector in zip(good, featurizer.embed_pixels(np.stack(pixels))):
+                for index, vector in zip(good, featurizer.embed_pixels(np.stack(pixels)), strict=True):
                     embeddings[index] = vector
         yield pd.DataFrame({"path": paths, "sha256": hashes, "embedding": embeddings, "error": errors})
 
 
-def featurize_dataframe(paths: DataFrame, onnx_path: str | Path, config: SparkJobConfig = SparkJobConfig()) -> DataFrame:
+def featurize_dataframe(
+    paths: DataFrame, onnx_path: str | Path, config: SparkJobConfig = SparkJobConfig()
+) -> DataFrame:
     """Embeddings of a DataFrame's ``path`` column, lazily (nothing runs until it is written or collected).
 
     Args:
@@ -266,5 +270,7 @@ def read_embeddings(parquet: str | Path) -> tuple[list[str], np.ndarray, list[st
     paths = table.column("path").to_pylist()
     vectors = table.column("embedding").to_pylist()
     dim = next((len(v) for v in vectors if v is not None), 0)
-    embeddings = np.array([v if v is not None else [np.nan] * dim for v in vectors], np.float32).reshape(len(paths), dim)
+    embeddings = np.array([v if v is not None else [np.nan] * dim for v in vectors], np.float32).reshape(
+        len(paths), dim
+    )
     return paths, embeddings, table.column("error").to_pylist()

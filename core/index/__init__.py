@@ -83,7 +83,9 @@ class VectorSpace:
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> VectorSpace:
         scale = payload.get("scale")
-        return cls(payload["metric"], None if scale is None else np.asarray(scale, np.float32), float(payload.get("bias", 0.0)))
+        return cls(
+            payload["metric"], None if scale is None else np.asarray(scale, np.float32), float(payload.get("bias", 0.0))
+        )
 
     def same_as(self, other: VectorSpace) -> bool:
         if self.metric != other.metric or self.bias != other.bias:
@@ -137,7 +139,9 @@ def space_for(ranker: Ranker) -> VectorSpace:
                 "distance (sqrt(|w|) scaling needs every weight <= 0); use the exact index for this ranker"
             )
         return VectorSpace("weighted_l2", np.sqrt(-weights).astype(np.float32), float(ranker.bias))
-    raise UnsupportedRankerError(f"ranker {ranker.name!r} needs the exact index (approximate back ends serve cosine, l2 and svm)")
+    raise UnsupportedRankerError(
+        f"ranker {ranker.name!r} needs the exact index (approximate back ends serve cosine, l2 and svm)"
+    )
 
 
 def content_ids(sha256_hex: Sequence[str]) -> np.ndarray:
@@ -212,7 +216,9 @@ class VectorIndex(ABC):
     def check_model(self, model_id: str | None) -> None:
         """Raise :class:`ModelMismatchError` when ``model_id`` is given and is not this index's model."""
         if model_id is not None and model_id != self.model_id:
-            raise ModelMismatchError(f"index holds embeddings of {self.model_id!r}, not {model_id!r}: build a new index for that model")
+            raise ModelMismatchError(
+                f"index holds embeddings of {self.model_id!r}, not {model_id!r}: build a new index for that model"
+            )
 
     def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
         vectors = np.asarray(vectors, np.float32)
@@ -294,7 +300,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{file}: no index saved here; run `index build` first")
     manifest = read_json(file)
     if manifest.get("schema_version") != INDEX_SCHEMA_VERSION:
-        raise ArtifactError(f"{file}: schema version {manifest.get('schema_version')!r}, expected {INDEX_SCHEMA_VERSION}")
+        raise ArtifactError(
+            f"{file}: schema version {manifest.get('schema_version')!r}, expected {INDEX_SCHEMA_VERSION}"
+        )
     return manifest
 
 
@@ -325,7 +333,9 @@ def load_index(path: str | Path, model_id: str | None = None) -> VectorIndex:
     except (OSError, KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{folder}: unreadable {manifest.get('backend')} index ({err})") from err
     if len(index) != manifest["count"] or index.dim != manifest["dim"]:
-        raise ArtifactError(f"{folder}: index files hold {len(index)} x {index.dim}, manifest says {manifest['count']} x {manifest['dim']}")
+        raise ArtifactError(
+            f"{folder}: index files hold {len(index)} x {index.dim}, manifest says {manifest['count']} x {manifest['dim']}"
+        )
     return index
 
 

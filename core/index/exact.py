@@ -108,7 +108,9 @@ class ExactIndex(VectorIndex):
     def _add(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
         clash = np.isin(ids, self.ids())
         if clash.any():
-            raise ValueError(f"add: {int(clash.sum())} id(s) already in the index (e.g. {int(ids[clash][0])}); remove them first")
+            raise ValueError(
+                f"add: {int(clash.sum())} id(s) already in the index (e.g. {int(ids[clash][0])}); remove them first"
+            )
         self._reserve(self._size + len(ids))
         rows = slice(self._size, self._size + len(ids))
         self._vectors[rows] = embeddings
@@ -209,7 +211,9 @@ class ExactIndex(VectorIndex):
         vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         ids = np.load(folder / "ids.npy", allow_pickle=False)
         if vectors.dtype != np.dtype(config.dtype) or len(vectors) != len(ids):
-            raise ValueError(f"vectors {vectors.shape} {vectors.dtype} do not match ids {ids.shape} / dtype {config.dtype}")
+            raise ValueError(
+                f"vectors {vectors.shape} {vectors.dtype} do not match ids {ids.shape} / dtype {config.dtype}"
+            )
         if len(ids):
             index._add(ids.astype(np.int64), vectors)
         return index

@@ -77,7 +77,9 @@ class FaissIndex(VectorIndex):
 
     backend = "faiss"
 
-    def __init__(self, model_id: str, dim: int, space: VectorSpace, config: FaissConfig = FaissConfig(), index: Any = None) -> None:
+    def __init__(
+        self, model_id: str, dim: int, space: VectorSpace, config: FaissConfig = FaissConfig(), index: Any = None
+    ) -> None:
         super().__init__(model_id, dim)
         self.space = space
         self.config = config
@@ -110,7 +112,11 @@ class FaissIndex(VectorIndex):
         quantizer = faiss.IndexFlatIP(self.dim) if self.space.metric == "cosine" else faiss.IndexFlatL2(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self._metric())
         rng = np.random.default_rng(self.config.seed)
-        sample = vectors if n <= self.config.train_size else vectors[np.sort(rng.choice(n, self.config.train_size, replace=False))]
+        sample = (
+            vectors
+            if n <= self.config.train_size
+            else vectors[np.sort(rng.choice(n, self.config.train_size, replace=False))]
+        )
         log.info("training IVF: %d lists on %d vectors", nlist, len(sample))
         index.train(np.ascontiguousarray(sample))
         index.nprobe = min(self.config.nprobe, nlist)
@@ -151,7 +157,9 @@ class FaissIndex(VectorIndex):
             self.compact()  # a re-added id must not revive its old tombstoned vector
         clash = np.isin(ids, self._all_ids())
         if clash.any():
-            raise ValueError(f"add: {int(clash.sum())} id(s) already in the index (e.g. {int(ids[clash][0])}); remove them first")
+            raise ValueError(
+                f"add: {int(clash.sum())} id(s) already in the index (e.g. {int(ids[clash][0])}); remove them first"
+            )
         vectors = np.ascontiguousarray(self.space.transform(embeddings))
         if self._index is None:
             self._index = self._train_ivf(vectors)
@@ -232,13 +240,23 @@ class FaissIndex(VectorIndex):
             self._faiss.write_index(self._index, str(temp))
         with atomic_path(folder / "deleted.npy", ".npy") as temp:
             np.save(temp, self._deleted, allow_pickle=False)
-        return {"config": config_dict(self.config), "space": self.space.to_json(), "files": ["index.faiss", "deleted.npy"]}
+        return {
+            "config": config_dict(self.config),
+            "space": self.space.to_json(),
+            "files": ["index.faiss", "deleted.npy"],
+        }
 
     @classmethod
     def _load_files(cls, folder: Path, manifest: dict[str, Any]) -> FaissIndex:
         faiss = _faiss()
         index = faiss.read_index(str(folder / "index.faiss"))
-        loaded = cls(manifest["model_id"], manifest["dim"], VectorSpace.from_json(manifest["space"]), FaissConfig(**manifest["config"]), index)
+        loaded = cls(
+            manifest["model_id"],
+            manifest["dim"],
+            VectorSpace.from_json(manifest["space"]),
+            FaissConfig(**manifest["config"]),
+            index,
+        )
         loaded._deleted = np.load(folder / "deleted.npy", allow_pickle=False).astype(np.int64)
         if loaded.config.kind == "ivf":
             index.nprobe = min(loaded.config.nprobe, index.nlist)

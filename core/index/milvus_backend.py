@@ -64,14 +64,18 @@ class MilvusIndex(VectorIndex):
 
     backend = "milvus"
 
-    def __init__(self, model_id: str, dim: int, space: VectorSpace, config: MilvusConfig = MilvusConfig(), create: bool = True) -> None:
+    def __init__(
+        self, model_id: str, dim: int, space: VectorSpace, config: MilvusConfig = MilvusConfig(), create: bool = True
+    ) -> None:
         super().__init__(model_id, dim)
         self.space = space
         self.config = config
         pymilvus = _pymilvus()
         if config.is_lite:
             Path(config.uri).parent.mkdir(parents=True, exist_ok=True)
-        self._client = pymilvus.MilvusClient(config.uri, token=config.token) if config.token else pymilvus.MilvusClient(config.uri)
+        self._client = (
+            pymilvus.MilvusClient(config.uri, token=config.token) if config.token else pymilvus.MilvusClient(config.uri)
+        )
         if create:
             self._create(pymilvus)
         elif not self._client.has_collection(config.collection):
@@ -85,7 +89,12 @@ class MilvusIndex(VectorIndex):
         schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
         schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=self.dim)
         params = client.prepare_index_params()
-        params.add_index(field_name="vector", index_type=self.config.index_type, metric_type=self._metric(), params=dict(self.config.index_params))
+        params.add_index(
+            field_name="vector",
+            index_type=self.config.index_type,
+            metric_type=self._metric(),
+            params=dict(self.config.index_params),
+        )
         client.create_collection(name, schema=schema, index_params=params)
 
     def _metric(self) -> str:
@@ -100,7 +109,9 @@ class MilvusIndex(VectorIndex):
         return int(stats["row_count"])
 
     def ids(self) -> np.ndarray:
-        iterator = self._client.query_iterator(self.config.collection, batch_size=10_000, filter="", output_fields=["id"])
+        iterator = self._client.query_iterator(
+            self.config.collection, batch_size=10_000, filter="", output_fields=["id"]
+        )
         found: list[int] = []
         try:
             while batch := iterator.next():
@@ -112,7 +123,9 @@ class MilvusIndex(VectorIndex):
     def _existing(self, ids: np.ndarray) -> np.ndarray:
         found: list[int] = []
         for start in range(0, len(ids), _INSERT_BATCH):
-            rows = self._client.get(self.config.collection, ids=ids[start : start + _INSERT_BATCH].tolist(), output_fields=["id"])
+            rows = self._client.get(
+                self.config.collection, ids=ids[start : start + _INSERT_BATCH].tolist(), output_fields=["id"]
+            )
             found.extend(row["id"] for row in rows)
         return np.asarray(found, np.int64)
 
@@ -123,7 +136,10 @@ class MilvusIndex(VectorIndex):
         vectors = self.space.transform(embeddings)
         for start in range(0, len(ids), _INSERT_BATCH):
             rows = slice(start, start + _INSERT_BATCH)
-            self._client.insert(self.config.collection, [{"id": int(i), "vector": v} for i, v in zip(ids[rows], vectors[rows])])
+            self._client.insert(
+                self.config.collection,
+                [{"id": int(i), "vector": v} for i, v in zip(ids[rows], vectors[rows], strict=True)],
+            )
         self._client.flush(self.config.collection)
 
     def _remove(self, ids: np.ndarray) -> int:
@@ -136,7 +152,9 @@ class MilvusIndex(VectorIndex):
     def _search(self, queries: np.ndarray, k: int, ranker: Ranker) -> IndexHits:
         space = space_for(ranker)
         if not space.same_as(self.space):
-            raise UnsupportedRankerError(f"this Milvus index serves {self.space.metric}, not {ranker.name!r} ({space.metric})")
+            raise UnsupportedRankerError(
+                f"this Milvus index serves {self.space.metric}, not {ranker.name!r} ({space.metric})"
+            )
         results = self._client.search(
             self.config.collection,
             data=list(self.space.transform(queries)),
@@ -161,4 +179,6 @@ class MilvusIndex(VectorIndex):
     @classmethod
     def _load_files(cls, folder: Path, manifest: dict[str, Any], token: str = "") -> MilvusIndex:
         config = MilvusConfig(**{**manifest["config"], "token": token})
-        return cls(manifest["model_id"], manifest["dim"], VectorSpace.from_json(manifest["space"]), config, create=False)
+        return cls(
+            manifest["model_id"], manifest["dim"], VectorSpace.from_json(manifest["space"]), config, create=False
+        )
