@@ -180,8 +180,8 @@ def test_save_load_round_trip(tmp_path, dtype: str) -> None:
     index.remove([0, 3, 6])
     index.save(tmp_path / "index")
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
-    assert manifest["model_id"] == MODEL and manifest["count"] == 297 and manifest["backend"] == "exact"
-    loaded = load_index(tmp_path / "index", model_id=MODEL)
+    assert manifest["fingerprint"] == MODEL and manifest["count"] == 297 and manifest["backend"] == "exact"
+    loaded = load_index(tmp_path / "index", fingerprint=MODEL)
     assert isinstance(loaded, ExactIndex) and loaded.config == index.config
     for ranker in (CosineRanker(), L2Ranker()):
         a, b = index.search(query, 7, ranker), loaded.search(query, 7, ranker)
@@ -195,12 +195,12 @@ def test_refuses_another_model(tmp_path) -> None:
     index.add([1], np.ones((1, 4), np.float32))
     index.save(tmp_path)
     with pytest.raises(ModelMismatchError, match="resnet50"):
-        load_index(tmp_path, model_id="resnet50-xyz")
+        load_index(tmp_path, fingerprint="resnet50-xyz")
     with pytest.raises(ModelMismatchError):
-        index.add([2], np.ones((1, 4), np.float32), model_id="resnet50-xyz")
+        index.add([2], np.ones((1, 4), np.float32), fingerprint="resnet50-xyz")
     with pytest.raises(ModelMismatchError):
-        index.search(np.ones((1, 4), np.float32), 1, CosineRanker(), model_id="resnet50-xyz")
-    index.add([2], np.ones((1, 4), np.float32), model_id=MODEL)
+        index.search(np.ones((1, 4), np.float32), 1, CosineRanker(), fingerprint="resnet50-xyz")
+    index.add([2], np.ones((1, 4), np.float32), fingerprint=MODEL)
 
 
 def test_load_reports_missing_and_corrupt(tmp_path) -> None:
@@ -288,14 +288,14 @@ def test_faiss_remove_save_load_and_model_check(tmp_path, kind: str) -> None:
     assert not np.isin(hits.ids, removed).any()
     index.add(np.arange(2000, 2100), unit(rng, 100, 16))  # incremental, IVF reuses its trained lists
     index.save(tmp_path / kind)
-    loaded = load_index(tmp_path / kind, model_id=MODEL)
+    loaded = load_index(tmp_path / kind, fingerprint=MODEL)
     assert isinstance(loaded, FaissIndex) and len(loaded) == len(index)
     query = gallery[1:6]
     np.testing.assert_array_equal(
         loaded.search(query, 10, CosineRanker()).ids, index.search(query, 10, CosineRanker()).ids
     )
     with pytest.raises(ModelMismatchError):
-        load_index(tmp_path / kind, model_id="other-model")
+        load_index(tmp_path / kind, fingerprint="other-model")
     with pytest.raises(UnsupportedRankerError, match="serves cosine"):
         loaded.search(query, 10, L2Ranker())
 
@@ -355,9 +355,9 @@ def test_milvus_lite_round_trip(tmp_path) -> None:
             index.add([13], gallery[:1])
         index.save(tmp_path / name)
         index.close()
-        loaded = load_index(tmp_path / name, model_id=MODEL)
+        loaded = load_index(tmp_path / name, fingerprint=MODEL)
         assert isinstance(loaded, MilvusIndex) and len(loaded) == 297
         np.testing.assert_array_equal(np.sort(loaded.ids()), np.arange(13, 310))
         with pytest.raises(ModelMismatchError):
-            loaded.search(query, 3, ranker, model_id="another")
+            loaded.search(query, 3, ranker, fingerprint="another")
         loaded.close()

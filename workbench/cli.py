@@ -588,24 +588,24 @@ def _cmd_index(args: argparse.Namespace, config: WorkbenchConfig) -> int:
 
     prepared = _prepared(args, config)
     featurizer, embeddings = _embeddings(args, config, prepared, args.run)
-    model_id, folder = featurizer.fingerprint, args.index_dir or args.workdir / "index"
+    fingerprint, folder = featurizer.fingerprint, args.index_dir or args.workdir / "index"
     records = prepared.dataset.records
     ids = content_ids([record.sha256 for record in records])
     if args.index_command == "build":
         index_config = _index_config(args, folder, len(records))
         ranker = None
         if not isinstance(index_config, ExactConfig):
-            [ranker] = pipeline.load_rankers([args.ranker], args.workdir, model_id, config.data.seed)
-        index = create_index(index_config, model_id, embeddings.shape[1], ranker)
-        index.add(ids, embeddings, model_id=model_id)
+            [ranker] = pipeline.load_rankers([args.ranker], args.workdir, fingerprint, config.data.seed)
+        index = create_index(index_config, fingerprint, embeddings.shape[1], ranker)
+        index.add(ids, embeddings, fingerprint=fingerprint)
         shutil.rmtree(folder, ignore_errors=True)
         index.save(folder)
-        print(f"indexed {len(index)} images ({index.backend}) for {model_id} in {folder}")
+        print(f"indexed {len(index)} images ({index.backend}) for {fingerprint} in {folder}")
         return 0
-    index = load_index(folder, model_id=model_id)
+    index = load_index(folder, fingerprint=fingerprint)
     if args.index_command == "add":
         new = ~np.isin(ids, index.ids())
-        index.add(ids[new], embeddings[new], model_id=model_id)
+        index.add(ids[new], embeddings[new], fingerprint=fingerprint)
         index.save(folder)
         print(f"added {int(new.sum())} image(s); {len(index)} indexed")
     elif args.index_command == "remove":
@@ -613,8 +613,8 @@ def _cmd_index(args: argparse.Namespace, config: WorkbenchConfig) -> int:
         index.save(folder)
         print(f"removed {removed} image(s); {len(index)} indexed")
     else:
-        [ranker] = pipeline.load_rankers([args.ranker], args.workdir, model_id, config.data.seed)
-        hits = index.search(featurizer.embed([load_image(args.image)]), args.k, ranker, model_id=model_id)
+        [ranker] = pipeline.load_rankers([args.ranker], args.workdir, fingerprint, config.data.seed)
+        hits = index.search(featurizer.embed([load_image(args.image)]), args.k, ranker, fingerprint=fingerprint)
         by_id = dict(zip(ids.tolist(), records, strict=True))
         print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
         for rank, (hit_id, score) in enumerate(zip(hits.ids[0].tolist(), hits.scores[0].tolist(), strict=True), 1):

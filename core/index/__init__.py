@@ -17,8 +17,8 @@ cosine, L2, or SVM-weighted L2 (plain L2 after scaling each dimension by ``sqrt(
 every SVM weight is ``<= 0``; see :func:`space_for`). L1 and random rankers need the exact index.
 
 A saved index is a folder holding ``manifest.json`` (back end, model id, dimension, vector space, data hash,
-count, config, schema version) and the back end's own files. Loading with ``model_id=`` refuses another model's
-index, and ``add``/``search`` with ``model_id=`` refuse embeddings of another model.
+count, config, schema version) and the back end's own files. Loading with ``fingerprint=`` refuses another model's
+index, and ``add``/``search`` with ``fingerprint=`` refuse embeddings of another model.
 """
 
 from __future__ import annotations
@@ -174,18 +174,18 @@ class VectorIndex(ABC):
     """The index contract. Subclasses set :attr:`backend` and implement the abstract methods.
 
     Args:
-        model_id: Featurizer fingerprint of the embeddings this index holds.
+        fingerprint: Featurizer fingerprint of the embeddings this index holds.
         dim: Embedding dimension.
     """
 
     backend: str = "index"
 
-    def __init__(self, model_id: str, dim: int) -> None:
-        if not model_id:
-            raise ValueError("model_id must name the featurizer (its fingerprint)")
+    def __init__(self, fingerprint: str, dim: int) -> None:
+        if not fingerprint:
+            raise ValueError("fingerprint must name the featurizer (its fingerprint)")
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
-        self.model_id = model_id
+        self.fingerprint = fingerprint
         self.dim = int(dim)
 
     @abstractmethod
@@ -213,11 +213,11 @@ class VectorIndex(ABC):
     @abstractmethod
     def _load_files(cls, folder: Path, manifest: dict[str, Any]) -> VectorIndex: ...
 
-    def check_model(self, model_id: str | None) -> None:
-        """Raise :class:`ModelMismatchError` when ``model_id`` is given and is not this index's model."""
-        if model_id is not None and model_id != self.model_id:
+    def check_model(self, fingerprint: str | None) -> None:
+        """Raise :class:`ModelMismatchError` when ``fingerprint`` is given and is not this index's model."""
+        if fingerprint is not None and fingerprint != self.fingerprint:
             raise ModelMismatchError(
-                f"index holds embeddings of {self.model_id!r}, not {model_id!r}: build a new index for that model"
+                f"index holds embeddings of {self.fingerprint!r}, not {fingerprint!r}: build a new index for that model"
             )
 
     def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
@@ -228,14 +228,14 @@ class VectorIndex(ABC):
             raise ValueError(f"{what}: embeddings contain NaN or infinity")
         return vectors
 
-    def add(self, ids: Sequence[int] | np.ndarray, embeddings: np.ndarray, model_id: str | None = None) -> None:
+    def add(self, ids: Sequence[int] | np.ndarray, embeddings: np.ndarray, fingerprint: str | None = None) -> None:
         """Add vectors under new ids; existing vectors are not touched (no rebuild).
 
         Raises:
-            ModelMismatchError: ``model_id`` is given and differs from the index's.
+            ModelMismatchError: ``fingerprint`` is given and differs from the index's.
             ValueError: Wrong shape, an id already present, or mismatched lengths.
         """
-        self.check_model(model_id)
+        self.check_model(fingerprint)
         ids = check_ids(ids)
         embeddings = self._check_vectors(embeddings, "add")
         if len(ids) != len(embeddings):
@@ -248,13 +248,13 @@ class VectorIndex(ABC):
         ids = check_ids(ids)
         return self._remove(ids) if len(ids) else 0
 
-    def search(self, queries: np.ndarray, k: int, ranker: Ranker, model_id: str | None = None) -> IndexHits:
+    def search(self, queries: np.ndarray, k: int, ranker: Ranker, fingerprint: str | None = None) -> IndexHits:
         """The ``k`` most similar indexed vectors per query under ``ranker``, best first.
 
         Returns:
             ``IndexHits(ids int64[Nq, k'], scores float32[Nq, k'])`` with ``k' = min(k, len(self))``.
         """
-        self.check_model(model_id)
+        self.check_model(fingerprint)
         queries = self._check_vectors(queries, "search")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -268,7 +268,7 @@ class VectorIndex(ABC):
         return {
             "schema_version": INDEX_SCHEMA_VERSION,
             "backend": self.backend,
-            "model_id": self.model_id,
+            "fingerprint": self.fingerprint,
             "dim": self.dim,
             "count": len(self),
             "data_hash": ids_hash(self.ids()),
@@ -284,9 +284,9 @@ class VectorIndex(ABC):
         return folder
 
     @classmethod
-    def load(cls, path: str | Path, model_id: str | None = None) -> VectorIndex:
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> VectorIndex:
         """Read an index saved by :meth:`save` (any back end when called on :class:`VectorIndex`)."""
-        return load_index(path, model_id)
+        return load_index(path, fingerprint)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -314,8 +314,8 @@ def _backends() -> dict[str, type[VectorIndex]]:
     return {"exact": ExactIndex, "faiss": FaissIndex, "milvus": MilvusIndex}
 
 
-def load_index(path: str | Path, model_id: str | None = None) -> VectorIndex:
-    """Load a saved index of any back end; with ``model_id``, refuse an index of another model.
+def load_index(path: str | Path, fingerprint: str | None = None) -> VectorIndex:
+    """Load a saved index of any back end; with ``fingerprint``, refuse an index of another model.
 
     Raises:
         ArtifactError: Missing or unreadable.
@@ -323,8 +323,8 @@ def load_index(path: str | Path, model_id: str | None = None) -> VectorIndex:
     """
     folder = Path(path)
     manifest = read_manifest(folder)
-    if model_id is not None and manifest.get("model_id") != model_id:
-        raise ModelMismatchError(f"{folder}: index holds embeddings of {manifest.get('model_id')!r}, not {model_id!r}")
+    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+        raise ModelMismatchError(f"{folder}: index holds embeddings of {manifest.get('fingerprint')!r}, not {fingerprint!r}")
     backend = _backends().get(manifest.get("backend"))
     if backend is None:
         raise ArtifactError(f"{folder}: unknown index back end {manifest.get('backend')!r}")
@@ -344,12 +344,12 @@ def config_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def create_index(config: Any, model_id: str, dim: int, ranker: Ranker | None = None) -> VectorIndex:
+def create_index(config: Any, fingerprint: str, dim: int, ranker: Ranker | None = None) -> VectorIndex:
     """A new empty index of the back end ``config`` describes.
 
     Args:
         config: ``ExactConfig``, ``FaissConfig`` or ``MilvusConfig``.
-        model_id: Featurizer fingerprint.
+        fingerprint: Featurizer fingerprint.
         dim: Embedding dimension.
         ranker: For approximate back ends, the ranker the index will serve (default cosine).
     """
@@ -358,12 +358,12 @@ def create_index(config: Any, model_id: str, dim: int, ranker: Ranker | None = N
     from core.index.milvus_backend import MilvusConfig, MilvusIndex
 
     if isinstance(config, ExactConfig):
-        return ExactIndex(model_id, dim, config)
+        return ExactIndex(fingerprint, dim, config)
     space = space_for(ranker if ranker is not None else CosineRanker())
     if isinstance(config, FaissConfig):
-        return FaissIndex(model_id, dim, space, config)
+        return FaissIndex(fingerprint, dim, space, config)
     if isinstance(config, MilvusConfig):
-        return MilvusIndex(model_id, dim, space, config)
+        return MilvusIndex(fingerprint, dim, space, config)
     raise TypeError(f"unknown index config {type(config).__name__}")
 
 

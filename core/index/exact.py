@@ -67,8 +67,8 @@ class ExactIndex(VectorIndex):
 
     backend = "exact"
 
-    def __init__(self, model_id: str, dim: int, config: ExactConfig = ExactConfig()) -> None:
-        super().__init__(model_id, dim)
+    def __init__(self, fingerprint: str, dim: int, config: ExactConfig = ExactConfig()) -> None:
+        super().__init__(fingerprint, dim)
         self.config = config
         self._dtype = np.dtype(config.dtype)
         self._vectors = np.zeros((0, dim), self._dtype)
@@ -207,7 +207,7 @@ class ExactIndex(VectorIndex):
     @classmethod
     def _load_files(cls, folder: Path, manifest: dict[str, Any]) -> ExactIndex:
         config = ExactConfig(**manifest["config"])
-        index = cls(manifest["model_id"], manifest["dim"], config)
+        index = cls(manifest["fingerprint"], manifest["dim"], config)
         vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         ids = np.load(folder / "ids.npy", allow_pickle=False)
         if vectors.dtype != np.dtype(config.dtype) or len(vectors) != len(ids):

@@ -78,9 +78,9 @@ class FaissIndex(VectorIndex):
     backend = "faiss"
 
     def __init__(
-        self, model_id: str, dim: int, space: VectorSpace, config: FaissConfig = FaissConfig(), index: Any = None
+        self, fingerprint: str, dim: int, space: VectorSpace, config: FaissConfig = FaissConfig(), index: Any = None
     ) -> None:
-        super().__init__(model_id, dim)
+        super().__init__(fingerprint, dim)
         self.space = space
         self.config = config
         self._faiss = _faiss()
@@ -251,7 +251,7 @@ class FaissIndex(VectorIndex):
         faiss = _faiss()
         index = faiss.read_index(str(folder / "index.faiss"))
         loaded = cls(
-            manifest["model_id"],
+            manifest["fingerprint"],
             manifest["dim"],
             VectorSpace.from_json(manifest["space"]),
             FaissConfig(**manifest["config"]),

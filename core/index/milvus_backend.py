@@ -65,9 +65,9 @@ class MilvusIndex(VectorIndex):
     backend = "milvus"
 
     def __init__(
-        self, model_id: str, dim: int, space: VectorSpace, config: MilvusConfig = MilvusConfig(), create: bool = True
+        self, fingerprint: str, dim: int, space: VectorSpace, config: MilvusConfig = MilvusConfig(), create: bool = True
     ) -> None:
-        super().__init__(model_id, dim)
+        super().__init__(fingerprint, dim)
         self.space = space
         self.config = config
         pymilvus = _pymilvus()
@@ -180,5 +180,5 @@ class MilvusIndex(VectorIndex):
     def _load_files(cls, folder: Path, manifest: dict[str, Any], token: str = "") -> MilvusIndex:
         config = MilvusConfig(**{**manifest["config"], "token": token})
         return cls(
-            manifest["model_id"], manifest["dim"], VectorSpace.from_json(manifest["space"]), config, create=False
+            manifest["fingerprint"], manifest["dim"], VectorSpace.from_json(manifest["space"]), config, create=False
         )
