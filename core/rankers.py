@@ -57,6 +57,46 @@ class Ranker(ABC):
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
 
+#: Pairs whose matrix-form squared distance is below this share of ``|a|^2 + |b|^2`` are recomputed from direct
+#: differences. The form ``|a|^2 + |b|^2 - 2a.b`` cancels there: float32 keeps about 1e-7 of the norms, so a true
+#: distance of 1e-3 between unit vectors (squared 1e-6) comes out anywhere from 0 to 2e-3.
+NEAR_FRACTION = 0.05
+
+
+def refine_near_squared_l2(
+    squared: np.ndarray,
+    query: np.ndarray,
+    gallery: np.ndarray,
+    query_sq: np.ndarray,
+    gallery_sq: np.ndarray,
+) -> int:
+    """Recompute, in place and in float64, the entries of a matrix-form squared-distance block that are near.
+
+    The matrix form stays the fast way to score everything (one matrix product); only pairs closer than
+    ``NEAR_FRACTION`` of their squared norms, where it loses digits, are redone as ``sum((a - b)**2)``. Far
+    pairs keep a relative error of about 1e-6, near pairs become exact to float32 rounding, so
+    near-duplicates keep their true order.
+
+    Args:
+        squared: ``(Nq, Ng)`` squared distances from the matrix form, updated in place.
+        query: ``(Nq, D)`` vectors.
+        gallery: ``(Ng, D)`` vectors (any float dtype, e.g. float16 storage).
+        query_sq: ``(Nq,)`` squared norms of ``query``.
+        gallery_sq: ``(Ng,)`` squared norms of ``gallery``.
+
+    Returns:
+        How many entries were recomputed.
+    """
+    near = squared < NEAR_FRACTION * (query_sq[:, None] + gallery_sq[None, :])
+    rows, cols = np.nonzero(near)
+    step = max(1, BLOCK_ELEMENTS // (4 * max(1, query.shape[1])))  # float64 pairs of differences per step
+    for start in range(0, len(rows), step):
+        r, c = rows[start : start + step], cols[start : start + step]
+        difference = query[r].astype(np.float64) - gallery[c].astype(np.float64)
+        squared[r, c] = np.einsum("ij,ij->i", difference, difference)
+    return len(rows)
+
+
 class L2Ranker(Ranker):
     """Negative Euclidean distance."""
 
@@ -64,8 +104,14 @@ class L2Ranker(Ranker):
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         query, gallery = check_embeddings(query, gallery)
-        squared = (query**2).sum(1)[:, None] + (gallery**2).sum(1)[None, :] - 2.0 * query @ gallery.T
-        return -np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+        query_sq, gallery_sq = np.einsum("ij,ij->i", query, query), np.einsum("ij,ij->i", gallery, gallery)
+        squared = query @ gallery.T
+        squared *= -2.0
+        squared += query_sq[:, None]
+        squared += gallery_sq[None, :]
+        refine_near_squared_l2(squared, query, gallery, query_sq, gallery_sq)
+        np.sqrt(np.maximum(squared, 0.0, out=squared), out=squared)
+        return np.negative(squared, out=squared).astype(np.float32, copy=False)
 
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return -np.linalg.norm(a - b, axis=1).astype(np.float32)

@@ -3,7 +3,8 @@
 Vectors live in one growing array (capacity doubles, so ``add`` is amortised O(added)); ``remove`` marks rows
 dead in a mask and compacts once a quarter of the rows are dead. Search scores the gallery in blocks of rows
 (never an ``Nq x N`` matrix beyond one block) and merges per-block top-k lists with ``np.argpartition``.
-Cosine and L2 use one matrix product per block with precomputed squared norms; any other ranker (L1, random,
+Cosine and L2 use one matrix product per block with precomputed squared norms (L2 pairs that are near,
+where that form cancels, are recomputed from direct differences in float64); any other ranker (L1, random,
 SVM) is scored by its own ``score`` on each block, so results equal the ranker's.
 Optional float16 storage halves memory; every block is computed in float32.
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from core.artifacts import atomic_path
 from core.index import IndexHits, VectorIndex, config_dict
-from core.rankers import BLOCK_ELEMENTS, CosineRanker, L2Ranker, Ranker
+from core.rankers import BLOCK_ELEMENTS, CosineRanker, L2Ranker, Ranker, refine_near_squared_l2
 
 _INITIAL_CAPACITY = 1024
 _HALF_MV_MAX_QUERIES = 4
@@ -183,6 +184,8 @@ class ExactIndex(VectorIndex):
                 scores *= -2.0
                 scores += self._sq_norms[start:stop][None, :]
                 scores += query_sq[:, None]
+                # near pairs (duplicates) lose digits in the matrix form: redo them from direct differences
+                refine_near_squared_l2(scores, queries, self._vectors[start:stop], query_sq, self._sq_norms[start:stop])
                 np.sqrt(np.maximum(scores, 0.0, out=scores), out=scores)
                 np.negative(scores, out=scores)
             else:
