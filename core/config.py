@@ -14,12 +14,24 @@ A TOML file has one table per dataclass, e.g.::
 
     [svm]
     C = 0.01
+
+    [images]            # files: dataset scans, the CLI, URL imports
+    max_pixels_full = 40_000_000
+
+    [uploads]           # bytes sent to the app or the REST API
+    max_file_bytes = 20_971_520
+
+Every value is checked where it enters (:func:`load_config`, and each dataclass's ``__post_init__``): a bad
+value is a :class:`~core.errors.WorkbenchError` naming the file, the table and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +68,9 @@ class DataConfig:
     condition: str = ""
     attributes: str = ""
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
 
 @dataclass(frozen=True)
 class FeaturizerConfig:
@@ -72,6 +87,9 @@ class FeaturizerConfig:
     weights: str = "default"
     batch_size: int = 8
     device: str = ""
+
+    def __post_init__(self) -> None:
+        _validate(self)
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,9 @@ class TrainConfig:
     margin: float = 0.2
     mining: Literal["semihard", "hard", "all"] = "semihard"
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
 
 @dataclass(frozen=True)
 class SVMConfig:
@@ -138,6 +159,38 @@ class SVMConfig:
     calibration_folds: int = 3
     max_iter: int = 20_000
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may cost before any pixel is decoded: every ceiling is checked from the file size and
+    the header alone.
+
+    JPEG can be decoded reduced (libjpeg scales by 1/2, 1/4 or 1/8 while decoding, Pillow's draft mode), so it
+    gets a high ceiling on header pixels and is decoded at most ``max_pixels_full`` pixels large; the other
+    allowed formats (PNG, WebP, GIF, BMP, TIFF) are always decoded whole, so their ceiling is the decoded size.
+
+    Attributes:
+        max_file_bytes: Largest file or upload read, checked before reading.
+        max_pixels: Most header pixels of a JPEG (decoded reduced to at most ``max_pixels_full``).
+        max_pixels_full: Most pixels of an image decoded at full size (PNG, WebP, GIF, BMP, TIFF; JPEG after
+            reduction). Peak memory of one decode is about 8 bytes per pixel.
+        min_side: Smallest side accepted: a 1-pixel image carries no visual content worth ranking.
+        max_aspect_ratio: Most elongated image accepted (long side / short side); resizing the short side of a
+            10000x8 strip to 256 px would make an 82-megapixel image, real panoramas stay well under this.
+    """
+
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 150_000_000
+    max_pixels_full: int = 40_000_000
+    min_side: int = 8
+    max_aspect_ratio: float = 20.0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
 
 @dataclass(frozen=True)
 class WorkbenchConfig:
@@ -147,16 +200,113 @@ class WorkbenchConfig:
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     svm: SVMConfig = field(default_factory=SVMConfig)
+    images: ImageLimits = field(default_factory=lambda: FILE_LIMITS)
+    uploads: ImageLimits = field(default_factory=lambda: UPLOAD_LIMITS)
 
 
-def _coerce(cls: type, values: dict[str, Any], origin: str) -> Any:
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+def _fraction(value: Any) -> bool:
+    return 0 < value < 1
+
+
+def _unit_interval_open_right(value: Any) -> bool:
+    return 0 <= value < 1
+
+
+#: ``"Class.field" -> (check, what the value must be)``; NaN fails every check.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "DataConfig.train_fraction": (_fraction, "in (0, 1)"),
+    "DataConfig.seed": (_non_negative, ">= 0"),
+    "DataConfig.train_queries_per_label": (_positive, ">= 1"),
+    "DataConfig.test_queries_per_label": (_positive, ">= 1"),
+    "DataConfig.n_negatives": (_positive, ">= 1"),
+    "DataConfig.near_duplicate_threshold": (lambda value: 0 <= value <= 256, "in [0, 256] (bits of a dhash-16)"),
+    "FeaturizerConfig.batch_size": (_positive, ">= 1"),
+    "TrainConfig.epochs": (_non_negative, ">= 0"),
+    "TrainConfig.batch_size": (_positive, ">= 1"),
+    "TrainConfig.learning_rate": (lambda value: 0 < value < math.inf, "> 0"),
+    "TrainConfig.body_lr_scale": (lambda value: 0 <= value < math.inf, ">= 0"),
+    "TrainConfig.weight_decay": (lambda value: 0 <= value < math.inf, ">= 0"),
+    "TrainConfig.dropout": (_unit_interval_open_right, "in [0, 1)"),
+    "TrainConfig.label_smoothing": (_unit_interval_open_right, "in [0, 1)"),
+    "TrainConfig.input_size": (lambda value: value == 0 or 32 <= value <= 4096, "0 (the backbone's own) or 32..4096"),
+    "TrainConfig.seed": (_non_negative, ">= 0"),
+    "TrainConfig.margin": (lambda value: 0 < value < math.inf, "> 0"),
+    "SVMConfig.C": (lambda value: 0 < value < math.inf, "> 0"),
+    "SVMConfig.hard_negative_rounds": (_non_negative, ">= 0"),
+    "SVMConfig.hard_negatives_per_query": (_positive, ">= 1"),
+    "SVMConfig.calibration_folds": (lambda value: value >= 2, ">= 2"),
+    "SVMConfig.max_iter": (_positive, ">= 1"),
+    "ImageLimits.max_file_bytes": (_positive, ">= 1"),
+    "ImageLimits.max_pixels": (_positive, ">= 1"),
+    "ImageLimits.max_pixels_full": (_positive, ">= 1"),
+    "ImageLimits.min_side": (_positive, ">= 1"),
+    "ImageLimits.max_aspect_ratio": (lambda value: 1 <= value < math.inf, ">= 1"),
+}
+
+
+def config_problems(config: Any) -> list[tuple[str, str]]:
+    """``(key, problem)`` for each invalid value of one config dataclass (empty when all are valid)."""
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for item in dataclasses.fields(cls):
+        value = getattr(config, item.name)
+        choices = typing.get_args(hints[item.name]) if typing.get_origin(hints[item.name]) is Literal else ()
+        if choices and value not in choices:
+            problems.append((item.name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}"))
+        rule = _RULES.get(f"{cls.__name__}.{item.name}")
+        if rule is not None:
+            check, wanted = rule
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(check(value))
+            if not ok:
+                problems.append((item.name, f"must be {wanted}, got {value!r}"))
+    if cls is ImageLimits and config.max_pixels_full > config.max_pixels:
+        problems.append(
+            ("max_pixels_full", f"must be <= max_pixels ({config.max_pixels}), got {config.max_pixels_full}")
+        )
+    return problems
+
+
+class ConfigValueError(WorkbenchError):
+    """A config value out of range; ``key`` names the setting."""
+
+    def __init__(self, owner: str, key: str, problem: str) -> None:
+        super().__init__(f"{owner}.{key} {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _validate(config: Any) -> None:
+    problems = config_problems(config)
+    if problems:
+        key, problem = problems[0]
+        raise ConfigValueError(type(config).__name__, key, problem)
+
+
+#: Limits for files read from disk or imported from URLs (dataset scan, CLI, ``import-urls``): a 150 Mpx
+#: camera JPEG and an 8K (33 Mpx) PNG screenshot pass, an 8000x8000 PNG (64 Mpx) does not.
+FILE_LIMITS = ImageLimits()
+#: Limits for bytes uploaded to the app or the REST API, where one client must not hold a decoder long: a
+#: 48 Mpx phone JPEG passes (decoded reduced), a 6300x6300 PNG (39.7 Mpx, a few kB) does not.
+UPLOAD_LIMITS = ImageLimits(max_file_bytes=20 * 1024 * 1024, max_pixels=64_000_000, max_pixels_full=16_000_000)
+
+
+def _coerce(cls: type, defaults: Any, values: dict[str, Any], origin: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise WorkbenchError(f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
     kwargs = {}
     for name, value in values.items():
-        default = getattr(cls(), name)
+        default = getattr(defaults, name)
         if isinstance(default, Path) and isinstance(value, str):
             value = Path(value)
         elif isinstance(default, float) and type(value) is int:
@@ -164,14 +314,18 @@ def _coerce(cls: type, values: dict[str, Any], origin: str) -> Any:
         elif type(value) is not type(default):
             raise WorkbenchError(f"{origin}: {name} must be {type(default).__name__}, got {value!r}")
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return dataclasses.replace(defaults, **kwargs)
+    except ConfigValueError as err:
+        raise WorkbenchError(f"{origin}: {err.key} {err.problem}") from err
 
 
 def load_config(path: str | Path | None) -> WorkbenchConfig:
     """Read a TOML config; missing tables and keys keep their defaults.
 
     Raises:
-        WorkbenchError: Unreadable file, bad TOML, unknown table or key, or a wrongly typed value.
+        WorkbenchError: Unreadable file, bad TOML, unknown table or key, a wrongly typed value or a value out of
+            range, naming the file, the table and the key.
     """
     if path is None:
         return WorkbenchConfig()
@@ -182,13 +336,18 @@ def load_config(path: str | Path | None) -> WorkbenchConfig:
         raise WorkbenchError(f"{path}: cannot read config ({err.strerror or err})") from err
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise WorkbenchError(f"{path}: invalid TOML ({err})") from err
-    sections = {f.name: f.default_factory for f in dataclasses.fields(WorkbenchConfig)}
+    defaults = WorkbenchConfig()
+    sections = [f.name for f in dataclasses.fields(WorkbenchConfig)]
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise WorkbenchError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(sections)}")
-    parts = {
-        name: _coerce(type(factory()), raw.get(name, {}), f"{path} [{name}]") for name, factory in sections.items()
-    }
+    parts = {}
+    for name in sections:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise WorkbenchError(f"{path}: {name} must be a table ([{name}]), got {table!r}")
+        default = getattr(defaults, name)
+        parts[name] = _coerce(type(default), default, table, f"{path} [{name}]")
     config = WorkbenchConfig(**parts)
     if not config.data.root.is_absolute():
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=path.parent / config.data.root))
