@@ -11,8 +11,9 @@ from typing import Literal
 
 import numpy as np
 
+from core.config import FILE_LIMITS, ImageLimits
 from core.errors import DatasetError, ImageLoadError
-from core.images import DHASH_SIZE, content_hash, decode_image, perceptual_hash, printable
+from core.images import DHASH_SIZE, content_hash, decode_image, perceptual_hash, printable, read_image_file
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +81,43 @@ class ScanReport:
     dhashes: np.ndarray | None = None
 
 
-def _inspect_file(path: Path, with_hash: bool) -> tuple[str | None, np.ndarray | None, str | None]:
-    """Hash and fully decode one file; return (sha256, dhash, None) or (None, None, reason)."""
+def _inspect_file(path: Path, with_hash: bool, limits: ImageLimits) -> tuple[str | None, np.ndarray | None, str | None]:
+    """Hash and fully decode one file; return (sha256, dhash, None) or (None, None, reason).
+
+    The hash is of the very bytes that were decoded, read once.
+    """
     try:
-        data = path.read_bytes()
-        image = decode_image(data, name=str(path))
+        data = read_image_file(path, limits)
+        image = decode_image(data, name=str(path), limits=limits)
         dhash = perceptual_hash(image, DHASH_SIZE) if with_hash else None
     except ImageLoadError as err:
         return None, None, str(err)
-    except OSError as err:
-        return None, None, f"{printable(str(path))}: cannot read file ({err.strerror or err})"
     return content_hash(data), dhash, None
 
 
+def label_of(folder_name: str) -> str:
+    """The label of a label folder: its name, with undecodable bytes and control characters escaped.
+
+    Two folders whose names differ only in invalid UTF-8 bytes (``caf\\xe9`` and ``caf\\xff``) keep two labels.
+    """
+    return printable(folder_name)
+
+
 def scan_folder(
-    root: str | Path, on_error: OnError = "skip", workers: int = 4, perceptual_hashes: bool = True
+    root: str | Path,
+    on_error: OnError = "skip",
+    workers: int = 4,
+    perceptual_hashes: bool = True,
+    limits: ImageLimits = FILE_LIMITS,
 ) -> ScanReport:
     """Build a dataset from ``root/<label>/<image>``, checking that every image decodes.
 
     Files are decoded once here so that bad files are reported up front, named, and not discovered
     halfway through featurizing. Exact duplicates (same bytes) keep their first occurrence only, so
     one picture can never land on both sides of a split. Label folders whose names are not valid
-    UTF-8 get a printable label (undecodable bytes shown as U+FFFD); ``DUPLICATES_DIR`` is not a label.
+    UTF-8 get a printable label (undecodable bytes shown as ``\\xNN``, see :func:`label_of`);
+    ``DUPLICATES_DIR`` is not a label. Entries that are not regular files (a FIFO, a device, a link to
+    one) or are larger than ``limits.max_file_bytes`` are skipped and reported without being read.
 
     Args:
         root: Folder whose sub-folders are labels.
@@ -109,9 +125,11 @@ def scan_folder(
         workers: Threads used to decode (Pillow releases the GIL while decoding).
         perceptual_hashes: Also compute each image's difference hash while it is decoded anyway
             (``ScanReport.dhashes``, used for near-duplicate and leakage checks).
+        limits: Size and pixel ceilings for each file.
 
     Raises:
-        DatasetError: ``root`` is missing, has no label folders, or no usable image.
+        DatasetError: ``root`` is missing, has no label folders, two folders would get the same label, or
+            there is no usable image.
         ImageLoadError: With ``on_error="raise"``, the first bad file.
     """
     root = Path(root)
@@ -123,13 +141,22 @@ def scan_folder(
     if not label_dirs:
         shown = printable(str(root))
         raise DatasetError(f"{shown}: no label folders (expected {shown}/<label>/<image files>)")
+    folder_of: dict[str, Path] = {}
+    for label_dir in label_dirs:
+        label = label_of(label_dir.name)
+        if label in folder_of:
+            raise DatasetError(
+                f"{printable(str(label_dir))}: label {label!r} is also the label of {printable(str(folder_of[label]))}; "
+                "rename one of the folders"
+            )
+        folder_of[label] = label_dir
     candidates: list[tuple[Path, str]] = []
     skipped: list[SkippedFile] = []
     for label_dir in label_dirs:
-        files = sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in label_dir.rglob("*") if not p.name.startswith(".") and not p.is_dir())
         if not files:
             log.warning("%s: empty label folder, ignored", printable(str(label_dir)))
-        label = printable(label_dir.name)
+        label = label_of(label_dir.name)
         for path in files:
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 candidates.append((path, label))
@@ -138,7 +165,7 @@ def scan_folder(
                 skipped.append(SkippedFile(path, f"{printable(str(path))}: not an image file extension ({suffix})"))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         inspected = list(
-            pool.map(lambda path: _inspect_file(path, perceptual_hashes), (path for path, _ in candidates))
+            pool.map(lambda path: _inspect_file(path, perceptual_hashes, limits), (path for path, _ in candidates))
         )
     records: list[ImageRecord] = []
     dhashes: list[np.ndarray] = []
@@ -177,7 +204,9 @@ def stratified_split(labels: Sequence[str] | np.ndarray, train_fraction: float, 
 
     Each label with at least two images keeps at least one image on each side; a label with a single
     image goes to train (it cannot be queried anyway). scikit-learn's ``train_test_split`` refuses such
-    labels, which real folders do have, hence this small function.
+    labels, which real folders do have, hence this small function. When rounding would leave one side
+    without any label of 2 or more images (no query there could have a positive), one label that can
+    spare an image gives it to that side (see :func:`_queryable_sides`).
 
     Args:
         labels: Label of each record.
@@ -187,17 +216,39 @@ def stratified_split(labels: Sequence[str] | np.ndarray, train_fraction: float, 
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
     labels = np.asarray(labels, dtype=object)
-    train_parts, test_parts = [], []
-    for label in sorted(set(labels.tolist())):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_train = round(train_fraction * len(members))
-        if len(members) >= 2:
-            n_train = min(max(n_train, 1), len(members) - 1)
-        else:
-            n_train = len(members)
-        train_parts.append(members[:n_train])
-        test_parts.append(members[n_train:])
-    return Split(np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(test_parts)))
+    names = sorted(set(labels.tolist()))
+    members_of = [rng.permutation(np.flatnonzero(labels == label)) for label in names]
+    sizes = np.array([len(members) for members in members_of], dtype=np.int64)
+    n_train = np.array([round(train_fraction * size) for size in sizes], dtype=np.int64)
+    n_train = np.where(sizes >= 2, np.clip(n_train, 1, np.maximum(sizes - 1, 1)), sizes)
+    n_train = _queryable_sides(sizes, n_train)
+    train_parts = [members[:n] for members, n in zip(members_of, n_train.tolist(), strict=True)]
+    test_parts = [members[n:] for members, n in zip(members_of, n_train.tolist(), strict=True)]
+    return Split(
+        np.sort(np.concatenate(train_parts or [np.zeros(0, np.int64)])),
+        np.sort(np.concatenate(test_parts or [np.zeros(0, np.int64)])),
+    )
+
+
+def _queryable_sides(sizes: np.ndarray, n_train: np.ndarray) -> np.ndarray:
+    """Move images between sides so that each side has a label with 2 or more images, where possible.
+
+    A query needs a positive on its own side. Rounding each label alone can leave a side with a single image
+    per label (3 images at 0.75 give 2 + 1 for every label, so no test query had a positive): then the
+    largest label that can spare it gives one image to the short side. Splits that already work are unchanged.
+    """
+    n_train = n_train.copy()
+    for side in ("test", "train"):
+        n_side = sizes - n_train if side == "test" else n_train
+        if (n_side >= 2).any():
+            continue
+        for label in np.argsort(-sizes, kind="stable"):
+            other_after = (n_train if side == "test" else sizes - n_train).copy()
+            other_after[label] = sizes[label] - 2
+            if sizes[label] >= 3 and (other_after >= 2).any():
+                n_train[label] = sizes[label] - 2 if side == "test" else 2
+                break
+    return n_train
 
 
 def check_disjoint(dataset: ImageDataset, split: Split) -> None:
