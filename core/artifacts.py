@@ -1,10 +1,13 @@
 """Atomic artifact writing: a temp file in the same folder, then ``os.replace``.
 
-A crash or Ctrl-C mid-write leaves the previous artifact intact, never a half-written one.
+A crash or Ctrl-C mid-write leaves the previous artifact intact, never a half-written one. A write that fails
+(disk full, quota, read-only file system, permission) raises :class:`~core.errors.ArtifactError` naming the
+file and the cause in one line ("no space left on device"), and leaves the previous artifact as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -21,22 +24,45 @@ from core.errors import ArtifactError
 SCHEMA_VERSION = 1
 
 
+def write_problem(err: OSError) -> str:
+    """A short lower-case reason for a failed write: ``"no space left on device"``, ``"permission denied"``..."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    reason = err.strerror or (os.strerror(err.errno) if err.errno else "") or str(err) or type(err).__name__
+    return reason[:1].lower() + reason[1:]
+
+
+def _shown(path: Path) -> str:
+    from core.images import printable  # lazy: core.images imports Pillow
+
+    return printable(str(path))
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    Raises:
+        ArtifactError: Creating, writing or renaming failed with an ``OSError`` (disk full...); names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(handle)
-    temp = Path(temp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
+    temp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(handle)
+        temp = Path(temp_name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
         yield temp
         os.replace(temp, path)
+    except OSError as err:
+        raise ArtifactError(f"{_shown(path)}: cannot write ({write_problem(err)})") from err
     finally:
-        temp.unlink(missing_ok=True)
+        if temp is not None:
+            with suppress(OSError):
+                temp.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.artifacts import SCHEMA_VERSION, atomic_path, atomic_write_json, environment_versions, read_json
+from core.artifacts import SCHEMA_VERSION, atomic_write, atomic_write_json, environment_versions, read_json
 from core.backbones import Backbone, build_backbone, file_sha256
 from core.config import TrainConfig
 from core.data import ImageRecord, Split
@@ -369,8 +369,9 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, history
         "config": manifest["config"],
         "data_hash": manifest["data_hash"],
     }
-    with atomic_path(path) as temp:
-        torch.save(state, temp)
+    # through a Python file object: a full disk then raises OSError (ENOSPC), which atomic_write reports as a
+    # one-line ArtifactError, instead of torch's "enforce fail at inline_container.cc" RuntimeError
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def _load_checkpoint(path: Path) -> dict:
