@@ -1,10 +1,18 @@
-"""A learned metric: linear-SVM-weighted L2 with hard-negative mining and Platt calibration.
+"""A learned metric: SVM-weighted squared L2 with hard-negative mining and Platt calibration.
 
-For unit embeddings u, v the pair feature is ``(u - v) ** 2`` per dimension. A linear SVM (scikit-learn
-``LinearSVC``) separates same-label pairs from different-label pairs; its score
-``w . (u - v) ** 2 + b`` is a weighted squared L2 distance (negated where ``w < 0``), higher = more similar.
-Platt scaling (scikit-learn's sigmoid calibration, fitted on out-of-fold scores) maps the score to the
-probability that the two images share a label, which makes scores of different attributes comparable.
+For unit embeddings u, v the pair feature is ``(u - v) ** 2`` per dimension. A linear max-margin model separates
+same-label pairs from different-label pairs with score ``w . (u - v) ** 2 + b``, higher = more similar. The
+weights are constrained to ``w <= 0``, so the score is ``b - sum_d |w_d| (u_d - v_d) ** 2``: minus a diagonal
+Mahalanobis distance. More distance along any dimension never makes two images more similar, so an unfamiliar
+query cannot pull in the gallery images that are extreme in some dimension (an unconstrained LinearSVC puts
+positive weights on a few dimensions, and then a query far from everything ranks the far side of the gallery
+first). The same constraint makes the score an L2 search after scaling by ``sqrt(-w)``, so every approximate index
+serves it (:func:`core.index.space_for`).
+
+The fit minimises LinearSVC's objective, ``0.5 ||w||^2 + C sum_i c_i max(0, 1 - y_i s_i)^2`` with balanced class
+weights ``c_i``, by L-BFGS-B with the bound ``w <= 0`` (scipy). Platt scaling, fitted on out-of-fold scores (the
+folds of scikit-learn's ``CalibratedClassifierCV``), maps the score to the probability that the two images share
+a label, which makes scores of different attributes comparable.
 
 Saved as ``.npz`` (arrays + a JSON header), never pickle.
 """
@@ -28,7 +36,8 @@ from core.rankers import Ranker, check_embeddings
 
 log = logging.getLogger(__name__)
 
-SVM_SCHEMA_VERSION = 1
+#: 2: weights constrained to ``<= 0`` (version-1 files may hold positive weights; refit them).
+SVM_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,11 @@ def _pairs_from_sets(sets: ComparativeSets) -> tuple[np.ndarray, np.ndarray, np.
 
 
 class SVMRanker(Ranker):
-    """Linear-SVM-weighted squared L2 over pair features; higher = more similar.
+    """SVM-weighted squared L2 over pair features: ``score = w . (u - v) ** 2 + b``; higher = more similar.
 
     Args:
         config: Training settings.
-        weights: Per-dimension weights ``w`` (set by :meth:`fit` or :meth:`load`).
+        weights: Per-dimension weights ``w``, ``<= 0`` when fitted (set by :meth:`fit` or :meth:`load`).
         bias: Intercept ``b``.
         platt: ``(a, b)`` of the sigmoid ``p = 1 / (1 + exp(a * score + b))``.
     """
@@ -112,34 +121,68 @@ class SVMRanker(Ranker):
             sets: Training comparative sets (indices into ``embeddings``).
             rng: Draws comparative sets when ``sets`` is None.
         """
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.svm import LinearSVC
-
         from core.data import make_comparative_sets
 
+        embeddings = np.asarray(embeddings, np.float32)
         labels = np.asarray(labels, dtype=object)
         if sets is None:
             sets = make_comparative_sets(labels, 100, 99, rng if rng is not None else np.random.default_rng(0))
         left, right, same = _pairs_from_sets(sets)
         universe = np.unique(np.concatenate([sets.queries, sets.references.reshape(-1)]))
-
-        def svc() -> LinearSVC:
-            return LinearSVC(C=self.config.C, class_weight="balanced", max_iter=self.config.max_iter, dual="auto")
-
         for round_ in range(self.config.hard_negative_rounds):
-            model = svc().fit(pair_features(embeddings[left], embeddings[right]), same)
-            self.weights, self.bias = model.coef_[0].astype(np.float32), float(model.intercept_[0])
+            self.weights, self.bias = self._solve(pair_features(embeddings[left], embeddings[right]), same)
             hard = self._hard_negatives(embeddings, labels, sets.queries, universe)
             left, right = np.r_[left, hard[0]], np.r_[right, hard[1]]
             same = np.r_[same, np.zeros(len(hard[0]), int)]
             log.info("hard-negative round %d: added %d pairs", round_ + 1, len(hard[0]))
-        calibrated = CalibratedClassifierCV(svc(), method="sigmoid", cv=self.config.calibration_folds, ensemble=False)
-        calibrated.fit(pair_features(embeddings[left], embeddings[right]), same)
-        fitted = calibrated.calibrated_classifiers_[0]
-        self.weights = fitted.estimator.coef_[0].astype(np.float32)
-        self.bias = float(fitted.estimator.intercept_[0])
-        self.platt = (float(fitted.calibrators[0].a_), float(fitted.calibrators[0].b_))
+        features = pair_features(embeddings[left], embeddings[right])
+        self.platt = self._platt(features, same)
+        self.weights, self.bias = self._solve(features, same)
         return self
+
+    def _solve(self, features: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, float]:
+        """Weights ``<= 0`` and bias minimising the balanced squared-hinge loss plus ``0.5 ||w||^2``."""
+        from scipy.optimize import minimize
+
+        features = np.asarray(features, np.float64)
+        target = np.where(np.asarray(same) > 0, 1.0, -1.0)
+        n_positive = max(1, int((target > 0).sum()))
+        n_negative = max(1, len(target) - n_positive)
+        cost = self.config.C * np.where(target > 0, len(target) / (2 * n_positive), len(target) / (2 * n_negative))
+        dim = features.shape[1]
+
+        def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
+            weights, bias = params[:dim], params[dim]
+            margin = 1.0 - target * (features @ weights + bias)
+            active = np.maximum(margin, 0.0)
+            loss = 0.5 * weights @ weights + float(cost @ active**2)
+            slope = -2.0 * cost * active * target
+            return loss, np.r_[weights + features.T @ slope, slope.sum()]
+
+        start = np.r_[-np.ones(dim) / max(1.0, float(features.mean()) * dim), 0.0]
+        result = minimize(
+            objective,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(None, 0.0)] * dim + [(None, None)],
+            options={"maxiter": self.config.max_iter},
+        )
+        if not result.success:
+            log.warning("SVM solver stopped early: %s", result.message)
+        return np.minimum(result.x[:dim], 0.0).astype(np.float32), float(result.x[dim])
+
+    def _platt(self, features: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+        """Sigmoid ``(a, b)`` fitted on out-of-fold scores (stratified folds, no shuffling)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
+
+        scores = np.empty(len(same))
+        for fit_rows, held_rows in StratifiedKFold(self.config.calibration_folds).split(features, same):
+            weights, bias = self._solve(features[fit_rows], same[fit_rows])
+            scores[held_rows] = features[held_rows] @ weights + bias
+        sigmoid = LogisticRegression(C=1e6).fit(scores[:, None], same)
+        return -float(sigmoid.coef_[0, 0]), -float(sigmoid.intercept_[0])
 
     def _hard_negatives(
         self, embeddings: np.ndarray, labels: np.ndarray, queries: np.ndarray, universe: np.ndarray
@@ -188,6 +231,8 @@ class SVMRanker(Ranker):
                 raise ArtifactError(
                     f"{path}: schema version {header.get('schema_version')!r}, expected {SVM_SCHEMA_VERSION}"
                 )
+            if (weights > 0).any():
+                raise ArtifactError(f"{path}: SVM weights must be <= 0 (more distance never more similar); refit")
             return cls(SVMConfig(**header["config"]), weights, header["bias"], tuple(header["platt"]))
         except (OSError, KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{path}: unreadable SVM ranker ({err})") from err

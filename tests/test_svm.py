@@ -9,6 +9,7 @@ from core.config import SVMConfig
 from core.data import make_comparative_sets
 from core.errors import ArtifactError
 from core.evaluate import evaluate
+from core.index import space_for
 from core.rankers import L2Ranker
 from core.svm import SVMRanker, pair_features
 
@@ -75,7 +76,7 @@ def test_hard_negative_mining_adds_the_closest_other_label_images():
 
 
 def test_save_and_load_round_trip_without_pickle(tmp_path):
-    ranker = SVMRanker(SVMConfig(C=0.5), weights=np.arange(4, dtype=np.float32), bias=-1.5, platt=(-2.0, 0.25))
+    ranker = SVMRanker(SVMConfig(C=0.5), weights=-np.arange(4, dtype=np.float32), bias=-1.5, platt=(-2.0, 0.25))
     path = tmp_path / "svm.npz"
     ranker.save(path, {"featurizer": "x"})
     with np.load(path, allow_pickle=False) as archive:
@@ -92,9 +93,36 @@ def test_bad_ranker_files_are_named(tmp_path):
     junk.write_bytes(b"junk")
     with pytest.raises(ArtifactError, match="junk.npz: unreadable SVM ranker"):
         SVMRanker.load(junk)
+    positive = tmp_path / "positive.npz"
+    SVMRanker(weights=np.array([-1.0, 0.5], np.float32)).save(positive)
+    with pytest.raises(ArtifactError, match="positive.npz: SVM weights must be <= 0"):
+        SVMRanker.load(positive)
     with pytest.raises(ArtifactError, match="not fitted"):
         SVMRanker().score(np.zeros((1, 2)), np.zeros((1, 2)))
 
 
 def test_pair_features_are_squared_differences():
     np.testing.assert_array_equal(pair_features(np.array([[1.0, 2.0]]), np.array([[3.0, 2.5]])), [[4.0, 0.25]])
+
+
+def test_fitted_weights_never_reward_distance_and_an_index_can_serve_them():
+    rng = np.random.default_rng(0)
+    embeddings, labels = hidden_signal_data(rng)
+    ranker = SVMRanker(SVMConfig(C=1.0)).fit(embeddings, labels, make_comparative_sets(labels, 20, 40, rng))
+    assert (ranker.weights <= 0).all() and (ranker.weights < 0).any()
+    space = space_for(ranker)
+    np.testing.assert_allclose(space.scale, np.sqrt(-ranker.weights), rtol=1e-6)
+
+
+def test_a_query_far_outside_the_gallery_gets_its_nearest_items_not_the_far_extremes():
+    rng = np.random.default_rng(0)
+    embeddings, labels = hidden_signal_data(rng)
+    ranker = SVMRanker(SVMConfig(C=1.0)).fit(embeddings, labels, make_comparative_sets(labels, 20, 40, rng))
+    gallery = embeddings
+    for dim in np.flatnonzero(np.abs(ranker.weights) > 1e-2 * np.abs(ranker.weights).max()):
+        query = gallery.mean(axis=0, keepdims=True)
+        query[0, dim] = gallery[:, dim].max() + 1e4  # far beyond the gallery along one dimension
+        best = int(np.argmax(ranker.score(query, gallery)[0]))
+        # an unconstrained weight > 0 on `dim` would rank the item with the lowest value there first
+        assert best != int(np.argmin(gallery[:, dim]))
+        assert gallery[best, dim] >= np.quantile(gallery[:, dim], 0.9)

@@ -117,9 +117,10 @@ def space_for(ranker: Ranker) -> VectorSpace:
     """The vector space an approximate index needs to serve ``ranker``.
 
     The SVM score ``w . (u - v)**2 + b`` equals ``b - ||s * (u - v)||**2`` with ``s = sqrt(-w)`` when every weight is
-    ``<= 0``: a plain L2 nearest-neighbour search after scaling both sides by ``s``. A positive weight rewards
-    distance along its dimension, so the score is no longer "minus a distance" and no nearest-neighbour index
-    can rank by it; such rankers (and L1, random) get :class:`UnsupportedRankerError`: use the exact index.
+    ``<= 0``, which :meth:`core.svm.SVMRanker.fit` guarantees: a plain L2 nearest-neighbour search after scaling
+    both sides by ``s``. A hand-made SVM with a positive weight rewards distance along its dimension, so its score
+    is no longer "minus a distance" and no nearest-neighbour index can rank by it; such rankers (and L1, random)
+    get :class:`UnsupportedRankerError`: use the exact index.
 
     Raises:
         UnsupportedRankerError: The ranker has no equivalent nearest-neighbour space.
