@@ -5,9 +5,18 @@ One contract for every back end: ``embed(images) -> float32[N, D]`` with unit-le
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import stat
+import time
+import uuid
+import zipfile
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,8 +25,8 @@ from PIL import Image
 
 from core.artifacts import atomic_save_npz
 from core.data import ImageRecord
-from core.errors import ArtifactError
-from core.images import load_image
+from core.errors import ImageLoadError
+from core.images import content_hash, decode_image, printable
 from core.preprocessing import Preprocessing, fingerprint_of, normalize_pixels, resize_crop
 
 if TYPE_CHECKING:
@@ -73,7 +82,7 @@ class TorchFeaturizer:
         self.backbone = backbone
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # channels-last runs convolutions ~1.7x faster on CPU here (see benchmarks/featurize.py)
-        self.model = backbone.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model = backbone.model.to(self.device).to(memory_format=torch.channels_last).eval()
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -99,97 +108,240 @@ class TorchFeaturizer:
         return self.embed_pixels(np.stack([resize_crop(image, self.preprocessing) for image in images]))
 
 
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def default_workers() -> int:
+    """Decoding threads: one per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """The bytes of an image file, read once (they are both hashed and decoded).
+
+    Raises:
+        ImageLoadError: Not a regular file, or unreadable; the message names it.
+    """
+    name = printable(str(path))
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageLoadError(f"{name}: not a regular file")
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ImageLoadError(f"{name}: cannot read file ({err.strerror or err})") from err
+
+
+def read_and_prepare(path: Path, preprocessing: Preprocessing) -> tuple[str, np.ndarray]:
+    """Read a file once, hash those bytes and decode those bytes into model-ready ``uint8[S, S, 3]`` pixels.
+
+    JPEGs decode in draft mode (scaled down by DCT while staying at least the resize size), larger images
+    are reduced by an integer factor before the resampling filter, and only the centre crop is resampled.
+
+    Returns:
+        ``(sha256 of the bytes decoded, pixels)``: the hash always describes these pixels, even if the file
+        changed since it was first listed.
+    """
+    data = read_image_bytes(path)
+    image = decode_image(data, name=str(path), draft_size=preprocessing.resize_size)
+    return content_hash(data), resize_crop(image, preprocessing)
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """One batch out of :func:`iter_embed_files`.
+
+    Attributes:
+        start: Position of the first of these files in the input sequence.
+        sha256: Content hash of the bytes each embedding was computed from.
+        embeddings: ``float32[n, D]`` unit rows.
+    """
+
+    start: int
+    sha256: list[str]
+    embeddings: np.ndarray
+
+
+def iter_embed_files(
+    featurizer: Featurizer,
+    paths: Sequence[Path],
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Iterator[EmbeddedBatch]:
+    """Embed image files batch by batch, decoding in a thread pool that runs ahead of the model.
+
+    Files are read, hashed, decoded and cropped to uint8 by ``workers`` threads (default: one per core), at
+    most two batches ahead of the batch being embedded, so memory stays bounded whatever the number of files.
+
+    Raises:
+        ValueError: ``batch_size`` below 1.
+        ImageLoadError: A file cannot be read or decoded; the message names it.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    paths = list(paths)
+    preprocessing = featurizer.preprocessing
+    ahead = 2 * batch_size
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        pending: deque[Future[tuple[str, np.ndarray]]] = deque()
+        submitted = 0
+        for start in range(0, len(paths), batch_size):
+            stop = min(start + batch_size, len(paths))
+            while submitted < min(len(paths), stop + ahead):
+                pending.append(pool.submit(read_and_prepare, paths[submitted], preprocessing))
+                submitted += 1
+            try:
+                prepared = [pending.popleft().result() for _ in range(stop - start)]
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+            embeddings = featurizer.embed_pixels(np.stack([pixels for _, pixels in prepared]))
+            yield EmbeddedBatch(start, [sha256 for sha256, _ in prepared], embeddings)
+            if progress:
+                progress(stop, len(paths))
 
 
 def embed_files(
     featurizer: Featurizer,
     paths: Sequence[Path],
-    batch_size: int = 8,
-    workers: int = 2,
+    batch_size: int = 32,
+    workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Embed image files in batches; decoding and resizing run in threads while the model runs.
+    """Embed image files into ``float32[N, D]`` unit rows; decoding overlaps the model (see :func:`iter_embed_files`).
 
     Raises:
-        ImageLoadError: A file cannot be decoded; the message names it.
+        ValueError: ``batch_size`` below 1.
+        ImageLoadError: A file cannot be read or decoded; the message names it.
     """
-    preprocessing = featurizer.preprocessing
-    draft = preprocessing.resize_size
-
-    def prepare(path: Path) -> np.ndarray:
-        return resize_crop(load_image(path, draft_size=draft), preprocessing)
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    outputs: list[np.ndarray] = []
-    done = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = None
-        for chunk in _batches(list(paths), batch_size):
-            arrays = pool.map(prepare, chunk)  # starts decoding this batch while the last one embeds
-            if pending is not None:
-                outputs.append(featurizer.embed_pixels(np.stack(list(pending))))
-                done += len(outputs[-1])
-                if progress:
-                    progress(done, len(paths))
-            pending = arrays
-        if pending is not None:
-            outputs.append(featurizer.embed_pixels(np.stack(list(pending))))
-            done += len(outputs[-1])
-            if progress:
-                progress(done, len(paths))
+    outputs = [batch.embeddings for batch in iter_embed_files(featurizer, paths, batch_size, workers, progress)]
     if not outputs:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(outputs)
 
 
-class FeatureCache:
-    """Embeddings on disk, one ``.npz`` per featurizer fingerprint, keyed by image content hash.
+#: Errors numpy raises on a truncated, corrupt or foreign ``.npz`` file.
+_UNREADABLE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
 
-    Re-running on the same images is a lookup; renamed or moved files are still hits.
+
+class FeatureCache:
+    """Embeddings on disk per featurizer fingerprint, keyed by the content hash of the bytes embedded.
+
+    Re-running on the same images is a lookup; renamed or moved files are still hits. Layout:
+    ``<fingerprint>.npz`` (``sha256``, ``embeddings``) plus, while a featurize is running or after one was
+    killed, ``<fingerprint>.part-*.npz`` files holding what was embedded since; a finished run merges them into
+    the main file. Every file is written atomically, so a killed run keeps every saved part and a rerun embeds
+    only the rest. A truncated or corrupt file is a cache miss (logged, naming the file), never an error.
+
+    Args:
+        directory: Folder of the cache.
+        save_every_s: Save a part at most this often while embedding (0: after every batch).
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, save_every_s: float = 10.0) -> None:
         self.directory = Path(directory)
+        self.save_every_s = save_every_s
 
     def path_for(self, fingerprint: str) -> Path:
         return self.directory / f"{fingerprint}.npz"
 
+    def part_paths(self, fingerprint: str) -> list[Path]:
+        """Saved progress of unfinished runs, oldest name first."""
+        return sorted(self.directory.glob(f"{glob.escape(fingerprint)}.part-*.npz"))
+
     def load(self, fingerprint: str) -> dict[str, np.ndarray]:
-        """All cached embeddings for a featurizer, by sha256 (empty when none)."""
-        path = self.path_for(fingerprint)
+        """All cached embeddings for a featurizer, by sha256 (empty when none); unreadable files are skipped."""
+        cached: dict[str, np.ndarray] = {}
+        for path in [self.path_for(fingerprint), *self.part_paths(fingerprint)]:
+            cached.update(self._read(path))
+        return cached
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, np.ndarray]:
         if not path.exists():
             return {}
         try:
             with np.load(path, allow_pickle=False) as archive:
-                return dict(zip(archive["sha256"].tolist(), archive["embeddings"], strict=True))
-        except (OSError, KeyError, ValueError) as err:
-            raise ArtifactError(f"{path}: unreadable feature cache ({err}); delete it to rebuild") from err
+                hashes, embeddings = archive["sha256"], archive["embeddings"]
+                if hashes.ndim != 1 or embeddings.ndim != 2 or len(hashes) != len(embeddings):
+                    raise ValueError(f"sha256 {hashes.shape} does not match embeddings {embeddings.shape}")
+                return dict(zip(hashes.tolist(), embeddings.astype(np.float32), strict=True))
+        except _UNREADABLE as err:
+            log.warning(
+                "%s: unreadable feature cache file, ignored: its images are embedded again (%s: %s)",
+                printable(str(path)),
+                type(err).__name__,
+                printable(str(err)),
+            )
+            return {}
+
+    def _save_part(self, fingerprint: str, new: dict[str, np.ndarray]) -> Path:
+        path = self.directory / f"{fingerprint}.part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
+        atomic_save_npz(path, sha256=np.array(list(new), dtype=str), embeddings=np.stack(list(new.values())))
+        return path
+
+    def _consolidate(self, fingerprint: str, cached: dict[str, np.ndarray], parts: list[Path]) -> None:
+        """Write everything into the main file, then drop the parts it now holds."""
+        atomic_save_npz(
+            self.path_for(fingerprint),
+            sha256=np.array(list(cached), dtype=str),
+            embeddings=np.stack(list(cached.values())).astype(np.float32),
+        )
+        for part in parts:
+            part.unlink(missing_ok=True)
 
     def embed(
         self,
         featurizer: Featurizer,
         records: Sequence[ImageRecord],
-        batch_size: int = 8,
+        batch_size: int = 32,
         progress: ProgressFn | None = None,
     ) -> np.ndarray:
-        """Embeddings of ``records`` in order, computing and saving only the missing ones."""
-        cached = self.load(featurizer.fingerprint)
-        missing = {record.sha256: record.path for record in records if record.sha256 not in cached}
+        """Embeddings of ``records`` in order, computing and saving only the missing ones.
+
+        A file is read once; the bytes read are hashed and decoded, and the embedding is stored under that
+        hash. A file changed since it was listed (``record.sha256`` is then stale) gets the embedding of its
+        new content, stored under the new content's hash, never under the old one.
+
+        Raises:
+            ImageLoadError: A file cannot be read or decoded (what was embedded before it stays saved).
+        """
+        fingerprint = featurizer.fingerprint
+        parts = self.part_paths(fingerprint)
+        cached = self.load(fingerprint)
+        missing: dict[str, Path] = {}
+        for record in records:
+            if record.sha256 not in cached:
+                missing.setdefault(record.sha256, record.path)
+        content_of: dict[Path, str] = {}  # files read in this run -> hash of the bytes read
         if missing:
             log.info("featurizing %d of %d images (%d cached)", len(missing), len(records), len(records) - len(missing))
-            embeddings = embed_files(featurizer, list(missing.values()), batch_size=batch_size, progress=progress)
-            cached.update(zip(missing, embeddings, strict=True))
-            atomic_save_npz(
-                self.path_for(featurizer.fingerprint),
-                sha256=np.array(list(cached), dtype=str),
-                embeddings=np.stack(list(cached.values())).astype(np.float32),
-            )
+            unsaved: dict[str, np.ndarray] = {}
+            last_save = time.monotonic()
+            listed = {path: sha256 for sha256, path in missing.items()}
+            paths = list(listed)
+            try:
+                for batch in iter_embed_files(featurizer, paths, batch_size=batch_size, progress=progress):
+                    for path, sha256, embedding in zip(
+                        paths[batch.start :], batch.sha256, batch.embeddings, strict=False
+                    ):
+                        content_of[path] = sha256
+                        if sha256 != listed[path]:
+                            log.warning("%s: changed since it was listed; embedded as it is now", printable(str(path)))
+                        unsaved[sha256] = cached[sha256] = np.asarray(embedding, np.float32)
+                    if time.monotonic() - last_save >= self.save_every_s:
+                        parts.append(self._save_part(fingerprint, unsaved))
+                        unsaved, last_save = {}, time.monotonic()
+            except BaseException:  # a bad file or Ctrl-C: keep what was embedded before it
+                if unsaved:
+                    self._save_part(fingerprint, unsaved)
+                raise
         elif progress:
             progress(len(records), len(records))
+        if missing or parts:
+            self._consolidate(fingerprint, cached, parts)
         if not records:
             return np.zeros((0, 0), np.float32)
-        return np.stack([cached[record.sha256] for record in records]).astype(np.float32)
+        return np.stack([cached[content_of.get(record.path, record.sha256)] for record in records]).astype(np.float32)

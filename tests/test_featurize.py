@@ -1,13 +1,25 @@
 """Featurizer contract on real photos: shape, unit norm, batch invariance, file route, cache."""
 
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.data import ImageRecord
 from core.errors import ImageLoadError
 from core.featurize import FeatureCache, embed_files
 from core.images import content_hash
-from core.preprocessing import Preprocessing, fingerprint_of, preprocess
+from core.preprocessing import Preprocessing, fingerprint_of, preprocess, resize_crop
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_embeddings_are_unit_rows_and_batch_invariant(lite0_featurizer, tiny_images):
@@ -87,3 +99,160 @@ def test_fingerprint_depends_on_weights_and_preprocessing():
     assert base == fingerprint_of("net", "sha256:1", spec)
     assert base != fingerprint_of("net", "sha256:2", spec)
     assert base != fingerprint_of("net", "sha256:1", Preprocessing(224, 256, (0.5,) * 3, (0.25,) * 3))
+
+
+class MeanColourFeaturizer:
+    """A stand-in featurizer whose embedding is a function of the pixels: mean colour and mean top-left block."""
+
+    preprocessing = Preprocessing(16, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    fingerprint = "mean-colour-test"
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed_pixels(self, pixels):
+        self.calls += len(pixels)
+        pixels = pixels.astype(np.float32)
+        return np.concatenate([pixels.mean((1, 2)), pixels[:, :4, :4].mean((1, 2))], axis=1) + 1.0
+
+
+def records_of(paths):
+    return [ImageRecord(p, p.parent.name, content_hash(p.read_bytes())) for p in paths]
+
+
+def test_file_changed_after_listing_never_poisons_the_cache(tmp_path, tiny_dataset):
+    """The cache key is the hash of the bytes decoded: a changed-then-restored file gets its own embedding back."""
+    first, other = sorted(tiny_dataset.glob("*/*.jpg"))[:2]
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(first, photo)
+    record = records_of([photo])[0]  # listed ("prepared") with the original content
+    expected = FeatureCache(tmp_path / "fresh").embed(MeanColourFeaturizer(), [record])
+    cache = FeatureCache(tmp_path / "features")
+    shutil.copy(other, photo)  # changed between prepare and featurize
+    changed = cache.embed(MeanColourFeaturizer(), [record])
+    assert not np.allclose(changed, expected)  # the new content was embedded...
+    assert record.sha256 not in cache.load("mean-colour-test")  # ...but not under the old content's hash
+    shutil.copy(first, photo)  # restored
+    featurizer = MeanColourFeaturizer()
+    np.testing.assert_array_equal(cache.embed(featurizer, [record]), expected)
+    assert featurizer.calls == 1
+
+
+def test_one_worker_and_many_give_the_same_rows_in_order(tiny_dataset):
+    paths = sorted(tiny_dataset.glob("*/*.jpg"))[:7]
+    one = embed_files(MeanColourFeaturizer(), paths, batch_size=3, workers=1)
+    many = embed_files(MeanColourFeaturizer(), paths, batch_size=3, workers=4)
+    single = np.concatenate([embed_files(MeanColourFeaturizer(), [path], batch_size=1) for path in paths])
+    np.testing.assert_array_equal(one, many)
+    np.testing.assert_array_equal(one, single)
+
+
+def test_embed_files_rejects_a_zero_batch_size(tiny_dataset):
+    with pytest.raises(ValueError, match="batch_size"):
+        embed_files(MeanColourFeaturizer(), sorted(tiny_dataset.glob("*/*.jpg"))[:1], batch_size=0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong arrays"])
+def test_corrupt_cache_file_is_a_logged_miss(tmp_path, tiny_dataset, caplog, damage):
+    records = records_of(sorted(tiny_dataset.glob("*/*.jpg"))[:3])
+    cache = FeatureCache(tmp_path / "features")
+    expected = cache.embed(MeanColourFeaturizer(), records)
+    path = cache.path_for("mean-colour-test")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x03\x04 not a zip")
+    else:
+        np.savez(path, sha256=np.array(["a", "b"]), embeddings=np.zeros((3, 6), np.float32))
+    featurizer = MeanColourFeaturizer()
+    with caplog.at_level(logging.WARNING, logger="core.featurize"):
+        again = cache.embed(featurizer, records)
+    assert featurizer.calls == 3
+    np.testing.assert_array_equal(again, expected)
+    assert any(str(path) in message and "unreadable" in message for message in caplog.messages)
+    with caplog.at_level(logging.WARNING, logger="core.featurize"):
+        caplog.clear()
+        cache.embed(featurizer, records)  # the rewritten file is whole again
+    assert featurizer.calls == 3 and not caplog.messages
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from pathlib import Path
+    from core.data import ImageRecord
+    from core.featurize import FeatureCache
+    from core.images import content_hash
+    from core.preprocessing import Preprocessing
+
+    class Slow:
+        preprocessing = Preprocessing(16, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        fingerprint = "mean-colour-test"
+        def embed_pixels(self, pixels):
+            time.sleep(0.15)
+            pixels = pixels.astype(np.float32)
+            return np.concatenate([pixels.mean((1, 2)), pixels[:, :4, :4].mean((1, 2))], axis=1) + 1.0
+
+    paths = [Path(line) for line in sys.argv[2:]]
+    records = [ImageRecord(p, p.parent.name, content_hash(p.read_bytes())) for p in paths]
+    progress = lambda done, total: print(done, flush=True)
+    FeatureCache(sys.argv[1], save_every_s=0).embed(Slow(), records, batch_size=2, progress=progress)
+    print("finished", flush=True)
+    """
+)
+
+
+def test_killed_featurize_keeps_finished_chunks_and_a_rerun_embeds_only_the_rest(tmp_path, tiny_dataset):
+    paths = sorted(tiny_dataset.glob("*/*.jpg"))[:12]
+    directory = tmp_path / "features"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD.format(root=str(ROOT)), str(directory), *map(str, paths)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        reported = [child.stdout.readline().strip() for _ in range(3)]
+        assert reported == ["2", "4", "6"], child.stderr.read()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    cache = FeatureCache(directory)
+    saved = len(cache.load("mean-colour-test"))
+    assert 6 <= saved < len(paths) and cache.part_paths("mean-colour-test")
+    featurizer = MeanColourFeaturizer()
+    embeddings = cache.embed(featurizer, records_of(paths))
+    assert featurizer.calls == len(paths) - saved
+    np.testing.assert_array_equal(embeddings, embed_files(MeanColourFeaturizer(), paths))
+    assert not cache.part_paths("mean-colour-test")  # merged into the main file
+    assert len(cache.load("mean-colour-test")) == len(paths)
+
+
+def test_bad_file_mid_run_keeps_what_was_embedded_before_it(tmp_path, tiny_dataset):
+    paths = sorted(tiny_dataset.glob("*/*.jpg"))[:4]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    records = [*records_of(paths), ImageRecord(bad, "x", "0" * 64)]
+    cache = FeatureCache(tmp_path / "features", save_every_s=3600)
+    with pytest.raises(ImageLoadError, match="bad.jpg"):
+        cache.embed(MeanColourFeaturizer(), records, batch_size=2)
+    featurizer = MeanColourFeaturizer()
+    cache.embed(featurizer, records[:4], batch_size=2)
+    assert featurizer.calls == 0
+
+
+def test_resize_of_the_crop_matches_resize_then_crop(tiny_images):
+    """Resampling only the centre crop gives the pixels of resizing the whole image, then cropping."""
+    spec = Preprocessing(224, 256, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    _, images = tiny_images
+    for image in [*images, images[0].resize((2400, 1800))]:
+        width, height = image.size
+        scale = 256 / min(width, height)
+        size = (max(224, round(width * scale)), max(224, round(height * scale)))
+        left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
+        whole = image.resize(size, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224))
+        difference = np.abs(np.asarray(whole, np.int16) - resize_crop(image, spec).astype(np.int16))
+        assert difference.mean() < 0.3 and np.percentile(difference, 99.9) <= 2, (image.size, difference.max())
