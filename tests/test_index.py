@@ -13,6 +13,7 @@ from core.index import (
     UnsupportedRankerError,
     content_ids,
     create_index,
+    current_version,
     load_index,
     space_for,
 )
@@ -179,7 +180,7 @@ def test_save_load_round_trip(tmp_path, dtype: str) -> None:
     index.add(np.arange(300) * 3, gallery)
     index.remove([0, 3, 6])
     index.save(tmp_path / "index")
-    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    manifest = json.loads((current_version(tmp_path / "index") / "manifest.json").read_text())
     assert manifest["fingerprint"] == MODEL and manifest["count"] == 297 and manifest["backend"] == "exact"
     loaded = load_index(tmp_path / "index", fingerprint=MODEL)
     assert isinstance(loaded, ExactIndex) and loaded.config == index.config
@@ -209,9 +210,11 @@ def test_load_reports_missing_and_corrupt(tmp_path) -> None:
     index = ExactIndex(MODEL, 4)
     index.add([1, 2], np.ones((2, 4), np.float32))
     index.save(tmp_path)
-    (tmp_path / "ids.npy").write_bytes(b"junk")
-    with pytest.raises(ArtifactError, match="unreadable"):
+    (current_version(tmp_path) / "ids.npy").write_bytes(b"junk")
+    with pytest.raises(ArtifactError, match="damaged index .*ids.npy"):
         load_index(tmp_path)
+    with pytest.raises(ArtifactError, match="damaged index .*unreadable exact files"):
+        load_index(tmp_path, verify=False)
 
 
 def test_content_ids_are_stable_non_negative_int64() -> None:

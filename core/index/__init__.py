@@ -16,15 +16,32 @@ The approximate back ends serve one *vector space* chosen when they are created 
 cosine, L2, or SVM-weighted L2 (plain L2 after scaling each dimension by ``sqrt(|w|)``, which is exact only when
 every SVM weight is ``<= 0``; see :func:`space_for`). L1 and random rankers need the exact index.
 
-A saved index is a folder holding ``manifest.json`` (back end, model id, dimension, vector space, data hash,
-count, config, schema version) and the back end's own files. Loading with ``fingerprint=`` refuses another model's
-index, and ``add``/``search`` with ``fingerprint=`` refuse embeddings of another model.
+A saved index is a folder of versions, switched atomically::
+
+    <folder>/CURRENT              one line: the name of the live version (replaced with os.replace)
+    <folder>/v-<time>-<random>/   manifest.json (back end, model id, dimension, vector space, data hash, count,
+                                  config, schema version, SHA-256 and size of every file) + the back end's files
+
+:meth:`VectorIndex.save` writes a complete new version folder, fsyncs it, then replaces ``CURRENT``; only after
+that switch are older versions removed. A crash, SIGKILL or full disk at any point leaves the previous index
+loadable (a full disk is a one-line :class:`~core.errors.ArtifactError`). :func:`load_index` follows ``CURRENT``
+and verifies the manifest's checksums and counts before use, refusing a damaged index with one line naming the
+folder. A folder saved before versions existed (``manifest.json`` at its top) still loads. Loading with
+``fingerprint=`` refuses another model's index, and ``add``/``search`` with ``fingerprint=`` refuse embeddings of
+another model. Milvus keeps its data in Milvus itself (its ``.db`` file or server): only its manifest is versioned.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,12 +50,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from core.artifacts import atomic_write_json, environment_versions, read_json
+from core.artifacts import atomic_write, atomic_write_json, environment_versions, read_json, write_problem
 from core.errors import ArtifactError, WorkbenchError
 from core.rankers import CosineRanker, L2Ranker, Ranker
 
+log = logging.getLogger(__name__)
+
 INDEX_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: File in an index folder naming its live version folder.
+CURRENT_NAME = "CURRENT"
+VERSION_PREFIX = "v-"
+_VERSION_NAME = re.compile(r"v-[0-9A-Za-z_-]{1,80}")
+_CHUNK = 1 << 20
 
 #: Below this many vectors the exact index is the default (see ``benchmarks/index.py``).
 EXACT_DEFAULT_MAX = 200_000
@@ -277,11 +301,42 @@ class VectorIndex(ABC):
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the index into folder ``path``: back-end files first, ``manifest.json`` last (atomically)."""
+        """Write the index into folder ``path`` as a new version and switch to it atomically.
+
+        The back end's files and ``manifest.json`` (with their checksums) go into a new version folder, which is
+        fsynced; then ``CURRENT`` is replaced to name it; only then are older versions removed. If anything fails
+        before the switch, the new version is removed and the previous index stays the live one.
+
+        Raises:
+            ArtifactError: The index could not be written (disk full...); one line naming the folder.
+        """
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        extra = self._save_files(folder)
-        atomic_write_json(folder / MANIFEST_NAME, {**self.manifest(), **extra})
+        version = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+        staging = folder / version
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+            extra = self._save_files(staging)
+            checksums = {
+                name: {"sha256": _file_sha256(staging / name), "bytes": (staging / name).stat().st_size}
+                for name in extra.get("files", [])
+                if _is_plain_name(name)
+            }
+            atomic_write_json(staging / MANIFEST_NAME, {**self.manifest(), **extra, "checksums": checksums})
+            _fsync_folder(staging)
+            atomic_write(folder / CURRENT_NAME, lambda handle: handle.write(f"{version}\n".encode("ascii")))
+            _fsync_folder(folder)
+        except (OSError, ArtifactError) as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            cause = err if isinstance(err, OSError) else err.__cause__
+            problem = write_problem(cause) if isinstance(cause, OSError) else str(err)
+            raise ArtifactError(
+                f"{_shown(folder)}: index not saved ({problem}); the previous index is unchanged"
+            ) from err
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _remove_superseded(folder, version)
         return folder
 
     @classmethod
@@ -290,21 +345,119 @@ class VectorIndex(ABC):
         return load_index(path, fingerprint)
 
 
+def _shown(path: Path) -> str:
+    from core.images import printable  # lazy: Pillow is not needed otherwise
+
+    return printable(str(path))
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a folder's entries durable (a rename is only safe once its folder is synced)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def _remove_superseded(folder: Path, live: str) -> None:
+    """After the switch: remove older versions, leftovers of killed saves, and a pre-version layout's files."""
+    for entry in folder.iterdir():
+        if entry.name != live and _VERSION_NAME.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+    legacy = folder / MANIFEST_NAME
+    if legacy.is_file():
+        try:
+            names = read_json(legacy).get("files", [])
+        except (ArtifactError, AttributeError):
+            names = []
+        for name in [*names, MANIFEST_NAME]:
+            if isinstance(name, str) and _is_plain_name(name):
+                (folder / name).unlink(missing_ok=True)
+
+
+def current_version(path: str | Path) -> Path:
+    """The folder holding the live version of the index saved in ``path`` (``path`` itself for an index saved
+    before versions existed).
+
+    Raises:
+        ArtifactError: No index there, or ``CURRENT`` names a missing or invalid version.
+    """
+    folder = Path(path)
+    pointer = folder / CURRENT_NAME
+    try:
+        name = pointer.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        if (folder / MANIFEST_NAME).is_file():
+            return folder
+        raise ArtifactError(f"{_shown(folder)}: no index saved here; run `index build` first") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{_shown(folder)}: damaged index (unreadable {CURRENT_NAME}: {err})") from err
+    if not _VERSION_NAME.fullmatch(name) or not (folder / name).is_dir():
+        raise ArtifactError(f"{_shown(folder)}: damaged index ({CURRENT_NAME} names a missing version {name[:90]!r})")
+    return folder / name
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a saved index.
+    """The manifest of the live version of the index saved in folder ``path``.
 
     Raises:
         ArtifactError: Missing, unreadable or another schema version.
     """
-    file = Path(path) / MANIFEST_NAME
+    file = current_version(path) / MANIFEST_NAME
     if not file.exists():
-        raise ArtifactError(f"{file}: no index saved here; run `index build` first")
+        raise ArtifactError(f"{_shown(Path(path))}: damaged index ({MANIFEST_NAME} missing from {file.parent.name})")
     manifest = read_json(file)
-    if manifest.get("schema_version") != INDEX_SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{file}: schema version {manifest.get('schema_version')!r}, expected {INDEX_SCHEMA_VERSION}"
-        )
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != INDEX_SCHEMA_VERSION:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{_shown(file)}: schema version {version!r}, expected {INDEX_SCHEMA_VERSION}")
     return manifest
+
+
+def verify_files(path: str | Path, manifest: dict[str, Any] | None = None) -> None:
+    """Check every file of the live version against the sizes and SHA-256 checksums of its manifest.
+
+    Raises:
+        ArtifactError: A file is missing, truncated or altered; one line naming the folder and the file.
+    """
+    folder = Path(path)
+    version = current_version(folder)
+    manifest = read_manifest(folder) if manifest is None else manifest
+    checksums = manifest.get("checksums", {})
+    if not isinstance(checksums, dict):
+        raise ArtifactError(f"{_shown(folder)}: damaged index (checksums in {MANIFEST_NAME} are not a table)")
+    for name, expected in checksums.items():
+        file = version / name
+        if not _is_plain_name(name) or not isinstance(expected, dict):
+            raise ArtifactError(f"{_shown(folder)}: damaged index (bad checksum entry {name[:60]!r})")
+        try:
+            size = file.stat().st_size
+        except OSError:
+            raise ArtifactError(f"{_shown(folder)}: damaged index ({name} is missing)") from None
+        if size != expected.get("bytes"):
+            raise ArtifactError(
+                f"{_shown(folder)}: damaged index ({name} has {size:,} bytes, manifest says {expected.get('bytes')})"
+            )
+        if _file_sha256(file) != expected.get("sha256"):
+            raise ArtifactError(f"{_shown(folder)}: damaged index ({name} does not match its checksum)")
 
 
 def _backends() -> dict[str, type[VectorIndex]]:
@@ -315,27 +468,51 @@ def _backends() -> dict[str, type[VectorIndex]]:
     return {"exact": ExactIndex, "faiss": FaissIndex, "milvus": MilvusIndex}
 
 
-def load_index(path: str | Path, fingerprint: str | None = None) -> VectorIndex:
+def load_index(path: str | Path, fingerprint: str | None = None, verify: bool = True) -> VectorIndex:
     """Load a saved index of any back end; with ``fingerprint``, refuse an index of another model.
 
+    The live version is checked first: with ``verify``, every file's size and SHA-256 checksum against the
+    manifest; always, that the files hold as many ids as vectors and as many as the manifest says. If a
+    concurrent :meth:`~VectorIndex.save` replaces the version while it is being read, the new one is read.
+
     Raises:
-        ArtifactError: Missing or unreadable.
+        ArtifactError: Missing, unreadable or damaged; one line naming the folder.
         ModelMismatchError: The index was built from another model's embeddings.
     """
     folder = Path(path)
+    for attempt in range(3):
+        version = current_version(folder)
+        try:
+            return _load_version(folder, version, fingerprint, verify)
+        except ArtifactError:
+            if attempt == 2 or current_version(folder) == version:
+                raise
+            log.info("%s: index replaced while loading; loading the new version", _shown(folder))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load_version(folder: Path, version: Path, fingerprint: str | None, verify: bool) -> VectorIndex:
     manifest = read_manifest(folder)
     if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
-        raise ModelMismatchError(f"{folder}: index holds embeddings of {manifest.get('fingerprint')!r}, not {fingerprint!r}")
+        raise ModelMismatchError(
+            f"{_shown(folder)}: index holds embeddings of {manifest.get('fingerprint')!r}, not {fingerprint!r}"
+        )
     backend = _backends().get(manifest.get("backend"))
     if backend is None:
-        raise ArtifactError(f"{folder}: unknown index back end {manifest.get('backend')!r}")
+        raise ArtifactError(f"{_shown(folder)}: unknown index back end {manifest.get('backend')!r}")
+    if verify:
+        verify_files(folder, manifest)
     try:
-        index = backend._load_files(folder, manifest)
-    except (OSError, KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(f"{folder}: unreadable {manifest.get('backend')} index ({err})") from err
-    if len(index) != manifest["count"] or index.dim != manifest["dim"]:
+        index = backend._load_files(version, manifest)
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        detail = " ".join(str(err).split())[:300]
         raise ArtifactError(
-            f"{folder}: index files hold {len(index)} x {index.dim}, manifest says {manifest['count']} x {manifest['dim']}"
+            f"{_shown(folder)}: damaged index (unreadable {manifest.get('backend')} files: {detail})"
+        ) from err
+    if len(index) != manifest.get("count") or index.dim != manifest.get("dim"):
+        raise ArtifactError(
+            f"{_shown(folder)}: damaged index (files hold {len(index)} x {index.dim}, "
+            f"manifest says {manifest.get('count')} x {manifest.get('dim')})"
         )
     return index
 
@@ -377,6 +554,7 @@ def default_config(n_vectors: int) -> Any:
 
 
 __all__ = [
+    "CURRENT_NAME",
     "EXACT_DEFAULT_MAX",
     "INDEX_SCHEMA_VERSION",
     "IndexHits",
@@ -387,9 +565,11 @@ __all__ = [
     "check_ids",
     "content_ids",
     "create_index",
+    "current_version",
     "default_config",
     "ids_hash",
     "load_index",
     "read_manifest",
     "space_for",
+    "verify_files",
 ]

@@ -236,8 +236,9 @@ class FaissIndex(VectorIndex):
     def _save_files(self, folder: Path) -> dict[str, Any]:
         if self._index is None:
             raise ValueError("cannot save an IVF index before its first add (it is untrained)")
-        with atomic_path(folder / "index.faiss", ".faiss") as temp:
-            self._faiss.write_index(self._index, str(temp))
+        # through a Python file object: a full disk raises OSError (ENOSPC), reported as one line by the caller
+        with atomic_path(folder / "index.faiss", ".faiss") as temp, open(temp, "wb") as handle:
+            self._faiss.write_index(self._index, self._faiss.PyCallbackIOWriter(handle.write))
         with atomic_path(folder / "deleted.npy", ".npy") as temp:
             np.save(temp, self._deleted, allow_pickle=False)
         return {
