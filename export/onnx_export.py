@@ -37,6 +37,7 @@ import copy
 import importlib.metadata
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,14 @@ from core.errors import ArtifactError
 from core.featurize import l2_normalize
 from core.preprocessing import Preprocessing, fingerprint_of
 from export.metadata import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
 
 log = logging.getLogger(__name__)
 
 #: Newest ONNX IR version the supported onnxruntime (1.31) loads.
 MAX_IR_VERSION = 13
+#: Session settings of :func:`onnx_featurizer_for`: idle threads do not spin, leaving cores to image decoding.
+NON_SPINNING = OrtConfig(allow_spinning=False)
 
 
 @dataclass(frozen=True)
@@ -306,8 +310,6 @@ def validate_onnx(
         ValueError: ``pixels`` do not fit the model's input size.
         ArtifactError: Any check fails; the message names the file and the largest difference.
     """
-    from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
-
     size = backbone.preprocessing.input_size
     if pixels.dtype != np.uint8 or pixels.shape[1:] != (size, size, 3):
         raise ValueError(
@@ -341,3 +343,74 @@ def validate_onnx(
             f"(allowed {config.atol:.1e}), min cosine {min_cosine:.6f} (required {config.min_cosine})"
         )
     return ValidationReport(len(pixels), max_abs_diff, min_cosine, tuple(session.get_providers()))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (created if missing); a no-op where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic replace alone keeps the file whole
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached_featurizer(path: Path, fingerprint: str, ort_config: OrtConfig) -> OnnxFeaturizer | None:
+    """The cached model at ``path`` if it loads and is the expected featurizer, else None (logged)."""
+    if not path.is_file():
+        return None
+    try:
+        featurizer = OnnxFeaturizer(path, ort_config)
+    except ArtifactError as err:
+        log.warning("%s: cached ONNX model unusable, exporting it again (%s)", path, err)
+        return None
+    if featurizer.fingerprint != fingerprint:
+        log.warning(
+            "%s: cached ONNX model is %s, not %s; exporting it again", path, featurizer.fingerprint, fingerprint
+        )
+        return None
+    return featurizer
+
+
+def onnx_featurizer_for(
+    backbone: Backbone,
+    cache_dir: str | Path,
+    training_run: str = "",
+    ort_config: OrtConfig = NON_SPINNING,
+    export_config: ExportConfig = ExportConfig(),
+) -> OnnxFeaturizer:
+    """An onnxruntime featurizer for a PyTorch backbone, exported once and reused.
+
+    The model is cached as ``<cache_dir>/<fingerprint>.onnx``: the first call exports and validates it against
+    PyTorch (:func:`export_onnx`, atomic), later calls, in any process, just load it. Two processes racing
+    export it once (an advisory lock beside the file); a cached file that does not load or is another model
+    is exported again. The featurizer's fingerprint is the PyTorch featurizer's, so both share cached features.
+
+    Args:
+        backbone: Built with ``num_classes=0``; pretrained or fine-tuned.
+        cache_dir: Folder of exported models (e.g. ``<workdir>/onnx``).
+        training_run: Id of the fine-tuning run behind the weights, recorded in the model's metadata.
+        ort_config: Session settings; by default idle threads do not spin, leaving cores to image decoding.
+        export_config: Opset, batch sizes and tolerances of the export's validation.
+
+    Raises:
+        ArtifactError: The export fails validation (nothing is cached then).
+    """
+    fingerprint = fingerprint_of(backbone.name, backbone.weights_id, backbone.preprocessing)
+    path = Path(cache_dir) / f"{fingerprint}.onnx"
+    featurizer = _cached_featurizer(path, fingerprint, ort_config)
+    if featurizer is not None:
+        return featurizer
+    with _exclusive(path.with_name(f".{path.name}.lock")):
+        featurizer = _cached_featurizer(path, fingerprint, ort_config)  # another process may have won the race
+        if featurizer is not None:
+            return featurizer
+        export_onnx(backbone, path, training_run=training_run, config=export_config)
+    return OnnxFeaturizer(path, ort_config)

@@ -248,3 +248,50 @@ def test_export_package_import_is_light():
     )
     assert not {"torch", "onnx", "onnxruntime", "streamlit"} & modules
     assert not any(name == "workbench" or name.startswith("workbench.") for name in modules)
+
+
+def test_onnx_featurizer_for_exports_once_then_reuses(tmp_path, lite0_featurizer, tiny_images, monkeypatch):
+    import export.onnx_export as onnx_export
+
+    exports = []
+    real_export = onnx_export.export_onnx
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: exports.append(a) or real_export(*a, **k))
+    backbone = lite0_featurizer.backbone
+    first = onnx_export.onnx_featurizer_for(backbone, tmp_path / "onnx")
+    assert len(exports) == 1 and first.path == tmp_path / "onnx" / f"{lite0_featurizer.fingerprint}.onnx"
+    assert first.fingerprint == lite0_featurizer.fingerprint
+    assert first.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    again = onnx_export.onnx_featurizer_for(backbone, tmp_path / "onnx")
+    assert len(exports) == 1 and again.fingerprint == lite0_featurizer.fingerprint
+    _, images = tiny_images
+    np.testing.assert_allclose(again.embed(images[:4]), lite0_featurizer.embed(images[:4]), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_featurizer_for_reexports_a_corrupt_or_foreign_cached_file(tmp_path, lite0_featurizer, exported, caplog):
+    from export.onnx_export import onnx_featurizer_for
+
+    path = tmp_path / f"{lite0_featurizer.fingerprint}.onnx"
+    path.write_bytes(exported.path.read_bytes()[:5000])  # truncated
+    with caplog.at_level(logging.WARNING, logger="export.onnx_export"):
+        featurizer = onnx_featurizer_for(lite0_featurizer.backbone, tmp_path)
+    assert any(str(path) in message and "exporting it again" in message for message in caplog.messages)
+    assert featurizer.fingerprint == lite0_featurizer.fingerprint and path.stat().st_size > 100_000
+
+
+@pytest.mark.slow
+def test_onnx_featurizer_for_racing_callers_export_once(tmp_path, lite0_featurizer, monkeypatch):
+    """Two callers at once (threads here; the lock is a file lock, so processes too): one export, both served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import export.onnx_export as onnx_export
+
+    exports = []
+    real_export = onnx_export.export_onnx
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: exports.append(a) or real_export(*a, **k))
+    with ThreadPoolExecutor(2) as pool:
+        featurizers = list(
+            pool.map(lambda _: onnx_export.onnx_featurizer_for(lite0_featurizer.backbone, tmp_path), [0, 1])
+        )
+    assert len(exports) == 1
+    assert [f.fingerprint for f in featurizers] == [lite0_featurizer.fingerprint] * 2
