@@ -3,8 +3,14 @@
 Downloads run in a bounded thread pool with a per-attempt time limit, retries with exponential
 backoff on transient failures (timeouts, connection errors, HTTP 408/429/5xx), a size cap enforced
 both on ``Content-Length`` and while streaming, and only ``http``/``https`` (redirects included).
-A response is kept only if it decodes as an image (``core.images.decode_image``), whatever its URL
-or content type says; its file extension comes from the decoded format.
+A response is kept only if it decodes as an image of an allowed format within ``IngestConfig.limits``
+(``core.images.decode_image``), whatever its URL or content type says; its file extension comes from the
+decoded format. Non-ASCII URLs (an IDN host, a non-ASCII path) are sent IDNA- and percent-encoded.
+
+Labels become folder names collision-free: a label that is already a safe name is its own folder; any other
+(``a/b``, ``../x``, ``.``, a name too long for one path component, a name needing Unicode normalisation) gets
+its sanitised form plus a short hash of the label, so two labels never share a folder. Names are shortened by
+UTF-8 bytes, never above 255 per path component. The label -> folder mapping is in the report.
 
 Layout of the output folder::
 
@@ -20,6 +26,7 @@ bounded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -39,8 +46,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.artifacts import atomic_write, atomic_write_json
-from core.errors import DatasetError, ImageLoadError
-from core.images import content_hash, decode_image, printable, sniff_format
+from core.config import FILE_LIMITS, ImageLimits
+from core.errors import ArtifactError, DatasetError, ImageLoadError
+from core.images import content_hash, decode_image, printable, probe_image, read_image_file
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,12 @@ ALLOWED_SCHEMES = ("http", "https")
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
 _UNSAFE = re.compile(r"[^\w.\-]+")
 _CHUNK = 64 * 1024
+#: Longest label folder, in UTF-8 bytes (a path component may have 255; room is left for the hash suffix).
+MAX_FOLDER_BYTES = 120
+#: Longest file name stem taken from a URL, in UTF-8 bytes (plus ``-<10 hex>.<ext>``).
+MAX_STEM_BYTES = 100
+#: Side JPEGs are decoded at to check them (draft mode: a 48 Mpx photo is checked at 1/8 of its size).
+CHECK_DRAFT_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class IngestConfig:
         max_bytes: Largest response body accepted.
         max_redirects: Redirects followed per attempt (http/https targets only).
         user_agent: Sent with every request.
+        limits: Size and pixel ceilings each image must meet (checked from its header before decoding).
     """
 
     workers: int = 8
@@ -77,6 +92,7 @@ class IngestConfig:
     max_bytes: int = 20 * 1024 * 1024
     max_redirects: int = 5
     user_agent: str = "similarity-workbench-import/1"
+    limits: ImageLimits = FILE_LIMITS
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,8 @@ class IngestReport:
     seconds: float
     items: tuple[IngestItem, ...]
     malformed: tuple[MalformedLine, ...]
+    #: ``(label, folder)`` for each label of the list, in first-seen order: where each label's images went.
+    label_folders: tuple[tuple[str, str], ...] = ()
 
     def with_status(self, status: Status) -> tuple[IngestItem, ...]:
         """The items with ``status``, in list order."""
@@ -147,6 +165,7 @@ class IngestReport:
             "out": printable(str(self.out)),
             "seconds": round(self.seconds, 3),
             "counts": self.counts(),
+            "label_folders": {printable(label): folder for label, folder in self.label_folders},
             "items": [asdict(item) for item in self.items],
             "malformed": [asdict(item) for item in self.malformed],
         }
@@ -160,16 +179,47 @@ class DownloadError(Exception):
         self.transient = transient
 
 
-def safe_name(text: str, fallback: str, max_length: int = 80) -> str:
-    """A single, harmless path component made from ``text``.
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding has at most ``max_bytes`` bytes (whole characters)."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode("utf-8", "ignore")
+
+
+def safe_name(text: str, fallback: str, max_bytes: int = MAX_FOLDER_BYTES) -> str:
+    """A single, harmless path component made from ``text``, at most ``max_bytes`` UTF-8 bytes long.
 
     Separators, ``..``, control and shell-hostile characters become ``_``; leading dots and spaces are
     dropped (no hidden files, no ``.``/``..``); Unicode is NFC-normalised; empty results use ``fallback``.
+    Different texts can give the same name: :func:`label_folder` makes folder names collision-free.
     """
-    text = unicodedata.normalize("NFC", printable(text))
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if _has_surrogates(text) else text
+    text = unicodedata.normalize("NFC", text)
     text = _UNSAFE.sub("_", text).strip("._ ")
-    text = re.sub(r"_+", "_", text)[:max_length].rstrip("._ ")
+    text = truncate_utf8(re.sub(r"_+", "_", text), max_bytes).rstrip("._ ")
     return text or fallback
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def label_folder(label: str) -> str:
+    """The folder of a label: the label itself when it is a safe name, otherwise its safe form plus a hash.
+
+    ``a/b`` and ``a_b``, ``../x`` and ``x``, ``.`` and ``..``, or two long labels sharing their first bytes
+    never share a folder; the result depends on the label alone, so reruns use the same folder.
+    """
+    safe = safe_name(label, "unlabelled")
+    if safe == label:
+        return safe
+    digest = hashlib.sha256(label.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe}-{digest}"
 
 
 def parse_url_list(path: str | Path) -> UrlList:
@@ -177,7 +227,7 @@ def parse_url_list(path: str | Path) -> UrlList:
 
     Malformed lines (no tab, empty label or URL, bad URL, scheme other than http/https, undecodable
     bytes) are returned with their line number and reason instead of stopping the import. Labels that
-    are not safe folder names (``../x``, ``a/b``) are neutralised into one (see :func:`safe_name`).
+    are not safe folder names (``../x``, ``a/b``) get a distinct safe folder (see :func:`label_folder`).
 
     Raises:
         DatasetError: The file cannot be read.
@@ -189,6 +239,7 @@ def parse_url_list(path: str | Path) -> UrlList:
         raise DatasetError(f"{printable(str(path))}: cannot read URL list ({err.strerror or err})") from err
     entries: list[UrlEntry] = []
     malformed: list[MalformedLine] = []
+    label_of_folder: dict[str, tuple[str, int]] = {}
     for number, raw_line in enumerate(raw.splitlines(), start=1):
         if number == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
             raw_line = raw_line[3:]  # UTF-8 byte-order mark
@@ -211,10 +262,15 @@ def parse_url_list(path: str | Path) -> UrlList:
         else:
             label, url = fields
             reason = _url_problem(url)
+        if not reason:
+            folder = label_folder(label)
+            other, other_line = label_of_folder.setdefault(folder.casefold(), (label, number))
+            if other != label:  # only a crafted label can meet another's hashed name
+                reason = f"label folder {folder!r} is already used by label {other!r} (line {other_line})"
         if reason:
-            malformed.append(MalformedLine(number, stripped, reason))
+            malformed.append(MalformedLine(number, printable(stripped), reason))
             continue
-        entries.append(UrlEntry(number, label, safe_name(label, "unlabelled"), url))
+        entries.append(UrlEntry(number, label, folder, url))
     return UrlList(path, tuple(entries), tuple(malformed))
 
 
@@ -232,7 +288,40 @@ def _url_problem(url: str) -> str | None:
         return "URL has no host"
     if any(ch.isspace() for ch in url):
         return "URL contains whitespace"
+    try:
+        request_url(url)
+    except ValueError as err:
+        return f"invalid URL ({err})"
     return None
+
+
+def request_url(url: str) -> str:
+    """``url`` as sent on the wire: an internationalised host IDNA-encoded, non-ASCII path and query bytes
+    percent-encoded (existing ``%XX`` escapes are kept).
+
+    Raises:
+        ValueError: The host cannot be IDNA-encoded.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if url.isascii():
+        return url
+    host = parts.hostname or ""
+    try:
+        ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError as err:
+        raise ValueError(f"host {host!r} is not a valid internationalised domain name") from err
+    if ":" in ascii_host:  # IPv6 literal
+        ascii_host = f"[{ascii_host}]"
+    netloc = ascii_host if parts.port is None else f"{ascii_host}:{parts.port}"
+    if parts.username is not None:
+        userinfo = urllib.parse.quote(parts.username, safe="%!$&'()*+,;=")
+        if parts.password is not None:
+            userinfo += ":" + urllib.parse.quote(parts.password, safe="%!$&'()*+,;=")
+        netloc = f"{userinfo}@{netloc}"
+    path = urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~")
+    query = urllib.parse.quote(parts.query, safe="/?%:@!$&'()*+,;=~")
+    fragment = urllib.parse.quote(parts.fragment, safe="/?%:@!$&'()*+,;=~")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, fragment))
 
 
 def file_stem(url: str) -> str:
@@ -243,7 +332,8 @@ def file_stem(url: str) -> str:
     """
     segment = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
     stem = segment.rsplit(".", 1)[0] if "." in segment.lstrip(".") else segment
-    return f"{safe_name(stem, 'image', 60)}-{hashlib.sha256(url.encode('utf-8')).hexdigest()[:10]}"
+    digest = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{safe_name(stem, 'image', MAX_STEM_BYTES)}-{digest}"
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
@@ -282,7 +372,9 @@ def _download_once(url: str, config: IngestConfig, opener: urllib.request.Opener
         DownloadError: With a one-line reason; ``transient`` when a retry may help.
     """
     deadline = time.monotonic() + config.timeout
-    request = urllib.request.Request(url, headers={"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.5"})
+    request = urllib.request.Request(
+        request_url(url), headers={"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.5"}
+    )
     try:
         with opener.open(request, timeout=config.timeout) as response:
             length = response.headers.get("Content-Length")
@@ -346,13 +438,11 @@ def _fetch(entry: UrlEntry, config: IngestConfig, opener: urllib.request.OpenerD
                 return _Fetched(None, "", f"{err}{suffix}", attempts)
             time.sleep(config.backoff * 2 ** (attempts - 1))
     try:
-        decode_image(data, name=entry.url)
+        header = probe_image(data, name=entry.url, limits=config.limits)
+        decode_image(data, name=entry.url, draft_size=CHECK_DRAFT_SIZE, limits=config.limits)
     except ImageLoadError as err:
         return _Fetched(None, "", f"not a usable image: {err}", attempts)
-    image_format = sniff_format(data)
-    if image_format not in EXTENSIONS:
-        return _Fetched(None, "", f"image format {image_format} is not supported for datasets", attempts)
-    return _Fetched(data, EXTENSIONS[image_format], "", attempts)
+    return _Fetched(data, EXTENSIONS[header.format], "", attempts)
 
 
 def read_manifest(out: Path) -> dict[str, dict[str, str]]:
@@ -378,10 +468,9 @@ def _present(out: Path, record: dict[str, str] | None) -> bool:
     """Whether a manifest record's file is still there with its recorded content."""
     if not record:
         return False
-    path = out / record["path"]
     try:
-        return path.is_file() and content_hash(path.read_bytes()) == record["sha256"]
-    except OSError:
+        return content_hash(read_image_file(out / record["path"])) == record["sha256"]
+    except ImageLoadError:
         return False
 
 
@@ -479,6 +568,7 @@ def import_urls(
         time.perf_counter() - start,
         tuple(items[line] for line in sorted(items)),
         url_list.malformed,
+        tuple({entry.label: entry.folder for entry in url_list.entries}.items()),
     )
     atomic_write_json(out / REPORT_NAME, report.to_dict())
     log.info("imported %s into %s: %s", printable(str(url_list.path)), printable(str(out)), report.counts())
@@ -510,7 +600,14 @@ def _store(
     target = out / relative
     if target.resolve().parent.parent != out.resolve():  # safe_name makes this impossible; checked anyway
         raise DatasetError(f"{printable(str(target))}: refusing to write outside {printable(str(out))}")
-    atomic_write(target, lambda handle: handle.write(fetched.data))
+    try:
+        atomic_write(target, lambda handle: handle.write(fetched.data))
+    except ArtifactError as err:
+        cause = err.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise  # every further write would fail too: stop, one line (the manifest keeps what was done)
+        log.warning("failed line %d %s: %s", entry.line, printable(entry.url), err)
+        return IngestItem(entry.line, entry.url, entry.label, "failed", reason=str(err), attempts=fetched.attempts)
     manifest[entry.url] = {"path": relative, "sha256": sha256}
     path_of_content[sha256] = relative
     return IngestItem(entry.line, entry.url, entry.label, "downloaded", relative, "", fetched.attempts, sha256)

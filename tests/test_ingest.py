@@ -52,7 +52,10 @@ def test_parse_url_list_reports_malformed_lines_with_numbers(tmp_path):
     path = tmp_path / "list.tsv"
     path.write_bytes(raw)
     parsed = parse_url_list(path)
-    assert [(e.line, e.label, e.folder) for e in parsed.entries] == [(3, "fish", "fish"), (14, "../../etc", "etc")]
+    assert [(e.line, e.label, e.folder) for e in parsed.entries] == [
+        (3, "fish", "fish"),
+        (14, "../../etc", "etc-74ccf3c5"),
+    ]
     reasons = {m.line: m.reason for m in parsed.malformed}
     assert reasons == {
         5: "expected label<TAB>url, found 1 tab-separated field(s)",
@@ -92,6 +95,10 @@ def test_file_stem_is_safe_and_unique_per_url():
         "."
     )
     assert file_stem("http://h/").startswith("image-")
+
+
+def saved_label_folders(out: Path) -> dict[str, str]:
+    return json.loads((out / REPORT_NAME).read_text())["label_folders"]
 
 
 def test_import_downloads_good_urls_and_reports_every_failure(tmp_path, server, images):
@@ -162,7 +169,9 @@ def test_import_downloads_good_urls_and_reports_every_failure(tmp_path, server, 
         ["list.tsv", f"data/{MANIFEST_NAME}", f"data/{REPORT_NAME}"]
         + [f"data/{by_line[line].path}" for line in range(2, 9)]
     )
-    assert by_line[7].path.startswith("outside/gc_burj-") and by_line[8].path.startswith("tools/pwned-")
+    assert by_line[7].path.startswith("outside-") and "/gc_burj-" in by_line[7].path  # label ../../outside, hashed
+    assert by_line[8].path.startswith("tools/pwned-")
+    assert saved_label_folders(out)["../../outside"] == by_line[7].path.split("/")[0]
     assert all(by_line[line].path.endswith(".jpg") for line in range(2, 9))
     for line in (2, 5):
         assert (out / by_line[line].path).read_bytes() == images[Path(by_line[line].url).name]
