@@ -201,3 +201,138 @@ def format_table(results: Sequence[EvaluationResult]) -> str:
             f"(1 positive + {results[0].n_negatives} negatives per query; chance mean rank {results[0].chance_mean_rank:.1f})"
         )
     return "\n".join(lines)
+
+
+#: Full-gallery metric names, in report order.
+RETRIEVAL_METRICS = ("recall_at_k", "precision_at_k", "r_precision", "map_at_r", "mrr")
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """Full-gallery retrieval metrics: every query searches the whole gallery, itself excluded.
+
+    Definitions follow Musgrave et al. 2020 ("A Metric Learning Reality Check") and pytorch-metric-learning's
+    ``AccuracyCalculator``. For a query with ``R`` same-label gallery items and relevance ``rel(i)`` of its
+    ``i``-th result: recall@k = 1 if any of the first ``k`` is relevant; precision@k = relevant share of the first
+    ``k``; R-precision = relevant share of the first ``R``; MAP@R = ``(1 / R) sum_{i <= R} rel(i) P(i)`` with
+    ``P(i)`` the precision at ``i``; MRR = ``1 / rank`` of the first relevant result (0 when none is among the
+    ``k_searched`` results, as in pytorch-metric-learning). Values are means over queries; ``class_averaged``
+    holds the mean over labels of each label's mean ("average of per-class averages").
+
+    Attributes:
+        ranker: The ranker's name.
+        n_queries: Queries evaluated.
+        n_dropped: Queries dropped because no other gallery item carries their label.
+        k_searched: Results retrieved per query (the largest ``R`` or ``k``, whichever is larger).
+        metrics: ``name -> value`` over queries (``recall@1``, ``precision@5``, ``r_precision``, ``map@r``, ``mrr``).
+        class_averaged: The same names, averaged per label first.
+        per_category: ``label -> (n_queries, metrics)``.
+    """
+
+    ranker: str
+    n_queries: int
+    n_dropped: int
+    k_searched: int
+    metrics: dict[str, float]
+    class_averaged: dict[str, float]
+    per_category: dict[str, tuple[int, dict[str, float]]]
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary."""
+        return {
+            "ranker": self.ranker,
+            "n_queries": self.n_queries,
+            "n_dropped": self.n_dropped,
+            "k_searched": self.k_searched,
+            "metrics": dict(self.metrics),
+            "class_averaged": dict(self.class_averaged),
+            "per_category": {
+                label: {"n_queries": n, "metrics": dict(values)} for label, (n, values) in self.per_category.items()
+            },
+        }
+
+
+def retrieval_metrics(relevant: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-query metrics from a ranked relevance matrix.
+
+    Args:
+        relevant: ``bool[Q, K]``, whether each query's ``i``-th result shares its label (best first).
+        n_relevant: ``R`` per query: same-label items in the gallery, the query excluded (all ``>= 1``).
+        ks: Cut-offs for recall@k and precision@k (each ``<= K``).
+
+    Returns:
+        ``name -> float64[Q]``.
+    """
+    relevant = np.asarray(relevant, bool)
+    n_relevant = np.asarray(n_relevant, np.int64)
+    positions = np.arange(1, relevant.shape[1] + 1)
+    hits = np.cumsum(relevant, axis=1)
+    within_r = positions[None, :] <= n_relevant[:, None]
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        out[f"recall@{k}"] = np.asarray(relevant[:, :k].any(axis=1), np.float64)
+        out[f"precision@{k}"] = np.asarray(hits[:, k - 1] / k, np.float64)
+    out["r_precision"] = (relevant & within_r).sum(axis=1) / n_relevant
+    out["map@r"] = ((hits / positions) * (relevant & within_r)).sum(axis=1) / n_relevant
+    first = np.where(relevant.any(axis=1), relevant.argmax(axis=1) + 1, np.inf)
+    out["mrr"] = 1.0 / first
+    return out
+
+
+def evaluate_retrieval(
+    ranker: Ranker,
+    embeddings: np.ndarray,
+    labels: Sequence[str] | np.ndarray,
+    queries: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    block_rows: int | None = None,
+) -> RetrievalResult:
+    """Each of ``queries`` (record indices) searches all of ``embeddings`` (itself excluded).
+
+    One blockwise kNN search (:func:`core.rankers.top_k`) is shared by every metric. Queries whose label has no
+    other gallery item are dropped and counted in ``n_dropped``.
+
+    Raises:
+        ValueError: Misaligned inputs, query indices out of range, or a cut-off larger than the gallery allows.
+    """
+    from core.rankers import top_k
+
+    embeddings = np.asarray(embeddings, np.float32)
+    labels = np.asarray(labels).astype(str)
+    queries = np.asarray(queries, np.int64)
+    if len(labels) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
+    if queries.size and (queries.min() < 0 or queries.max() >= len(embeddings)):
+        raise ValueError(f"query indices must lie in [0, {len(embeddings)}), got {queries.min()}..{queries.max()}")
+    names, counts = np.unique(labels, return_counts=True)
+    n_relevant = counts[np.searchsorted(names, labels[queries])] - 1
+    kept = queries[n_relevant > 0]
+    n_relevant = n_relevant[n_relevant > 0]
+    if len(kept) == 0:
+        raise ValueError("no query has another gallery item with its label")
+    if max(ks) > len(embeddings) - 1:
+        raise ValueError(f"k up to {max(ks)} needs a gallery of more than {max(ks)} items, got {len(embeddings)}")
+    k_searched = int(min(len(embeddings) - 1, max(int(n_relevant.max()), max(ks))))
+    found, _ = top_k(ranker, embeddings[kept], embeddings, k_searched + 1, block_rows)
+    # drop each query itself; where a tie pushed it out of the list, drop the last result instead
+    is_self = found == kept[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    neighbours = found[~is_self].reshape(len(kept), k_searched)
+    per_query = retrieval_metrics(labels[neighbours] == labels[kept][:, None], n_relevant, ks)
+    query_labels = labels[kept]
+    per_category = {
+        str(label): (int(mask.sum()), {name: float(values[mask].mean()) for name, values in per_query.items()})
+        for label in np.unique(query_labels)
+        for mask in [query_labels == label]
+    }
+    return RetrievalResult(
+        ranker=ranker.name,
+        n_queries=len(kept),
+        n_dropped=len(queries) - len(kept),
+        k_searched=k_searched,
+        metrics={name: float(values.mean()) for name, values in per_query.items()},
+        class_averaged={
+            name: float(np.mean([metrics[name] for _, metrics in per_category.values()])) for name in per_query
+        },
+        per_category=per_category,
+    )
