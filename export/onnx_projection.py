@@ -1,0 +1,83 @@
+"""Bake a learned projection into an exported featurizer: ``embedding -> MatMul(M) -> L2 norm -> embedding``.
+
+The input is a featurizer ``.onnx`` written by :func:`export.onnx_export.export_onnx` (uint8 pixels in, unit
+``embedding`` out). The baked graph keeps the input, the output name, the opsets, the IR version (pinned to at
+most :data:`export.onnx_export.MAX_IR_VERSION`) and the metadata, and adds one ``projection`` metadata entry
+(dimension, mix weight, SHA-256 of ``M``), so its output is :meth:`core.metric_learning.ProjectionRanker.transform`
+of the plain graph's output and ranking is a dot product on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from core.artifacts import atomic_path
+from core.errors import ArtifactError
+from core.metric_learning import ProjectionRanker
+from export.metadata import OUTPUT_NAME
+
+PROJECTION_KEY = "projection"
+
+
+def bake_projection(onnx_path: str | Path, ranker: ProjectionRanker, out_path: str | Path) -> Path:
+    """Write a copy of ``onnx_path`` whose ``embedding`` output is projected by ``ranker`` and L2-normalised.
+
+    Raises:
+        ArtifactError: The file is missing or unreadable, has no ``embedding`` output, its embedding dimension
+            differs from the projection's input, or it already carries a projection.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.onnx_export import pin_ir_version
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    try:
+        model = onnx.load(str(onnx_path))
+    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:  # type: ignore[attr-defined]
+        raise ArtifactError(f"{onnx_path}: unreadable ONNX model ({err})") from err
+    except Exception as err:  # protobuf DecodeError and friends
+        raise ArtifactError(f"{onnx_path}: unreadable ONNX model ({err})") from err
+    outputs = [output for output in model.graph.output if output.name == OUTPUT_NAME]
+    if not outputs:
+        raise ArtifactError(f"{onnx_path}: no {OUTPUT_NAME!r} output to project")
+    if any(prop.key == PROJECTION_KEY for prop in model.metadata_props):
+        raise ArtifactError(f"{onnx_path}: already carries a projection")
+    matrix = ranker._matrix()
+    dims = outputs[0].type.tensor_type.shape.dim
+    if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value != matrix.shape[0]:
+        raise ArtifactError(
+            f"{onnx_path}: embedding dimension {dims[1].dim_value}, the projection expects {matrix.shape[0]}"
+        )
+    plain = f"{OUTPUT_NAME}_unprojected"
+    for node in model.graph.node:
+        node.output[:] = [plain if name == OUTPUT_NAME else name for name in node.output]
+        node.input[:] = [plain if name == OUTPUT_NAME else name for name in node.input]
+    model.graph.initializer.append(numpy_helper.from_array(matrix.astype(np.float32), "projection_matrix"))
+    model.graph.node.extend(
+        [
+            helper.make_node("MatMul", [plain, "projection_matrix"], ["projected"], name="projection_matmul"),
+            helper.make_node("LpNormalization", ["projected"], [OUTPUT_NAME], axis=1, p=2, name="projection_norm"),
+        ]
+    )
+    batch = dims[0] if len(dims) else None
+    new_output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, int(matrix.shape[1])])
+    if batch is not None:
+        new_output.type.tensor_type.shape.dim[0].CopyFrom(batch)
+    model.graph.output.remove(outputs[0])
+    model.graph.output.append(new_output)
+    info = {
+        "dims": int(matrix.shape[1]),
+        "identity_weight": ranker.identity_weight,
+        "matrix_sha256": hashlib.sha256(np.ascontiguousarray(matrix, np.float32).tobytes()).hexdigest(),
+    }
+    model.metadata_props.add(key=PROJECTION_KEY, value=json.dumps(info, sort_keys=True))
+    pin_ir_version(model)
+    onnx.checker.check_model(model)
+    with atomic_path(out_path, ".onnx") as temp:
+        onnx.save(model, str(temp))
+    return out_path
