@@ -38,9 +38,7 @@ def bake_projection(onnx_path: str | Path, ranker: ProjectionRanker, out_path: s
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     try:
         model = onnx.load(str(onnx_path))
-    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:  # type: ignore[attr-defined]
-        raise ArtifactError(f"{onnx_path}: unreadable ONNX model ({err})") from err
-    except Exception as err:  # protobuf DecodeError and friends
+    except Exception as err:  # OSError, protobuf's DecodeError and onnx's own errors
         raise ArtifactError(f"{onnx_path}: unreadable ONNX model ({err})") from err
     outputs = [output for output in model.graph.output if output.name == OUTPUT_NAME]
     if not outputs:
