@@ -65,10 +65,42 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
                 temp.unlink(missing_ok=True)
 
 
+class _WriteRecorder:
+    """A binary file that remembers the first ``OSError`` of its ``write``.
+
+    Some writers (``torch.save``) catch that error and raise their own (``RuntimeError: enforce fail at
+    inline_container.cc``); the recorded one says what really happened (disk full).
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write a file atomically by calling ``write(binary_handle)``; the data is fsynced first."""
+    """Write a file atomically by calling ``write(binary_handle)``; the data is fsynced first.
+
+    Raises:
+        ArtifactError: The write failed (disk full, quota, permission...); the previous file is unchanged.
+    """
     with atomic_path(path) as temp, open(temp, "wb") as handle:
-        write(handle)
+        recorder = _WriteRecorder(handle)
+        try:
+            write(recorder)  # type: ignore[arg-type]
+        except Exception as err:
+            if recorder.error is not None and not isinstance(err, OSError):
+                raise recorder.error from err
+            raise
         handle.flush()
         os.fsync(handle.fileno())
 

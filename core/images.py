@@ -205,12 +205,8 @@ _SIGNATURES = (
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
 )
-#: Formats Pillow cannot open but people upload anyway.
-_FOREIGN_SIGNATURES = (
-    (b"%PDF", "PDF"),
-    (b"%!PS", "PostScript"),
-    (b"\xc5\xd0\xd3\xc6", "EPS"),
-)
+#: Formats Pillow cannot open but people upload anyway (Pillow's own signatures name the others: EPS, PSD...).
+_FOREIGN_SIGNATURES = ((b"%PDF", "PDF"),)
 
 
 def _unidentified(data: bytes, name: str) -> ImageLoadError:
