@@ -113,7 +113,7 @@ def atomic_write_json(path: str | Path, payload: Any) -> None:
 
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Save arrays to ``.npz`` atomically (no pickled objects: load with ``allow_pickle=False``)."""
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]  # numpy stubs
 
 
 def read_json(path: str | Path) -> Any:

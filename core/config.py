@@ -92,6 +92,11 @@ class FeaturizerConfig:
         _validate(self)
 
 
+#: What fine-tuning optimises (see ``TrainConfig.objective``).
+Objective = Literal["classification", "triplet"]
+OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to fine-tune.
@@ -133,7 +138,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = ""
-    objective: Literal["classification", "triplet"] = "classification"
+    objective: Objective = "classification"
     margin: float = 0.2
     mining: Literal["semihard", "hard", "all"] = "semihard"
 
@@ -293,10 +298,12 @@ def _validate(config: Any) -> None:
 
 #: Limits for files read from disk or imported from URLs (dataset scan, CLI, ``import-urls``): a 150 Mpx
 #: camera JPEG and an 8K (33 Mpx) PNG screenshot pass, an 8000x8000 PNG (64 Mpx) does not.
-FILE_LIMITS = ImageLimits()
+FILE_LIMITS: ImageLimits = ImageLimits()
 #: Limits for bytes uploaded to the app or the REST API, where one client must not hold a decoder long: a
 #: 48 Mpx phone JPEG passes (decoded reduced), a 6300x6300 PNG (39.7 Mpx, a few kB) does not.
-UPLOAD_LIMITS = ImageLimits(max_file_bytes=20 * 1024 * 1024, max_pixels=64_000_000, max_pixels_full=16_000_000)
+UPLOAD_LIMITS: ImageLimits = ImageLimits(
+    max_file_bytes=20 * 1024 * 1024, max_pixels=64_000_000, max_pixels_full=16_000_000
+)
 
 
 def _coerce(cls: type, defaults: Any, values: dict[str, Any], origin: str) -> Any:

@@ -168,7 +168,7 @@ def scan_folder(
             pool.map(lambda path: _inspect_file(path, perceptual_hashes, limits), (path for path, _ in candidates))
         )
     records: list[ImageRecord] = []
-    dhashes: list[np.ndarray] = []
+    dhashes: list[np.ndarray | None] = []
     first_path_of: dict[str, Path] = {}
     for (path, label), (sha256, dhash, reason) in zip(candidates, inspected, strict=True):
         if sha256 is None:
@@ -187,7 +187,7 @@ def scan_folder(
         log.warning("skipped %s", item.reason)
     if not records:
         raise DatasetError(f"{printable(str(root))}: no usable images found")
-    hashes = np.stack(dhashes) if perceptual_hashes else None
+    hashes = np.stack([h for h in dhashes if h is not None]) if perceptual_hashes else None
     return ScanReport(ImageDataset(tuple(records), root), tuple(skipped), hashes)
 
 

@@ -282,7 +282,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         opaque = None
         if isinstance(transparent_colour, int):
             opaque = Image.fromarray(((np.asarray(image) != transparent_colour) * 255).astype(np.uint8), "L")
-        scale = 1 / 256 if image.mode != "I" or image.getextrema()[1] > 255 else 1
+        extrema = image.getextrema()
+        scale = 1 / 256 if image.mode != "I" or float(extrema[1]) > 255 else 1  # type: ignore[arg-type]
         image = image.point(lambda value: value * scale).convert("L")
         if opaque is not None:
             image = image.convert("RGBA")
@@ -341,11 +342,17 @@ def read_image_file(path: str | Path, limits: ImageLimits = FILE_LIMITS) -> byte
             kind = _not_regular(os.fstat(descriptor).st_mode)
             if kind:
                 raise ImageLoadError(f"{name}: not a regular file ({kind})")
-            data = handle.read(limits.max_file_bytes + 1)
+            data = handle.read(info.st_size + 1)  # one more byte tells if it grew past the stat
     except OSError as err:
         raise ImageLoadError(f"{name}: cannot read file ({printable(err.strerror or str(err))})") from err
-    if len(data) > limits.max_file_bytes:  # grew since the stat
-        raise ImageTooLargeError(f"{name}: file too large (over {limits.max_file_bytes:,} bytes); refusing to read")
+    if len(data) > info.st_size:  # grew since the stat: read the rest, within the limit
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(limits.max_file_bytes + 1)
+        except OSError as err:
+            raise ImageLoadError(f"{name}: cannot read file ({printable(err.strerror or str(err))})") from err
+        if len(data) > limits.max_file_bytes:
+            raise ImageTooLargeError(f"{name}: file too large (over {limits.max_file_bytes:,} bytes); refusing to read")
     return data
 
 

@@ -131,6 +131,31 @@ def corpus() -> list[Case]:
             encode(Image.new("1", (9000, 9000)), "PNG"),
             "image too large, refusing to decode",
         ),
+        Case(
+            "PostScript named .jpg (would start Ghostscript)",
+            "postscript.jpg",
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n%%EOF\n",
+            "not a supported image format (EPS",
+        ),
+        Case(
+            "PPM named .png (a format outside the allow-list)",
+            "netpbm.png",
+            b"P6\n16 16\n255\n" + bytes(16 * 16 * 3),
+            "not a supported image format (PPM",
+        ),
+        Case(
+            "8000x8000 PNG of 8 kB",
+            "huge.png",
+            encode(Image.new("1", (8000, 8000)), "PNG"),
+            "image too large, refusing to decode (8000x8000",
+        ),
+        Case(
+            "RGB PNG with a transparent colour (tRNS)",
+            "trns.png",
+            encode(Image.new("RGB", (40, 30), (255, 0, 0)), "PNG", transparency=(255, 0, 0)),
+            "ok",
+            (40, 30),
+        ),
         Case("CMYK JPEG", "cmyk.jpg", encode(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG"), "ok", (40, 30)),
         Case("16-bit PNG", "sixteen.png", encode(Image.new("I;16", (40, 30), 40000), "PNG"), "ok", (40, 30)),
         Case("palette PNG", "palette.png", encode(photo().convert("P"), "PNG"), "ok", (160, 107)),
@@ -324,14 +349,12 @@ def test_cli_prepare_round_trips_odd_names(cli_prepare, corpus_root, tmp_path):
 @pytest.fixture(scope="module")
 def app_workspace(tiny_dataset, lite0_featurizer, tmp_path_factory):
     pytest.importorskip("streamlit")
-    from core.config import DataConfig
-    from core.pipeline import featurize, prepare
     from workbench import service
+    from workbench.workspace import WorkspaceSpec, configure
 
     workdir = tmp_path_factory.mktemp("corpus-app")
-    prepared = prepare(DataConfig(root=tiny_dataset))
-    embeddings = featurize(prepared, lite0_featurizer, workdir)
-    return service, service.Workspace(prepared, lite0_featurizer, embeddings, workdir, "pretrained")
+    spec = WorkspaceSpec(configure(data={"root": tiny_dataset}), workdir, backend="torch")
+    return service, service.workspace(spec=spec)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -497,7 +497,7 @@ def _load_version(folder: Path, version: Path, fingerprint: str | None, verify: 
         raise ModelMismatchError(
             f"{_shown(folder)}: index holds embeddings of {manifest.get('fingerprint')!r}, not {fingerprint!r}"
         )
-    backend = _backends().get(manifest.get("backend"))
+    backend = _backends().get(str(manifest.get("backend")))
     if backend is None:
         raise ArtifactError(f"{_shown(folder)}: unknown index back end {manifest.get('backend')!r}")
     if verify:
