@@ -1,22 +1,27 @@
-"""PyTorch eager vs onnxruntime on the demo images: model alone and the whole file pipeline.
+"""PyTorch, onnxruntime float32 and onnxruntime int8 on the demo images: model alone and the whole file pipeline.
 
+Back ends: ``torch`` (eager, channels-last), ``onnx`` (the exported float32 model), ``int8`` (that model
+statically quantized, calibrated on the demo images: ``export.quantize``).
 Modes:
   model   preprocessed batches only (float32 NCHW for PyTorch, uint8 NHWC pixels for onnxruntime)
-  files   ``core.featurize.embed_files``: read + decode + resize/crop to uint8 in two threads overlapping
-          the model (``embed_pixels``); onnxruntime's idle threads do not spin there, so decoding gets cores
+  files   ``core.featurize.embed_files``: read + hash + decode (JPEG draft mode) + resize of the crop to uint8
+          in a pool of one thread per core, running ahead of the model; onnxruntime's idle threads do not
+          spin there, so decoding gets the cores
 
 Each configuration runs in its own process (so peak RSS is its own), is warmed up once, repeated
-``--repeats`` times and reported as the median. The model is exported once to ``--onnx`` first.
-Prints a table and writes JSON (default ``benchmarks/results/featurize.json``, git-ignored).
-Timings on a shared machine are noisy: compare medians from one run.
+``--repeats`` times; with ``--rounds`` > 1 the configurations are run in turn that many times, so a busy
+spell of a shared machine hits all of them alike. The figure is the median of all runs.
+Prints a table with ratios to the PyTorch model and to the onnxruntime model, and writes JSON (default
+``benchmarks/results/featurize.json``, git-ignored). Compare ratios from one run.
 
-    python benchmarks/featurize.py [--data data/demo] [--repeats 5] [--batch-sizes 1 32]
+    python benchmarks/featurize.py [--data data/demo] [--repeats 5] [--rounds 3] [--batch-sizes 1 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -28,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = (("torch", "model"), ("onnx", "model"), ("torch", "files"), ("onnx", "files"))
+CONFIGS = (("torch", "model"), ("onnx", "model"), ("onnx", "files"), ("int8", "model"), ("int8", "files"))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,6 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1, help="times each configuration's process is run, in turn")
+    parser.add_argument("--with-torch-files", action="store_true", help="also time PyTorch on files")
     parser.add_argument("--images", type=int, default=128, help="images per timed run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, default=0, help="model threads (0: library default)")
@@ -78,7 +85,9 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
     else:
         from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
 
-        featurizer = OnnxFeaturizer(args.onnx, OrtConfig(intra_op_threads=args.threads, allow_spinning=mode == "model"))
+        model_path = args.onnx if backend == "onnx" else int8_path(args)
+        config = OrtConfig(intra_op_threads=args.threads, allow_spinning=mode == "model")
+        featurizer = OnnxFeaturizer(model_path, config)
         threads = args.threads
     spec = featurizer.preprocessing
     images = [load_image(path, draft_size=spec.resize_size) for path in paths]
@@ -117,15 +126,31 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
     }
 
 
-def _export(args: argparse.Namespace) -> dict:
-    from core.backbones import build_backbone
-    from export.onnx_export import export_onnx
+def int8_path(args: argparse.Namespace) -> Path:
+    return args.onnx.with_name(args.onnx.stem + "-int8.onnx")
 
-    result = export_onnx(build_backbone(args.backbone), args.onnx)
+
+def _export(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from core.backbones import build_backbone
+    from core.images import load_image
+    from core.preprocessing import resize_crop
+    from export.onnx_export import export_onnx
+    from export.quantize import quantize_static_onnx
+
+    backbone = build_backbone(args.backbone)
+    result = export_onnx(backbone, args.onnx)
+    spec = backbone.preprocessing
+    calibration = sorted(args.data.glob("*/*.jpg"))[::4][:64]
+    pixels = np.stack([resize_crop(load_image(path, draft_size=spec.resize_size), spec) for path in calibration])
+    quantize_static_onnx(args.onnx, int8_path(args), pixels)
     return {
         "path": str(result.path),
         "max_abs_diff": result.validation.max_abs_diff,
         "min_cosine": result.validation.min_cosine,
+        "int8_path": str(int8_path(args)),
+        "int8_calibration_images": len(pixels),
     }
 
 
@@ -135,31 +160,50 @@ def main(args: argparse.Namespace) -> None:
         print(json.dumps(run_one(args, backend, mode, int(batch_size))))
         return
     export = _export(args)
+    configs = [*CONFIGS, *((("torch", "files"),) if args.with_torch_files else ())]
+    runs: dict[tuple[str, str, int], list[dict]] = {}
+    for _ in range(args.rounds):
+        for batch_size in args.batch_sizes:
+            for backend, mode in configs:
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    f"{backend}:{mode}:{batch_size}",
+                    "--data",
+                    str(args.data),
+                    "--backbone",
+                    args.backbone,
+                    "--repeats",
+                    str(args.repeats),
+                    "--images",
+                    str(args.images),
+                    "--threads",
+                    str(args.threads),
+                    "--onnx",
+                    str(args.onnx),
+                ]
+                output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                row = json.loads(output.strip().splitlines()[-1])
+                runs.setdefault((backend, mode, batch_size), []).append(row)
+                print(
+                    f"  {backend:<5} {mode:<6} batch {batch_size:>2}: {row['images_per_s']:.1f} img/s", file=sys.stderr
+                )
     rows = []
-    for batch_size in args.batch_sizes:
-        for backend, mode in CONFIGS:
-            command = [
-                sys.executable,
-                __file__,
-                "--one",
-                f"{backend}:{mode}:{batch_size}",
-                "--data",
-                str(args.data),
-                "--backbone",
-                args.backbone,
-                "--repeats",
-                str(args.repeats),
-                "--images",
-                str(args.images),
-                "--threads",
-                str(args.threads),
-                "--onnx",
-                str(args.onnx),
-            ]
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(output.strip().splitlines()[-1]))
-            row = rows[-1]
-            print(f"  {backend:<5} {mode:<6} batch {batch_size:>2}: {row['images_per_s']:.1f} img/s", file=sys.stderr)
+    for results in runs.values():
+        seconds = [s for result in results for s in result["runs_s"]]
+        median = statistics.median(seconds)
+        images = results[0]["images"]
+        rows.append(
+            {
+                **results[0],
+                "median_s": median,
+                "images_per_s": images / median,
+                "ms_per_image": 1000 * median / images,
+                "runs_s": seconds,
+                "peak_rss_mb": max(result["peak_rss_mb"] for result in results),
+            }
+        )
 
     def rate(backend: str, mode: str, batch_size: int) -> float:
         return next(
@@ -167,20 +211,28 @@ def main(args: argparse.Namespace) -> None:
         )
 
     print(
-        f"{args.backbone} on {platform.processor() or platform.machine()}, {args.images} images, median of {args.repeats} runs"
+        f"{args.backbone} on {platform.processor() or platform.machine()} ({os.cpu_count()} cores), {args.images} images, "
+        f"median of {args.rounds} x {args.repeats} runs"
     )
-    print(f"{'backend':<8}{'mode':<7}{'batch':>5} {'images/s':>9} {'ms/image':>9} {'peak MB':>8}")
+    print(
+        f"{'backend':<8}{'mode':<7}{'batch':>5} {'images/s':>9} {'ms/image':>9} {'peak MB':>8} {'/torch model':>13} {'/onnx model':>12}"
+    )
     for row in rows:
+        batch_size = row["batch_size"]
         print(
-            f"{row['backend']:<8}{row['mode']:<7}{row['batch_size']:>5} {row['images_per_s']:>9.1f} "
-            f"{row['ms_per_image']:>9.2f} {row['peak_rss_mb']:>8.0f}"
+            f"{row['backend']:<8}{row['mode']:<7}{batch_size:>5} {row['images_per_s']:>9.1f} "
+            f"{row['ms_per_image']:>9.2f} {row['peak_rss_mb']:>8.0f} "
+            f"{row['images_per_s'] / rate('torch', 'model', batch_size):>12.2f}x "
+            f"{row['images_per_s'] / rate('onnx', 'model', batch_size):>11.2f}x"
         )
     ratios = {}
     for batch_size in args.batch_sizes:
         ratios[str(batch_size)] = {
-            "onnx_over_torch_model": rate("onnx", "model", batch_size) / rate("torch", "model", batch_size),
-            "onnx_over_torch_files": rate("onnx", "files", batch_size) / rate("torch", "files", batch_size),
+            "onnx_model_over_torch_model": rate("onnx", "model", batch_size) / rate("torch", "model", batch_size),
             "onnx_files_over_onnx_model": rate("onnx", "files", batch_size) / rate("onnx", "model", batch_size),
+            "int8_model_over_onnx_model": rate("int8", "model", batch_size) / rate("onnx", "model", batch_size),
+            "int8_files_over_int8_model": rate("int8", "files", batch_size) / rate("int8", "model", batch_size),
+            "int8_files_over_onnx_files": rate("int8", "files", batch_size) / rate("onnx", "files", batch_size),
         }
         print(
             f"batch {batch_size}: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios[str(batch_size)].items())
@@ -188,7 +240,17 @@ def main(args: argparse.Namespace) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from core.artifacts import atomic_write_json
 
-    atomic_write_json(args.out, {"backbone": args.backbone, "export": export, "rows": rows, "ratios": ratios})
+    atomic_write_json(
+        args.out,
+        {
+            "backbone": args.backbone,
+            "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "load_average_after": os.getloadavg(),
+            "export": export,
+            "rows": rows,
+            "ratios": ratios,
+        },
+    )
     print(f"wrote {args.out}")
 
 
