@@ -213,8 +213,32 @@ def top_k(
             [best_index, np.broadcast_to(np.arange(block.start, block.stop), (len(query), block.stop - block.start))],
             axis=1,
         )
-        # stable sort on (-score, index) keeps ties deterministic
-        order = np.lexsort((indices, -scores), axis=1)[:, :k] if scores.size else np.zeros((len(query), 0), np.int64)
+        order = _best_first(scores, indices, k)
         best_score = np.take_along_axis(scores, order, axis=1)
         best_index = np.take_along_axis(indices, order, axis=1)
     return best_index, best_score
+
+
+def _best_first(scores: np.ndarray, indices: np.ndarray, k: int) -> np.ndarray:
+    """Column positions of the ``k`` best entries per row, ordered by (score descending, index ascending).
+
+    A full sort is ``O(n log n)`` per row; here ``np.argpartition`` (``O(n)``) picks ``k`` candidates and only
+    they are sorted. Rows where the ``k``-th score is tied with entries left outside the candidates (which of
+    them belong in the list depends on the index) are fully sorted instead, so ties still go to the lower index.
+    """
+    if not scores.size:
+        return np.zeros((len(scores), 0), np.int64)
+    if scores.shape[1] <= 2 * k:
+        return np.lexsort((indices, -scores), axis=1)[:, :k]
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    kth = candidate_scores.min(axis=1)
+    order = np.take_along_axis(
+        candidates,
+        np.lexsort((np.take_along_axis(indices, candidates, axis=1), -candidate_scores), axis=1),
+        axis=1,
+    )
+    tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
+    if len(tied):
+        order[tied] = np.lexsort((indices[tied], -scores[tied]), axis=1)[:, :k]
+    return order

@@ -80,3 +80,19 @@ def test_bad_shapes_and_names_are_rejected():
         make_ranker("hamming")
     with pytest.raises(ValueError, match="k must"):
         top_k(L2Ranker(), np.zeros((1, 2)), np.zeros((3, 2)), k=0)
+
+
+@pytest.mark.parametrize("block_rows", [7, None])
+def test_top_k_ties_at_the_cut_go_to_the_lower_index(block_rows):
+    """Many equal scores straddling the k-th place: the partial selection must still keep the lowest indices."""
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(60, 4)).astype(np.float32) * 10
+    tied_rows = np.array([5, 12, 13, 30, 41, 42, 50, 59])
+    gallery[tied_rows] = [1.0, 0.0, 0.0, 0.0]
+    query = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    for ranker in (L2Ranker(), CosineRanker()):
+        indices, _ = top_k(ranker, query, gallery, k=5, block_rows=block_rows)
+        assert indices.tolist() == [[5, 12, 13, 30, 41]]
+        scores = ranker.score(query, gallery)
+        expected = sorted(range(len(gallery)), key=lambda j: (-scores[0, j], j))[:5]  # reference: a plain sort
+        assert indices[0].tolist() == expected
