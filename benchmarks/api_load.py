@@ -1,6 +1,6 @@
 """Bounded loopback load test of the REST service: requests/s and p50/p99 latency of ``POST /search``.
 
-Starts ``python -m workbench.api`` on 127.0.0.1 at a free port in a subprocess (demo data, the given
+Starts ``python -m workbench serve`` on 127.0.0.1 at a free port in a subprocess (demo data, the given
 workdir: its exported ONNX model is used when present), waits for ``/health``, then for each concurrency
 level keeps that many requests in flight for ``--seconds`` (closed loop: each worker sends its next
 request when the last one is answered), cycling through demo photos. Stops the server at the end, prints
@@ -59,7 +59,9 @@ def start_server(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen,
     command = [
         sys.executable,
         "-m",
-        "workbench.api",
+        "workbench",
+        "serve",
+        "--quiet",
         "--host",
         "127.0.0.1",
         "--port",
@@ -68,8 +70,6 @@ def start_server(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen,
         str(args.data),
         "--workdir",
         str(args.workdir),
-        "--log-level",
-        "warning",
     ]
     log = open(Path(tempfile.gettempdir()) / f"workbench-api-load-{port}.log", "w")  # noqa: SIM115  (held by the server)
     server = subprocess.Popen(

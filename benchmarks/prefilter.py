@@ -1,9 +1,9 @@
 """Siamese ranker with and without the classifier pre-filter: accuracy and speed on one workspace.
 
-Uses the workspace's prepared sets, cached features and saved Siamese ranker (run ``train-siamese`` first).
+Uses the workspace's prepared sets, cached features and saved Siamese ranker (run ``python -m workbench fit --ranker siamese`` first).
 The pre-filter is a logistic regression on the training embeddings. Prints a table and writes JSON.
 
-    python benchmarks/prefilter.py [--workdir artifacts] [--run RUN] [--repeats 5]
+    python benchmarks/prefilter.py [--data DIR] [--workdir artifacts] [--run RUN] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="dataset folder (default: the bundled demo)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts")
-    parser.add_argument("--run", default="", help="fine-tuned run (default: pretrained)")
+    parser.add_argument("--run", default="pretrained", help="fine-tuned run (default: pretrained)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "prefilter.json")
     return parser
@@ -31,18 +32,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from core import pipeline
-    from core.config import FeaturizerConfig
     from core.evaluate import evaluate
     from core.rankers import top_k
     from core.siamese import PrefilteredRanker
+    from workbench.workspace import WorkspaceSpec, configure, open_workspace
 
-    prepared = pipeline.load_prepared(args.workdir)
-    featurizer = pipeline.build_featurizer(
-        FeaturizerConfig(), pipeline.run_path(args.workdir, args.run) if args.run else None
-    )
-    embeddings = pipeline.featurize(prepared, featurizer, args.workdir)
-    [siamese] = pipeline.load_rankers(["siamese"], args.workdir, featurizer.fingerprint)
+    ws = open_workspace(WorkspaceSpec(configure(data={"root": args.data}), args.workdir, args.run))
+    prepared, featurizer, embeddings = ws.prepared, ws.featurizer, ws.embeddings
+    siamese = ws.ranker("siamese")
     labels = prepared.dataset.label_array
     train = prepared.split.train
     prefiltered = PrefilteredRanker(siamese, None).fit(embeddings[train], labels[train])

@@ -1,6 +1,6 @@
 """Spark local-mode featurization vs the single-process featurizer on the demo set: parity and throughput.
 
-Both run the same exported ONNX model (``artifacts/onnx/pretrained.onnx``, exported first when missing)
+Both run the same exported ONNX model (``artifacts/onnx/pretrained.onnx`` here, exported first when missing)
 over every demo photo. Single process: ``core.featurize.embed_files`` (2 decode threads overlapping
 onnxruntime). Spark: ``workbench.spark_job.featurize_with_spark`` on ``local[2]`` with one session for all
 repeats (session start-up and the first, cold job are reported separately). Reports images/s (median of

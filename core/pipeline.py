@@ -1,13 +1,8 @@
-"""The end-to-end steps over a workspace folder: prepare, featurize, evaluate, search.
+"""The data steps of a workspace: scan, split and draw comparative sets (``prepare``), save and load them,
+and evaluate rankers on them.
 
-Workspace layout (every file written atomically)::
-
-    <workdir>/prepared.json          dataset records, split and comparative sets
-    <workdir>/features/<id>.npz      feature cache, one file per featurizer
-    <workdir>/reports/<id>.json      evaluation reports
-    <workdir>/runs/<run>/            fine-tuning runs (checkpoint + manifest)
-    <workdir>/rankers/<id>/svm.npz   SVM rankers, one per featurizer
-    <workdir>/onnx/<choice>.onnx     exported featurizers ("pretrained" or a run name), used when present
+Where the files live is :class:`core.workdir.WorkDir`'s business; opening a whole workspace (featurizer,
+embeddings, rankers) is ``workbench.workspace``'s.
 """
 
 from __future__ import annotations
@@ -18,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions, read_json
-from core.config import DataConfig, FeaturizerConfig
+from core.config import DataConfig
 from core.data import (
     ComparativeSets,
     ImageDataset,
@@ -37,10 +31,8 @@ from core.data import (
 from core.dedup import Leak
 from core.errors import ArtifactError
 from core.evaluate import EvaluationResult, evaluate
-from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
 from core.images import printable
-from core.rankers import Ranker, top_k
-from core.svm import PairAccuracy, SVMConfig, SVMRanker
+from core.rankers import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -183,100 +175,6 @@ def load_prepared(workdir: Path) -> PreparedData:
         raise ArtifactError(f"{path}: malformed ({err!r})") from err
 
 
-def build_featurizer(config: FeaturizerConfig, run_dir: Path | None = None) -> TorchFeaturizer:
-    """The PyTorch featurizer described by ``config``, or the fine-tuned body of ``run_dir``."""
-    from core.backbones import build_backbone
-
-    if run_dir is not None:
-        from core.train import finetuned_backbone
-
-        return TorchFeaturizer(finetuned_backbone(run_dir), device=config.device or None)
-    weights = None if config.weights == "none" else config.weights
-    return TorchFeaturizer(build_backbone(config.backbone, weights), device=config.device or None)
-
-
-def run_path(workdir: Path, run: str) -> Path:
-    """Folder of the fine-tuning run named ``run``."""
-    if not run or Path(run).name != run or run.startswith("."):
-        raise ArtifactError(f"{run!r}: a run name must be a plain folder name")
-    return Path(workdir) / "runs" / run
-
-
-def onnx_path(workdir: Path, choice: str) -> Path:
-    """Default place of the exported featurizer for ``choice`` (``"pretrained"`` or a run name)."""
-    return Path(workdir) / "onnx" / f"{choice}.onnx"
-
-
-def forget_export(workdir: Path, choice: str) -> None:
-    """Remove the exported model of ``choice``: called when its weights are about to change."""
-    path = onnx_path(workdir, choice)
-    if path.exists():
-        log.info("removing %s: the run is being retrained", path)
-        path.unlink()
-
-
-def svm_path(workdir: Path, featurizer_id: str) -> Path:
-    """Where the SVM ranker for a featurizer's embeddings is saved."""
-    return Path(workdir) / "rankers" / featurizer_id / "svm.npz"
-
-
-def fit_svm(
-    prepared: PreparedData, embeddings: np.ndarray, config: SVMConfig, featurizer_id: str, workdir: Path
-) -> tuple[SVMRanker, PairAccuracy, PairAccuracy]:
-    """Fit the SVM ranker on the training comparative sets, save it, and measure train/test pair accuracy."""
-    ranker = SVMRanker(config).fit(embeddings, prepared.dataset.label_array, prepared.train_sets)
-    train_accuracy = ranker.pair_accuracy(embeddings, prepared.train_sets)
-    test_accuracy = ranker.pair_accuracy(embeddings, prepared.test_sets)
-    ranker.save(
-        svm_path(workdir, featurizer_id),
-        {
-            "featurizer": featurizer_id,
-            "train_pairs": dataclasses.asdict(train_accuracy),
-            "test_pairs": dataclasses.asdict(test_accuracy),
-        },
-    )
-    return ranker, train_accuracy, test_accuracy
-
-
-def siamese_path(workdir: Path, featurizer_id: str) -> Path:
-    """Where the Siamese pair ranker for a featurizer's embeddings is saved."""
-    return Path(workdir) / "rankers" / featurizer_id / "siamese.npz"
-
-
-def fit_siamese(prepared: PreparedData, embeddings: np.ndarray, featurizer_id: str, workdir: Path) -> Ranker:
-    """Train the Siamese pair head on the training comparative sets and save it."""
-    from core.siamese import SiameseRanker
-
-    ranker = SiameseRanker().fit(embeddings, prepared.dataset.label_array, prepared.train_sets)
-    ranker.save(siamese_path(workdir, featurizer_id), {"featurizer": featurizer_id})
-    return ranker
-
-
-def load_rankers(names: list[str], workdir: Path, featurizer_id: str, seed: int = 0) -> list[Ranker]:
-    """Rankers by name; ``"svm"`` and ``"siamese"`` are loaded from the workspace for this featurizer."""
-    from core.rankers import make_ranker
-    from core.siamese import SiameseRanker
-
-    rng = np.random.default_rng(seed)
-    learned = {
-        "svm": lambda: SVMRanker.load(svm_path(workdir, featurizer_id)),
-        "siamese": lambda: SiameseRanker.load(siamese_path(workdir, featurizer_id)),
-    }
-    return [learned[name]() if name in learned else make_ranker(name, rng) for name in names]
-
-
-def featurize(
-    prepared: PreparedData,
-    featurizer: Featurizer,
-    workdir: Path,
-    batch_size: int = 8,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """Embeddings of every record of the dataset, through the workspace's feature cache."""
-    cache = FeatureCache(Path(workdir) / "features")
-    return cache.embed(featurizer, prepared.dataset.records, batch_size=batch_size, progress=progress)
-
-
 def evaluate_rankers(
     prepared: PreparedData,
     embeddings: np.ndarray,
@@ -290,21 +188,6 @@ def evaluate_rankers(
     return [evaluate(ranker, embeddings, labels, sets, np.random.default_rng(seed)) for ranker in rankers]
 
 
-def save_report(results: list[EvaluationResult], featurizer_id: str, workdir: Path) -> Path:
-    """Write an evaluation report (all rankers) as JSON, atomically."""
-    path = Path(workdir) / "reports" / f"{featurizer_id}.json"
-    atomic_write_json(
-        path,
-        {
-            "schema_version": SCHEMA_VERSION,
-            "featurizer": featurizer_id,
-            "versions": environment_versions(),
-            "results": {result.ranker: result.to_dict() for result in results},
-        },
-    )
-    return path
-
-
 @dataclass(frozen=True)
 class SearchHit:
     """One retrieved gallery image."""
@@ -312,20 +195,3 @@ class SearchHit:
     rank: int
     record: ImageRecord
     score: float
-
-
-def search(
-    image: Image.Image,
-    featurizer: Featurizer,
-    gallery: ImageDataset,
-    gallery_embeddings: np.ndarray,
-    ranker: Ranker,
-    k: int = 15,
-) -> list[SearchHit]:
-    """The ``k`` gallery images most similar to an RGB image, best first."""
-    query = featurizer.embed([image])
-    indices, scores = top_k(ranker, query, gallery_embeddings, k)
-    return [
-        SearchHit(rank, gallery.records[i], float(s))
-        for rank, (i, s) in enumerate(zip(indices[0], scores[0], strict=True), start=1)
-    ]

@@ -7,9 +7,12 @@ Distances are negated so that every ranker sorts the same way. Matrices are comp
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Self
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -166,21 +169,141 @@ class RandomRanker(Ranker):
         return self.rng.random(len(a), dtype=np.float32)
 
 
-RANKER_NAMES = ("random", "l1", "l2", "cosine")
+@runtime_checkable
+class LearnedRanker(Protocol):
+    """What a learned ranker adds to the :class:`Ranker` contract: fitting on comparative sets and saving."""
+
+    name: str
+
+    def fit(self, embeddings: np.ndarray, labels: np.ndarray, sets: Any) -> Any:
+        """Learn from the training split's embeddings, labels and comparative sets; returns the ranker."""
+        ...
+
+    def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray: ...
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+        """Write the fitted ranker atomically (no pickle)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RankerSpec:
+    """One entry of the ranker registry: the single place a ranker name is resolved.
+
+    Attributes:
+        name: The id every front end shows and accepts (``--ranker``, the app's menu, the API's ``ranker`` field).
+        summary: One line for help texts.
+        build: Plain rankers: ``build(rng)``; learned rankers: ``build(config)`` gives an unfitted ranker whose
+            ``fit(embeddings, labels, sets)`` learns it.
+        load: Learned rankers only: ``load(path)`` reads a fitted ranker saved with its ``save``.
+        learned: Fitted on labelled embeddings and saved per workdir and featurizer.
+        index_servable: An approximate vector index (faiss, Milvus) can serve it (see ``core.index.space_for``).
+    """
+
+    name: str
+    summary: str
+    build: Callable[..., Ranker]
+    load: Callable[[Path], Ranker] | None = None
+    learned: bool = False
+    index_servable: bool = False
+
+
+_REGISTRY: dict[str, RankerSpec] = {}
+
+
+def register_ranker(spec: RankerSpec) -> RankerSpec:
+    """Add a ranker to the registry (names are unique); returns ``spec``."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"ranker {spec.name!r} is registered twice")
+    if spec.learned != (spec.load is not None):
+        raise ValueError(f"ranker {spec.name!r}: a learned ranker needs load(), a plain one must not have it")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_rankers(learned: bool | None = None) -> list[str]:
+    """Registered ranker names in menu order; ``learned`` filters plain (False) or learned (True) ones."""
+    return [name for name, spec in _REGISTRY.items() if learned is None or spec.learned == learned]
+
+
+def ranker_spec(name: str) -> RankerSpec:
+    """The registry entry of ``name``.
+
+    Raises:
+        ValueError: Unknown name (the message lists the known ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown ranker {name!r}; choose one of {', '.join(_REGISTRY)}") from None
 
 
 def make_ranker(name: str, rng: np.random.Generator | None = None) -> Ranker:
-    """A plain ranker by name; ``rng`` seeds the random baseline (default: seed 0).
+    """A plain (not learned) ranker by name; ``rng`` seeds the random baseline (default: seed 0).
 
     Raises:
-        ValueError: Unknown name.
+        ValueError: Unknown name, or a learned ranker (load it with ``ranker_spec(name).load``).
     """
-    if name == "random":
-        return RandomRanker(rng if rng is not None else np.random.default_rng(0))
-    rankers = {"l1": L1Ranker, "l2": L2Ranker, "cosine": CosineRanker}
-    if name not in rankers:
-        raise ValueError(f"unknown ranker {name!r}; choose one of {', '.join(RANKER_NAMES)}")
-    return rankers[name]()
+    spec = ranker_spec(name)
+    if spec.learned:
+        raise ValueError(f"ranker {name!r} is learned: fit it or load a fitted one")
+    return spec.build(rng if rng is not None else np.random.default_rng(0))
+
+
+def _lazy(module: str, attribute: str) -> Callable[..., Any]:
+    """A callable that imports ``module`` only when first called (learned rankers may need torch)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), attribute)(*args, **kwargs)
+
+    return call
+
+
+def _lazy_load(module: str, cls: str) -> Callable[[Path], Ranker]:
+    def load(path: Path) -> Ranker:
+        ranker_class = getattr(importlib.import_module(module), cls)
+        loaded: Ranker = ranker_class.load(path)
+        return loaded
+
+    return load
+
+
+# Registration order is menu order: the everyday metrics first, learned ones next, baselines last.
+register_ranker(
+    RankerSpec("cosine", "cosine similarity of the embeddings", lambda rng: CosineRanker(), index_servable=True)
+)
+register_ranker(RankerSpec("l2", "negative Euclidean distance", lambda rng: L2Ranker(), index_servable=True))
+register_ranker(
+    RankerSpec(
+        "svm",
+        "SVM-weighted squared L2, a learned diagonal metric with calibrated probabilities",
+        _lazy("core.svm", "SVMRanker"),
+        _lazy_load("core.svm", "SVMRanker"),
+        learned=True,
+        index_servable=True,
+    )
+)
+register_ranker(
+    RankerSpec(
+        "projection",
+        "cosine after a learned linear projection (metric learning on the cached embeddings)",
+        _lazy("core.metric_learning", "ProjectionRanker"),
+        _lazy_load("core.metric_learning", "ProjectionRanker"),
+        learned=True,
+        index_servable=True,
+    )
+)
+register_ranker(
+    RankerSpec(
+        "siamese",
+        "Siamese pair head over |u - v| and u * v, P(same)",
+        _lazy("core.siamese", "SiameseRanker"),
+        _lazy_load("core.siamese", "SiameseRanker"),
+        learned=True,
+    )
+)
+register_ranker(RankerSpec("l1", "negative Manhattan distance", lambda rng: L1Ranker()))
+register_ranker(RankerSpec("random", "uniform random scores: the chance baseline", RandomRanker))
 
 
 def top_k(

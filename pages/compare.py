@@ -12,7 +12,7 @@ def render() -> None:
     split = st.sidebar.radio("Comparative sets", ["test", "train"], horizontal=True, key="compare_split")
     results = service.evaluation(ws, tuple(service.ranker_choices(ws)), split)
     st.caption(
-        f"Featurizer {ws.choice}: {results[0].n_queries} {split} queries, 1 positive + {results[0].n_negatives} negatives each; "
+        f"Featurizer {ws.run}: {results[0].n_queries} {split} queries, 1 positive + {results[0].n_negatives} negatives each; "
         f"chance mean rank {results[0].chance_mean_rank:.1f}. Switch the featurizer in the sidebar to compare "
         "pretrained and fine-tuned."
     )

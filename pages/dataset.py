@@ -9,12 +9,14 @@ def render() -> None:
     st.title("Dataset")
     with st.form("dataset_form"):
         folder = st.text_input(
-            "Dataset folder (one sub-folder per label)", value=str(service.settings()[0]), key="data_folder"
+            "Dataset folder (one sub-folder per label)", value=str(service.data_folder()), key="data_folder"
         )
         if st.form_submit_button("Use this folder"):
             try:
                 service.use_dataset(folder)
-                st.success("Dataset switched: every page now works on it (first use prepares and featurizes it).")
+                st.success(
+                    "Dataset switched for this browser session: every page now works on it (first use prepares and featurizes it)."
+                )
             except service.WorkbenchError as err:
                 st.error(str(err))
     attributes = service.conditions()

@@ -15,7 +15,7 @@ def render() -> None:
     [result] = service.evaluation(ws, (ranker,), split)
     st.caption(
         f"{result.n_queries} {split} queries, each ranked against 1 positive + {result.n_negatives} negatives "
-        f"(chance mean rank {result.chance_mean_rank:.1f}); featurizer {ws.choice}, ranker {ranker}."
+        f"(chance mean rank {result.chance_mean_rank:.1f}); featurizer {ws.run}, ranker {ranker}."
     )
     columns = st.columns(4)
     common.metric_with_ci(columns[0], "mean rank", result.mean_rank)

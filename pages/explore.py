@@ -31,7 +31,7 @@ def render() -> None:
 
     st.subheader("Embedding map")
     st.caption(
-        f"{mapping.projection.method.upper()} of {len(names)} gallery embeddings ({ws.choice}); the star is the query. Select a point to see it."
+        f"{mapping.projection.method.upper()} of {len(names)} gallery embeddings ({ws.run}); the star is the query. Select a point to see it."
     )
     event = st.plotly_chart(
         service.embedding_map(mapping.projection.points, mapping.labels, names, query_point),
@@ -39,12 +39,11 @@ def render() -> None:
         on_select="rerun",
         selection_mode="points",
     )
-    selected = [
-        p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata") is not None
-    ]
+    points = event.selection.points if event else []
+    selected = [int(index) for point in points if (index := point.get("customdata")) is not None]
     if selected:
-        record = ws.dataset.records[int(selected[0])]
-        st.image(str(record.path), caption=f"{record.label} · {names[int(selected[0])]}", width=220)
+        record = ws.dataset.records[selected[0]]
+        st.image(str(record.path), caption=f"{record.label} · {names[selected[0]]}", width=220)
 
     st.subheader("Why these results?")
     labels = [f"{hit.rank}. {hit.record.label} · {names[ws.dataset.records.index(hit.record)]}" for hit in hits]

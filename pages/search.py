@@ -11,7 +11,13 @@ def render() -> None:
     ws = common.workspace()
     with st.sidebar:
         rankers = service.ranker_choices(ws)
-        ranker = st.selectbox("Ranker", rankers, index=0, key="ranker", help="svm appears once an SVM ranker is fitted")
+        ranker = st.selectbox(
+            "Ranker",
+            rankers,
+            index=0,
+            key="ranker",
+            help="learned rankers (svm, siamese) appear once fitted for this featurizer",
+        )
         k = st.slider("Results", min_value=1, max_value=30, value=12, key="k")
 
     upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
@@ -36,9 +42,9 @@ def render() -> None:
         st.error(f"Cannot use this file: {err}")
         return
     left, right = st.columns([1, 3])
-    left.image(data, caption=f"query: {name}", width="stretch")
+    left.image(result.query, caption=f"query: {name}", width="stretch")
     right.caption(
-        f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.choice} ({ws.backend})"
+        f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.run} ({ws.backend})"
     )
     columns = right.columns(4)
     for hit in result.hits:

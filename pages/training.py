@@ -7,7 +7,7 @@ from workbench import service
 
 
 def _job_panel(job: service.TrainingJob) -> None:
-    st.progress(job.fraction, text=f"run {job.run}: {job.phase}, epoch {job.epoch}/{job.config.epochs}")
+    st.progress(job.fraction, text=f"run {job.run}: {job.phase}, epoch {job.epoch}/{job.epochs}")
     if job.history:
         st.plotly_chart(service.training_curves(job.history), key=f"curves_{job.run}_{len(job.history)}")
     if job.error:
@@ -33,7 +33,7 @@ def render() -> None:
         "with a triplet loss), featurizes with the refined body and fits the SVM-weighted L2 ranker. Runs in the "
         "background; progress updates live."
     )
-    st.caption(f"Dataset: `{service.settings()[0]}` (switch it on the Dataset page).")
+    st.caption(f"Dataset: `{service.data_folder()}` (switch it on the Dataset page).")
     with st.form("train_form"):
         first = st.columns(4)
         run = first[0].text_input("Run name", value="run1", key="run_name")
@@ -59,7 +59,7 @@ def render() -> None:
         augment = second[2].checkbox("Augment", value=True, key="augment")
         objective = st.selectbox(
             "Objective",
-            ["classification", "triplet"],
+            service.OBJECTIVES,
             key="objective",
             help="classification: cross-entropy on the labels; triplet: margin loss on the embedding with mined triplets",
         )
@@ -68,7 +68,7 @@ def render() -> None:
         )
         submitted = st.form_submit_button("Start training")
     if submitted:
-        config = service.TrainConfig(
+        config = service.train_config(
             epochs=int(epochs),
             learning_rate=float(learning_rate),
             batch_size=int(batch_size),

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from workbench.api import ServeSettings, create_app
+from workbench.workspace import WorkspaceSpec, configure
 
 MAX_UPLOAD = 2 * 1024 * 1024
 MAX_PIXELS = 1_000_000
@@ -22,8 +23,7 @@ MAX_PIXELS = 1_000_000
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, tiny_dataset) -> ServeSettings:
     return ServeSettings(
-        data=tiny_dataset,
-        workdir=tmp_path_factory.mktemp("api-work"),
+        WorkspaceSpec(configure(data={"root": tiny_dataset}), tmp_path_factory.mktemp("api-work")),
         max_upload_bytes=MAX_UPLOAD,
         max_pixels=MAX_PIXELS,
     )
@@ -56,7 +56,7 @@ def assert_error(response, status: int, code: str) -> dict:
 
 
 def test_create_app_does_no_work_before_start_up(tmp_path, tiny_dataset):
-    create_app(ServeSettings(data=tiny_dataset, workdir=tmp_path))
+    create_app(ServeSettings(WorkspaceSpec(configure(data={"root": tiny_dataset}), tmp_path)))
     assert not any(tmp_path.iterdir())  # nothing prepared or featurized until the lifespan runs
 
 
@@ -66,7 +66,7 @@ def test_health_reports_model_and_gallery(client, lite0_featurizer):
     assert body["fingerprint"] == lite0_featurizer.fingerprint
     assert body["backend"] == "torch"  # nothing exported in this workdir
     assert body["gallery_size"] == 18 and body["embedding_dim"] == 1280
-    assert body["rankers"] == ["cosine", "l2", "l1"]
+    assert body["rankers"] == ["cosine", "l2", "l1", "random"]  # the registry's plain rankers; learned once fitted
 
 
 def test_embed_equals_library_featurizer(client, tiny_images, lite0_featurizer):
@@ -183,12 +183,12 @@ def test_openapi_describes_endpoints_and_errors(client):
 
 
 def test_onnx_export_is_served_when_present(tmp_path, tiny_dataset, tiny_images, lite0_featurizer):
-    from core.pipeline import onnx_path
     from export.onnx_export import export_onnx
 
-    export_onnx(lite0_featurizer.backbone, onnx_path(tmp_path, "pretrained"))
+    export_onnx(lite0_featurizer.backbone, tmp_path / "onnx" / f"{lite0_featurizer.fingerprint}.onnx")
     paths, images = tiny_images
-    with TestClient(create_app(ServeSettings(data=tiny_dataset, workdir=tmp_path))) as onnx_client:
+    spec = WorkspaceSpec(configure(data={"root": tiny_dataset}), tmp_path)
+    with TestClient(create_app(ServeSettings(spec))) as onnx_client:
         health = onnx_client.get("/health").json()
         assert health["backend"] == "onnx" and health["fingerprint"] == lite0_featurizer.fingerprint
         served = np.asarray(

@@ -15,8 +15,8 @@ def app_env(monkeypatch, tmp_path_factory, tiny_dataset):
     workdir = tmp_path_factory.mktemp("app-work")
     monkeypatch.setenv("WORKBENCH_DATA", str(tiny_dataset))
     monkeypatch.setenv("WORKBENCH_WORKDIR", str(workdir))
-    yield workdir
-    service._active_dataset().clear()  # a test may have switched the app to another folder
+    monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
+    return workdir
 
 
 def run_app(page: str | None = None) -> AppTest:
@@ -135,13 +135,22 @@ def test_explore_page_shows_the_map_and_explains_a_result(app_env):
     assert next(c.value for c in app.caption if "Cosine similarity" in c.value) != first
 
 
-def test_dataset_page_switches_to_another_folder(app_env, tmp_path, tiny_dataset):
+def test_dataset_page_switches_folder_for_this_session_only_and_within_the_allowed_roots(
+    app_env, monkeypatch, tmp_path, tiny_dataset
+):
     import shutil
 
     other = tmp_path / "photos"
     for label in ("fish", "tools"):
         shutil.copytree(tiny_dataset / label, other / label)
     app = run_app("pages/dataset.py")
+    app.text_input(key="data_folder").input(str(other))
+    app.button[0].click().run()
+    assert any("outside the folders this app may open" in e.value for e in app.error)  # default root: the demo's parent
+    app.text_input(key="data_folder").input("/etc")
+    app.button[0].click().run()
+    assert any("outside the folders this app may open" in e.value for e in app.error)
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
     app.text_input(key="data_folder").input(str(tmp_path / "nowhere"))
     app.button[0].click().run()
     assert any("dataset folder not found" in e.value for e in app.error)
@@ -150,21 +159,16 @@ def test_dataset_page_switches_to_another_folder(app_env, tmp_path, tiny_dataset
     assert not app.exception
     values = {m.label: m.value for m in app.metric}
     assert values["labels"] == "2" and values["images"] == "12"
-    data_root, workdir = service.settings()
-    assert data_root == other.resolve() and workdir.parent.name == "datasets"
+    visitor = run_app("pages/dataset.py")  # another browser session still sees the default dataset
+    assert {m.label: m.value for m in visitor.metric}["labels"] == "3"
 
 
 def test_evaluation_cache_follows_the_saved_ranker_files(app_env):
-    from core.pipeline import fit_siamese
-
     run_app()
     ws = service.workspace()
     for name in ("svm", "siamese"):
-        if name == "svm":
-            service.fit_svm_for(ws, service.SVMConfig(C=0.01, hard_negative_rounds=0))
-        else:
-            fit_siamese(ws.prepared, ws.embeddings, ws.featurizer.fingerprint, ws.workdir)
+        service.fit(ws, name)
         assert service.evaluation(ws, (name,), "train")[0].ranker == name
-        next((app_env / "rankers").glob(f"*/{name}.npz")).unlink()
-        with pytest.raises(service.ArtifactError, match="ranker saved here"):  # not a stale cached result
+        ws.ranker_path(name).unlink()
+        with pytest.raises(service.WorkbenchError, match=f"ranker '{name}' is not fitted"):  # not a stale cached result
             service.evaluation(ws, (name,), "train")

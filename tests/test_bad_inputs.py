@@ -20,6 +20,7 @@ from PIL import Image
 from core.data import scan_folder
 from core.errors import ImageLoadError
 from core.images import decode_image, load_image, printable
+from core.workdir import WorkDir
 from workbench.cli import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny" / "fish" / "gc_fish1.jpg"
@@ -306,7 +307,7 @@ def cli_prepare(corpus_root, tmp_path_factory):
     with contextlib.redirect_stdout(out):
         code = main(["prepare", "--data", str(corpus_root), "--workdir", str(workdir), "--quiet"])
     assert code == 0
-    prepared = json.loads((workdir / "prepared.json").read_text(encoding="utf-8"))
+    prepared = json.loads(WorkDir(workdir, corpus_root).prepared.read_text(encoding="utf-8"))
     return out.getvalue(), prepared
 
 
@@ -342,7 +343,7 @@ def test_cli_prepare_round_trips_odd_names(cli_prepare, corpus_root, tmp_path):
     assert prepared["config"]["root"]
     workdir = tmp_path / "w"
     assert main(["prepare", "--data", str(corpus_root), "--workdir", str(workdir), "--quiet"]) == 0
-    loaded = load_prepared(workdir)
+    loaded = load_prepared(WorkDir(workdir, corpus_root).root)
     assert all(record.path.is_file() for record in loaded.dataset.records)  # surrogate-escaped names reopen
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from core.workdir import WorkDir
 from workbench.cli import main
 
 
@@ -14,8 +15,12 @@ def workdir(tmp_path_factory, tiny_dataset):
     return workdir
 
 
+def layout(workdir, data, condition=""):
+    return WorkDir(workdir, data, condition)
+
+
 def test_prepare_writes_split_and_sets(workdir, tiny_dataset, capsys):
-    prepared = json.loads((workdir / "prepared.json").read_text())
+    prepared = json.loads(layout(workdir, tiny_dataset).prepared.read_text())
     assert len(prepared["records"]) == len(list(tiny_dataset.glob("*/*.jpg")))
     train, test = set(prepared["split"]["train"]), set(prepared["split"]["test"])
     assert train and test and not train & test
@@ -23,21 +28,22 @@ def test_prepare_writes_split_and_sets(workdir, tiny_dataset, capsys):
 
 
 def test_featurize_evaluate_search(workdir, tiny_dataset, capsys):
-    assert main(["featurize", "--workdir", str(workdir), "--quiet"]) == 0
+    common = ["--data", str(tiny_dataset), "--workdir", str(workdir), "--quiet"]
+    assert main(["featurize", *common]) == 0
     assert "embeddings of dimension 1280" in capsys.readouterr().out
-    assert len(list((workdir / "features").glob("*.npz"))) == 1
+    assert len(list(layout(workdir, tiny_dataset).features.glob("*.npz"))) == 1
 
-    assert main(["evaluate", "--workdir", str(workdir), "--quiet"]) == 0
+    assert main(["evaluate", *common]) == 0
     table = capsys.readouterr().out
     for name in ("random", "l1", "l2", "cosine"):
         assert f"\n{name} " in table
-    report = json.loads(next((workdir / "reports").glob("*.json")).read_text())
+    report = json.loads(next((layout(workdir, tiny_dataset).root / "reports").glob("*.json")).read_text())
     assert set(report["results"]) == {"random", "l1", "l2", "cosine"}
     cosine = report["results"]["cosine"]
     assert cosine["mean_rank"]["value"] <= report["results"]["random"]["mean_rank"]["value"]
 
     query = sorted(tiny_dataset.glob("*/*.jpg"))[0]
-    assert main(["search", str(query), "-k", "3", "--workdir", str(workdir), "--quiet", "--ranker", "l2"]) == 0
+    assert main(["search", str(query), "-k", "3", *common, "--ranker", "l2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4  # header + 3 hits
     top = lines[1].split()
@@ -59,12 +65,12 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path, caplog):
     assert "unknown setting(s) sed" in caplog.text
 
 
-def test_train_train_svm_and_evaluate_svm(tmp_path, tiny_dataset, capsys):
+def test_train_fits_the_svm_and_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
     assert main(["train", *common, "--run", "tiny", "--epochs", "1", "--input-size", "128", "--batch-size", "6"]) == 0
     out = capsys.readouterr().out
-    assert "run tiny" in out and "\n    1 " in out
-    assert main(["train-svm", *common, "--run", "tiny", "--C", "1.0", "--rounds", "0"]) == 0
+    assert "run tiny" in out and "\n    1 " in out and "svm ranker fitted" in out
+    assert main(["fit", *common, "--run", "tiny", "--ranker", "svm", "--C", "1.0", "--rounds", "0"]) == 0
     out = capsys.readouterr().out
     assert "train pairs: accuracy" in out and "test pairs" in out
     assert main(["evaluate", *common, "--run", "tiny"]) == 0
@@ -86,10 +92,10 @@ def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, t
     assert main(["featurize", *common, "--workdir", str(torch_work)]) == 0
     assert main(["export", *common, "--workdir", str(onnx_work)]) == 0
     assert "min cosine 1.000000" in capsys.readouterr().out
-    assert (onnx_work / "onnx" / "pretrained.onnx").is_file()
+    [torch_file] = layout(torch_work, tiny_dataset).features.glob("*.npz")
+    assert (onnx_work / "onnx" / f"{torch_file.stem}.onnx").is_file()  # the export cache is keyed by fingerprint
     assert main(["featurize", *common, "--workdir", str(onnx_work), "--backend", "onnx"]) == 0
-    [torch_file] = (torch_work / "features").glob("*.npz")
-    onnx_file = onnx_work / "features" / torch_file.name  # same fingerprint, so the same cache file name
+    onnx_file = layout(onnx_work, tiny_dataset).features / torch_file.name  # same fingerprint, same cache file
     with np.load(torch_file) as a, np.load(onnx_file) as b:
         order = np.argsort(b["sha256"])
         np.testing.assert_array_equal(np.sort(a["sha256"]), b["sha256"][order])
@@ -97,25 +103,27 @@ def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, t
         assert np.min(np.sum(torch_rows * b["embeddings"][order], axis=1)) > 0.9999
     query = str(sorted(tiny_dataset.glob("*/*.jpg"))[3])
     capsys.readouterr()
-    assert main(["search", query, "-k", "10", *common, "--workdir", str(torch_work)]) == 0
+    assert main(["search", query, "-k", "10", *common, "--workdir", str(torch_work), "--backend", "torch"]) == 0
     torch_hits = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
     assert main(["search", query, "-k", "10", *common, "--workdir", str(onnx_work), "--backend", "onnx"]) == 0
     onnx_hits = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
     assert onnx_hits == torch_hits and len(torch_hits) == 10
 
 
-def test_export_of_a_fine_tuned_run_and_retraining_forgets_it(tmp_path, tiny_dataset, capsys):
+def test_export_of_a_fine_tuned_run_is_keyed_by_its_weights(tmp_path, tiny_dataset, capsys):
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet", "--run", "ft"]
-    assert main(["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6"]) == 0
+    train = ["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6"]
+    assert main(train) == 0
     assert main(["export", *common]) == 0
-    exported = tmp_path / "onnx" / "ft.onnx"
-    assert exported.is_file() and "min cosine 1.000000" in capsys.readouterr().out
+    [exported] = (tmp_path / "onnx").glob("*.onnx")
+    assert "min cosine 1.000000" in capsys.readouterr().out
     from export.onnx_featurizer import OnnxFeaturizer
 
     assert OnnxFeaturizer(exported).metadata.training_run == "ft"
     assert OnnxFeaturizer(exported).preprocessing.input_size == 128
-    assert main(["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6", "--restart"]) == 0
-    assert not exported.exists()  # stale export removed when the run is trained again
+    assert main([*train, "--restart", "--lr", "0.01"]) == 0
+    assert main(["featurize", *common]) == 0  # the retrained run has other weights: the old export is not used
+    assert f"({exported.stem}" not in capsys.readouterr().out
 
 
 def test_index_build_search_remove_add(tmp_path, tiny_dataset, capsys):
@@ -135,9 +143,9 @@ def test_index_build_search_remove_add(tmp_path, tiny_dataset, capsys):
     assert main(["index", "search", str(query), "-k", "1", *common, "--run", "missing"]) == 2  # no such run
 
 
-def test_train_siamese_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
+def test_fit_siamese_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
-    assert main(["train-siamese", *common]) == 0
+    assert main(["fit", "--ranker", "siamese", *common]) == 0
     assert "siamese.npz" in capsys.readouterr().out
     assert main(["evaluate", *common]) == 0
     assert "\nsiamese " in capsys.readouterr().out

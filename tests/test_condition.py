@@ -62,23 +62,34 @@ def test_cli_evaluates_under_a_condition(attributed, tmp_path, capsys):
     assert main(["prepare", *common, "--condition", "colour"]) == 2
 
 
-def test_app_switches_the_condition(monkeypatch, attributed, tmp_path):
-    from streamlit.testing.v1 import AppTest
+def test_learned_rankers_belong_to_their_condition(attributed, tmp_path, caplog):
+    common = ["--data", str(attributed), "--workdir", str(tmp_path / "work"), "--quiet"]
+    assert main(["fit", *common, "--condition", "habitat", "--ranker", "svm", "--rounds", "0"]) == 0
+    assert main(["evaluate", *common, "--condition", "habitat", "--ranker", "svm"]) == 0
+    caplog.clear()
+    # same featurizer, another meaning of "similar": the habitat SVM must not serve it
+    assert main(["evaluate", *common, "--condition", "shape", "--ranker", "svm"]) == 2
+    assert "ranker 'svm' is not fitted" in caplog.text
+    assert main(["evaluate", *common, "--ranker", "svm"]) == 2  # nor the label folders
 
-    from workbench import service
+
+def test_app_switches_the_condition_for_this_session_only(monkeypatch, attributed, tmp_path):
+    from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("WORKBENCH_DATA", str(attributed))
     monkeypatch.setenv("WORKBENCH_WORKDIR", str(tmp_path / "app-work"))
-    try:
-        app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
-        app.run()
-        app.switch_page("pages/dataset.py")
-        app.run()
-        assert app.selectbox(key="condition").options == ["label folders", "habitat", "shape"]
-        app.selectbox(key="condition").select("shape").run()
-        assert not app.exception
-        values = {m.label: m.value for m in app.metric}
-        assert values["labels"] == "2" and values["images"] == "17"
-        assert service.settings()[1].name == "shape"
-    finally:
-        service._active_dataset().clear()
+    app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
+    app.run()
+    app.switch_page("pages/dataset.py")
+    app.run()
+    assert app.selectbox(key="condition").options == ["label folders", "habitat", "shape"]
+    app.selectbox(key="condition").select("shape").run()
+    assert not app.exception
+    values = {m.label: m.value for m in app.metric}
+    assert values["labels"] == "2" and values["images"] == "17"
+    other = AppTest.from_file("../streamlit_app.py", default_timeout=180)  # another visitor
+    other.run()
+    other.switch_page("pages/dataset.py")
+    other.run()
+    assert other.selectbox(key="condition").value == "label folders"
+    assert {m.label: m.value for m in other.metric}["labels"] == "3"

@@ -9,6 +9,7 @@ from planted import EASY, plant
 
 from core.data import DUPLICATES_DIR, scan_folder
 from core.dedup import close_pairs, find_leaks, find_near_duplicates, group_labels, hamming_distances, move_duplicates
+from core.workdir import WorkDir
 from workbench.cli import main
 
 
@@ -107,13 +108,14 @@ def test_cli_dedup_reports_then_applies(planted_folder, tmp_path, capsys):
     root, _ = planted_folder
     work = tmp_path / "work"
     assert main(["prepare", "--data", str(root), "--workdir", str(work), "--quiet"]) == 0
-    n_before = len(json.loads((work / "prepared.json").read_text())["records"])
+    layout = WorkDir(work, root)
+    n_before = len(json.loads(layout.prepared.read_text())["records"])
     assert main(["dedup", "--data", str(root), "--workdir", str(work), "--quiet"]) == 0
     out = capsys.readouterr().out
-    report = json.loads((work / "reports" / "dedup.json").read_text())
+    report = json.loads(layout.dedup_report.read_text())
     assert f"{report['n_removed']} near-duplicate(s)" in out and "add --apply" in out and not report["applied"]
     assert not (root / DUPLICATES_DIR).exists()
     assert main(["dedup", "--data", str(root), "--workdir", str(work), "--apply", "--quiet"]) == 0
     assert "prepared.json rebuilt" in capsys.readouterr().out
-    assert len(json.loads((work / "prepared.json").read_text())["records"]) == n_before - report["n_removed"]
+    assert len(json.loads(layout.prepared.read_text())["records"]) == n_before - report["n_removed"]
     assert main(["dedup", "--data", str(root), "--workdir", str(work), "--threshold", "300", "--quiet"]) == 2

@@ -220,8 +220,10 @@ def test_cli_import_urls(tmp_path, server, capsys, caplog):
     )
     assert main(["import-urls", str(tmp_path / "nope.tsv"), "--out", str(out), "--quiet"]) == 2
     assert "nope.tsv: cannot read URL list" in caplog.text
+    capsys.readouterr()
     assert main(["import-urls", str(listing), "--out", str(out), "--workers", "0", "--quiet"]) == 2
-    assert "--workers must be positive" in caplog.text
+    error = capsys.readouterr().err
+    assert "argument --workers: must be positive, got 0" in error and error.count("\n") == 1
     (tmp_path / "afile").write_text("x")
     assert main(["import-urls", str(listing), "--out", str(tmp_path / "afile"), "--quiet"]) == 2
     assert "afile: exists and is not a folder" in caplog.text

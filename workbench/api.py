@@ -1,10 +1,8 @@
 """REST service: ``POST /search``, ``POST /embed``, ``GET /health`` over one workspace, with OpenAPI docs.
 
 ``create_app(settings)`` builds the FastAPI app and does no heavy work: the workspace (prepared data,
-featurizer, gallery embeddings, rankers) loads once at start-up through the app's lifespan, with the
-same ``core.pipeline`` steps as the CLI. The featurizer is the exported ONNX model when
-``<workdir>/onnx/<choice>.onnx`` exists (same features as PyTorch, several times faster per query),
-else PyTorch.
+featurizer, gallery embeddings, rankers) opens once at start-up through the app's lifespan, with
+``workbench.workspace.open_workspace``, exactly as the CLI and the app open it.
 
 Input limits, each answered with ``{"error": {"code", "message"}}`` and never a stack trace:
 
@@ -17,26 +15,24 @@ Input limits, each answered with ``{"error": {"code", "message"}}`` and never a 
   ``unsupported_media_type``; an empty upload: 400 ``empty_upload``; a recognised but truncated or
   corrupt image, or one too small to rank: 422 ``invalid_image``;
 * bad form fields (``k`` outside 1..100, an unknown ranker, a missing file): 422 ``invalid_request``;
-  ``svm`` before an SVM ranker was fitted for this featurizer: 422 ``ranker_unavailable``.
+  a learned ranker (``svm``, ``siamese``) before it was fitted for this featurizer: 422 ``ranker_unavailable``.
 
 ``/openapi.json`` works offline; the interactive ``/docs`` page loads Swagger UI's JavaScript and CSS from
 a CDN, so it renders only where the browser can reach one.
 
-Run it with ``python -m workbench.api --port 8000`` (or the CLI's ``serve``); it listens on 127.0.0.1
-unless ``--host`` says otherwise.
+Run it with ``python -m workbench serve --port 8000``; it listens on 127.0.0.1 unless ``--host`` says otherwise.
 """
 
-import argparse
 import io
 import logging
 import time
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import numpy as np
@@ -46,18 +42,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.config import DEFAULT_DATA
+from core.pipeline import SearchHit
+from core.rankers import list_rankers
+from workbench.workspace import Workspace, WorkspaceSpec, open_workspace
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from core.featurize import Featurizer
-    from core.pipeline import PreparedData
-    from core.rankers import Ranker
-
 log = logging.getLogger(__name__)
 
-PRETRAINED = "pretrained"
 #: Room for the multipart envelope and the small form fields around the image.
 MULTIPART_SLACK_BYTES = 64 * 1024
 
@@ -67,33 +60,24 @@ class ServeSettings:
     """What the service serves and the limits it enforces.
 
     Attributes:
-        data: Dataset folder (one sub-folder per label): the search gallery.
-        workdir: Artifact folder (prepared data, feature cache, exported models, SVM rankers).
-        choice: ``"pretrained"`` or the name of a fine-tuning run in ``workdir``.
-        backend: ``"auto"`` (ONNX when exported, else PyTorch), ``"onnx"`` or ``"torch"``.
+        workspace: The workspace to serve (dataset, condition, workdir, featurizer, back end, config), opened
+            exactly as the CLI and the app open it.
         max_upload_bytes: Largest accepted image file.
         max_pixels: Largest accepted image, width x height, read from its header before decoding.
         max_k: Most results one search may ask for.
         inference_threads: Queries decoded and embedded at once; more wait their turn.
     """
 
-    data: Path = DEFAULT_DATA
-    workdir: Path = Path("artifacts")
-    choice: str = PRETRAINED
-    backend: str = "auto"
+    workspace: WorkspaceSpec = field(default_factory=WorkspaceSpec)
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_k: int = 100
     inference_threads: int = 2
 
 
-class RankerName(StrEnum):
-    """Rankers a search can use; ``svm`` only once fitted (``python -m workbench train-svm``)."""
-
-    cosine = "cosine"
-    l2 = "l2"
-    l1 = "l1"
-    svm = "svm"
+#: The rankers a search can name: the registry's, as an enum so the OpenAPI document lists them.
+RankerName = StrEnum("RankerName", {name: name for name in list_rankers()})  # type: ignore[misc]
+DEFAULT_RANKER = RankerName("cosine")
 
 
 class ApiError(Exception):
@@ -104,63 +88,18 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-@dataclass(frozen=True)
-class ServedWorkspace:
-    """What the endpoints read: loaded once at start-up, never changed afterwards."""
-
-    prepared: "PreparedData"
-    featurizer: "Featurizer"
-    backend: str
-    embeddings: np.ndarray
-    rankers: "dict[str, Ranker]"
-    relative_paths: tuple[str, ...]
-
-
-def load_workspace(settings: ServeSettings) -> ServedWorkspace:
-    """Prepared data (prepared again when missing or for another folder), featurizer, embeddings, rankers.
+def load_workspace(settings: ServeSettings) -> Workspace:
+    """Open the served workspace (see :func:`workbench.workspace.open_workspace`).
 
     Raises:
         WorkbenchError: The dataset, a saved artifact or the exported model is unusable.
     """
-    from core import pipeline
-    from core.config import DataConfig, FeaturizerConfig
-    from core.errors import ArtifactError
-
-    workdir = Path(settings.workdir)
-    try:
-        prepared = pipeline.load_prepared(workdir)
-        if prepared.config.root.resolve() != Path(settings.data).resolve():
-            raise ArtifactError("prepared for another dataset")
-    except ArtifactError:
-        prepared = pipeline.prepare(DataConfig(root=Path(settings.data)))
-        pipeline.save_prepared(prepared, workdir)
-    exported = pipeline.onnx_path(workdir, settings.choice)
-    if settings.backend == "onnx" or (settings.backend == "auto" and exported.is_file()):
-        from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
-
-        featurizer: Featurizer = OnnxFeaturizer(exported, OrtConfig(allow_spinning=False))
-        backend = "onnx"
-    else:
-        run_dir = None if settings.choice == PRETRAINED else pipeline.run_path(workdir, settings.choice)
-        featurizer = pipeline.build_featurizer(FeaturizerConfig(), run_dir)
-        backend = "torch"
-    embeddings = pipeline.featurize(prepared, featurizer, workdir)
-    names = [name.value for name in RankerName if name is not RankerName.svm]
-    if pipeline.svm_path(workdir, featurizer.fingerprint).exists():
-        names.append(RankerName.svm.value)
-    rankers = dict(zip(names, pipeline.load_rankers(names, workdir, featurizer.fingerprint), strict=True))
-    root = prepared.dataset.root
-    relative = tuple(
-        str(record.path.relative_to(root)) if root else record.path.name for record in prepared.dataset.records
-    )
+    ws = open_workspace(settings.workspace)
     log.info(
         "serving %d gallery images with %s (%s); rankers: %s",
-        len(embeddings),
-        featurizer.fingerprint,
-        backend,
-        ", ".join(rankers),
-    )
-    return ServedWorkspace(prepared, featurizer, backend, embeddings, rankers, relative)
+        len(ws.embeddings), ws.fingerprint, ws.backend, ", ".join(ws.rankers_on_offer()),
+    )  # fmt: skip
+    return ws
 
 
 class ErrorBody(BaseModel):
@@ -263,7 +202,7 @@ def _upload_name(filename: str | None) -> str:
 
 def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The FastAPI app for ``settings``; the workspace loads when the app starts (lifespan)."""
-    errors = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500)}
+    errors: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500)}
     limiter = anyio.CapacityLimiter(max(1, settings.inference_threads))
 
     @asynccontextmanager
@@ -315,8 +254,9 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             raise ApiError(413, "upload_too_large", f"{name}: larger than {settings.max_upload_bytes} bytes")
         return data, name
 
-    def workspace(request: Request) -> ServedWorkspace:
-        return request.app.state.workspace
+    def workspace(request: Request) -> Workspace:
+        ws: Workspace = request.app.state.workspace
+        return ws
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health(request: Request) -> Health:
@@ -324,11 +264,11 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         ws = workspace(request)
         return Health(
             status="ok",
-            fingerprint=ws.featurizer.fingerprint,
+            fingerprint=ws.fingerprint,
             backend=ws.backend,
             gallery_size=len(ws.embeddings),
             embedding_dim=int(ws.embeddings.shape[1]),
-            rankers=list(ws.rankers),
+            rankers=ws.rankers_on_offer(),
         )
 
     @app.post("/embed", response_model=Embedding, responses=errors, tags=["search"])
@@ -340,12 +280,10 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         data, name = await read_upload(file)
 
         def work() -> np.ndarray:
-            return ws.featurizer.embed([check_image(data, name, settings.max_pixels)])[0]
+            return ws.embed([check_image(data, name, settings.max_pixels)])[0]
 
         vector = await anyio.to_thread.run_sync(work, limiter=limiter)
-        return Embedding(
-            fingerprint=ws.featurizer.fingerprint, backend=ws.backend, dim=len(vector), embedding=vector.tolist()
-        )
+        return Embedding(fingerprint=ws.fingerprint, backend=ws.backend, dim=len(vector), embedding=vector.tolist())
 
     @app.post("/search", response_model=SearchResponse, responses=errors, tags=["search"])
     async def search(
@@ -353,38 +291,29 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         file: Annotated[UploadFile, File(description="the query image")],
         k: Annotated[int, Form(ge=1, le=settings.max_k, description="how many results")] = 10,
         ranker: Annotated[
-            RankerName, Form(description="`svm` only once fitted for this featurizer")
-        ] = RankerName.cosine,
+            RankerName, Form(description="learned rankers only once fitted for this featurizer")
+        ] = DEFAULT_RANKER,
     ) -> SearchResponse:
         """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
-        from core.pipeline import search as search_gallery
-
         ws = workspace(request)
-        model = ws.rankers.get(ranker.value)
-        if model is None:
-            raise ApiError(
-                422, "ranker_unavailable", f"ranker {ranker.value!r} is not fitted for {ws.featurizer.fingerprint}"
-            )
+        if ranker.value not in ws.rankers_on_offer():
+            raise ApiError(422, "ranker_unavailable", f"ranker {ranker.value!r} is not fitted for {ws.fingerprint}")
         data, name = await read_upload(file)
 
-        def work() -> tuple[list, float, float]:
+        def work() -> tuple[list[SearchHit], float, float]:
             start = time.perf_counter()
             image = check_image(data, name, settings.max_pixels)
             decoded = time.perf_counter()
-            hits = search_gallery(image, ws.featurizer, ws.prepared.dataset, ws.embeddings, model, k)
+            hits = ws.search(image, ranker.value, k)
             return hits, decoded - start, time.perf_counter() - decoded
 
         start = time.perf_counter()
         hits, decode_s, search_s = await anyio.to_thread.run_sync(work, limiter=limiter)
-        index = {id(record): i for i, record in enumerate(ws.prepared.dataset.records)}
         return SearchResponse(
-            fingerprint=ws.featurizer.fingerprint,
+            fingerprint=ws.fingerprint,
             ranker=ranker.value,
             k=k,
-            hits=[
-                Hit(rank=h.rank, label=h.record.label, path=ws.relative_paths[index[id(h.record)]], score=h.score)
-                for h in hits
-            ],
+            hits=[Hit(rank=h.rank, label=h.record.label, path=ws.relative_path(h.record), score=h.score) for h in hits],
             timing=Timing(
                 decode_ms=decode_s * 1e3, search_ms=search_s * 1e3, total_ms=(time.perf_counter() - start) * 1e3
             ),
@@ -428,74 +357,9 @@ class _BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m workbench.api`` (the CLI's ``serve`` takes the same)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m workbench.api", description="Serve search and embeddings over HTTP"
-    )
-    add_serve_arguments(parser)
-    return parser
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the serve options (host, port, limits, featurizer choice) to ``parser``."""
-    defaults = ServeSettings()
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="interface to listen on (default: %(default)s; 0.0.0.0 publishes it)"
-    )
-    parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    parser.add_argument(
-        "--serve-run", dest="serve_run", default=PRETRAINED, help="featurizer: 'pretrained' or a fine-tuning run"
-    )
-    parser.add_argument(
-        "--serve-backend",
-        dest="serve_backend",
-        choices=("auto", "onnx", "torch"),
-        default="auto",
-        help="(default: %(default)s: ONNX when exported)",
-    )
-    parser.add_argument(
-        "--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20, help="(default: %(default)s)"
-    )
-    parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="(default: %(default)s)")
-    parser.add_argument(
-        "--inference-threads", type=int, default=defaults.inference_threads, help="(default: %(default)s)"
-    )
-    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-
-
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
-
-
-def settings_from_args(
-    args: argparse.Namespace, data: Path | None = None, workdir: Path | None = None
-) -> ServeSettings:
-    """``ServeSettings`` from parsed serve arguments (``data``/``workdir`` default to the demo and ``artifacts``)."""
-    return ServeSettings(
-        data=Path(data) if data is not None else DEFAULT_DATA,
-        workdir=Path(workdir) if workdir is not None else Path("artifacts"),
-        choice=args.serve_run,
-        backend=args.serve_backend,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=args.max_pixels,
-        inference_threads=args.inference_threads,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workbench.api [--data DIR] [--workdir DIR] [--port 8000]``."""
-    parser = get_args_parser()
-    parser.add_argument("--data", type=Path, help="dataset folder (default: bundled demo)")
-    parser.add_argument("--workdir", type=Path, default=Path("artifacts"), help="(default: %(default)s)")
-    args = parser.parse_args(argv)
-    serve(settings_from_args(args, args.data, args.workdir), args.host, args.port, args.log_level)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,168 +1,193 @@
-"""Command line: ``python -m workbench {prepare,featurize,evaluate,search,train,train-svm,train-siamese,export,experiment,import-urls,dedup,index,serve,spark-featurize}``.
+"""Command line: ``python -m workbench COMMAND``; ``python -m workbench COMMAND --help`` lists its options.
 
-Every command takes ``--workdir`` (artifacts), ``--data`` (dataset folder) and ``--config`` (TOML);
-flags override the config file. Missing earlier steps run automatically, from cache when possible.
-``--run NAME`` switches the featurizer to the fine-tuned body of run NAME; ``--backend onnx`` runs the
-exported model of that featurizer with onnxruntime instead of PyTorch (same features, same cache).
+Every command that works on a dataset opens the same workspace as the app and the REST API
+(``workbench.workspace``): ``--data`` (dataset folder), ``--condition`` (what "similar" means), ``--workdir``
+(artifacts) and ``--config`` (TOML; flags override it). ``--run NAME`` picks the fine-tuned featurizer of run
+NAME, ``--backend`` the engine that embeds (``auto``: onnxruntime when the model is exported, else PyTorch).
+Missing earlier steps run automatically, from cache when possible. User errors exit with status 2 and one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from core.config import WorkbenchConfig, load_config
 from core.errors import WorkbenchError
+from core.rankers import list_rankers, ranker_spec
+from core.workdir import PRETRAINED
+
+if TYPE_CHECKING:
+    from core.train import TrainProgress
+    from workbench.workspace import Workspace, WorkspaceSpec
 
 log = logging.getLogger("workbench")
 
-RANKER_CHOICES = ("random", "l1", "l2", "cosine", "svm", "siamese")
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (the command and the problem) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _flag_groups() -> dict[str, argparse.ArgumentParser]:
+    """Reusable option groups; each command takes only the groups it uses."""
+    from workbench.workspace import BACKENDS
+
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+    data = argparse.ArgumentParser(add_help=False, parents=[quiet])
+    group = data.add_argument_group("workspace")
+    group.add_argument("--data", type=Path, help="dataset folder, one sub-folder per label (default: bundled demo)")
+    group.add_argument("--condition", help="attribute that defines similarity (a column of <data>/attributes.csv)")
+    group.add_argument("--attributes", help="attributes CSV (default: <data>/attributes.csv)")
+    group.add_argument("--workdir", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)")
+    group.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer], [train], [svm] tables)")
+    group.add_argument("--seed", type=int, help="seed for split, comparative sets, training and bootstrap")
+
+    featurizer = argparse.ArgumentParser(add_help=False, parents=[data])
+    group = featurizer.add_argument_group("featurizer")
+    group.add_argument("--run", help=f"fine-tuned featurizer of this run (default: {PRETRAINED})")
+    group.add_argument("--backend", choices=BACKENDS, default="auto", help="embedding engine (default: %(default)s)")
+    group.add_argument("--onnx", type=Path, help="an exported model for --backend onnx (default: the cached export)")
+    group.add_argument("--backbone", help="architecture of the pretrained featurizer (default: efficientnet_lite0)")
+    group.add_argument("--weights", help="'default', 'none' or a weights file")
+    group.add_argument("--batch-size", type=_positive(int), help="images per forward pass")
+    group.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    training = argparse.ArgumentParser(add_help=False)
+    group = training.add_argument_group("fine-tuning")
+    group.add_argument("--epochs", type=int, help="fine-tuning epochs (0 = keep the pretrained model)")
+    group.add_argument("--lr", type=_positive(float), help="peak learning rate of the new head")
+    group.add_argument("--freeze-body", action="store_true", default=None, help="train the classifier head only")
+    group.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
+    group.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
+    group.add_argument("--objective", choices=("classification", "triplet"), help="what fine-tuning optimises")
+    group.add_argument("--margin", type=_positive(float), help="triplet margin (default 0.2)")
+    group.add_argument("--mining", choices=("semihard", "hard", "all"), help="triplet mining (default: semihard)")
+
+    svm = argparse.ArgumentParser(add_help=False)
+    group = svm.add_argument_group("SVM ranker")
+    group.add_argument("--C", type=_positive(float), dest="svm_c", help="regularisation C (default 0.01)")
+    group.add_argument("--rounds", type=int, help="hard-negative mining rounds (default 1)")
+    return {"quiet": quiet, "data": data, "featurizer": featurizer, "training": training, "svm": svm}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The argument parser of all sub-commands."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--workdir", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)"
-    )
-    common.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer], [train], [svm] tables)")
-    common.add_argument("--data", type=Path, help="dataset folder, one sub-folder per label (default: bundled demo)")
-    common.add_argument("--seed", type=int, help="seed for split, comparative sets, training and bootstrap")
-    common.add_argument("--condition", help="attribute that defines similarity (a column of <data>/attributes.csv)")
-    common.add_argument("--attributes", help="attributes CSV (default: <data>/attributes.csv)")
-    common.add_argument("--backbone", help="featurizer architecture (default: efficientnet_lite0)")
-    common.add_argument("--weights", help="'default', 'none' or a weights file")
-    common.add_argument("--run", help="use the fine-tuned featurizer of this run (see `train`)")
-    common.add_argument("--batch-size", type=int, help="images per forward pass")
-    common.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    common.add_argument(
-        "--backend", choices=("torch", "onnx"), default="torch", help="featurizer back end (default: %(default)s)"
-    )
-    common.add_argument(
-        "--onnx", type=Path, help="model for --backend onnx (default: <workdir>/onnx/<run or pretrained>.onnx)"
-    )
-    common.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    from workbench.workflows import INDEX_KINDS
 
-    training = argparse.ArgumentParser(add_help=False)
-    training.add_argument("--epochs", type=int, help="fine-tuning epochs (0 = keep the pretrained model)")
-    training.add_argument("--lr", type=float, help="peak learning rate of the new head")
-    training.add_argument("--freeze-body", action="store_true", default=None, help="train the classifier head only")
-    training.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
-    training.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
-    training.add_argument(
-        "--objective",
-        choices=("classification", "triplet"),
-        help="what fine-tuning optimises (default: classification)",
-    )
-    training.add_argument("--margin", type=float, help="triplet margin (default 0.2)")
-    training.add_argument("--mining", choices=("semihard", "hard", "all"), help="triplet mining (default: semihard)")
+    groups = _flag_groups()
+    rankers, learned = list_rankers(), list_rankers(learned=True)
+    servable = [name for name in rankers if ranker_spec(name).index_servable]
+    parser = _Parser(prog="python -m workbench", description="Image-similarity ranking workbench")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    svm = argparse.ArgumentParser(add_help=False)
-    svm.add_argument("--C", type=float, dest="svm_c", help="LinearSVC C (default 0.01)")
-    svm.add_argument("--rounds", type=int, help="hard-negative mining rounds (default 1)")
+    def command(name: str, help_text: str, *parents: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[groups[p] for p in parents], help=help_text, description=help_text)
 
-    parser = argparse.ArgumentParser(prog="python -m workbench", description="Image-similarity ranking workbench")
-    commands = parser.add_subparsers(dest="command", required=True)
-    prepare = commands.add_parser("prepare", parents=[common], help="scan the dataset, split it, draw comparative sets")
+    prepare = command("prepare", "scan the dataset, split it, draw comparative sets", "data")
     prepare.add_argument("--train-fraction", type=float, help="share of each label for training (default 0.75)")
-    commands.add_parser("featurize", parents=[common], help="embed every image (cached by content hash)")
-    evaluate = commands.add_parser("evaluate", parents=[common], help="rank of the positive per ranker, with CIs")
+    command("featurize", "embed every image (cached by content hash)", "featurizer")
+    evaluate = command("evaluate", "rank of the positive per ranker, with CIs", "featurizer")
     evaluate.add_argument(
-        "--ranker", action="append", choices=(*RANKER_CHOICES, "all"), help="repeatable (default: all)"
+        "--ranker", action="append", choices=(*rankers, "all"), help="repeatable (default: all on offer)"
     )
     evaluate.add_argument("--split", choices=("test", "train"), default="test", help="which comparative sets")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    search = commands.add_parser("search", parents=[common], help="top-k most similar dataset images for an image")
+    search = command("search", "top-k most similar dataset images for an image", "featurizer")
     search.add_argument("image", type=Path, help="query image file")
-    search.add_argument("-k", type=int, default=15, help="how many results (default: %(default)s)")
-    search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine", help="(default: %(default)s)")
-    commands.add_parser("train", parents=[common, training], help="fine-tune the backbone on the training split")
-    commands.add_parser(
-        "train-svm", parents=[common, svm], help="fit the SVM-weighted L2 ranker with Platt calibration"
+    search.add_argument("-k", type=_positive(int), default=15, help="how many results (default: %(default)s)")
+    search.add_argument("--ranker", choices=rankers, default="cosine", help="(default: %(default)s)")
+    command(
+        "train",
+        "fine-tune the backbone on the training split, then fit the SVM ranker",
+        "featurizer",
+        "training",
+        "svm",
     )
-    commands.add_parser(
-        "train-siamese", parents=[common], help="train the Siamese pair head on the training sets' pairs"
-    )
-    export = commands.add_parser(
-        "export", parents=[common], help="export the featurizer to ONNX, validated against PyTorch"
-    )
-    export.add_argument("--out", type=Path, help="target .onnx file (default: <workdir>/onnx/<run or pretrained>.onnx)")
-    commands.add_parser(
-        "experiment",
-        parents=[common, training, svm],
-        help="split, fine-tune, featurize, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
-    )
-    index_flags = argparse.ArgumentParser(add_help=False)
-    index_flags.add_argument("--index-dir", type=Path, help="saved index folder (default: <workdir>/index)")
+    fit = command("fit", "fit learned rankers on the featurizer's embeddings", "featurizer", "svm")
+    fit.add_argument("--ranker", action="append", choices=(*learned, "all"), help="repeatable (default: all learned)")
+    export = command("export", "export the featurizer to ONNX, validated against PyTorch", "featurizer")
+    export.add_argument("--out", type=Path, help="target .onnx file (default: the workdir's export cache)")
+    command(
+        "experiment", "fine-tune, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
+        "featurizer", "training", "svm",
+    )  # fmt: skip
     index = commands.add_parser("index", help="a saved vector index of the dataset: build, add, remove, search")
-    index_commands = index.add_subparsers(dest="index_command", required=True)
-    build = index_commands.add_parser(
-        "build", parents=[common, index_flags], help="index every dataset image (replaces the saved index)"
-    )
-    build.add_argument(
-        "--kind", choices=("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus"), default="auto"
-    )
+    index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION", parser_class=_Parser)
+    index_flags = argparse.ArgumentParser(add_help=False, parents=[groups["featurizer"]])
+    index_flags.add_argument("--index-dir", type=Path, help="saved index folder (default: in the workdir)")
+
+    def index_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return index_commands.add_parser(name, parents=[index_flags], help=help_text, description=help_text)
+
+    build = index_command("build", "index every dataset image (replaces the saved index)")
+    build.add_argument("--kind", choices=INDEX_KINDS, default="auto")
     build.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="exact index storage")
-    build.add_argument(
-        "--ranker", choices=("cosine", "l2", "svm"), default="cosine", help="what an approximate index serves"
-    )
+    build.add_argument("--ranker", choices=servable, default="cosine", help="what an approximate index serves")
     build.add_argument("--milvus-uri", help="Milvus server URI (default: Milvus Lite file <index-dir>/milvus.db)")
-    index_commands.add_parser(
-        "add", parents=[common, index_flags], help="add dataset images missing from the index (no rebuild)"
-    )
-    remove = index_commands.add_parser(
-        "remove", parents=[common, index_flags], help="remove images (matched by content hash)"
-    )
+    index_command("add", "add dataset images missing from the index (no rebuild)")
+    remove = index_command("remove", "remove images (matched by content hash)")
     remove.add_argument("images", type=Path, nargs="+")
-    index_search = index_commands.add_parser(
-        "search", parents=[common, index_flags], help="top-k indexed images for an image"
-    )
+    index_search = index_command("search", "top-k indexed images for an image")
     index_search.add_argument("image", type=Path)
-    index_search.add_argument("-k", type=int, default=15)
-    index_search.add_argument("--ranker", choices=RANKER_CHOICES, default="cosine")
-    serve = commands.add_parser(
-        "serve", parents=[common], help="REST service: POST /search, POST /embed, GET /health (OpenAPI at /docs)"
+    index_search.add_argument("-k", type=_positive(int), default=15)
+    index_search.add_argument("--ranker", choices=rankers, default="cosine")
+    serve = command(
+        "serve", "REST service: POST /search, POST /embed, GET /health (OpenAPI at /openapi.json)", "featurizer"
     )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="interface (default: %(default)s; 0.0.0.0 publishes the service)"
-    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s; 0.0.0.0 publishes it)")
     serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     serve.add_argument(
-        "--max-upload-mb", type=float, default=10.0, help="largest accepted image file (default: %(default)s)"
+        "--max-upload-mb", type=_positive(float), default=10.0, help="largest image file (default: %(default)s)"
     )
     serve.add_argument(
-        "--max-pixels", type=int, default=40_000_000, help="largest accepted image, w x h (default: %(default)s)"
+        "--max-pixels", type=_positive(int), default=40_000_000, help="largest image, w x h (default: %(default)s)"
     )
-    spark = commands.add_parser(
-        "spark-featurize", parents=[common], help="embed images with Apache Spark into Parquet (ONNX model)"
+    serve.add_argument(
+        "--inference-threads", type=_positive(int), default=2, help="queries embedded at once (default: %(default)s)"
     )
+    spark = command("spark-featurize", "embed images with Apache Spark into Parquet (ONNX model)", "featurizer")
     spark.add_argument("--out", type=Path, required=True, help="output Parquet folder (replaced)")
     spark.add_argument("--master", default="local[2]", help="Spark master URL (default: %(default)s)")
-    spark.add_argument("--partitions", type=int, default=4, help="(default: %(default)s)")
+    spark.add_argument("--partitions", type=_positive(int), default=4, help="(default: %(default)s)")
     spark.add_argument(
         "--paths", type=Path, help="text file with one image path per line (default: every image of --data)"
     )
-    imports = commands.add_parser(
-        "import-urls", parents=[common], help="download a label<TAB>url list into a folder per label"
-    )
+    imports = command("import-urls", "download a label<TAB>url list into a folder per label", "quiet")
     imports.add_argument(
         "list", type=Path, help="URL list: one label<TAB>url per line; blank lines and # comments allowed"
     )
     imports.add_argument("--out", type=Path, required=True, help="dataset folder to fill (re-running resumes)")
-    imports.add_argument("--workers", type=int, default=8, help="downloads in flight (default: %(default)s)")
-    imports.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt (default: %(default)s)")
+    imports.add_argument("--workers", type=_positive(int), default=8, help="downloads in flight (default: %(default)s)")
+    imports.add_argument(
+        "--timeout", type=_positive(float), default=10.0, help="seconds per attempt (default: %(default)s)"
+    )
     imports.add_argument("--retries", type=int, default=2, help="retries of transient failures (default: %(default)s)")
     imports.add_argument(
-        "--max-bytes", type=int, default=20 * 1024 * 1024, help="largest download (default: %(default)s)"
+        "--max-bytes", type=_positive(int), default=20 * 1024 * 1024, help="largest download (default: %(default)s)"
     )
-    dedup = commands.add_parser(
-        "dedup", parents=[common], help="find near-duplicate images (dhash); --apply moves them aside"
-    )
+    dedup = command("dedup", "find near-duplicate images (dhash); --apply moves them aside", "data")
     dedup.add_argument("--threshold", type=int, help="largest Hamming distance in bits out of 256 (default: 32)")
     dedup.add_argument(
         "--apply", action="store_true", help="move removed images to <data>/_duplicates/ (default: report only)"
@@ -170,47 +195,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(**values: object) -> dict[str, object]:
-    return {key: value for key, value in values.items() if value is not None}
+def workspace_spec(args: argparse.Namespace) -> WorkspaceSpec:
+    """The workspace the parsed flags describe (config file first, flags override it)."""
+    from workbench.workspace import WorkspaceSpec, configure
 
+    def get(name: str) -> Any:
+        return getattr(args, name, None)
 
-def _config(args: argparse.Namespace) -> WorkbenchConfig:
-    config = load_config(args.config)
-    get = lambda name: getattr(args, name, None)  # noqa: E731  (sub-commands carry different flags)
-    return dataclasses.replace(
-        config,
-        data=dataclasses.replace(
-            config.data,
-            **_overrides(
-                root=args.data,
-                seed=args.seed,
-                train_fraction=get("train_fraction"),
-                condition=get("condition"),
-                attributes=get("attributes"),
-            ),
-        ),
-        featurizer=dataclasses.replace(
-            config.featurizer,
-            **_overrides(backbone=args.backbone, weights=args.weights, batch_size=args.batch_size, device=args.device),
-        ),
-        train=dataclasses.replace(
-            config.train,
-            **_overrides(
-                backbone=args.backbone,
-                weights=args.weights,
-                epochs=get("epochs"),
-                learning_rate=get("lr"),
-                batch_size=args.batch_size,
-                freeze_body=get("freeze_body"),
-                input_size=get("input_size"),
-                seed=args.seed,
-                device=args.device,
-                objective=get("objective"),
-                margin=get("margin"),
-                mining=get("mining"),
-            ),
-        ),
-        svm=dataclasses.replace(config.svm, **_overrides(C=get("svm_c"), hard_negative_rounds=get("rounds"))),
+    config = configure(
+        get("config"),
+        data={
+            "root": get("data"), "seed": get("seed"), "train_fraction": get("train_fraction"),
+            "condition": get("condition"), "attributes": get("attributes"),
+        },
+        featurizer={"backbone": get("backbone"), "weights": get("weights"), "batch_size": get("batch_size"), "device": get("device")},
+        train={
+            "backbone": get("backbone"), "weights": get("weights"), "epochs": get("epochs"), "learning_rate": get("lr"),
+            "batch_size": get("batch_size"), "freeze_body": get("freeze_body"), "input_size": get("input_size"),
+            "seed": get("seed"), "device": get("device"), "objective": get("objective"), "margin": get("margin"),
+            "mining": get("mining"),
+        },
+        svm={"C": get("svm_c"), "hard_negative_rounds": get("rounds")},
+    )  # fmt: skip
+    return WorkspaceSpec(
+        config, get("workdir") or Path("artifacts"), get("run") or PRETRAINED, get("backend") or "auto", get("onnx")
     )
 
 
@@ -230,85 +238,53 @@ def _progress(
     return update, bar.close
 
 
-def _prepared(args: argparse.Namespace, config: WorkbenchConfig, force: bool = False):
-    from core import pipeline
+def _open(args: argparse.Namespace, spec: WorkspaceSpec | None = None) -> Workspace:
+    from workbench.workspace import open_workspace
 
-    if not force and (args.workdir / "prepared.json").exists():
-        prepared = pipeline.load_prepared(args.workdir)
-        same_data = args.data is None or prepared.config.root.resolve() == config.data.root.resolve()
-        if same_data and (args.condition is None or prepared.config.condition == config.data.condition):
-            return prepared
-        log.info("dataset changed to %s: preparing again", config.data.root)
-    prepared = pipeline.prepare(config.data)
-    path = pipeline.save_prepared(prepared, args.workdir)
-    log.info("wrote %s", path)
-    return prepared
-
-
-def _embeddings(args: argparse.Namespace, config: WorkbenchConfig, prepared, run: str | None):
-    from core import pipeline
-
-    if args.backend == "onnx":
-        from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
-
-        featurizer = OnnxFeaturizer(
-            args.onnx or pipeline.onnx_path(args.workdir, run or "pretrained"), OrtConfig(allow_spinning=False)
-        )
-    else:
-        run_dir = pipeline.run_path(args.workdir, run) if run else None
-        featurizer = pipeline.build_featurizer(config.featurizer, run_dir)
-    update, close = _progress(f"featurize ({run or 'pretrained'})", args.quiet)
+    spec = spec or workspace_spec(args)
+    update, close = _progress(f"featurize ({spec.run})", args.quiet)
     try:
-        embeddings = pipeline.featurize(prepared, featurizer, args.workdir, config.featurizer.batch_size, update)
+        return open_workspace(spec, update)
     finally:
         close()
-    return featurizer, embeddings
 
 
-def _train(args: argparse.Namespace, config: WorkbenchConfig, prepared, run: str):
-    from core import pipeline
-    from core.train import fine_tune
+def _step_bar(quiet: bool) -> tuple[Callable[[TrainProgress], None] | None, Callable[[], None]]:
+    """A tqdm bar per epoch for fine-tuning progress."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
 
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
+    bars: list[Any] = []
 
-    def progress(event) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None or bar.desc != f"epoch {event.epoch}/{event.epochs}":
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs}", unit="step", file=sys.stderr)
-        bar.update(event.step - bar.n)
+    def update(event: TrainProgress) -> None:
+        description = f"epoch {event.epoch}/{event.epochs}"
+        if not bars or bars[-1].desc != description:
+            if bars:
+                bars[-1].close()
+            bars.append(tqdm(total=event.steps, desc=description, unit="step", file=sys.stderr))
+        bars[-1].update(event.step - bars[-1].n)
         if event.metrics:
-            bar.set_postfix(
+            bars[-1].set_postfix(
                 train_acc=f"{event.metrics.train_accuracy:.1%}", test_acc=f"{event.metrics.test_accuracy:.1%}"
             )
 
-    pipeline.forget_export(args.workdir, run)
-    try:
-        result = fine_tune(
-            prepared.dataset.records,
-            prepared.split,
-            config.train,
-            pipeline.run_path(args.workdir, run),
-            progress=progress,
-            resume=not getattr(args, "restart", False),
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    return result
+    def close() -> None:
+        if bars:
+            bars[-1].close()
+
+    return update, close
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (2 for a user-facing error)."""
-    args = get_args_parser().parse_args(argv)
+    """Run the CLI; returns the process exit code (2 for a user-facing error, including a bad flag)."""
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error, already printed in one line (2)
+        return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
-        return COMMANDS[args.command](args, _config(args))
+        return COMMANDS[args.command](args)
     except WorkbenchError as err:
         log.error("%s", err)
         return 2
@@ -317,126 +293,119 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _cmd_prepare(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    prepared = _prepared(args, config, force=True)
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from workbench.workspace import prepared_data
+
+    spec = workspace_spec(args)
+    prepared = prepared_data(spec.config.data, spec.layout, force=True)
     counts = prepared.dataset.label_counts()
     print(
         f"{len(prepared.dataset)} images in {len(counts)} labels: " + ", ".join(f"{k}={v}" for k, v in counts.items())
     )
     print(
-        f"split: {len(prepared.split.train)} train / {len(prepared.split.test)} test; skipped {len(prepared.skipped)} file(s)"
+        f"split: {len(prepared.split.train)} train / {len(prepared.split.test)} test; "
+        f"{len(prepared.test_sets)} test queries x (1 + {prepared.test_sets.n_negatives}); "
+        f"skipped {len(prepared.skipped)} file(s)"
     )
     for item in prepared.skipped:
         print(f"  skipped {item.reason}")
     if prepared.leaks:
         print(
-            f"{len(prepared.leaks)} near-duplicate pair(s) straddle the split (see the warnings; `dedup` removes them)"
+            f"{len(prepared.leaks)} near-duplicate pair(s) straddle the split (listed in {spec.layout.prepared}; `dedup` removes them)"
         )
+    print(f"wrote {spec.layout.prepared}")
     return 0
 
 
-def _cmd_featurize(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    featurizer, embeddings = _embeddings(args, config, _prepared(args, config), args.run)
-    print(f"{embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} ({featurizer.fingerprint})")
+def _cmd_featurize(args: argparse.Namespace) -> int:
+    ws = _open(args)
+    print(f"{ws.embeddings.shape[0]} embeddings of dimension {ws.embeddings.shape[1]} ({ws.fingerprint}, {ws.backend})")
     return 0
 
 
-def _ranker_names(requested: list[str] | None, workdir: Path, featurizer_id: str) -> list[str]:
-    from core import pipeline
-
-    if requested and "all" not in requested:
-        return list(dict.fromkeys(requested))
-    names = ["random", "l1", "l2", "cosine"]
-    names += ["svm"] if pipeline.svm_path(workdir, featurizer_id).exists() else []
-    return names + (["siamese"] if pipeline.siamese_path(workdir, featurizer_id).exists() else [])
-
-
-def _cmd_evaluate(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
+def _cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluate import format_table
+    from workbench.workflows import result_summary, save_report
 
-    prepared = _prepared(args, config)
-    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
-    names = _ranker_names(args.ranker, args.workdir, featurizer.fingerprint)
-    rankers = pipeline.load_rankers(names, args.workdir, featurizer.fingerprint, config.data.seed)
-    results = pipeline.evaluate_rankers(prepared, embeddings, rankers, config.data.seed, args.split)
-    report = pipeline.save_report(results, featurizer.fingerprint, args.workdir)
+    ws = _open(args)
+    requested = args.ranker or ["all"]
+    names = ws.rankers_on_offer() if "all" in requested else list(dict.fromkeys(requested))
+    results = ws.evaluate(names, args.split)
+    report = save_report(ws, results)
     if args.json:
-        summary = {
-            r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")} for r in results
-        }
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({result.ranker: result_summary(result) for result in results}, indent=2))
     else:
-        print(f"featurizer {featurizer.fingerprint}, {args.split} comparative sets")
+        print(f"featurizer {ws.fingerprint}, {args.split} comparative sets")
         print(format_table(results))
     log.info("report written to %s", report)
     return 0
 
 
-def _cmd_search(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
-    from core.images import load_image, printable
+def _print_hits(rows: Sequence[tuple[int, float, str, str]]) -> None:
+    from core.images import printable
+
+    print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
+    for rank, score, label, path in rows:
+        print(f"{rank:>4}  {score:>8.4f}  {printable(label):<16} {printable(path)}")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from core.images import load_image
 
     image = load_image(args.image)
-    prepared = _prepared(args, config)
-    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
-    [ranker] = pipeline.load_rankers([args.ranker], args.workdir, featurizer.fingerprint, config.data.seed)
-    hits = pipeline.search(image, featurizer, prepared.dataset, embeddings, ranker, args.k)
-    print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
-    for hit in hits:
-        print(f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.record.label:<16} {printable(str(hit.record.path))}")
+    ws = _open(args)
+    hits = ws.search(image, args.ranker, args.k)
+    _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
     return 0
 
 
-def _cmd_train(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    run = args.run or "default"
-    result = _train(args, config, _prepared(args, config), run)
-    print(f"run {run}: {result.run_dir}")
+def _print_fitted(fitted: Sequence[Any]) -> None:
+    for item in fitted:
+        print(f"{item.name} ranker fitted in {item.seconds:.1f} s: {item.path}")
+        for split, accuracy in (("train", item.train_pairs), ("test", item.test_pairs)):
+            if accuracy is not None:
+                print(
+                    f"  {split} pairs: accuracy {accuracy.accuracy:.1%}, balanced accuracy "
+                    f"{accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs)"
+                )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from workbench.workflows import train_run
+
+    spec = workspace_spec(args)
+    run = spec.run if spec.run != PRETRAINED else "default"
+    on_step, close_steps = _step_bar(args.quiet)
+    on_featurize, close_featurize = _progress(f"featurize ({run})", args.quiet)
+    try:
+        trained = train_run(spec, run, on_step, on_featurize, resume=not args.restart)
+    finally:
+        close_steps()
+        close_featurize()
+    print(f"run {run}: {trained.training.run_dir}")
     print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'seconds':>7}")
-    for m in result.history:
+    for m in trained.training.history:
         print(
             f"{m.epoch:>5} {m.train_loss:>10.3f} {m.train_accuracy:>9.1%} {m.test_loss:>9.3f} {m.test_accuracy:>8.1%} {m.seconds:>7.1f}"
         )
+    _print_fitted(trained.fitted)
     return 0
 
 
-def _cmd_train_svm(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from workbench.workflows import fit_ranker
 
-    prepared = _prepared(args, config)
-    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
-    _, train_accuracy, test_accuracy = pipeline.fit_svm(
-        prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir
-    )
-    print(
-        f"SVM ranker for {featurizer.fingerprint} (C={config.svm.C}, {config.svm.hard_negative_rounds} hard-negative round(s))"
-    )
-    for split, accuracy in (("train", train_accuracy), ("test", test_accuracy)):
-        print(
-            f"  {split} pairs: accuracy {accuracy.accuracy:.1%}, balanced accuracy {accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs)"
-        )
+    ws = _open(args)
+    requested = args.ranker or ["all"]
+    names = list_rankers(learned=True) if "all" in requested else list(dict.fromkeys(requested))
+    _print_fitted([fit_ranker(ws, name) for name in names])
     return 0
 
 
-def _cmd_train_siamese(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
+def _cmd_export(args: argparse.Namespace) -> int:
+    from workbench.workflows import export_featurizer
 
-    prepared = _prepared(args, config)
-    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
-    pipeline.fit_siamese(prepared, embeddings, featurizer.fingerprint, args.workdir)
-    print(f"Siamese ranker for {featurizer.fingerprint}: {pipeline.siamese_path(args.workdir, featurizer.fingerprint)}")
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
-    from export.onnx_export import export_onnx
-
-    featurizer = pipeline.build_featurizer(
-        config.featurizer, pipeline.run_path(args.workdir, args.run) if args.run else None
-    )
-    out = args.out or pipeline.onnx_path(args.workdir, args.run or "pretrained")
-    result = export_onnx(featurizer.backbone, out, training_run=args.run or "")
+    result = export_featurizer(workspace_spec(args), args.out)
     print(
         f"wrote {result.path} ({result.metadata.fingerprint}, IR {result.ir_version}, opset {result.opset}); "
         f"validated on batch {result.validation.batch_size}: max |diff| vs PyTorch {result.validation.max_abs_diff:.2e}, "
@@ -445,59 +414,35 @@ def _cmd_export(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     return 0
 
 
-def _cmd_experiment(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
-    from core.artifacts import atomic_write_json, environment_versions
+def _cmd_experiment(args: argparse.Namespace) -> int:
     from core.evaluate import format_table
+    from workbench.workflows import experiment
 
-    run = args.run or "default"
-    prepared = _prepared(args, config, force=True)
-    _train(args, config, prepared, run)
-    sections = {}
-    for name, run_name in (("pretrained", None), ("fine-tuned", run)):
-        featurizer, embeddings = _embeddings(args, config, prepared, run_name)
-        _, train_pairs, test_pairs = pipeline.fit_svm(
-            prepared, embeddings, config.svm, featurizer.fingerprint, args.workdir
+    spec = workspace_spec(args)
+    on_step, close_steps = _step_bar(args.quiet)
+    on_featurize, close_featurize = _progress("featurize", args.quiet)
+    try:
+        report = experiment(
+            spec, spec.run if spec.run != PRETRAINED else "default", on_step, on_featurize, not args.restart
         )
-        names = ["random", "l1", "l2", "cosine", "svm"]
-        rankers = pipeline.load_rankers(names, args.workdir, featurizer.fingerprint, config.data.seed)
-        results = pipeline.evaluate_rankers(prepared, embeddings, rankers, config.data.seed)
-        pipeline.save_report(results, featurizer.fingerprint, args.workdir)
-        sections[name] = (featurizer.fingerprint, results, train_pairs, test_pairs)
-        print(f"\n{name} featurizer {featurizer.fingerprint}")
-        print(format_table(results))
-        print(
-            f"SVM pair accuracy (balanced): train {train_pairs.balanced_accuracy:.1%}, test {test_pairs.balanced_accuracy:.1%}"
-        )
-    report = args.workdir / "reports" / f"experiment-{run}.json"
-    atomic_write_json(
-        report,
-        {
-            "config": dataclasses.asdict(config),
-            "versions": environment_versions(),
-            "sections": {
-                name: {
-                    "featurizer": fingerprint,
-                    "svm_pairs": {"train": dataclasses.asdict(train_pairs), "test": dataclasses.asdict(test_pairs)},
-                    "results": {
-                        r.ranker: {k: v for k, v in r.to_dict().items() if k not in ("ranks", "query_labels")}
-                        for r in results
-                    },
-                }
-                for name, (fingerprint, results, train_pairs, test_pairs) in sections.items()
-            },
-        },
-    )
-    print(f"\nreport: {report}")
+    finally:
+        close_steps()
+        close_featurize()
+    for section in report.sections:
+        print(f"\n{section.name} featurizer {section.fingerprint}")
+        print(format_table(section.results))
+        if section.svm.train_pairs and section.svm.test_pairs:
+            print(
+                f"SVM pair accuracy (balanced): train {section.svm.train_pairs.balanced_accuracy:.1%}, "
+                f"test {section.svm.test_pairs.balanced_accuracy:.1%}"
+            )
+    print(f"\nreport: {report.path}")
     return 0
 
 
-def _cmd_import_urls(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+def _cmd_import_urls(args: argparse.Namespace) -> int:
     from core.ingest import REPORT_NAME, IngestConfig, import_urls
 
-    for name in ("workers", "timeout", "max_bytes"):
-        if getattr(args, name) <= 0:
-            raise WorkbenchError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.retries < 0:
         raise WorkbenchError(f"--retries must be 0 or more, got {args.retries}")
     ingest_config = IngestConfig(
@@ -523,135 +468,85 @@ def _cmd_import_urls(args: argparse.Namespace, config: WorkbenchConfig) -> int:
     return 0
 
 
-def _cmd_dedup(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
-    from core.artifacts import atomic_write_json
-    from core.data import DUPLICATES_DIR, scan_folder
-    from core.dedup import DEFAULT_THRESHOLD, find_near_duplicates, move_duplicates
+def _cmd_dedup(args: argparse.Namespace) -> int:
+    from core.data import DUPLICATES_DIR
+    from workbench.workflows import dedup
 
-    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
-    if not 0 <= threshold <= 256:
-        raise WorkbenchError(f"--threshold must be between 0 and 256 bits, got {threshold}")
-    root = config.data.root
-    scan = scan_folder(root)
-    report = find_near_duplicates(scan.dataset, scan.dhashes, threshold)
-    exact = [item for item in scan.skipped if "exact duplicate of" in item.reason]
-    path = args.workdir / "reports" / "dedup.json"
-    atomic_write_json(
-        path, {**report.to_dict(), "exact_duplicates": [item.reason for item in exact], "applied": args.apply}
-    )
+    spec = workspace_spec(args)
+    outcome = dedup(spec, args.threshold, args.apply)
+    report = outcome.report
     print(
-        f"{report.n_images} images: {len(report.removed)} near-duplicate(s) in {report.n_groups} group(s) at threshold {threshold}/256 bits; "
-        f"{len(exact)} exact duplicate(s) already left out by the scan"
+        f"{report.n_images} images: {len(report.removed)} near-duplicate(s) in {report.n_groups} group(s) at threshold "
+        f"{report.threshold}/256 bits; {len(outcome.exact_duplicates)} exact duplicate(s) already left out by the scan"
     )
     for row in report.to_dict()["removed"]:
         print(f"  {row['distance']:>3}  {row['removed']}  (keeps {row['kept']})")
-    if args.apply and report.removed:
-        moved = move_duplicates(report, root)
-        print(f"moved {len(moved)} file(s) to {root / DUPLICATES_DIR}")
-        if (args.workdir / "prepared.json").exists() and pipeline.load_prepared(
-            args.workdir
-        ).config.root.resolve() == root.resolve():
-            _prepared(args, config, force=True)
+    if outcome.moved:
+        print(f"moved {len(outcome.moved)} file(s) to {spec.config.data.root / DUPLICATES_DIR}")
+        if outcome.reprepared:
             print("prepared.json rebuilt without them")
     elif report.removed:
         print("nothing moved (report only); add --apply to move them aside")
-    print(f"report: {path}")
+    print(f"report: {outcome.path}")
     return 0
 
 
-def _index_config(args: argparse.Namespace, folder: Path, n_images: int):
-    from core.index import default_config
-    from core.index.exact import ExactConfig
-    from core.index.faiss_backend import FaissConfig
-    from core.index.milvus_backend import MilvusConfig
+def _cmd_index(args: argparse.Namespace) -> int:
+    from workbench import workflows
 
-    if args.kind == "auto":
-        chosen = default_config(n_images)
-        return ExactConfig(dtype=args.dtype) if isinstance(chosen, ExactConfig) else chosen
-    if args.kind == "exact":
-        return ExactConfig(dtype=args.dtype)
-    if args.kind == "milvus":
-        return MilvusConfig(uri=args.milvus_uri or str(folder / "milvus.db"))
-    return FaissConfig(kind=args.kind.removeprefix("faiss-"))
-
-
-def _cmd_index(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    import shutil
-
-    import numpy as np
-
-    from core import pipeline
-    from core.images import content_hash, load_image, printable
-    from core.index import content_ids, create_index, load_index
-    from core.index.exact import ExactConfig
-
-    prepared = _prepared(args, config)
-    featurizer, embeddings = _embeddings(args, config, prepared, args.run)
-    fingerprint, folder = featurizer.fingerprint, args.index_dir or args.workdir / "index"
-    records = prepared.dataset.records
-    ids = content_ids([record.sha256 for record in records])
+    ws = _open(args)
+    folder = args.index_dir or ws.layout.index
     if args.index_command == "build":
-        index_config = _index_config(args, folder, len(records))
-        ranker = None
-        if not isinstance(index_config, ExactConfig):
-            [ranker] = pipeline.load_rankers([args.ranker], args.workdir, fingerprint, config.data.seed)
-        index = create_index(index_config, fingerprint, embeddings.shape[1], ranker)
-        index.add(ids, embeddings, fingerprint=fingerprint)
-        shutil.rmtree(folder, ignore_errors=True)
-        index.save(folder)
-        print(f"indexed {len(index)} images ({index.backend}) for {fingerprint} in {folder}")
-        return 0
-    index = load_index(folder, fingerprint=fingerprint)
-    if args.index_command == "add":
-        new = ~np.isin(ids, index.ids())
-        index.add(ids[new], embeddings[new], fingerprint=fingerprint)
-        index.save(folder)
-        print(f"added {int(new.sum())} image(s); {len(index)} indexed")
+        config = workflows.index_config(args.kind, len(ws.dataset), folder, args.dtype, args.milvus_uri)
+        index = workflows.index_build(ws, folder, config, args.ranker)
+        print(f"indexed {len(index)} images ({index.backend}) for {ws.fingerprint} in {folder}")
+    elif args.index_command == "add":
+        added, index = workflows.index_add(ws, folder)
+        print(f"added {added} image(s); {len(index)} indexed")
     elif args.index_command == "remove":
-        removed = index.remove(content_ids([content_hash(path.read_bytes()) for path in args.images]))
-        index.save(folder)
+        removed, index = workflows.index_remove(ws, folder, args.images)
         print(f"removed {removed} image(s); {len(index)} indexed")
     else:
-        [ranker] = pipeline.load_rankers([args.ranker], args.workdir, fingerprint, config.data.seed)
-        hits = index.search(featurizer.embed([load_image(args.image)]), args.k, ranker, fingerprint=fingerprint)
-        by_id = dict(zip(ids.tolist(), records, strict=True))
-        print(f"{'rank':>4}  {'score':>8}  {'label':<16} path")
-        for rank, (hit_id, score) in enumerate(zip(hits.ids[0].tolist(), hits.scores[0].tolist(), strict=True), 1):
-            record = by_id.get(hit_id)
-            label, path = (
-                (record.label, printable(str(record.path))) if record else ("?", f"<id {hit_id} not in dataset>")
-            )
-            print(f"{rank:>4}  {score:>8.4f}  {label:<16} {path}")
+        hits = workflows.index_search(ws, folder, args.image, args.k, args.ranker)
+        _print_hits(
+            [(hit.rank, hit.score, hit.label or "?", hit.path or f"<id {hit.id} not in dataset>") for hit in hits]
+        )
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace, config: WorkbenchConfig) -> int:
+def _cmd_serve(args: argparse.Namespace) -> int:
     from workbench.api import ServeSettings, serve
 
     settings = ServeSettings(
-        data=config.data.root,
-        workdir=args.workdir,
-        choice=args.run or "pretrained",
-        backend="onnx" if args.backend == "onnx" else "auto",
+        workspace_spec(args),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
+        inference_threads=args.inference_threads,
     )
     serve(settings, args.host, args.port, "warning" if args.quiet else "info")
     return 0
 
 
-def _cmd_spark_featurize(args: argparse.Namespace, config: WorkbenchConfig) -> int:
-    from core import pipeline
+def _cmd_spark_featurize(args: argparse.Namespace) -> int:
     from workbench.spark_job import SparkJobConfig, featurize_with_spark
+    from workbench.workspace import exported_model, prepared_data, torch_featurizer
 
+    spec = workspace_spec(args)
     if args.paths:
-        paths = [Path(line) for line in args.paths.read_text().splitlines() if line.strip()]
+        try:
+            paths = [Path(line) for line in args.paths.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise WorkbenchError(f"{args.paths}: cannot read the path list ({err})") from err
     else:
-        paths = [record.path for record in _prepared(args, config).dataset.records]
-    onnx = args.onnx or pipeline.onnx_path(args.workdir, args.run or "pretrained")
+        paths = [record.path for record in prepared_data(spec.config.data, spec.layout).dataset.records]
+    onnx = spec.onnx or exported_model(spec, torch_featurizer(spec).fingerprint)
     result = featurize_with_spark(
-        paths, onnx, args.out, args.partitions, args.batch_size or 16, config=SparkJobConfig(master=args.master)
+        paths,
+        onnx,
+        args.out,
+        args.partitions,
+        spec.config.featurizer.batch_size,
+        config=SparkJobConfig(master=args.master),
     )
     print(
         f"wrote {result.n_images} embeddings ({result.n_failed} failed) of {result.fingerprint} to {result.path} "
@@ -660,14 +555,13 @@ def _cmd_spark_featurize(args: argparse.Namespace, config: WorkbenchConfig) -> i
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, WorkbenchConfig], int]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prepare": _cmd_prepare,
     "featurize": _cmd_featurize,
     "evaluate": _cmd_evaluate,
     "search": _cmd_search,
     "train": _cmd_train,
-    "train-svm": _cmd_train_svm,
-    "train-siamese": _cmd_train_siamese,
+    "fit": _cmd_fit,
     "export": _cmd_export,
     "experiment": _cmd_experiment,
     "import-urls": _cmd_import_urls,

@@ -1,0 +1,93 @@
+"""Fine-tuning in a background thread for the app: the same train -> featurize -> fit workflow as the CLI's
+``train``, with fields the Training page polls."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from core.train import EpochMetrics, TrainProgress
+from workbench.workflows import train_run
+from workbench.workspace import WorkspaceSpec
+
+
+@dataclass
+class TrainingJob:
+    """One run being trained; ``phase``, progress counters and ``history`` update while it runs."""
+
+    run: str
+    spec: WorkspaceSpec
+    phase: str = "starting"
+    epoch: int = 0
+    step: int = 0
+    steps: int = 1
+    featurized: int = 0
+    to_featurize: int = 0
+    history: list[EpochMetrics] = field(default_factory=list)
+    pair_accuracy: tuple[float, float] | None = None
+    error: str | None = None
+    done: bool = False
+
+    @property
+    def epochs(self) -> int:
+        return self.spec.config.train.epochs
+
+    @property
+    def fraction(self) -> float:
+        """Share of the whole job done: fine-tuning steps, then featurizing (a tenth of the bar)."""
+        if self.done:
+            return 1.0
+        total = max(1, self.epochs * self.steps)
+        training = min(1.0, ((max(self.epoch, 1) - 1) * self.steps + self.step) / total) if self.epochs else 1.0
+        featurizing = self.featurized / self.to_featurize if self.to_featurize else 0.0
+        return min(1.0, 0.9 * training + 0.1 * featurizing)
+
+    def _on_step(self, event: TrainProgress) -> None:
+        self.epoch, self.step, self.steps = event.epoch, event.step, event.steps
+        if event.metrics is not None:
+            self.history.append(event.metrics)
+
+    def _on_featurize(self, done: int, total: int) -> None:
+        self.featurized, self.to_featurize = done, total
+
+    def _on_phase(self, phase: str) -> None:
+        self.phase = phase
+
+    def run_now(self) -> None:
+        """Train, featurize and fit in this thread; errors end up in ``error`` (the run keeps its last epoch)."""
+        try:
+            trained = train_run(self.spec, self.run, self._on_step, self._on_featurize, on_phase=self._on_phase)
+            svm = next((item for item in trained.fitted if item.name == "svm"), None)
+            if svm is not None and svm.train_pairs is not None and svm.test_pairs is not None:
+                self.pair_accuracy = (svm.train_pairs.balanced_accuracy, svm.test_pairs.balanced_accuracy)
+        except Exception as err:  # shown on the page
+            self.error = f"{type(err).__name__}: {err}"
+            self.phase = "failed"
+        finally:
+            self.done = True
+
+
+class JobBoard:
+    """The training jobs of one server process, by workdir and run name."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, str], TrainingJob] = {}
+        self._lock = threading.Lock()
+
+    def start(self, spec: WorkspaceSpec, run: str) -> TrainingJob:
+        """Start a job for ``run`` in ``spec``'s workdir, or return the one still running."""
+        spec.with_run(run)  # validates the name before anything starts
+        key = (str(spec.layout.root.resolve()), run)
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None or job.done:
+                job = TrainingJob(run, spec)
+                self._jobs[key] = job
+                threading.Thread(target=job.run_now, name=f"train-{run}", daemon=True).start()
+        return job
+
+    def jobs(self, spec: WorkspaceSpec) -> list[TrainingJob]:
+        """Jobs of ``spec``'s dataset and condition, oldest first."""
+        root = str(spec.layout.root.resolve())
+        with self._lock:
+            return [job for (job_root, _), job in self._jobs.items() if job_root == root]

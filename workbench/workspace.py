@@ -1,0 +1,314 @@
+"""One workspace for every front end: the CLI, the app and the REST API open it here, the same way.
+
+A workspace is a dataset folder under one meaning of "similar" (its label folders or an attribute), prepared
+into a split with comparative sets, one featurizer (pretrained or a fine-tuning run, on PyTorch or
+onnxruntime), the embeddings of every image, and the rankers on offer (``core.rankers``' registry: the plain
+metrics always, the learned ones once fitted for this featurizer). :func:`open_workspace` builds it from a
+frozen :class:`WorkspaceSpec`; :class:`core.workdir.WorkDir` says where each artifact lives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+from PIL import Image
+
+from core.config import DataConfig, WorkbenchConfig, load_config
+from core.data import ImageDataset, ImageRecord
+from core.errors import ArtifactError, WorkbenchError
+from core.evaluate import EvaluationResult
+from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
+from core.images import printable
+from core.pipeline import PreparedData, SearchHit, evaluate_rankers, load_prepared, prepare, save_prepared
+from core.rankers import Ranker, list_rankers, make_ranker, ranker_spec, top_k
+from core.workdir import PRETRAINED, WorkDir, check_run_name
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "onnx", "torch"]
+#: Featurizer back ends: ``auto`` = onnxruntime when an exported model of this featurizer is cached, else PyTorch.
+BACKENDS: tuple[str, ...] = get_args(Backend)
+DEFAULT_WORKDIR = Path("artifacts")
+
+
+class RankerUnavailableError(WorkbenchError):
+    """A learned ranker was asked for before it was fitted for this featurizer."""
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """Everything that identifies a workspace; every front end builds one of these and nothing else.
+
+    Attributes:
+        config: All settings (data folder and condition in ``config.data``), e.g. from :func:`configure`.
+        workdir: Base artifact folder (``--workdir``).
+        run: ``"pretrained"`` or the name of a fine-tuning run: the featurizer.
+        backend: ``auto``, ``onnx`` or ``torch``.
+        onnx: An explicit exported model for the ``onnx`` back end (default: the cached export).
+    """
+
+    config: WorkbenchConfig = field(default_factory=WorkbenchConfig)
+    workdir: Path = DEFAULT_WORKDIR
+    run: str = PRETRAINED
+    backend: Backend = "auto"
+    onnx: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise WorkbenchError(f"unknown back end {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.run != PRETRAINED:
+            check_run_name(self.run)
+
+    @property
+    def layout(self) -> WorkDir:
+        """Where this workspace's artifacts live."""
+        return WorkDir(self.workdir, self.config.data.root, self.config.data.condition)
+
+    def with_run(self, run: str) -> WorkspaceSpec:
+        """The same workspace with another featurizer (explicit ONNX files do not carry over)."""
+        return dataclasses.replace(self, run=run, onnx=None)
+
+
+def configure(config_file: Path | None = None, **sections: Mapping[str, Any]) -> WorkbenchConfig:
+    """Settings from an optional TOML file, then per-section overrides; ``None`` values are ignored.
+
+    Example: ``configure(Path("wb.toml"), data={"root": folder, "condition": None}, train={"epochs": 3})``.
+
+    Raises:
+        WorkbenchError: Unreadable or invalid config file, or an unknown section or setting.
+    """
+    config = load_config(config_file)
+    replaced: dict[str, Any] = {}
+    for name, values in sections.items():
+        if not hasattr(config, name):
+            raise WorkbenchError(f"unknown config section {name!r}")
+        section = getattr(config, name)
+        known = {f.name for f in dataclasses.fields(section)}
+        overrides = {key: value for key, value in values.items() if value is not None}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise WorkbenchError(f"[{name}]: unknown setting(s) {', '.join(unknown)}")
+        replaced[name] = dataclasses.replace(section, **overrides)
+    return dataclasses.replace(config, **replaced)
+
+
+def spec_from_environment(environ: Mapping[str, str] = os.environ) -> WorkspaceSpec:
+    """The app's default spec: ``WORKBENCH_CONFIG`` (TOML), ``WORKBENCH_DATA`` and ``WORKBENCH_WORKDIR``."""
+    config_file = environ.get("WORKBENCH_CONFIG")
+    data = environ.get("WORKBENCH_DATA")
+    config = configure(Path(config_file) if config_file else None, data={"root": Path(data) if data else None})
+    return WorkspaceSpec(config=config, workdir=Path(environ.get("WORKBENCH_WORKDIR", str(DEFAULT_WORKDIR))))
+
+
+def _same_data(saved: DataConfig, wanted: DataConfig) -> bool:
+    def comparable(config: DataConfig) -> dict[str, Any]:
+        return {**dataclasses.asdict(config), "root": str(Path(config.root).resolve())}
+
+    return comparable(saved) == comparable(wanted)
+
+
+def prepared_data(config: DataConfig, layout: WorkDir, force: bool = False) -> PreparedData:
+    """The prepared dataset of ``layout``: read from disk, or prepared (and saved) when missing, unreadable,
+    prepared with other settings, or ``force``d."""
+    if not force:
+        try:
+            prepared = load_prepared(layout.root)
+            if _same_data(prepared.config, config):
+                return prepared
+            log.info("data settings changed for %s: preparing again", printable(str(config.root)))
+        except ArtifactError as err:
+            if layout.prepared.exists():
+                log.warning("%s; preparing again", err)
+    prepared = prepare(config)
+    save_prepared(prepared, layout.root)
+    log.info("wrote %s", layout.prepared)
+    return prepared
+
+
+def torch_featurizer(spec: WorkspaceSpec) -> TorchFeaturizer:
+    """The PyTorch featurizer of the spec: the configured backbone, or the fine-tuned body of ``spec.run``."""
+    device = spec.config.featurizer.device or None
+    if spec.run != PRETRAINED:
+        from core.train import finetuned_backbone
+
+        return TorchFeaturizer(finetuned_backbone(spec.layout.run(spec.run)), device=device)
+    from core.backbones import build_backbone
+
+    weights = None if spec.config.featurizer.weights == "none" else spec.config.featurizer.weights
+    return TorchFeaturizer(build_backbone(spec.config.featurizer.backbone, weights), device=device)
+
+
+def exported_model(spec: WorkspaceSpec, fingerprint: str) -> Path:
+    """Where the exported ONNX model of a featurizer is cached (or the spec's explicit file)."""
+    return spec.onnx or spec.layout.onnx_cache / f"{fingerprint}.onnx"
+
+
+def make_featurizer(spec: WorkspaceSpec) -> Featurizer:
+    """The spec's featurizer on its back end.
+
+    ``onnx`` with an explicit file needs no PyTorch at all; otherwise the PyTorch model is built (it defines the
+    fingerprint) and, for ``auto`` and ``onnx``, replaced by its cached export when there is one.
+
+    Raises:
+        WorkbenchError: A missing run, or ``onnx`` asked for with no exported model.
+    """
+    from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
+
+    if spec.backend == "onnx" and spec.onnx is not None:
+        return OnnxFeaturizer(spec.onnx, OrtConfig(allow_spinning=False))
+    featurizer = torch_featurizer(spec)
+    if spec.backend == "torch":
+        return featurizer
+    exported = exported_model(spec, featurizer.fingerprint)
+    if exported.is_file():
+        return OnnxFeaturizer(exported, OrtConfig(allow_spinning=False))
+    if spec.backend == "onnx":
+        raise ArtifactError(f"{exported}: no exported model; run `python -m workbench export` first")
+    return featurizer
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """An opened workspace: prepared data, one featurizer and the embeddings of every image."""
+
+    spec: WorkspaceSpec
+    prepared: PreparedData
+    featurizer: Featurizer
+    embeddings: np.ndarray
+    _rankers: dict[tuple[str, float], Ranker] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def layout(self) -> WorkDir:
+        return self.spec.layout
+
+    @property
+    def fingerprint(self) -> str:
+        return self.featurizer.fingerprint
+
+    @property
+    def run(self) -> str:
+        return self.spec.run
+
+    @property
+    def backend(self) -> str:
+        """``"onnx"`` or ``"torch"``: what actually embeds queries."""
+        return "torch" if hasattr(self.featurizer, "backbone") else "onnx"
+
+    @property
+    def dataset(self) -> ImageDataset:
+        return self.prepared.dataset
+
+    @property
+    def seed(self) -> int:
+        return self.prepared.config.seed
+
+    def relative_path(self, record: ImageRecord) -> str:
+        """A record's path relative to the dataset folder (as shown and as the API returns it)."""
+        root = self.dataset.root
+        return str(record.path.relative_to(root)) if root else record.path.name
+
+    def ranker_path(self, name: str) -> Path:
+        """Where the learned ranker ``name`` of this featurizer is saved."""
+        return self.layout.ranker(name, self.fingerprint)
+
+    def rankers_on_offer(self) -> list[str]:
+        """The registry's rankers usable here, in menu order: plain ones, and learned ones once fitted."""
+        return [name for name in list_rankers() if not ranker_spec(name).learned or self.ranker_path(name).is_file()]
+
+    def ranker_version(self, name: str) -> float:
+        """Changes when a learned ranker is refitted (its file time); 0 for plain rankers and missing files."""
+        path = self.ranker_path(name)
+        return path.stat().st_mtime if ranker_spec(name).learned and path.is_file() else 0.0
+
+    def ranker(self, name: str) -> Ranker:
+        """A ranker by registry name: plain ones are built (seeded), learned ones loaded for this featurizer.
+
+        Raises:
+            WorkbenchError: Unknown name, or a learned ranker not fitted yet (the message says how to fit it).
+        """
+        try:
+            spec = ranker_spec(name)
+        except ValueError as err:
+            raise WorkbenchError(str(err)) from None
+        if not spec.learned:
+            return make_ranker(name, np.random.default_rng(self.seed))
+        path = self.ranker_path(name)
+        if not path.is_file():
+            raise RankerUnavailableError(
+                f"ranker {name!r} is not fitted for featurizer {self.fingerprint}; "
+                f"run `python -m workbench fit --ranker {name}` (or train on the Training page)"
+            )
+        key = (name, path.stat().st_mtime)
+        if key not in self._rankers:
+            assert spec.load is not None  # learned specs always have a loader (checked by the registry)
+            self._rankers[key] = spec.load(path)
+        return self._rankers[key]
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embeddings of RGB images with this workspace's featurizer."""
+        return self.featurizer.embed(images)
+
+    def search(self, image: Image.Image, ranker: str, k: int) -> list[SearchHit]:
+        """The ``k`` gallery images most similar to an RGB image, best first.
+
+        Raises:
+            WorkbenchError: Unknown or unfitted ranker, or ``k`` below 1.
+        """
+        if k < 1:
+            raise WorkbenchError(f"k must be at least 1, got {k}")
+        model = self.ranker(ranker)
+        indices, scores = top_k(model, self.embed([image]), self.embeddings, k)
+        records = self.dataset.records
+        return [
+            SearchHit(rank, records[i], float(s))
+            for rank, (i, s) in enumerate(zip(indices[0], scores[0], strict=True), start=1)
+        ]
+
+    def evaluate(self, rankers: Sequence[str], split: str = "test") -> list[EvaluationResult]:
+        """Rank of the positive on the comparative sets of ``split``, for each named ranker."""
+        if split not in ("test", "train"):
+            raise WorkbenchError(f"split must be 'test' or 'train', got {split!r}")
+        models = [self.ranker(name) for name in rankers]
+        return evaluate_rankers(self.prepared, self.embeddings, models, self.seed, split)
+
+
+def open_workspace(spec: WorkspaceSpec, progress: ProgressFn | None = None, force_prepare: bool = False) -> Workspace:
+    """Load or prepare the data, build the featurizer and embed every image (cached by content hash).
+
+    Args:
+        spec: What to open.
+        progress: Called as ``progress(done, total)`` while images are embedded.
+        force_prepare: Scan and split the dataset again even if a matching ``prepared.json`` exists.
+
+    Raises:
+        WorkbenchError: Unusable dataset folder, config, saved artifact or model, each named in one line.
+    """
+    layout = spec.layout
+    prepared = prepared_data(spec.config.data, layout, force_prepare)
+    featurizer = make_featurizer(spec)
+    cache = FeatureCache(layout.features)
+    embeddings = cache.embed(featurizer, prepared.dataset.records, spec.config.featurizer.batch_size, progress)
+    log.info("workspace %s: %d images, featurizer %s", layout.root, len(embeddings), featurizer.fingerprint)
+    return Workspace(spec, prepared, featurizer, embeddings)
+
+
+def completed_runs(layout: WorkDir) -> list[str]:
+    """Names of the finished fine-tuning runs of a workdir, newest first."""
+    from core.train import read_manifest
+
+    runs = []
+    for manifest_path in layout.runs.glob("*/manifest.json"):
+        try:
+            if read_manifest(manifest_path.parent).get("status") == "complete":
+                runs.append(manifest_path.parent)
+        except ArtifactError:
+            continue
+    runs.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    return [path.name for path in runs]
