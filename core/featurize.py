@@ -8,7 +8,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import stat
 import time
 import uuid
 import zipfile
@@ -25,8 +24,7 @@ from PIL import Image
 
 from core.artifacts import atomic_save_npz
 from core.data import ImageRecord
-from core.errors import ImageLoadError
-from core.images import content_hash, decode_image, printable
+from core.images import content_hash, decode_image, printable, read_image_file
 from core.preprocessing import Preprocessing, fingerprint_of, normalize_pixels, resize_crop
 
 if TYPE_CHECKING:
@@ -116,22 +114,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def read_image_bytes(path: Path) -> bytes:
-    """The bytes of an image file, read once (they are both hashed and decoded).
-
-    Raises:
-        ImageLoadError: Not a regular file, or unreadable; the message names it.
-    """
-    name = printable(str(path))
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageLoadError(f"{name}: not a regular file")
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise ImageLoadError(f"{name}: cannot read file ({err.strerror or err})") from err
-
-
 def read_and_prepare(path: Path, preprocessing: Preprocessing) -> tuple[str, np.ndarray]:
     """Read a file once, hash those bytes and decode those bytes into model-ready ``uint8[S, S, 3]`` pixels.
 
@@ -141,8 +123,11 @@ def read_and_prepare(path: Path, preprocessing: Preprocessing) -> tuple[str, np.
     Returns:
         ``(sha256 of the bytes decoded, pixels)``: the hash always describes these pixels, even if the file
         changed since it was first listed.
+
+    Raises:
+        ImageLoadError: Not a regular file, too large, unreadable or not a usable image; names the file.
     """
-    data = read_image_bytes(path)
+    data = read_image_file(path)
     image = decode_image(data, name=str(path), draft_size=preprocessing.resize_size)
     return content_hash(data), resize_crop(image, preprocessing)
 
