@@ -6,7 +6,7 @@ REQS := requirements.txt requirements-dev.txt requirements-serve.txt requirement
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-12)
 PORT ?= 8501
 
-.PHONY: setup run test test-all test-browser test-slow test-spark serve bench clean
+.PHONY: setup run test test-all test-browser test-slow test-spark serve bench clean lint format
 SPARK_STAMP := $(VENV)/.spark-$(shell cat requirements-spark.txt | sha256sum | cut -c1-12)
 API_PORT ?= 8000
 BROWSER_STAMP := $(VENV)/.browser-$(shell cat requirements-browser.txt | sha256sum | cut -c1-12)
@@ -22,6 +22,17 @@ setup: $(STAMP)
 run: setup
 	$(PY) -m workbench featurize
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+
+## lint: ruff (rules in pyproject.toml), ruff format --check, mypy; all must be clean
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## format: apply ruff's formatter and safe fixes
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 ## test: the default suite (no slow, GPU, browser or Spark tests)
 test: setup

@@ -42,6 +42,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo")
     parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--queries", type=int, default=32, help="distinct demo photos to cycle through")
+    parser.add_argument(
+        "--hostile",
+        type=int,
+        default=0,
+        help="also run each level beside this many clients sending the costliest accepted image (a 4000x4000 PNG "
+        "of a few kB) and report normal throughput with them as a share of without (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "api_load.json")
     return parser
 
@@ -89,15 +96,48 @@ def start_server(args: argparse.Namespace, port: int) -> tuple[subprocess.Popen,
     raise RuntimeError("server did not become healthy in 300 s")
 
 
+def hostile_payload() -> bytes:
+    """Cheap to send, costly to decode: 16 Mpx (the default upload ceiling for PNG) in a few kilobytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 4000), (200, 40, 40)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 async def run_level(
-    url: str, payloads: list[tuple[str, bytes]], concurrency: int, seconds: float, warmup: float, k: int
+    url: str,
+    payloads: list[tuple[str, bytes]],
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    k: int,
+    hostile: int = 0,
 ) -> dict:
     import httpx
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    hostile_counts: dict[str, int] = {}
+    bomb = hostile_payload() if hostile else b""
+    async with (
+        httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client,
+        httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=max(1, hostile)), timeout=60) as attacker,
+    ):
+
+        async def hostile_worker(until: float) -> None:
+            while time.perf_counter() < until:
+                try:
+                    response = await attacker.post("/search", files={"file": ("big.png", bomb, "image/png")})
+                    kind = f"http {response.status_code}"
+                except httpx.HTTPError as err:
+                    kind = type(err).__name__
+                hostile_counts[kind] = hostile_counts.get(kind, 0) + 1
+                if kind == "http 503":
+                    await asyncio.sleep(0.05)  # a client honouring Retry-After would wait longer
 
         async def worker(index: int, until: float, record: bool) -> None:
             n = index
@@ -119,13 +159,23 @@ async def run_level(
                     else:
                         errors[kind] = errors.get(kind, 0) + 1
 
-        await asyncio.gather(*(worker(i, time.perf_counter() + warmup, False) for i in range(concurrency)))
+        warm_until = time.perf_counter() + warmup
+        await asyncio.gather(
+            *(worker(i, warm_until, False) for i in range(concurrency)),
+            *(hostile_worker(warm_until) for _ in range(hostile)),
+        )
+        hostile_counts.clear()
         began = time.perf_counter()
-        await asyncio.gather(*(worker(i, began + seconds, True) for i in range(concurrency)))
+        await asyncio.gather(
+            *(worker(i, began + seconds, True) for i in range(concurrency)),
+            *(hostile_worker(began + seconds) for _ in range(hostile)),
+        )
         elapsed = time.perf_counter() - began
     ms = np.asarray(latencies) * 1e3
     return {
         "concurrency": concurrency,
+        "hostile_clients": hostile,
+        "hostile_answers": hostile_counts,
         "seconds": round(elapsed, 2),
         "requests": len(latencies),
         "errors": sum(errors.values()),
@@ -155,13 +205,15 @@ def main(args: argparse.Namespace) -> int:
         )
         levels = []
         for concurrency in args.concurrency:
-            result = asyncio.run(run_level(url, payloads, concurrency, args.seconds, args.warmup, args.k))
-            levels.append(result)
-            print(
-                f"  concurrency {concurrency:>2}: {result['requests_per_second']:7.1f} req/s, p50 {result['p50_ms']} ms, "
-                f"p99 {result['p99_ms']} ms, errors {result['errors']}",
-                flush=True,
-            )
+            for hostile in sorted({0, args.hostile}):
+                result = asyncio.run(run_level(url, payloads, concurrency, args.seconds, args.warmup, args.k, hostile))
+                levels.append(result)
+                print(
+                    f"  concurrency {concurrency:>2} + {hostile} hostile: {result['requests_per_second']:7.1f} req/s, "
+                    f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, errors {result['errors']}"
+                    + (f", hostile answers {result['hostile_answers']}" if hostile else ""),
+                    flush=True,
+                )
     finally:
         server.terminate()
         try:
@@ -181,9 +233,17 @@ def main(args: argparse.Namespace) -> int:
         "note": "client and server share the machine's cores; closed loop, one uvicorn process",
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print("\n| concurrency | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
+    baseline = {r["concurrency"]: r["requests_per_second"] for r in levels if r["hostile_clients"] == 0}
+    print("\n| concurrency | hostile clients | req/s | share of quiet | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
     for r in levels:
-        print(f"| {r['concurrency']} | {r['requests_per_second']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+        share = r["requests_per_second"] / baseline[r["concurrency"]] if baseline[r["concurrency"]] else float("nan")
+        r["share_of_quiet"] = round(share, 3)
+        print(
+            f"| {r['concurrency']} | {r['hostile_clients']} | {r['requests_per_second']} | {share:.2f} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0 if all(r["errors"] == 0 for r in levels) else 1
 

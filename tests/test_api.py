@@ -23,9 +23,13 @@ MAX_PIXELS = 1_000_000
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, tiny_dataset) -> ServeSettings:
     return ServeSettings(
-        WorkspaceSpec(configure(data={"root": tiny_dataset}), tmp_path_factory.mktemp("api-work")),
-        max_upload_bytes=MAX_UPLOAD,
-        max_pixels=MAX_PIXELS,
+        WorkspaceSpec(
+            configure(
+                data={"root": tiny_dataset},
+                uploads={"max_file_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS, "max_pixels_full": MAX_PIXELS},
+            ),
+            tmp_path_factory.mktemp("api-work"),
+        )
     )
 
 

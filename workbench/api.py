@@ -6,14 +6,16 @@ featurizer, gallery embeddings, rankers) opens once at start-up through the app'
 
 Input limits, each answered with ``{"error": {"code", "message"}}`` and never a stack trace:
 
-* request body over ``max_upload_bytes`` (plus a little multipart overhead): 413 ``upload_too_large``,
-  checked from ``Content-Length`` and again while the body streams in, so an oversize upload is cut
-  off instead of spooled;
-* more than ``max_pixels`` (read from the image header before decoding; ``core.images`` keeps its own
-  decompression-bomb guard behind it): 413 ``image_too_large``;
-* bytes that no decoder recognises (text, PDF...), whatever the file name or declared type: 415
-  ``unsupported_media_type``; an empty upload: 400 ``empty_upload``; a recognised but truncated or
+* request body over the upload limit (``[uploads] max_file_bytes`` plus a little multipart overhead): 413
+  ``upload_too_large``, checked from ``Content-Length`` and again while the body streams in, so an oversize
+  upload is cut off instead of spooled; a body not delivered within ``body_timeout_s``: 408;
+* more pixels than the upload limits allow, read from the header before any pixel is decoded: 413
+  ``image_too_large``;
+* anything but JPEG, PNG, WebP, GIF, BMP or TIFF (text, PDF, PostScript...), whatever the file name or
+  declared type: 415 ``unsupported_media_type``; an empty upload: 400 ``empty_upload``; a truncated or
   corrupt image, or one too small to rank: 422 ``invalid_image``;
+* costly images (over ``heavy_pixels`` once decoded) are decoded one at a time at low CPU priority, beside
+  the ordinary slots; when too many wait: 503 ``server_busy`` with ``Retry-After``;
 * bad form fields (``k`` outside 1..100, an unknown ranker, a missing file): 422 ``invalid_request``;
   a learned ranker (``svm``, ``siamese``) before it was fitted for this featurizer: 422 ``ranker_unavailable``.
 
@@ -23,31 +25,32 @@ a CDN, so it renders only where the browser can reach one.
 Run it with ``python -m workbench serve --port 8000``; it listens on 127.0.0.1 unless ``--host`` says otherwise.
 """
 
-import io
+import asyncio
 import logging
+import os
+import threading
 import time
-import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import anyio
-import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.pipeline import SearchHit
+from core.config import ImageLimits
+from core.errors import ImageLoadError, ImageTooLargeError, UnsupportedImageError
+from core.images import ImageHeader, decode_image, probe_image
 from core.rankers import list_rankers
 from workbench.workspace import Workspace, WorkspaceSpec, open_workspace
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +62,35 @@ MULTIPART_SLACK_BYTES = 64 * 1024
 class ServeSettings:
     """What the service serves and the limits it enforces.
 
+    Upload size and pixel ceilings are the workspace config's ``uploads`` limits (``[uploads]`` in TOML,
+    ``--max-upload-mb`` / ``--max-pixels`` on ``serve``), the same as the app's.
+
     Attributes:
         workspace: The workspace to serve (dataset, condition, workdir, featurizer, back end, config), opened
             exactly as the CLI and the app open it.
-        max_upload_bytes: Largest accepted image file.
-        max_pixels: Largest accepted image, width x height, read from its header before decoding.
         max_k: Most results one search may ask for.
         inference_threads: Queries decoded and embedded at once; more wait their turn.
+        heavy_pixels: Uploads that decode to more pixels than this are decoded in one separate lane at low CPU
+            priority, so a few costly images cannot hold the slots of ordinary ones.
+        heavy_queue: Heavy uploads waiting for that lane at most; more are answered 503 with Retry-After.
+        header_timeout_s: A connection must deliver its request line and headers within this time.
+        body_timeout_s: A request must deliver its whole body within this time (408 otherwise).
+        max_connections: Concurrent connections and requests; more are answered 503 by the server.
     """
 
     workspace: WorkspaceSpec = field(default_factory=WorkspaceSpec)
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
     max_k: int = 100
     inference_threads: int = 2
+    heavy_pixels: int = 4_000_000
+    heavy_queue: int = 4
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 200
+
+    @property
+    def limits(self) -> ImageLimits:
+        """Upload ceilings, checked from the size and the header before any pixel is decoded."""
+        return self.workspace.config.uploads
 
 
 #: The rankers a search can name: the registry's, as an enum so the OpenAPI document lists them.
@@ -83,9 +101,9 @@ DEFAULT_RANKER = RankerName("cosine")
 class ApiError(Exception):
     """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
 def load_workspace(settings: ServeSettings) -> Workspace:
@@ -162,36 +180,54 @@ class SearchResponse(BaseModel):
     timing: Timing
 
 
-def check_image(data: bytes, name: str, max_pixels: int) -> "Image.Image":
-    """Decode upload bytes into upright RGB, classifying every failure for the HTTP answer.
+def probe_upload(data: bytes, name: str, limits: ImageLimits) -> ImageHeader:
+    """Format and size of upload bytes from the header alone, every refusal classified for the HTTP answer.
 
     Raises:
-        ApiError: 400 empty, 415 not an image, 413 too many pixels, 422 corrupt/truncated/too small.
+        ApiError: 400 empty, 415 not an allowed image format, 413 over the size or pixel ceilings, 422 corrupt.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from core.errors import ImageLoadError
-    from core.images import decode_image
-
     if not data:
         raise ApiError(400, "empty_upload", f"{name}: empty file (0 bytes)")
-    try:  # the header alone: format and size, no pixel data decoded yet
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as header:
-                width, height = header.size
-    except UnidentifiedImageError as err:
-        raise ApiError(415, "unsupported_media_type", f"{name}: not a recognised image format") from err
-    except Image.DecompressionBombError as err:
-        raise ApiError(413, "image_too_large", f"{name}: image too large to decode") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ApiError(422, "invalid_image", f"{name}: corrupt image header ({err})") from err
-    if width * height > max_pixels:
-        raise ApiError(413, "image_too_large", f"{name}: {width}x{height} px is over the limit of {max_pixels} pixels")
     try:
-        return decode_image(data, name=name)
+        return probe_image(data, name, limits)
     except ImageLoadError as err:
-        raise ApiError(422, "invalid_image", str(err)) from err
+        raise _api_error(err) from err
+
+
+def decode_upload(data: bytes, name: str, limits: ImageLimits, draft_size: int | None = None) -> Image.Image:
+    """Decode upload bytes (already probed) into upright RGB.
+
+    Raises:
+        ApiError: As :func:`probe_upload`, for what only decoding reveals (truncation, too small to rank).
+    """
+    try:
+        return decode_image(data, name=name, draft_size=draft_size, limits=limits)
+    except ImageLoadError as err:
+        raise _api_error(err) from err
+
+
+def _api_error(err: ImageLoadError) -> ApiError:
+    if isinstance(err, UnsupportedImageError):
+        return ApiError(415, "unsupported_media_type", str(err))
+    if isinstance(err, ImageTooLargeError):
+        return ApiError(413, "image_too_large", str(err))
+    return ApiError(422, "invalid_image", str(err))
+
+
+def decoded_pixels(header: ImageHeader, draft_size: int | None) -> int:
+    """About how many pixels decoding will produce: JPEG decodes reduced (1/2, 1/4, 1/8) towards ``draft_size``."""
+    width, height = header.width, header.height
+    scale = 1
+    if header.format == "JPEG" and draft_size:
+        while scale < 8 and min(width, height) // (scale * 2) >= draft_size:
+            scale *= 2
+    return (width // scale) * (height // scale)
+
+
+def _low_priority_thread() -> None:
+    """Run this worker thread at the lowest CPU priority (Linux: per-thread nice), where the OS allows it."""
+    with suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _upload_name(filename: str | None) -> str:
@@ -202,13 +238,18 @@ def _upload_name(filename: str | None) -> str:
 
 def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The FastAPI app for ``settings``; the workspace loads when the app starts (lifespan)."""
-    errors: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500)}
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorResponse} for status in (400, 408, 413, 415, 422, 500, 503)
+    }
     limiter = anyio.CapacityLimiter(max(1, settings.inference_threads))
+    heavy_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heavy-decode", initializer=_low_priority_thread)
+    heavy_waiting = 0
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.workspace = await anyio.to_thread.run_sync(load_workspace, settings)
         yield
+        heavy_lane.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="Similarity workbench",
@@ -216,14 +257,18 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         summary="Find the gallery images most similar to an uploaded photo.",
         lifespan=lifespan,
     )
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
+    app.add_middleware(
+        _BodyLimit, max_bytes=settings.limits.max_file_bytes + MULTIPART_SLACK_BYTES, timeout_s=settings.body_timeout_s
+    )
 
     def error_response(status: int, code: str, message: str) -> JSONResponse:
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return error_response(err.status, err.code, err.message)
+        response = error_response(err.status, err.code, err.message)
+        response.headers.update(err.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -235,7 +280,13 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+        codes = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "upload_too_large",
+        }
         response = error_response(
             err.status_code, codes.get(err.status_code, f"http_{err.status_code}"), str(err.detail)
         )
@@ -249,10 +300,32 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
 
     async def read_upload(file: UploadFile) -> tuple[bytes, str]:
         name = _upload_name(file.filename)
-        data = await file.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise ApiError(413, "upload_too_large", f"{name}: larger than {settings.max_upload_bytes} bytes")
+        most = settings.limits.max_file_bytes
+        data = await file.read(most + 1)
+        if len(data) > most:
+            raise ApiError(413, "upload_too_large", f"{name}: larger than {most} bytes")
         return data, name
+
+    async def decode(ws: Workspace, data: bytes, name: str) -> Image.Image:
+        """Probe, then decode in the ordinary slots, or in the low-priority lane when the image is costly."""
+        nonlocal heavy_waiting
+        draft = ws.featurizer.preprocessing.resize_size
+        header = probe_upload(data, name, settings.limits)
+        if decoded_pixels(header, draft) <= settings.heavy_pixels:
+            return await anyio.to_thread.run_sync(decode_upload, data, name, settings.limits, draft, limiter=limiter)
+        if heavy_waiting >= settings.heavy_queue:
+            raise ApiError(
+                503,
+                "server_busy",
+                f"{name}: too many large images are being decoded; retry shortly",
+                {"Retry-After": "2"},
+            )
+        heavy_waiting += 1
+        try:
+            future = heavy_lane.submit(decode_upload, data, name, settings.limits, draft)
+            return await asyncio.wrap_future(future)
+        finally:
+            heavy_waiting -= 1
 
     def workspace(request: Request) -> Workspace:
         ws: Workspace = request.app.state.workspace
@@ -279,10 +352,8 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         ws = workspace(request)
         data, name = await read_upload(file)
 
-        def work() -> np.ndarray:
-            return ws.embed([check_image(data, name, settings.max_pixels)])[0]
-
-        vector = await anyio.to_thread.run_sync(work, limiter=limiter)
+        image = await decode(ws, data, name)
+        vector = (await anyio.to_thread.run_sync(ws.embed, [image], limiter=limiter))[0]
         return Embedding(fingerprint=ws.fingerprint, backend=ws.backend, dim=len(vector), embedding=vector.tolist())
 
     @app.post("/search", response_model=SearchResponse, responses=errors, tags=["search"])
@@ -300,15 +371,11 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             raise ApiError(422, "ranker_unavailable", f"ranker {ranker.value!r} is not fitted for {ws.fingerprint}")
         data, name = await read_upload(file)
 
-        def work() -> tuple[list[SearchHit], float, float]:
-            start = time.perf_counter()
-            image = check_image(data, name, settings.max_pixels)
-            decoded = time.perf_counter()
-            hits = ws.search(image, ranker.value, k)
-            return hits, decoded - start, time.perf_counter() - decoded
-
         start = time.perf_counter()
-        hits, decode_s, search_s = await anyio.to_thread.run_sync(work, limiter=limiter)
+        image = await decode(ws, data, name)
+        decode_s = time.perf_counter() - start
+        hits = await anyio.to_thread.run_sync(ws.search, image, ranker.value, k, limiter=limiter)
+        search_s = time.perf_counter() - start - decode_s
         return SearchResponse(
             fingerprint=ws.fingerprint,
             ranker=ranker.value,
@@ -323,38 +390,79 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
 
 
 class _BodyLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes``, from ``Content-Length`` or while streaming.
+    """ASGI middleware: refuse request bodies over ``max_bytes`` (from ``Content-Length`` or while streaming) or
+    not delivered within ``timeout_s`` of the request's start (slow clients cannot hold a connection).
 
-    The 413 is raised from ``receive`` as an HTTP exception, so it reaches the app's structured error
+    The 413 and 408 are raised from ``receive`` as HTTP exceptions, so they reach the app's structured error
     handler; a route that never reads the body is unaffected.
     """
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from starlette.exceptions import HTTPException
-
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_large = f"request body over {self.max_bytes} bytes"
+        deadline = anyio.current_time() + self.timeout_s
         received = 0
 
-        async def limited_receive():
+        async def limited_receive() -> Any:
             nonlocal received
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise HTTPException(413, too_large)
-            message = await receive()
+                raise StarletteHTTPException(413, too_large)
+            try:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    message = await receive()
+            except TimeoutError:
+                raise StarletteHTTPException(
+                    408, f"request body not received within {self.timeout_s:g} s", {"Connection": "close"}
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(413, too_large)
+                    raise StarletteHTTPException(413, too_large)
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def _protocol_with_header_deadline(header_timeout_s: float) -> type:
+    """uvicorn's HTTP/1.1 protocol, closing connections that have not sent a complete request head in time.
+
+    uvicorn arms its keep-alive timer only after a first response, so a client that opens a connection and
+    trickles its headers would otherwise hold it for ever.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        _head_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._head_deadline = self.loop.call_later(header_timeout_s, self._close_without_request)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+            super().connection_lost(exc)
+
+        def _close_without_request(self) -> None:
+            self._head_deadline = None
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
@@ -362,4 +470,16 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), **uvicorn_options(settings, host, port, log_level))
+
+
+def uvicorn_options(settings: ServeSettings, host: str, port: int, log_level: str = "info") -> dict[str, Any]:
+    """uvicorn settings that enforce the connection limits and timeouts of ``settings``."""
+    return {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "http": _protocol_with_header_deadline(settings.header_timeout_s),
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": 5,
+    }

@@ -48,14 +48,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-def _flag_groups() -> dict[str, argparse.ArgumentParser]:
+def _flag_groups() -> dict[str, _Parser]:
     """Reusable option groups; each command takes only the groups it uses."""
     from workbench.workspace import BACKENDS
 
-    quiet = argparse.ArgumentParser(add_help=False)
+    quiet = _Parser(add_help=False)
     quiet.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
-    data = argparse.ArgumentParser(add_help=False, parents=[quiet])
+    data = _Parser(add_help=False, parents=[quiet])
     group = data.add_argument_group("workspace")
     group.add_argument("--data", type=Path, help="dataset folder, one sub-folder per label (default: bundled demo)")
     group.add_argument("--condition", help="attribute that defines similarity (a column of <data>/attributes.csv)")
@@ -64,7 +64,7 @@ def _flag_groups() -> dict[str, argparse.ArgumentParser]:
     group.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer], [train], [svm] tables)")
     group.add_argument("--seed", type=int, help="seed for split, comparative sets, training and bootstrap")
 
-    featurizer = argparse.ArgumentParser(add_help=False, parents=[data])
+    featurizer = _Parser(add_help=False, parents=[data])
     group = featurizer.add_argument_group("featurizer")
     group.add_argument("--run", help=f"fine-tuned featurizer of this run (default: {PRETRAINED})")
     group.add_argument("--backend", choices=BACKENDS, default="auto", help="embedding engine (default: %(default)s)")
@@ -74,7 +74,7 @@ def _flag_groups() -> dict[str, argparse.ArgumentParser]:
     group.add_argument("--batch-size", type=_positive(int), help="images per forward pass")
     group.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
-    training = argparse.ArgumentParser(add_help=False)
+    training = _Parser(add_help=False)
     group = training.add_argument_group("fine-tuning")
     group.add_argument("--epochs", type=int, help="fine-tuning epochs (0 = keep the pretrained model)")
     group.add_argument("--lr", type=_positive(float), help="peak learning rate of the new head")
@@ -85,7 +85,7 @@ def _flag_groups() -> dict[str, argparse.ArgumentParser]:
     group.add_argument("--margin", type=_positive(float), help="triplet margin (default 0.2)")
     group.add_argument("--mining", choices=("semihard", "hard", "all"), help="triplet mining (default: semihard)")
 
-    svm = argparse.ArgumentParser(add_help=False)
+    svm = _Parser(add_help=False)
     group = svm.add_argument_group("SVM ranker")
     group.add_argument("--C", type=_positive(float), dest="svm_c", help="regularisation C (default 0.01)")
     group.add_argument("--rounds", type=int, help="hard-negative mining rounds (default 1)")
@@ -135,7 +135,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     index = commands.add_parser("index", help="a saved vector index of the dataset: build, add, remove, search")
     index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION", parser_class=_Parser)
-    index_flags = argparse.ArgumentParser(add_help=False, parents=[groups["featurizer"]])
+    index_flags = _Parser(add_help=False, parents=[groups["featurizer"]])
     index_flags.add_argument("--index-dir", type=Path, help="saved index folder (default: in the workdir)")
 
     def index_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -216,6 +216,10 @@ def workspace_spec(args: argparse.Namespace) -> WorkspaceSpec:
             "mining": get("mining"),
         },
         svm={"C": get("svm_c"), "hard_negative_rounds": get("rounds")},
+        uploads={
+            "max_file_bytes": int(get("max_upload_mb") * 2**20) if get("max_upload_mb") else None,
+            "max_pixels_full": get("max_pixels"),
+        },
     )  # fmt: skip
     return WorkspaceSpec(
         config, get("workdir") or Path("artifacts"), get("run") or PRETRAINED, get("backend") or "auto", get("onnx")
@@ -519,9 +523,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(
         workspace_spec(args),
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=args.max_pixels,
         inference_threads=args.inference_threads,
+        max_connections=args.max_connections,
+        body_timeout_s=args.body_timeout,
     )
     serve(settings, args.host, args.port, "warning" if args.quiet else "info")
     return 0

@@ -177,6 +177,15 @@ def ranker_choices(ws: Workspace) -> list[str]:
     return ws.rankers_on_offer()
 
 
+def decode_upload(ws: Workspace, image_bytes: bytes, name: str) -> Image.Image:
+    """Uploaded bytes as upright RGB, within the configured upload limits (``[uploads]``).
+
+    Raises:
+        ImageLoadError: Not an allowed image, over the limits, or corrupt; the message names the file.
+    """
+    return decode_image(image_bytes, name=name, limits=ws.spec.config.uploads)
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """Hits for one query image, the image as decoded (upright RGB) and how long the query took."""
@@ -194,7 +203,7 @@ def search(ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int) ->
         WorkbenchError: Unknown or unfitted ranker.
     """
     start = time.perf_counter()
-    image = decode_image(image_bytes, name=name)
+    image = decode_upload(ws, image_bytes, name)
     hits = ws.search(image, ranker, k)
     return SearchResult(image, hits, time.perf_counter() - start)
 
@@ -263,7 +272,7 @@ def explain(ws: Workspace, image_bytes: bytes, name: str, record: ImageRecord) -
         ImageLoadError: The query is not a usable image.
     """
     backbone = app_cache.cached("backbone", repr(ws.spec), lambda: analysis.torch_backbone(ws))
-    return analysis.explain(backbone, decode_image(image_bytes, name=name), record)
+    return analysis.explain(backbone, decode_upload(ws, image_bytes, name), record)
 
 
 def embedding_projection(ws: Workspace, method: str = "pca") -> analysis.EmbeddingMap:
@@ -274,4 +283,4 @@ def embedding_projection(ws: Workspace, method: str = "pca") -> analysis.Embeddi
 
 def place_on_map(ws: Workspace, mapping: analysis.EmbeddingMap, image_bytes: bytes, name: str) -> np.ndarray:
     """Coordinates of an uploaded image on the gallery's map."""
-    return analysis.place_on_map(ws, mapping, decode_image(image_bytes, name=name))
+    return analysis.place_on_map(ws, mapping, decode_upload(ws, image_bytes, name))
