@@ -106,8 +106,10 @@ def _efficientnet_lite(
 ) -> Callable[..., Backbone]:
     def build(weights: str | Path | None = "default", num_classes: int = 0) -> Backbone:
         import timm
+        from timm.models.efficientnet import EfficientNet
 
         model = timm.create_model(f"tf_{arch}", pretrained=False, num_classes=1000)
+        assert isinstance(model, EfficientNet)  # create_model is typed nn.Module; every tf_efficientnet_* is one
         if weights is None or weights == "none":
             weights_id = "random-init"
         else:

@@ -154,7 +154,10 @@ def summarize(
         query_labels=query_labels,
         top_n=top_n,
         per_category=per_category,
-        **estimates,
+        mean_rank=estimates["mean_rank"],
+        median_rank=estimates["median_rank"],
+        top1=estimates["top1"],
+        top5=estimates["top5"],
     )
 
 

@@ -15,12 +15,23 @@ against itself and its map against the other one (:func:`difference_map`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from core.backbones import Backbone
 from core.preprocessing import normalize_pixels, resize_crop
+
+if TYPE_CHECKING:
+    import torch
+
+
+@runtime_checkable
+class _HasForwardFeatures(Protocol):
+    """timm models: the unpooled last feature map; isinstance tests the method's presence."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ def feature_maps(backbone: Backbone, pixels: np.ndarray) -> np.ndarray:
     model = backbone.model.eval()
     batch = torch.from_numpy(normalize_pixels(pixels, backbone.preprocessing))
     with torch.inference_mode():
-        if hasattr(model, "forward_features"):  # timm models
+        if isinstance(model, _HasForwardFeatures):  # timm models
             maps = model.forward_features(batch)
         elif hasattr(model, "layer4"):  # torchvision ResNets: everything before the pooling
             maps = torch.nn.Sequential(*list(model.children())[:-2])(batch)

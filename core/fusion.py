@@ -24,10 +24,10 @@ def fuse_probabilities(probabilities: Sequence[np.ndarray], weights: Sequence[fl
     if not probabilities:
         raise ValueError("nothing to fuse")
     stacked = np.stack([np.asarray(p, np.float64) for p in probabilities])
-    weights = np.ones(len(stacked)) if weights is None else np.asarray(weights, np.float64)
-    if weights.shape != (len(stacked),) or (weights < 0).any() or weights.sum() == 0:
-        raise ValueError(f"need {len(stacked)} non-negative weights with a positive sum, got {weights.tolist()}")
-    return np.tensordot(weights / weights.sum(), stacked, axes=1)
+    weight_array = np.ones(len(stacked)) if weights is None else np.asarray(weights, np.float64)
+    if weight_array.shape != (len(stacked),) or (weight_array < 0).any() or weight_array.sum() == 0:
+        raise ValueError(f"need {len(stacked)} non-negative weights with a positive sum, got {weight_array.tolist()}")
+    return np.tensordot(weight_array / weight_array.sum(), stacked, axes=1)
 
 
 class FusionRanker(Ranker):

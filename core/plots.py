@@ -139,17 +139,17 @@ def embedding_map(
     points: np.ndarray, labels: Sequence[str], names: Sequence[str], query: np.ndarray | None = None
 ) -> go.Figure:
     """Gallery points coloured by label (hover: file name), with an optional query marker."""
-    labels, names = np.asarray(labels), np.asarray(names)
+    label_array, name_array = np.asarray(labels), np.asarray(names)
     figure = go.Figure()
-    for label in sorted(set(labels.tolist())):
-        mask = labels == label
+    for label in sorted(set(label_array.tolist())):
+        mask = label_array == label
         figure.add_trace(
             go.Scatter(
                 x=points[mask, 0],
                 y=points[mask, 1],
                 mode="markers",
                 name=str(label),
-                text=names[mask],
+                text=name_array[mask],
                 customdata=np.flatnonzero(mask),
                 hovertemplate="%{text}<extra>%{fullData.name}</extra>",
             )

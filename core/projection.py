@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+class ProjectionModel(Protocol):
+    """A fitted projection model (scikit-learn's PCA, umap-learn's UMAP): maps new rows onto the map."""
+
+    def transform(self, embeddings: np.ndarray, /) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -17,7 +23,7 @@ class Projection:
 
     method: str
     points: np.ndarray
-    model: object
+    model: ProjectionModel
 
     def transform(self, embeddings: np.ndarray) -> np.ndarray:
         """Place new embeddings (e.g. a query) on the same map."""

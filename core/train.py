@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -81,8 +82,27 @@ def _resized(preprocessing: Preprocessing, input_size: int) -> Preprocessing:
     return dataclasses.replace(preprocessing, input_size=input_size, resize_size=round(input_size / crop_fraction))
 
 
+# timm models' extras beyond nn.Module; isinstance checks on these protocols test the attribute's presence.
+@runtime_checkable
+class _HasGetClassifier(Protocol):
+    def get_classifier(self) -> nn.Module: ...
+
+
+@runtime_checkable
+class _HasResetClassifier(Protocol):
+    def reset_classifier(self, num_classes: int) -> None: ...
+
+
+@runtime_checkable
+class _HasDropRate(Protocol):
+    drop_rate: float
+
+
 def _classifier(model: nn.Module) -> nn.Module:
-    return model.get_classifier() if hasattr(model, "get_classifier") else model.fc
+    if isinstance(model, _HasGetClassifier):
+        return model.get_classifier()
+    # torchvision ResNets: nn.Module.__getattr__ is typed Tensor | Module, but ``fc`` is the Linear head.
+    return cast(nn.Module, model.fc)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -176,14 +196,15 @@ def _evaluate(
 ) -> tuple[float, float]:
     """Loss and accuracy over the whole loader at once (triplets and nearest neighbours span batches)."""
     model.eval()
-    outputs, targets = [], []
+    output_batches: list[torch.Tensor] = []
+    target_batches: list[torch.Tensor] = []
     with torch.inference_mode():
         for images, batch_targets in loader:
-            outputs.append(model(images.to(device)))
-            targets.append(batch_targets.to(device))
-    if not outputs:
+            output_batches.append(model(images.to(device)))
+            target_batches.append(batch_targets.to(device))
+    if not output_batches:
         return float("nan"), float("nan")
-    outputs, targets = torch.cat(outputs), torch.cat(targets)
+    outputs, targets = torch.cat(output_batches), torch.cat(target_batches)
     with torch.inference_mode():
         return float(objective.loss(outputs, targets)), objective.correct(outputs, targets) / len(targets)
 
@@ -224,9 +245,9 @@ def fine_tune(
     backbone = build_backbone(config.backbone, config.weights, num_classes=head_classes)
     preprocessing = _resized(backbone.preprocessing, config.input_size)
     model = backbone.model
-    if hasattr(model, "drop_rate"):
+    if isinstance(model, _HasDropRate):
         model.drop_rate = config.dropout
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     head_params = list(_classifier(model).parameters())
     head_ids = {id(p) for p in head_params}
     body_params = [p for p in model.parameters() if id(p) not in head_ids]
@@ -414,7 +435,7 @@ def finetuned_backbone(run_dir: str | Path) -> Backbone:
     except (KeyError, RuntimeError) as err:
         raise ArtifactError(f"{checkpoint_path}: does not match {manifest['backbone']} ({err})") from err
     model = backbone.model
-    if hasattr(model, "reset_classifier"):
+    if isinstance(model, _HasResetClassifier):
         model.reset_classifier(0)
     else:
         model.fc = nn.Identity()
