@@ -126,3 +126,24 @@ def test_a_query_far_outside_the_gallery_gets_its_nearest_items_not_the_far_extr
         # an unconstrained weight > 0 on `dim` would rank the item with the lowest value there first
         assert best != int(np.argmin(gallery[:, dim]))
         assert gallery[best, dim] >= np.quantile(gallery[:, dim], 0.9)
+
+
+def test_regularisation_pulls_towards_plain_l2_not_towards_zero():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 12))
+    labels = np.repeat(np.arange(4), 20).astype(str)
+    embeddings = centres[np.repeat(np.arange(4), 20)] + 0.6 * rng.normal(size=(80, 12))
+    embeddings[:, -3:] = 0.0  # three dimensions no training pair ever exercises
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    sets = make_comparative_sets(labels, 10, 20, np.random.default_rng(0))
+    weak = SVMRanker(SVMConfig(C=1e-6, hard_negative_rounds=0)).fit(embeddings, labels, sets)
+    # almost no evidence: one weight for every dimension, i.e. plain L2 (same order as L2 for any query)
+    assert np.ptp(weak.weights) < 1e-3 * abs(weak.weights.mean()) and weak.weights.mean() < 0
+    queries, gallery = rng.normal(size=(5, 12)), rng.normal(size=(30, 12))
+    np.testing.assert_array_equal(
+        np.argsort(-weak.score(queries, gallery), axis=1), np.argsort(-L2Ranker().score(queries, gallery), axis=1)
+    )
+    strong = SVMRanker(SVMConfig(C=10.0, hard_negative_rounds=0)).fit(embeddings, labels, sets)
+    assert np.ptp(strong.weights[:-3]) > 10 * np.ptp(weak.weights)  # evidence moves the exercised dimensions
+    # the unexercised dimensions keep the plain-L2 weight instead of collapsing to 0 (which would make them free)
+    assert np.all(strong.weights[-3:] < 0.5 * strong.weights[:-3].mean())
