@@ -1,7 +1,7 @@
 """Bounded loopback load test of the REST service: requests/s and p50/p99 latency of ``POST /search``.
 
 Starts ``python -m workbench serve`` on 127.0.0.1 at a free port in a subprocess (demo data, the given
-workdir: its exported ONNX model is used when present), waits for ``/health``, then for each concurrency
+workdir; onnxruntime by default), waits for ``/health``, then for each concurrency
 level keeps that many requests in flight for ``--seconds`` (closed loop: each worker sends its next
 request when the last one is answered), cycling through demo photos. Stops the server at the end, prints
 a table and writes JSON (default ``benchmarks/results/api_load.json``). Nothing leaves 127.0.0.1.

@@ -3,9 +3,9 @@
 One folder per dataset folder and per meaning of "similar" (the label folders, or an attribute of
 ``attributes.csv``), so prepared splits, fine-tuning runs, learned rankers and reports of one never serve
 another. Features depend only on the images, so the conditions of a dataset share them; exported ONNX models
-depend only on the weights, so every dataset shares them::
+depend only on the weights, so every workdir of the machine shares them::
 
-    <base>/onnx/<fingerprint>.onnx                         exported featurizers (one per fingerprint)
+    <cache>/onnx/<fingerprint>.onnx                        exported featurizers (one per fingerprint)
     <base>/<dataset>-<hash>/features/<fingerprint>.npz     feature cache (content-hash keyed)
     <base>/<dataset>-<hash>/reports/dedup.json             near-duplicate report
     <base>/<dataset>-<hash>/<labels | by-<attribute>>/
@@ -19,14 +19,26 @@ depend only on the weights, so every dataset shares them::
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ArtifactError
 
 #: The featurizer choice that means "no fine-tuning run": the packaged ImageNet weights.
 PRETRAINED = "pretrained"
+
+
+def default_cache_dir() -> Path:
+    """The machine-wide cache of things that depend only on model weights (exported ONNX featurizers).
+
+    ``WORKBENCH_CACHE`` if set, else ``$XDG_CACHE_HOME/workbench`` or ``~/.cache/workbench``.
+    """
+    configured = os.environ.get("WORKBENCH_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "workbench"
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -53,11 +65,13 @@ class WorkDir:
         base: The user's ``--workdir`` (default ``artifacts``).
         data_root: The dataset folder (one sub-folder per label).
         condition: Attribute that defines similarity; empty = the label folders.
+        cache: Machine-wide cache for what depends only on weights (default: :func:`default_cache_dir`).
     """
 
     base: Path
     data_root: Path
     condition: str = ""
+    cache: Path = field(default_factory=default_cache_dir)
 
     @property
     def dataset_dir(self) -> Path:
@@ -86,8 +100,8 @@ class WorkDir:
 
     @property
     def onnx_cache(self) -> Path:
-        """Exported featurizers, one file per fingerprint (shared by every dataset)."""
-        return Path(self.base) / "onnx"
+        """Exported featurizers, one file per fingerprint (shared by every workdir of the machine)."""
+        return Path(self.cache) / "onnx"
 
     @property
     def runs(self) -> Path:

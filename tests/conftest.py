@@ -8,6 +8,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_DATASET = FIXTURES / "tiny"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def machine_cache(tmp_path_factory) -> Path:
+    """One machine-wide cache (exported ONNX featurizers) for the whole run, never the user's ~/.cache."""
+    import os
+
+    cache = tmp_path_factory.mktemp("workbench-cache")
+    previous = os.environ.get("WORKBENCH_CACHE")
+    os.environ["WORKBENCH_CACHE"] = str(cache)  # subprocesses inherit it
+    yield cache
+    if previous is None:
+        os.environ.pop("WORKBENCH_CACHE", None)
+    else:
+        os.environ["WORKBENCH_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset() -> Path:
     """A folder-per-label set of real photos, a few per label, small enough for every CI run."""

@@ -1,6 +1,7 @@
 """End to end through the CLI on tiny real photos with the real pretrained weights."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -89,11 +90,11 @@ def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, t
 
     torch_work, onnx_work = tmp_path / "torch", tmp_path / "onnx"
     common = ["--data", str(tiny_dataset), "--quiet"]
-    assert main(["featurize", *common, "--workdir", str(torch_work)]) == 0
+    assert main(["featurize", *common, "--workdir", str(torch_work), "--backend", "torch"]) == 0
     assert main(["export", *common, "--workdir", str(onnx_work)]) == 0
     assert "min cosine 1.000000" in capsys.readouterr().out
     [torch_file] = layout(torch_work, tiny_dataset).features.glob("*.npz")
-    assert (onnx_work / "onnx" / f"{torch_file.stem}.onnx").is_file()  # the export cache is keyed by fingerprint
+    assert (layout(onnx_work, tiny_dataset).onnx_cache / f"{torch_file.stem}.onnx").is_file()  # keyed by fingerprint
     assert main(["featurize", *common, "--workdir", str(onnx_work), "--backend", "onnx"]) == 0
     onnx_file = layout(onnx_work, tiny_dataset).features / torch_file.name  # same fingerprint, same cache file
     with np.load(torch_file) as a, np.load(onnx_file) as b:
@@ -114,9 +115,11 @@ def test_export_of_a_fine_tuned_run_is_keyed_by_its_weights(tmp_path, tiny_datas
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet", "--run", "ft"]
     train = ["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6"]
     assert main(train) == 0
+    capsys.readouterr()
     assert main(["export", *common]) == 0
-    [exported] = (tmp_path / "onnx").glob("*.onnx")
-    assert "min cosine 1.000000" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    exported = Path(out.split()[1])
+    assert "min cosine 1.000000" in out and exported.parent == layout(tmp_path, tiny_dataset).onnx_cache
     from export.onnx_featurizer import OnnxFeaturizer
 
     assert OnnxFeaturizer(exported).metadata.training_run == "ft"

@@ -65,16 +65,12 @@ def assert_same(a, b):
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_cli_api_and_app_agree_for_every_ranker(backend, setup, tiny_dataset, monkeypatch, capsys):
     config, workdir, common = setup
-    if backend == "onnx":
-        assert main(["export", *common]) == 0  # from now on "auto" (the API's and the app's default) is onnxruntime
-        import streamlit as st
-
-        st.cache_resource.clear()  # an app server process keeps the workspace it opened; a new one would start here
     monkeypatch.setenv("WORKBENCH_CONFIG", str(config))
     monkeypatch.setenv("WORKBENCH_WORKDIR", str(workdir))
+    monkeypatch.setenv("WORKBENCH_BACKEND", "torch" if backend == "torch" else "auto")  # auto: onnxruntime
     monkeypatch.delenv("WORKBENCH_DATA", raising=False)
     app_ws = service.workspace(spec=service.current_spec())
-    api_settings = ServeSettings(WorkspaceSpec(configure(config), workdir))
+    api_settings = ServeSettings(WorkspaceSpec(configure(config), workdir, backend=app_ws.spec.backend))
     with TestClient(create_app(api_settings)) as client:
         health = client.get("/health").json()
         assert health["backend"] == app_ws.backend == backend

@@ -33,7 +33,8 @@ from core.workdir import PRETRAINED, WorkDir, check_run_name
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "onnx", "torch"]
-#: Featurizer back ends: ``auto`` = onnxruntime when an exported model of this featurizer is cached, else PyTorch.
+#: Featurizer back ends: ``auto`` = onnxruntime, exporting the PyTorch model once (validated) on first use;
+#: ``onnx`` = an existing export only; ``torch`` = PyTorch.
 BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_WORKDIR = Path("artifacts")
 
@@ -100,11 +101,19 @@ def configure(config_file: Path | None = None, **sections: Mapping[str, Any]) ->
 
 
 def spec_from_environment(environ: Mapping[str, str] = os.environ) -> WorkspaceSpec:
-    """The app's default spec: ``WORKBENCH_CONFIG`` (TOML), ``WORKBENCH_DATA`` and ``WORKBENCH_WORKDIR``."""
+    """The app's default spec: ``WORKBENCH_CONFIG`` (TOML), ``WORKBENCH_DATA``, ``WORKBENCH_WORKDIR`` and
+    ``WORKBENCH_BACKEND`` (``auto``, ``onnx`` or ``torch``)."""
     config_file = environ.get("WORKBENCH_CONFIG")
     data = environ.get("WORKBENCH_DATA")
     config = configure(Path(config_file) if config_file else None, data={"root": Path(data) if data else None})
-    return WorkspaceSpec(config=config, workdir=Path(environ.get("WORKBENCH_WORKDIR", str(DEFAULT_WORKDIR))))
+    backend = environ.get("WORKBENCH_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise WorkbenchError(f"WORKBENCH_BACKEND={backend!r}: choose one of {', '.join(BACKENDS)}")
+    return WorkspaceSpec(
+        config=config,
+        workdir=Path(environ.get("WORKBENCH_WORKDIR", str(DEFAULT_WORKDIR))),
+        backend=backend,  # type: ignore[arg-type]
+    )
 
 
 def _same_data(saved: DataConfig, wanted: DataConfig) -> bool:
@@ -154,11 +163,14 @@ def make_featurizer(spec: WorkspaceSpec) -> Featurizer:
     """The spec's featurizer on its back end.
 
     ``onnx`` with an explicit file needs no PyTorch at all; otherwise the PyTorch model is built (it defines the
-    fingerprint) and, for ``auto`` and ``onnx``, replaced by its cached export when there is one.
+    fingerprint). ``auto`` then runs it on onnxruntime, exported once into the machine's cache and validated
+    against PyTorch (several times faster per image on a CPU, same features); ``onnx`` uses an existing export.
 
     Raises:
-        WorkbenchError: A missing run, or ``onnx`` asked for with no exported model.
+        WorkbenchError: A missing run, ``onnx`` asked for with no exported model, or an export that fails
+            validation.
     """
+    from export.onnx_export import onnx_featurizer_for
     from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
 
     if spec.backend == "onnx" and spec.onnx is not None:
@@ -166,12 +178,13 @@ def make_featurizer(spec: WorkspaceSpec) -> Featurizer:
     featurizer = torch_featurizer(spec)
     if spec.backend == "torch":
         return featurizer
+    if spec.backend == "auto":
+        training_run = "" if spec.run == PRETRAINED else spec.run
+        return onnx_featurizer_for(featurizer.backbone, spec.layout.onnx_cache, training_run)
     exported = exported_model(spec, featurizer.fingerprint)
-    if exported.is_file():
-        return OnnxFeaturizer(exported, OrtConfig(allow_spinning=False))
-    if spec.backend == "onnx":
+    if not exported.is_file():
         raise ArtifactError(f"{exported}: no exported model; run `python -m workbench export` first")
-    return featurizer
+    return OnnxFeaturizer(exported, OrtConfig(allow_spinning=False))
 
 
 @dataclass(frozen=True)
