@@ -10,6 +10,7 @@ Missing earlier steps run automatically, from cache when possible. User errors e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ from core.rankers import list_rankers, ranker_spec
 from core.workdir import PRETRAINED
 
 if TYPE_CHECKING:
+    from core.evaluate import RetrievalResult
     from core.train import TrainProgress
     from workbench.workspace import Workspace, WorkspaceSpec
 
@@ -127,6 +129,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     fit = command("fit", "fit learned rankers on the featurizer's embeddings", "featurizer", "svm")
     fit.add_argument("--ranker", action="append", choices=(*learned, "all"), help="repeatable (default: all learned)")
+    fit.add_argument(
+        "--missing",
+        action="store_true",
+        help="fit only rankers not yet fitted for this featurizer and data (default rankers: the quick ones, "
+        "svm and projection)",
+    )
     export = command("export", "export the featurizer to ONNX, validated against PyTorch", "featurizer")
     export.add_argument("--out", type=Path, help="target .onnx file (default: the workdir's export cache)")
     command(
@@ -329,20 +337,50 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluate import format_table
-    from workbench.workflows import result_summary, save_report
+    from workbench.workflows import label_errors, result_summary, retrieval, save_report
 
     ws = _open(args)
     requested = args.ranker or ["all"]
     names = ws.rankers_on_offer() if "all" in requested else list(dict.fromkeys(requested))
     results = ws.evaluate(names, args.split)
-    report = save_report(ws, results)
+    retrieved = retrieval(ws, names, args.split)
+    suspects = label_errors(ws)
+    report = save_report(ws, results, retrieved, suspects, args.split)
     if args.json:
-        print(json.dumps({result.ranker: result_summary(result) for result in results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    result.ranker: {**result_summary(result), "retrieval": full.to_dict()}
+                    for result, full in zip(results, retrieved, strict=True)
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"featurizer {ws.fingerprint}, {args.split} comparative sets")
         print(format_table(results))
+        print(f"\nfull gallery: each {args.split} image queries all {len(ws.embeddings)} images, itself excluded")
+        print(_retrieval_table(retrieved))
+        print(
+            f"\n{len(suspects.errors)} likely label error(s) ({suspects.ranker}, {suspects.k} neighbours, "
+            f"majority share >= {suspects.min_share:.0%}) listed in the report"
+        )
     log.info("report written to %s", report)
     return 0
+
+
+def _retrieval_table(results: Sequence[RetrievalResult]) -> str:
+    """Full-gallery recall@1/5/10, MAP@R and MRR per ranker, one row each."""
+    columns = ("recall@1", "recall@5", "recall@10", "map@r", "mrr")
+    header = f"{'ranker':<10} {'queries':>7} " + " ".join(f"{name:>9}" for name in columns)
+    lines = [header, "-" * len(header)]
+    for result in results:
+        values = " ".join(f"{result.metrics.get(name, float('nan')):>9.3f}" for name in columns)
+        lines.append(f"{result.ranker:<10} {result.n_queries:>7} {values}")
+    dropped = max((result.n_dropped for result in results), default=0)
+    if dropped:
+        lines.append(f"({dropped} queries dropped: no other image carries their label)")
+    return "\n".join(lines)
 
 
 def _print_hits(rows: Sequence[tuple[int, float, str, str]]) -> None:
@@ -397,12 +435,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from workbench.workflows import fit_ranker
+    from workbench.workflows import READY_RANKERS, ensure_learned, fit_ranker
 
     ws = _open(args)
-    requested = args.ranker or ["all"]
+    requested = args.ranker or (list(READY_RANKERS) if args.missing else ["all"])
     names = list_rankers(learned=True) if "all" in requested else list(dict.fromkeys(requested))
-    _print_fitted([fit_ranker(ws, name) for name in names])
+    if not args.missing:
+        _print_fitted([fit_ranker(ws, name) for name in names])
+        return 0
+
+    def progress(done: int, total: int, name: str) -> None:
+        if name and not args.quiet:
+            print(f"fitting the {name} ranker ({done + 1}/{total}) for {ws.fingerprint}…", file=sys.stderr, flush=True)
+
+    fitted = ensure_learned(ws, names, progress)
+    _print_fitted(fitted)
+    current = [name for name in names if name not in {item.name for item in fitted}]
+    if current:
+        print(f"already fitted for {ws.fingerprint} on this data: {', '.join(current)}")
     return 0
 
 
@@ -533,7 +583,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_spark_featurize(args: argparse.Namespace) -> int:
     from workbench.spark_job import SparkJobConfig, featurize_with_spark
-    from workbench.workspace import exported_model, prepared_data, torch_featurizer
+    from workbench.workspace import exported_model, make_featurizer, prepared_data
 
     spec = workspace_spec(args)
     if args.paths:
@@ -543,7 +593,10 @@ def _cmd_spark_featurize(args: argparse.Namespace) -> int:
             raise WorkbenchError(f"{args.paths}: cannot read the path list ({err})") from err
     else:
         paths = [record.path for record in prepared_data(spec.config.data, spec.layout).dataset.records]
-    onnx = spec.onnx or exported_model(spec, torch_featurizer(spec).fingerprint)
+    if spec.onnx is None:  # the cached export of the featurizer, made now if missing
+        onnx = exported_model(spec, make_featurizer(dataclasses.replace(spec, backend="auto")).fingerprint)
+    else:
+        onnx = spec.onnx
     result = featurize_with_spark(
         paths,
         onnx,
