@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,11 +68,13 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
     """Time one configuration in this process."""
     import numpy as np
 
-    from core.featurize import embed_files
+    from core.featurize import Featurizer, embed_files
     from core.images import load_image
     from core.preprocessing import preprocess, resize_crop
 
     paths = sorted(args.data.glob("*/*.jpg"))[: args.images]
+    featurizer: Featurizer
+    embed_batch: Callable[[np.ndarray], np.ndarray]
     if backend == "torch":
         import torch
 
