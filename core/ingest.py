@@ -341,7 +341,8 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
 
     def __init__(self, max_redirects: int) -> None:
         super().__init__()
-        self.max_redirections = max_redirects
+        # typeshed declares it a ClassVar, but urllib reads it per instance: one limit per opener
+        self.max_redirections = max_redirects  # type: ignore[misc]
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         scheme = urllib.parse.urlsplit(newurl).scheme.lower()
@@ -521,7 +522,7 @@ def import_urls(
             continue
         first_line_of_url[entry.url] = entry.line
         record = manifest.get(entry.url)
-        if _present(out, record):
+        if record is not None and _present(out, record):
             items[entry.line] = IngestItem(
                 entry.line, entry.url, entry.label, "present", record["path"], "already downloaded", 0, record["sha256"]
             )
@@ -539,10 +540,10 @@ def import_urls(
         try:
             while True:
                 while len(window) < 4 * max(1, config.workers):
-                    entry = next(pending, None)
-                    if entry is None:
+                    upcoming = next(pending, None)
+                    if upcoming is None:
                         break
-                    window.append((entry, pool.submit(_fetch, entry, config, opener)))
+                    window.append((upcoming, pool.submit(_fetch, upcoming, config, opener)))
                 if not window:
                     break
                 entry, future = window.popleft()
@@ -579,12 +580,13 @@ def _store(
     entry: UrlEntry, fetched: _Fetched, out: Path, manifest: dict[str, dict[str, str]], path_of_content: dict[str, str]
 ) -> IngestItem:
     """Write a fetched image atomically (unless its content is already there) and record it."""
-    if fetched.data is None:
+    data = fetched.data
+    if data is None:
         log.info("failed line %d %s: %s", entry.line, entry.url, fetched.reason)
         return IngestItem(
             entry.line, entry.url, entry.label, "failed", reason=fetched.reason, attempts=fetched.attempts
         )
-    sha256 = content_hash(fetched.data)
+    sha256 = content_hash(data)
     if sha256 in path_of_content:
         return IngestItem(
             entry.line,
@@ -601,7 +603,7 @@ def _store(
     if target.resolve().parent.parent != out.resolve():  # safe_name makes this impossible; checked anyway
         raise DatasetError(f"{printable(str(target))}: refusing to write outside {printable(str(out))}")
     try:
-        atomic_write(target, lambda handle: handle.write(fetched.data))
+        atomic_write(target, lambda handle: handle.write(data))
     except ArtifactError as err:
         cause = err.__cause__
         if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

@@ -49,19 +49,80 @@ MATE = "usr/share/backgrounds/mate/nature"
 SCENES: dict[str, list[tuple[str, str]]] = {
     "indoors": [
         ("scratch", f"{SCRATCH}/Indoors/{name}.jpg")
-        for name in ["chalkboard", "clothing-store", "hall", "kitchen", "party-room", "room1", "room2", "room3", "spotlight-stage", "the-movies-inside"]
+        for name in [
+            "chalkboard",
+            "clothing-store",
+            "hall",
+            "kitchen",
+            "party-room",
+            "room1",
+            "room2",
+            "room3",
+            "spotlight-stage",
+            "the-movies-inside",
+        ]
     ],
     "nature": [
         ("scratch", f"{SCRATCH}/Nature/{name}.jpg")
-        for name in ["beach-malibu", "canyon", "flower-bed", "forest", "garden-rock", "grand-canyon", "gravel-desert", "hill", "lake", "pathway", "tree", "water-and-rocks", "wave", "woods-and-bench"]
+        for name in [
+            "beach-malibu",
+            "canyon",
+            "flower-bed",
+            "forest",
+            "garden-rock",
+            "grand-canyon",
+            "gravel-desert",
+            "hill",
+            "lake",
+            "pathway",
+            "tree",
+            "water-and-rocks",
+            "wave",
+            "woods-and-bench",
+        ]
     ],
     "outdoors": [
         ("scratch", f"{SCRATCH}/Outdoors/{name}.jpg")
-        for name in ["atom-playground", "bench-with-view", "boardwalk", "brick-wall-and-stairs", "brick-wall1", "brick-wall2", "building-at-mit", "building-fireproof", "castle", "city-with-water", "city-with-water2", "driveway", "graffiti", "hallway_outdoors", "hay_field", "houses", "mansion", "parking-ramp", "pool", "route66", "school2", "silos", "the-movies", "train-tracks1", "train-tracks2", "village", "wooden-house"]
+        for name in [
+            "atom-playground",
+            "bench-with-view",
+            "boardwalk",
+            "brick-wall-and-stairs",
+            "brick-wall1",
+            "brick-wall2",
+            "building-at-mit",
+            "building-fireproof",
+            "castle",
+            "city-with-water",
+            "city-with-water2",
+            "driveway",
+            "graffiti",
+            "hallway_outdoors",
+            "hay_field",
+            "houses",
+            "mansion",
+            "parking-ramp",
+            "pool",
+            "route66",
+            "school2",
+            "silos",
+            "the-movies",
+            "train-tracks1",
+            "train-tracks2",
+            "village",
+            "wooden-house",
+        ]
     ],
     "sports": [
         ("scratch", f"{SCRATCH}/Sports/{name}.jpg")
-        for name in ["baseball-field", "basketball-court1-a", "basketball-court1-b", "football-field", "playing-field", "tennis-backboard"]
+        for name in [
+            "baseball-field",
+            "basketball-court1-a",
+            "basketball-court1-b",
+            "football-field",
+            "playing-field",
+            "tennis-backboard",
+        ]
     ],
 }
 

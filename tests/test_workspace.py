@@ -54,7 +54,9 @@ def test_workdir_keeps_datasets_and_conditions_apart_and_shares_what_can_be_shar
     assert WorkDir(base, b).dataset_dir != labels.dataset_dir
     assert len({labels.root, colour.root, shape.root}) == 3
     assert labels.features == colour.features == shape.features  # same images, same features
-    assert labels.onnx_cache == WorkDir(tmp_path / "elsewhere", b).onnx_cache  # same weights, same export: one per machine
+    assert (
+        labels.onnx_cache == WorkDir(tmp_path / "elsewhere", b).onnx_cache
+    )  # same weights, same export: one per machine
     assert colour.ranker("svm", "fp") != labels.ranker("svm", "fp")  # learned for one meaning of "similar" only
     assert labels.ranker("svm", "fp") == labels.root / "rankers" / "fp" / "svm.npz"
     assert labels.prepared.parent == labels.root and labels.run("r1").parent == labels.runs
