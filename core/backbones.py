@@ -190,5 +190,8 @@ def build_backbone(name: str, weights: str | Path | None = "default", num_classe
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     backbone = BACKBONES[name](weights, num_classes)
-    log.info("built %s (%s), %d-d features", backbone.name, backbone.weights_id, backbone.feature_dim)
+    if weights is None:  # usually a skeleton whose weights are loaded next (a fine-tuned run): say so only in debug
+        log.debug("built %s with random weights, %d-d features", backbone.name, backbone.feature_dim)
+    else:
+        log.info("built %s (weights %s), %d-d features", backbone.name, backbone.weights_id, backbone.feature_dim)
     return backbone

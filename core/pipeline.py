@@ -94,7 +94,7 @@ def prepare(config: DataConfig) -> PreparedData:
 def near_duplicate_leaks(
     dataset: ImageDataset, split: Split, dhashes: np.ndarray | None, threshold: int | None = None
 ) -> tuple[Leak, ...]:
-    """Near-duplicate pairs straddling ``split``, each logged as a warning naming both files.
+    """Near-duplicate pairs straddling ``split``, summarised in one warning (count, closest pair, where to read all).
 
     Args:
         dataset: The scanned records.
@@ -106,14 +106,18 @@ def near_duplicate_leaks(
 
     if dhashes is None:
         return ()
-    leaks = find_leaks(dataset, split, dhashes, DEFAULT_THRESHOLD if threshold is None else threshold)
-    for leak in leaks:
+    limit = DEFAULT_THRESHOLD if threshold is None else threshold
+    leaks = find_leaks(dataset, split, dhashes, limit)
+    if leaks:
+        closest = min(leaks, key=lambda leak: leak.distance)
         log.warning(
-            "possible train/test leakage: %s (test) is a near-duplicate of %s (train), dhash distance %d; "
-            "run `python -m workbench dedup` to remove near-duplicates",
-            printable(str(leak.test_path)),
-            printable(str(leak.train_path)),
-            leak.distance,
+            "possible train/test leakage: %d near-duplicate pair(s) straddle the split (dhash distance "
+            '<= %d; closest: %s (test) ~ %s (train)); every pair is listed under "leaks" in prepared.json and on '
+            "the app's Dataset page; `python -m workbench dedup` removes near-duplicates",
+            len(leaks),
+            limit,
+            printable(str(closest.test_path)),
+            printable(str(closest.train_path)),
         )
     return leaks
 

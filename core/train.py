@@ -447,6 +447,13 @@ def finetuned_backbone(run_dir: str | Path) -> Backbone:
         }
     )
     weights_id = f"run:{manifest['run_id']}:{len(state['history'])}:sha256:{file_sha256(checkpoint_path)[:16]}"
+    log.info(
+        "loaded the fine-tuned %s of run %s (%d epoch(s) trained), %d-d features",
+        backbone.name,
+        run_dir.name,
+        len(state["history"]),
+        backbone.feature_dim,
+    )
     return Backbone(backbone.name, model.eval(), preprocessing, weights_id, backbone.feature_dim)
 
 

@@ -83,7 +83,7 @@ def test_move_duplicates_sets_them_aside_and_the_scan_ignores_them(planted_folde
     assert len(scan_folder(root).dataset) == len(scan.dataset) - len(moved)
 
 
-def test_leaks_are_found_and_prepare_warns_naming_both_files(tmp_path, tiny_dataset, caplog):
+def test_leaks_are_found_and_prepare_warns_once_with_the_count(tmp_path, tiny_dataset, caplog):
     from core.config import DataConfig
     from core.pipeline import prepare
 
@@ -100,7 +100,11 @@ def test_leaks_are_found_and_prepare_warns_naming_both_files(tmp_path, tiny_data
     train = {prepared.dataset.records[i].path for i in prepared.split.train}
     for leak in leaks:
         assert leak.train_path in train and leak.test_path not in train
-        assert f"{leak.test_path} (test) is a near-duplicate of {leak.train_path} (train)" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if "leakage" in r.getMessage()]
+    assert len(warnings) == 1  # one summary line, not one per pair
+    assert f"{len(leaks)} near-duplicate pair(s) straddle the split" in warnings[0] and "prepared.json" in warnings[0]
+    closest = min(leaks, key=lambda leak: leak.distance)
+    assert f"{closest.test_path} (test) ~ {closest.train_path} (train)" in warnings[0]
     assert "gc_fish1" in leaks[0].train_path.name + leaks[0].test_path.name
 
 

@@ -25,7 +25,7 @@ def body_state(backbone):
     return {k: v.clone() for k, v in backbone.model.state_dict().items() if "classifier" not in k}
 
 
-def test_one_epoch_changes_weights_and_is_reproducible(tiny, tmp_path):
+def test_one_epoch_changes_weights_and_is_reproducible(tiny, tmp_path, caplog):
     dataset, split = tiny
     first = fine_tune(dataset.records, split, FAST, tmp_path / "a")
     again = fine_tune(dataset.records, split, FAST, tmp_path / "b")
@@ -41,8 +41,12 @@ def test_one_epoch_changes_weights_and_is_reproducible(tiny, tmp_path):
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["preprocessing"]["input_size"] == 128
     assert manifest["history"][0]["test_accuracy"] == first.history[0].test_accuracy
-    tuned = finetuned_backbone(tmp_path / "a")
+    with caplog.at_level("INFO", logger="core"):
+        tuned = finetuned_backbone(tmp_path / "a")
     assert tuned.preprocessing.input_size == 128 and tuned.weights_id.startswith("run:a:1:")
+    logged = [record.getMessage() for record in caplog.records]  # says what was loaded, not "random-init"
+    assert "loaded the fine-tuned efficientnet_lite0 of run a (1 epoch(s) trained), 1280-d features" in logged
+    assert not any("random" in line for line in logged), logged
     with torch.no_grad():
         assert tuned.model(torch.zeros(2, 3, 128, 128)).shape == (2, 1280)
 
