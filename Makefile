@@ -18,9 +18,11 @@ $(STAMP): $(REQS)
 
 setup: $(STAMP)
 
-## run: featurize the bundled demo set (cached after the first run), then serve the app
+## run: featurize the bundled demo set, fit the quick learned rankers (svm, projection) where missing or stale
+## (both cached after the first run), then serve the app
 run: setup
-	$(PY) -m workbench featurize
+	@echo "featurizing the demo set and fitting the svm and projection rankers where needed (about 3 minutes the first time)"
+	$(PY) -m workbench fit --missing
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
 
 ## lint: ruff (rules in pyproject.toml), ruff format --check, mypy; all must be clean

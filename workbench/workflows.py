@@ -1,5 +1,6 @@
-"""Workflows over a workspace, shared by the CLI and the app: fit learned rankers, train a run end to end,
-the experiment report, near-duplicate removal, ONNX export and the saved vector index.
+"""Workflows over a workspace, shared by the CLI and the app: fit learned rankers (and keep the cheap ones ready),
+train a run end to end, full-gallery retrieval, likely label errors, the experiment report, near-duplicate
+removal, ONNX export and the saved vector index.
 
 Each takes a :class:`~workbench.workspace.WorkspaceSpec` or an opened
 :class:`~workbench.workspace.Workspace`, does its work through ``core`` and ``export``, and returns a result
@@ -9,6 +10,8 @@ dataclass; rendering (tables, progress bars, Streamlit widgets) stays in the fro
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,15 +23,18 @@ import numpy as np
 
 from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions
 from core.errors import WorkbenchError
-from core.evaluate import EvaluationResult
+from core.evaluate import EvaluationResult, RetrievalResult, evaluate_retrieval
 from core.featurize import ProgressFn
+from core.label_errors import LabelSuspect, likely_label_errors
 from core.rankers import LearnedRanker, list_rankers, ranker_spec
 from core.workdir import PRETRAINED
 from workbench.workspace import Workspace, WorkspaceSpec, open_workspace, prepared_data
 
 if TYPE_CHECKING:
+    from core.data import ImageRecord
     from core.dedup import DedupReport
     from core.index import IndexHits, VectorIndex
+    from core.pipeline import PreparedData
     from core.svm import PairAccuracy
     from core.train import TrainProgress, TrainResult
     from export.onnx_export import ExportResult
@@ -75,7 +81,11 @@ def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
             pair_accuracy(ws.embeddings, prepared.train_sets),
             pair_accuracy(ws.embeddings, prepared.test_sets),
         )
-    metadata: dict[str, Any] = {"featurizer": ws.fingerprint, "condition": ws.spec.config.data.condition}
+    metadata: dict[str, Any] = {
+        "featurizer": ws.fingerprint,
+        "condition": ws.spec.config.data.condition,
+        "data": data_signature(prepared),
+    }
     if train_pairs is not None and test_pairs is not None:
         metadata |= {"train_pairs": dataclasses.asdict(train_pairs), "test_pairs": dataclasses.asdict(test_pairs)}
     path = ws.ranker_path(name)
@@ -83,6 +93,80 @@ def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
     seconds = time.perf_counter() - start
     log.info("fitted %s ranker for %s in %.1f s: %s", name, ws.fingerprint, seconds, path)
     return FittedRanker(name, path, seconds, train_pairs, test_pairs)
+
+
+#: Learned rankers cheap enough to fit whenever they are missing (on the 275-image demo, 2 busy CPU cores: svm
+#: 9 s, projection 49 s); Siamese stays opt-in (minutes).
+READY_RANKERS: tuple[str, ...] = ("svm", "projection")
+
+#: ``progress(done, total, name)``: ``name`` is the ranker about to be fitted ("" once all are done).
+FitProgressFn = Callable[[int, int, str], None]
+
+
+def data_signature(prepared: PreparedData) -> str:
+    """A hash of what a learned ranker learns from: every image's content and label, the split and the training
+    split's comparative sets. It changes when images are added, removed, relabelled or split differently."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([[record.sha256, record.label] for record in prepared.dataset.records]).encode())
+    for array in (prepared.split.train, prepared.train_sets.queries, prepared.train_sets.references):
+        contiguous = np.ascontiguousarray(array, dtype=np.int64)
+        digest.update(str(contiguous.shape).encode())
+        digest.update(contiguous.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def saved_metadata(path: Path) -> dict[str, Any] | None:
+    """The metadata a learned ranker was saved with (``header.metadata`` of its ``.npz``); None when unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            metadata = json.loads(str(archive["header"])).get("metadata")
+    except (OSError, KeyError, ValueError, TypeError, AttributeError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def stale_rankers(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> list[str]:
+    """The learned rankers among ``names`` that need a fit for this workspace: never fitted for its featurizer,
+    unreadable, or fitted on other data (another image set, labels or split)."""
+    signature = data_signature(ws.prepared)
+    stale = []
+    for name in names:
+        metadata = saved_metadata(ws.ranker_path(name))
+        if metadata is None or metadata.get("featurizer") != ws.fingerprint or metadata.get("data") != signature:
+            stale.append(name)
+    return stale
+
+
+def ensure_learned(
+    ws: Workspace, names: Sequence[str] = READY_RANKERS, progress: FitProgressFn | None = None
+) -> tuple[FittedRanker, ...]:
+    """Fit the learned rankers ``names`` that are missing or stale for the workspace (see :func:`stale_rankers`).
+
+    Learned rankers are saved per featurizer fingerprint under the workdir of the dataset and condition, and
+    tagged with :func:`data_signature`, so a new featurizer or changed data gets a refit here while a current
+    ranker is left alone. Returns the rankers fitted now (empty when all were current).
+
+    Raises:
+        WorkbenchError: A name that is not a learned ranker of the registry.
+    """
+    for name in names:
+        try:
+            learned = ranker_spec(name).learned
+        except ValueError as err:
+            raise WorkbenchError(str(err)) from None
+        if not learned:
+            raise WorkbenchError(
+                f"ranker {name!r} has nothing to learn; learned rankers: {', '.join(list_rankers(True))}"
+            )
+    todo = stale_rankers(ws, names)
+    fitted = []
+    for done, name in enumerate(todo):
+        if progress is not None:
+            progress(done, len(todo), name)
+        fitted.append(fit_ranker(ws, name))
+    if progress is not None:
+        progress(len(todo), len(todo), "")
+    return tuple(fitted)
 
 
 @dataclass(frozen=True)
@@ -204,8 +288,137 @@ def result_summary(result: EvaluationResult) -> dict[str, Any]:
     return {key: value for key, value in result.to_dict().items() if key not in ("ranks", "query_labels")}
 
 
-def save_report(ws: Workspace, results: Sequence[EvaluationResult]) -> Path:
-    """Write the evaluation report of a featurizer (all its rankers) atomically."""
+def _split_queries(ws: Workspace, split: str) -> np.ndarray:
+    if split not in ("test", "train"):
+        raise WorkbenchError(f"split must be 'test' or 'train', got {split!r}")
+    return ws.prepared.split.test if split == "test" else ws.prepared.split.train
+
+
+def retrieval(
+    ws: Workspace, names: Sequence[str], split: str = "test", ks: Sequence[int] = (1, 5, 10)
+) -> list[RetrievalResult]:
+    """Full-gallery retrieval per ranker: every image of ``split`` queries the whole gallery, itself excluded.
+
+    Recall@k, precision@k, R-precision, MAP@R and MRR, overall, class-averaged and per label
+    (:func:`core.evaluate.evaluate_retrieval`); queries whose label has no other image are dropped and counted.
+
+    Raises:
+        WorkbenchError: Unknown or unfitted ranker, a bad split, or a gallery too small for the cut-offs.
+    """
+    queries = _split_queries(ws, split)
+    labels = ws.dataset.label_array
+    results = []
+    for name in names:
+        try:
+            results.append(evaluate_retrieval(ws.ranker(name), ws.embeddings, labels, queries, ks))
+        except ValueError as err:
+            raise WorkbenchError(f"full-gallery retrieval of {ws.layout.root}: {err}") from err
+    return results
+
+
+@dataclass(frozen=True)
+class LikelyLabelError:
+    """An image whose nearest neighbours mostly carry another label.
+
+    Attributes:
+        index: Record index of the image.
+        record: The image (its ``label`` is the one in doubt).
+        neighbour_label: The most common label among its neighbours.
+        share: Share of its neighbours carrying ``neighbour_label``.
+        own_share: Share of its neighbours carrying its own label.
+        neighbours: Its nearest neighbours, best first.
+    """
+
+    index: int
+    record: ImageRecord
+    neighbour_label: str
+    share: float
+    own_share: float
+    neighbours: tuple[ImageRecord, ...]
+
+
+@dataclass(frozen=True)
+class LabelErrorReport:
+    """Likely label errors of a workspace: which ranker and neighbourhood voted, and the suspects, worst first."""
+
+    ranker: str
+    k: int
+    min_share: float
+    n_images: int
+    errors: tuple[LikelyLabelError, ...]
+
+
+def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: float = 0.5) -> LabelErrorReport:
+    """Images of the whole dataset whose ``k`` nearest other images mostly carry another label, worst first.
+
+    ``k`` is capped at the size of the smallest label minus one, so that a small label's correctly labelled
+    images are not outvoted merely because the neighbourhood is larger than the label.
+
+    Raises:
+        WorkbenchError: Unknown or unfitted ranker, ``k`` below 1, ``min_share`` outside (0, 1], or fewer than
+            two images.
+    """
+    if k < 1 or not 0.0 < min_share <= 1.0:
+        raise WorkbenchError(f"k must be at least 1 and min_share in (0, 1], got {k} and {min_share}")
+    labels = ws.dataset.label_array
+    _, counts = np.unique(labels, return_counts=True)
+    k = max(1, min(k, int(counts.min()) - 1)) if len(counts) else k
+    try:
+        suspects: list[LabelSuspect] = likely_label_errors(ws.ranker(ranker), ws.embeddings, labels, k, min_share)
+    except ValueError as err:
+        raise WorkbenchError(f"label errors of {ws.layout.root}: {err}") from err
+    records = ws.dataset.records
+    errors = tuple(
+        LikelyLabelError(
+            index=suspect.index,
+            record=records[suspect.index],
+            neighbour_label=suspect.neighbour_label,
+            share=suspect.share,
+            own_share=suspect.own_share,
+            neighbours=tuple(records[i] for i in suspect.neighbours),
+        )
+        for suspect in suspects
+    )
+    return LabelErrorReport(ranker, k, min_share, len(records), errors)
+
+
+def label_errors_summary(ws: Workspace, report: LabelErrorReport) -> dict[str, Any]:
+    """A label-error report for JSON: paths relative to the dataset folder."""
+    return {
+        "ranker": report.ranker,
+        "k": report.k,
+        "min_share": report.min_share,
+        "n_images": report.n_images,
+        "errors": [
+            {
+                "path": ws.relative_path(error.record),
+                "label": error.record.label,
+                "neighbour_label": error.neighbour_label,
+                "share": error.share,
+                "own_share": error.own_share,
+                "neighbours": [ws.relative_path(record) for record in error.neighbours],
+            }
+            for error in report.errors
+        ],
+    }
+
+
+def save_report(
+    ws: Workspace,
+    results: Sequence[EvaluationResult],
+    retrieval_results: Sequence[RetrievalResult] | None = None,
+    label_error_report: LabelErrorReport | None = None,
+    split: str = "test",
+) -> Path:
+    """Write the evaluation report of a featurizer (all its rankers) atomically.
+
+    Beside the comparative-set ``results`` it holds a ``retrieval`` section per ranker (full-gallery metrics on
+    ``split``) and the ``label_errors`` list; either is computed here when not given.
+    """
+    if retrieval_results is None:
+        retrieval_results = retrieval(ws, [result.ranker for result in results], split)
+    if label_error_report is None:
+        label_error_report = label_errors(ws)
     path = ws.layout.report(ws.fingerprint)
     atomic_write_json(
         path,
@@ -214,7 +427,10 @@ def save_report(ws: Workspace, results: Sequence[EvaluationResult]) -> Path:
             "featurizer": ws.fingerprint,
             "condition": ws.spec.config.data.condition,
             "versions": environment_versions(),
+            "split": split,
             "results": {result.ranker: result.to_dict() for result in results},
+            "retrieval": {result.ranker: result.to_dict() for result in retrieval_results},
+            "label_errors": label_errors_summary(ws, label_error_report),
         },
     )
     return path

@@ -1,0 +1,229 @@
+"""Workflows shared by the CLI and the app: learned rankers kept ready, full-gallery retrieval, label errors.
+
+Most tests open a workspace on the tiny real set with synthetic clustered embeddings (so they need no model and
+the expected neighbours are known); the CLI test uses the real pretrained featurizer.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pytest
+
+from core.errors import WorkbenchError
+from core.featurize import Featurizer
+from workbench import workflows
+from workbench.workspace import Workspace, WorkspaceSpec, configure, prepared_data
+
+DIM = 16
+
+
+class FakeFeaturizer:
+    """Stands in for a model: only the fingerprint matters to the workflows under test."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+
+
+def clustered(labels: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors around one axis per label."""
+    codes = np.unique(labels, return_inverse=True)[1]
+    vectors = 3.0 * np.eye(DIM)[codes] + noise * rng.normal(size=(len(labels), DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_workspace(
+    data: Path, workdir: Path, embeddings=None, fingerprint: str = "fake-a", seed: int = 0, noise: float = 0.5
+) -> Workspace:
+    spec = WorkspaceSpec(configure(data={"root": data, "seed": seed}), workdir, backend="torch")
+    prepared = prepared_data(spec.config.data, spec.layout)
+    if embeddings is None:
+        embeddings = clustered(prepared.dataset.label_array, noise, np.random.default_rng(seed))
+    return Workspace(spec, prepared, cast(Featurizer, FakeFeaturizer(fingerprint)), embeddings)
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_dataset) -> Workspace:
+    return make_workspace(tiny_dataset, tmp_path)
+
+
+# --- learned rankers ready ----------------------------------------------------------------------------
+
+
+def test_ensure_learned_fits_what_is_missing_once_and_again_when_featurizer_or_data_change(tmp_path, tiny_dataset):
+    ws = make_workspace(tiny_dataset, tmp_path)
+    assert "svm" not in ws.rankers_on_offer()
+    calls = []
+    fitted = workflows.ensure_learned(ws, ("svm",), lambda done, total, name: calls.append((done, total, name)))
+    assert [item.name for item in fitted] == ["svm"] and "svm" in ws.rankers_on_offer()
+    assert calls == [(0, 1, "svm"), (1, 1, "")]
+    saved = ws.ranker_path("svm").stat().st_mtime_ns
+
+    assert workflows.ensure_learned(ws, ("svm",)) == ()  # current: left alone
+    assert ws.ranker_path("svm").stat().st_mtime_ns == saved
+    assert workflows.stale_rankers(ws, ("svm",)) == []
+
+    other_featurizer = make_workspace(tiny_dataset, tmp_path, ws.embeddings, fingerprint="fake-b")
+    assert workflows.stale_rankers(other_featurizer, ("svm",)) == ["svm"]
+    assert [item.name for item in workflows.ensure_learned(other_featurizer, ("svm",))] == ["svm"]
+    assert other_featurizer.ranker_path("svm") != ws.ranker_path("svm")
+
+    resplit = make_workspace(tiny_dataset, tmp_path, ws.embeddings, seed=1)  # same folder, other split and sets
+    assert resplit.ranker_path("svm") == ws.ranker_path("svm")
+    assert workflows.data_signature(resplit.prepared) != workflows.data_signature(ws.prepared)
+    assert workflows.stale_rankers(resplit, ("svm",)) == ["svm"]
+    assert [item.name for item in workflows.ensure_learned(resplit, ("svm",))] == ["svm"]
+    assert ws.ranker_path("svm").stat().st_mtime_ns != saved
+    metadata = workflows.saved_metadata(ws.ranker_path("svm"))
+    assert metadata is not None and metadata["data"] == workflows.data_signature(resplit.prepared)
+
+
+def test_data_signature_follows_labels_and_content(tmp_path, tiny_dataset):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    before = workflows.data_signature(make_workspace(data, tmp_path / "w1").prepared)
+    assert workflows.data_signature(make_workspace(data, tmp_path / "w1").prepared) == before
+    (data / "fish" / "gc_fish1.jpg").rename(data / "tools" / "gc_fish1.jpg")  # relabelled
+    assert workflows.data_signature(make_workspace(data, tmp_path / "w2").prepared) != before
+
+
+def test_a_damaged_or_foreign_ranker_file_is_refitted(ws):
+    path = ws.ranker_path("svm")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an npz")
+    assert workflows.saved_metadata(path) is None
+    assert workflows.stale_rankers(ws, ("svm",)) == ["svm"]
+    workflows.ensure_learned(ws, ("svm",))
+    metadata = workflows.saved_metadata(path)
+    assert metadata is not None and metadata["featurizer"] == "fake-a"
+    assert workflows.stale_rankers(ws, ("svm",)) == []
+
+
+def test_ensure_learned_refuses_plain_and_unknown_rankers(ws):
+    with pytest.raises(WorkbenchError, match="'cosine' has nothing to learn"):
+        workflows.ensure_learned(ws, ("cosine",))
+    with pytest.raises(WorkbenchError, match="unknown ranker 'lda'"):
+        workflows.ensure_learned(ws, ("lda",))
+    assert workflows.READY_RANKERS == ("svm", "projection")  # siamese stays opt-in (minutes on CPU)
+
+
+# --- full-gallery retrieval ---------------------------------------------------------------------------
+
+
+def reference_retrieval(embeddings: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> dict[str, float]:
+    """Naive loops: each query ranks every other image by cosine (ties to the lower index)."""
+    totals = {"recall@1": 0.0, "recall@5": 0.0, "map@r": 0.0, "mrr": 0.0}
+    for query in queries:
+        others = [i for i in range(len(labels)) if i != query]
+        scores = [float(embeddings[query] @ embeddings[i]) for i in others]
+        order = [others[j] for j in sorted(range(len(others)), key=lambda j: (-scores[j], others[j]))]
+        relevant = [labels[i] == labels[query] for i in order]
+        n_relevant = sum(relevant)
+        totals["recall@1"] += float(relevant[0])
+        totals["recall@5"] += float(any(relevant[:5]))
+        hits, average = 0, 0.0
+        for position, is_relevant in enumerate(relevant[:n_relevant], start=1):
+            if is_relevant:
+                hits += 1
+                average += hits / position
+        totals["map@r"] += average / n_relevant
+        totals["mrr"] += 1.0 / (relevant.index(True) + 1)
+    return {name: value / len(queries) for name, value in totals.items()}
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_retrieval_queries_the_split_against_the_whole_gallery_itself_excluded(tmp_path, tiny_dataset, split):
+    ws = make_workspace(tiny_dataset, tmp_path, noise=1.6)  # overlapping clusters: metrics well below 1
+    [result] = workflows.retrieval(ws, ["cosine"], split)
+    queries = ws.prepared.split.test if split == "test" else ws.prepared.split.train
+    assert result.n_queries == len(queries) and result.n_dropped == 0
+    expected = reference_retrieval(ws.embeddings, ws.dataset.label_array, queries)
+    assert expected["map@r"] < 0.9  # the check below can tell a gallery of the split alone from the whole one
+    for name, value in expected.items():
+        assert result.metrics[name] == pytest.approx(value, abs=1e-9), name
+    assert set(result.per_category) == {"fish", "landmarks", "tools"}
+
+
+def test_retrieval_bad_input(ws):
+    with pytest.raises(WorkbenchError, match="split must be 'test' or 'train'"):
+        workflows.retrieval(ws, ["cosine"], "validation")
+    with pytest.raises(WorkbenchError, match="'svm' is not fitted"):
+        workflows.retrieval(ws, ["svm"])
+    with pytest.raises(WorkbenchError, match="needs a gallery of more than 50 items"):
+        workflows.retrieval(ws, ["cosine"], ks=(1, 50))
+
+
+# --- likely label errors ------------------------------------------------------------------------------
+
+
+def planted_error(tmp_path: Path, tiny_dataset: Path) -> tuple[Workspace, int]:
+    """Tight clusters, and one fish image whose embedding sits among the tools."""
+    ws = make_workspace(tiny_dataset, tmp_path, noise=0.05)
+    labels = ws.dataset.label_array
+    planted = int(np.flatnonzero(labels == "fish")[2])
+    embeddings = ws.embeddings.copy()
+    embeddings[planted] = embeddings[np.flatnonzero(labels == "tools")[0]] * 0.99 + 0.01 / np.sqrt(DIM)
+    return make_workspace(
+        tiny_dataset, tmp_path, embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    ), planted
+
+
+def test_label_errors_find_the_planted_image_with_its_neighbours(tmp_path, tiny_dataset):
+    ws, planted = planted_error(tmp_path, tiny_dataset)
+    report = workflows.label_errors(ws, "cosine", k=10)
+    assert report.k == 5  # capped: the smallest label has 6 images
+    [error] = report.errors
+    assert error.index == planted and error.record == ws.dataset.records[planted]
+    assert (error.record.label, error.neighbour_label, error.share, error.own_share) == ("fish", "tools", 1.0, 0.0)
+    assert len(error.neighbours) == 5 and {record.label for record in error.neighbours} == {"tools"}
+    assert error.record not in error.neighbours
+
+
+def test_label_errors_bad_input(ws):
+    with pytest.raises(WorkbenchError, match="k must be at least 1"):
+        workflows.label_errors(ws, k=0)
+    with pytest.raises(WorkbenchError, match=r"min_share in \(0, 1\]"):
+        workflows.label_errors(ws, min_share=1.5)
+    with pytest.raises(WorkbenchError, match="unknown ranker"):
+        workflows.label_errors(ws, "hamming")
+
+
+def test_the_report_holds_retrieval_per_ranker_and_the_label_errors(tmp_path, tiny_dataset):
+    ws, planted = planted_error(tmp_path, tiny_dataset)
+    results = ws.evaluate(["cosine", "l2"])
+    path = workflows.save_report(ws, results)
+    report = json.loads(path.read_text())
+    assert set(report["results"]) == set(report["retrieval"]) == {"cosine", "l2"}
+    [expected] = workflows.retrieval(ws, ["l2"])
+    assert report["retrieval"]["l2"]["metrics"] == pytest.approx(expected.metrics)
+    assert report["retrieval"]["l2"]["n_queries"] == len(ws.prepared.split.test)
+    [error] = report["label_errors"]["errors"]
+    assert error["path"] == ws.relative_path(ws.dataset.records[planted]) and error["neighbour_label"] == "tools"
+    assert all(neighbour.startswith("tools/") for neighbour in error["neighbours"])
+
+
+# --- the CLI, end to end with the real featurizer -------------------------------------------------------
+
+
+@pytest.mark.slow  # about 13 s: three CLI runs, each loading the real model
+def test_cli_fit_missing_then_evaluate_prints_full_gallery_metrics(tmp_path, tiny_dataset, capsys):
+    from workbench.cli import main
+
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    assert main(["fit", "--missing", "--ranker", "svm", *common]) == 0
+    assert "svm ranker fitted in" in capsys.readouterr().out
+    assert main(["fit", "--missing", "--ranker", "svm", *common]) == 0
+    out = capsys.readouterr().out
+    assert "already fitted" in out and "svm" in out and "fitted in" not in out
+
+    assert main(["evaluate", "--ranker", "cosine", "--ranker", "svm", *common]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "recall@1" in line)
+    assert header.split() == ["ranker", "queries", "recall@1", "recall@5", "recall@10", "map@r", "mrr"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["cosine"], ["svm"])}
+    assert len(rows["svm"]) == 7 and 0.0 <= float(rows["svm"][5]) <= 1.0  # the full-gallery row, not the CI table
+    assert "likely label error(s)" in out
+    report = json.loads(next((tmp_path).glob("*/*/reports/*.json")).read_text())
+    assert set(report["retrieval"]) == {"cosine", "svm"} and "errors" in report["label_errors"]
