@@ -12,6 +12,15 @@ from core.evaluate import EvaluationResult
 from core.svm import SVMRanker
 from core.train import EpochMetrics
 
+#: Margins of every figure: room for tick labels and axis titles, no blank band above the plot (plotly's default
+#: top margin is 100 px; the pages put a heading above each chart instead of a figure title).
+MARGIN = {"t": 30, "b": 40, "l": 50, "r": 10}
+
+
+def _tight(figure: go.Figure) -> go.Figure:
+    figure.update_layout(margin=MARGIN)
+    return figure
+
 
 def training_curves(history: Sequence[EpochMetrics]) -> go.Figure:
     """Loss and accuracy per epoch, train and test, side by side."""
@@ -37,7 +46,7 @@ def training_curves(history: Sequence[EpochMetrics]) -> go.Figure:
         )
     figure.update_xaxes(title_text="epoch", dtick=1)
     figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
-    return figure
+    return _tight(figure)
 
 
 def calibration_plot(ranker: SVMRanker, scores: np.ndarray, same: np.ndarray, n_bins: int = 10) -> go.Figure:
@@ -70,7 +79,7 @@ def calibration_plot(ranker: SVMRanker, scores: np.ndarray, same: np.ndarray, n_
         )
     )
     figure.update_layout(xaxis_title="SVM score", yaxis_title="P(same label)", yaxis_range=[0, 1])
-    return figure
+    return _tight(figure)
 
 
 def rank_histogram(results: Sequence[EvaluationResult]) -> go.Figure:
@@ -84,7 +93,7 @@ def rank_histogram(results: Sequence[EvaluationResult]) -> go.Figure:
             )
         )
     figure.update_layout(barmode="overlay", xaxis_title="rank of the positive (1 = best)", yaxis_title="queries")
-    return figure
+    return _tight(figure)
 
 
 def top_n_curves(results: Sequence[EvaluationResult]) -> go.Figure:
@@ -99,14 +108,14 @@ def top_n_curves(results: Sequence[EvaluationResult]) -> go.Figure:
         yaxis_range=[0, 1.02],
         yaxis_tickformat=".0%",
     )
-    return figure
+    return _tight(figure)
 
 
 def rank_distributions(results: Sequence[EvaluationResult]) -> go.Figure:
     """Box plots of the positive's rank per ranker, side by side."""
     figure = go.Figure([go.Box(y=r.ranks, name=r.ranker, boxmean=True) for r in results])
     figure.update_layout(yaxis_title="rank of the positive (1 = best)", showlegend=False)
-    return figure
+    return _tight(figure)
 
 
 def per_category_bars(result: EvaluationResult) -> go.Figure:
@@ -119,7 +128,7 @@ def per_category_bars(result: EvaluationResult) -> go.Figure:
         ]
     )
     figure.update_layout(barmode="group", yaxis_tickformat=".0%", yaxis_range=[0, 1], xaxis_title="label")
-    return figure
+    return _tight(figure)
 
 
 def label_counts_bar(counts: dict[str, tuple[int, int]]) -> go.Figure:
@@ -132,7 +141,7 @@ def label_counts_bar(counts: dict[str, tuple[int, int]]) -> go.Figure:
         ]
     )
     figure.update_layout(barmode="stack", yaxis_title="images", xaxis_title="label")
-    return figure
+    return _tight(figure)
 
 
 def embedding_map(
@@ -165,4 +174,4 @@ def embedding_map(
             )
         )
     figure.update_layout(xaxis_title="component 1", yaxis_title="component 2")
-    return figure
+    return _tight(figure)

@@ -9,8 +9,16 @@ from workbench import service
 def render() -> None:
     st.title("Explore")
     ws = common.workspace()
+    methods = service.projection_methods()
     method = st.sidebar.radio(
-        "Projection", ["pca", "umap"], horizontal=True, key="projection", help="UMAP needs umap-learn; PCA otherwise"
+        "Projection",
+        methods,
+        horizontal=True,
+        key="projection",
+        format_func=str.upper,
+        help="PCA: a linear view of the two main directions; UMAP: keeps neighbourhoods (first use compiles, ~20 s)"
+        if "umap" in methods
+        else "UMAP is not offered: install umap-learn (pip install umap-learn) to add it",
     )
     names = service.gallery_names(ws)
     upload = st.file_uploader("Query photo (optional; default: the picked gallery image)", key="explore_upload")
@@ -22,7 +30,8 @@ def render() -> None:
     )
 
     try:
-        mapping = service.embedding_projection(ws, method)
+        with st.spinner(f"Fitting the {method.upper()} map…"):
+            mapping = service.embedding_projection(ws, method)
         query_point = service.place_on_map(ws, mapping, data, name)
         hits = service.search(ws, data, name, "cosine", 8).hits
     except service.WorkbenchError as err:
@@ -30,6 +39,8 @@ def render() -> None:
         return
 
     st.subheader("Embedding map")
+    if mapping.projection.method != method:  # never a PCA map under the UMAP label
+        st.warning(f"{method.upper()} is not available here; this is the {mapping.projection.method.upper()} map.")
     st.caption(
         f"{mapping.projection.method.upper()} of {len(names)} gallery embeddings ({ws.run}); the star is the query. Select a point to see it."
     )
@@ -54,7 +65,8 @@ def render() -> None:
     explanation = service.explain(ws, data, name, hit.record)
     st.caption(
         f"Cosine similarity {explanation.similarity:.3f}, split exactly over the regions of each image: red regions "
-        "contribute most to the similarity, blue least."
+        "contribute most to the similarity, blue least. Each image is shown as the model sees it: resized and "
+        "centre-cropped to its square input."
     )
     left, right = st.columns(2)
     left.image(explanation.query_overlay, caption="query", width="stretch")

@@ -5,6 +5,8 @@ import streamlit as st
 from pages import common
 from workbench import service
 
+GRID_COLUMNS = 4
+
 
 def render() -> None:
     st.title("Search by image")
@@ -46,12 +48,21 @@ def render() -> None:
     right.caption(
         f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.run} ({ws.backend})"
     )
-    columns = right.columns(4)
-    for hit in result.hits:
-        with columns[(hit.rank - 1) % 4]:
-            st.image(str(hit.record.path), width="stretch")
-            score = 0.0 if abs(hit.score) < 5e-4 else hit.score  # no "-0.000" for the query itself under L2
-            st.markdown(f"**{hit.rank}.** {hit.record.label} · `{score:.3f}`")
+    strength = service.match_strength(ws, result.query)
+    if not strength.close:
+        right.warning(
+            f"No close match: the query's best cosine similarity to any gallery image is {strength.best:.2f}, "
+            f"below {strength.floor:.2f}, which 90 % of gallery images reach with their closest image of the same "
+            "label. The results below are the least distant images, not necessarily similar ones.",
+            icon=":material/travel_explore:",
+        )
+    for start in range(0, len(result.hits), GRID_COLUMNS):  # one row of columns per line: rows stay aligned
+        columns = right.columns(GRID_COLUMNS)
+        for column, hit in zip(columns, result.hits[start : start + GRID_COLUMNS], strict=False):
+            with column:
+                st.image(service.thumbnail(hit.record.path), width="stretch")
+                score = 0.0 if abs(hit.score) < 5e-4 else hit.score  # no "-0.000" for the query itself under L2
+                st.markdown(f"**{hit.rank}.** {hit.record.label} · `{score:.3f}`")
 
     if not st.toggle("Explain a result (similarity heatmaps)", key="explain"):
         return
@@ -67,7 +78,8 @@ def render() -> None:
         explanation = service.explain(ws, data, name, result.hits[rank - 1].record)
         st.caption(
             f"Cosine similarity {explanation.similarity:.3f}, split exactly over the regions of each image: "
-            "red regions contribute most, blue least."
+            "red regions contribute most, blue least. Each image is shown as the model sees it: resized and "
+            "centre-cropped to its square input, so the edges of a wide or tall photo are not part of the match."
         )
         cells = st.columns(2)
         cells[0].image(explanation.query_overlay, caption="query", width="stretch")

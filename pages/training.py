@@ -5,11 +5,15 @@ import streamlit as st
 from pages import common
 from workbench import service
 
+ZERO_EPOCHS = "0 epochs: the pretrained weights are kept (no curves); the run featurizes with them and fits the SVM."
+
 
 def _job_panel(job: service.TrainingJob) -> None:
-    st.progress(job.fraction, text=f"run {job.run}: {job.phase}, epoch {job.epoch}/{job.epochs}")
+    st.progress(job.fraction, text=job.status)
     if job.history:
         st.plotly_chart(service.training_curves(job.history), key=f"curves_{job.run}_{len(job.history)}")
+    elif job.epochs == 0:
+        st.caption(ZERO_EPOCHS)
     if job.error:
         st.error(f"Training failed: {job.error}")
     elif job.done and job.pair_accuracy:
@@ -19,10 +23,19 @@ def _job_panel(job: service.TrainingJob) -> None:
         )
 
 
+_SEEN_DONE = "training_seen_done"
+
+
+def _finished_job_ids() -> set[int]:
+    return {id(job) for job in service.training_jobs() if job.done}
+
+
 @st.fragment(run_every=1.0)
 def _live_jobs() -> None:
     for job in reversed(service.training_jobs()):
         _job_panel(job)
+    if not _finished_job_ids() <= st.session_state.get(_SEEN_DONE, set()):
+        st.rerun(scope="app")  # a run finished: redraw the whole page, so the lists and the sidebar picker show it
 
 
 def render() -> None:
@@ -81,6 +94,7 @@ def render() -> None:
             service.start_training(run.strip(), config, service.SVMConfig(C=float(svm_c)))
         except service.WorkbenchError as err:
             st.error(str(err))
+    st.session_state[_SEEN_DONE] = _finished_job_ids()  # this full run draws them in the lists below
     _live_jobs()
 
     st.subheader("Finished runs")
@@ -89,7 +103,11 @@ def render() -> None:
         st.info("No fine-tuned run yet.")
     for run_name in runs:
         with st.expander(run_name):
-            st.plotly_chart(service.training_curves(service.run_history(run_name)), key=f"history_{run_name}")
+            history = service.run_history(run_name)
+            if history:
+                st.plotly_chart(service.training_curves(history), key=f"history_{run_name}")
+            else:
+                st.caption(ZERO_EPOCHS)
 
 
 render()

@@ -99,6 +99,11 @@ def test_training_page_trains_a_run_that_other_pages_can_use(app_env):
     assert job.done and job.error is None, job.error
     assert len(job.history) == 1 and job.pair_accuracy is not None
     assert "tiny" in service.featurizer_choices()
+    app.run()
+    assert not app.exception
+    assert [expander.label for expander in app.expander] == ["tiny"]  # under "Finished runs"
+    assert "tiny" in app.sidebar.selectbox(key="featurizer").options
+    assert any(p.proto.text == "run tiny: done" for p in app.get("progress"))
 
     search = run_app()
     search.selectbox(key="featurizer").select("tiny").run()
@@ -126,7 +131,13 @@ def test_search_uses_the_exported_onnx_model_when_present(app_env, tiny_dataset)
 
 
 def test_explore_page_shows_the_map_and_explains_a_result(app_env):
+    import importlib.util
+
     app = run_app("pages/explore.py")
+    umap = ["UMAP"] if importlib.util.find_spec("umap") is not None else []  # offered only when installed
+    assert app.sidebar.radio(key="projection").options == ["PCA", *umap]
+    assert any(c.value.startswith("PCA of 18 gallery embeddings") for c in app.caption)
+    assert any("centre-cropped" in c.value for c in app.caption)  # says the heatmaps show the model's crop
     assert len(app.get("plotly_chart")) == 1
     assert any("Cosine similarity" in caption.value for caption in app.caption)
     first = next(c.value for c in app.caption if "Cosine similarity" in c.value)
@@ -172,3 +183,84 @@ def test_evaluation_cache_follows_the_saved_ranker_files(app_env):
         ws.ranker_path(name).unlink()
         with pytest.raises(service.WorkbenchError, match=f"ranker '{name}' is not fitted"):  # not a stale cached result
             service.evaluation(ws, (name,), "train")
+
+
+def test_same_label_floor_by_hand_and_against_a_loop():
+    import numpy as np
+
+    from workbench.views import MatchStrength, same_label_floor
+
+    def unit(degrees):
+        return [np.cos(np.radians(degrees)), np.sin(np.radians(degrees))]
+
+    # a, a' 10 degrees apart (cos 0.985); b, b' 60 degrees apart (cos 0.5); c alone (ignored); a' is also near b
+    embeddings = np.array([unit(0), unit(10), unit(40), unit(100), unit(200)], np.float32)
+    labels = np.array(["a", "a", "b", "b", "c"])
+    assert same_label_floor(embeddings, labels, quantile=0.0) == pytest.approx(0.5, abs=1e-6)
+    assert same_label_floor(embeddings, labels, quantile=1.0) == pytest.approx(np.cos(np.radians(10)), abs=1e-6)
+    assert same_label_floor(embeddings, labels, 0.5) == pytest.approx((0.5 + np.cos(np.radians(10))) / 2, abs=1e-6)
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(50, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    labels = rng.integers(0, 6, 50)
+    nearest = []
+    for i in range(50):  # the reference: a plain loop
+        same = [float(embeddings[i] @ embeddings[j]) for j in range(50) if j != i and labels[j] == labels[i]]
+        if same:
+            nearest.append(max(same))
+    expected = float(np.quantile(nearest, 0.1))
+    assert same_label_floor(embeddings, labels, 0.1, block=7) == pytest.approx(expected, abs=1e-6)
+    assert MatchStrength(0.3, expected).close is (expected <= 0.3)
+    with pytest.raises(ValueError, match="no label has two images"):
+        same_label_floor(embeddings[:3], np.array(["x", "y", "z"]))
+
+
+def test_off_topic_query_gets_no_close_match_and_a_gallery_image_does(app_env, tiny_dataset):
+    import numpy as np
+    from PIL import Image
+
+    run_app()
+    ws = service.workspace()
+    gallery = service.match_strength(ws, Image.open(tiny_dataset / "fish" / "gc_fish1.jpg").convert("RGB"))
+    assert gallery.close and gallery.best == pytest.approx(1.0, abs=1e-3)
+    grey = Image.fromarray(np.full((224, 224, 3), 128, np.uint8))  # nothing in the gallery looks like this
+    off_topic = service.match_strength(ws, grey)
+    assert not off_topic.close and off_topic.best < off_topic.floor < 1.0
+
+
+def test_training_job_reports_each_phase_with_its_own_counter():
+    from core.config import TrainConfig, WorkbenchConfig
+    from workbench.jobs import TrainingJob
+    from workbench.workspace import WorkspaceSpec
+
+    def job(epochs):
+        return TrainingJob("r", WorkspaceSpec(WorkbenchConfig(train=TrainConfig(epochs=epochs))))
+
+    one = job(2)
+    one.phase, one.epoch, one.step, one.steps = "fine-tuning", 2, 5, 10
+    assert one.status == "run r: fine-tuning, epoch 2/2, step 5/10" and one.fraction == pytest.approx(0.7 * 0.75)
+    one.phase, one.epoch, one.step = "featurizing with the fine-tuned model", 2, 10
+    assert one.status == "run r: featurizing with the fine-tuned model (loading the model)"
+    one.featurized, one.to_featurize = 120, 275
+    assert one.status == "run r: featurizing with the fine-tuned model: 120/275 images"
+    assert one.fraction == pytest.approx(0.7 + 0.25 * 120 / 275)  # not stuck at 100 % while featurizing
+    one.phase = "fitting the svm ranker"
+    assert one.fraction == 0.95 and one.status == "run r: fitting the svm ranker"
+    zero = job(0)
+    zero.phase = "fine-tuning"
+    assert zero.status == "run r: 0 epochs, keeping the pretrained weights"
+    zero.phase, zero.featurized, zero.to_featurize = "featurizing with the fine-tuned model", 10, 20
+    assert zero.fraction == pytest.approx(0.95 * 0.5)  # not stuck at 0 %
+    zero.done = True
+    assert zero.fraction == 1.0 and zero.status == "run r: done"
+
+
+@pytest.mark.slow  # the first UMAP fit in a process compiles numba code (15-35 s on 2 cores)
+def test_explore_draws_a_real_umap_map_under_the_umap_label(app_env):
+    pytest.importorskip("umap")
+    app = run_app("pages/explore.py")
+    app.sidebar.radio(key="projection").set_value("umap").run(timeout=300)
+    assert not app.exception
+    assert any(c.value.startswith("UMAP of 18 gallery embeddings") for c in app.caption)
+    assert not app.warning  # the warning that says a PCA map stands in for UMAP

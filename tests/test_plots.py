@@ -52,3 +52,33 @@ def test_embedding_map_groups_points_by_label_and_marks_the_query():
     figure = embedding_map(points, ["b", "a", "b"], ["x.jpg", "y.jpg", "z.jpg"], query=np.array([0.5, 0.5]))
     assert [t.name for t in figure.data] == ["a", "b", "query"]
     assert list(figure.data[1].customdata) == [0, 2] and list(figure.data[1].text) == ["x.jpg", "z.jpg"]
+
+
+def test_every_figure_builder_keeps_a_tight_top_margin():
+    from core.evaluate import summarize
+    from core.plots import (
+        MARGIN,
+        embedding_map,
+        label_counts_bar,
+        per_category_bars,
+        rank_distributions,
+        rank_histogram,
+        top_n_curves,
+    )
+
+    result = summarize("l2", np.array([1, 2, 1, 5]), ["a", "b", "a", "b"], 9, np.random.default_rng(0), 10)
+    figures = {
+        "training_curves": training_curves([EpochMetrics(1, 1.2, 0.5, 1.0, 0.6, 3.0)]),
+        "calibration_plot": calibration_plot(
+            SVMRanker(weights=np.ones(2, np.float32), platt=(-1.0, 0.0)), np.r_[-1.0, 1.0], np.r_[False, True], 2
+        ),
+        "rank_histogram": rank_histogram([result]),
+        "top_n_curves": top_n_curves([result]),
+        "rank_distributions": rank_distributions([result]),
+        "per_category_bars": per_category_bars(result),
+        "label_counts_bar": label_counts_bar({"a": (3, 1)}),
+        "embedding_map": embedding_map(np.zeros((2, 2)), ["a", "b"], ["x", "y"]),
+    }
+    for name, figure in figures.items():
+        assert figure.layout.margin.t == MARGIN["t"] <= 30, name  # plotly's default is 100 px of blank band
+        assert figure.layout.title.text is None, name  # the page's heading names the chart

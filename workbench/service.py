@@ -48,6 +48,7 @@ from workbench import analysis, app_cache
 from workbench.jobs import JobBoard, TrainingJob
 from workbench.views import (  # noqa: F401  (re-exported for the pages)
     DatasetSummary,
+    MatchStrength,
     QualitativeRow,
     category_rows,
     gallery_names,
@@ -284,3 +285,35 @@ def embedding_projection(ws: Workspace, method: str = "pca") -> analysis.Embeddi
 def place_on_map(ws: Workspace, mapping: analysis.EmbeddingMap, image_bytes: bytes, name: str) -> np.ndarray:
     """Coordinates of an uploaded image on the gallery's map."""
     return analysis.place_on_map(ws, mapping, decode_upload(ws, image_bytes, name))
+
+
+# --- what the pages need to say what they show ------------------------------------------------------
+
+
+def match_strength(ws: Workspace, query: Image.Image) -> MatchStrength:
+    """The query's best cosine similarity to the gallery, beside the gallery's same-label floor (cached)."""
+    from workbench.views import same_label_floor
+
+    key = f"{ws.spec!r}|{ws.featurizer.fingerprint}"
+    floor = app_cache.cached("match_floor", key, lambda: same_label_floor(ws.embeddings, ws.dataset.label_array))
+    return MatchStrength(float((ws.embed([query]) @ ws.embeddings.T).max()), floor)
+
+
+def projection_methods() -> list[str]:
+    """2-D map methods this installation can draw: PCA, and UMAP when umap-learn is installed."""
+    import importlib.util
+
+    return ["pca", "umap"] if importlib.util.find_spec("umap") is not None else ["pca"]
+
+
+def thumbnail(path: Path, size: int = 320) -> Image.Image:
+    """A square, centre-cropped thumbnail of a gallery image, so result grids line up (the model sees the centre too).
+
+    Raises:
+        ImageLoadError: The file is no longer a usable image.
+    """
+    from PIL import ImageOps
+
+    from core.images import load_image
+
+    return ImageOps.fit(load_image(path, draft_size=size), (size, size))
