@@ -109,11 +109,12 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
             embed_files(featurizer, paths, batch_size=batch_size)
 
     once()  # warm-up
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         once()
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
     median = statistics.median(seconds)
     return {
         "backend": backend,
@@ -124,6 +125,8 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
         "images_per_s": len(paths) / median,
         "ms_per_image": 1000 * median / len(paths),
         "runs_s": seconds,
+        # CPU time (all threads) per image: what a busy shared machine distorts least
+        "cpu_ms_per_image": 1000 * statistics.median(cpu_seconds) / len(paths),
         "peak_rss_mb": peak_rss_mb(),
         "threads": threads,
     }
@@ -205,6 +208,7 @@ def main(args: argparse.Namespace) -> None:
                 "ms_per_image": 1000 * median / images,
                 "runs_s": seconds,
                 "peak_rss_mb": max(result["peak_rss_mb"] for result in results),
+                "cpu_ms_per_image": statistics.median(result["cpu_ms_per_image"] for result in results),
             }
         )
 
@@ -226,7 +230,7 @@ def main(args: argparse.Namespace) -> None:
             f"{row['backend']:<8}{row['mode']:<7}{batch_size:>5} {row['images_per_s']:>9.1f} "
             f"{row['ms_per_image']:>9.2f} {row['peak_rss_mb']:>8.0f} "
             f"{row['images_per_s'] / rate('torch', 'model', batch_size):>12.2f}x "
-            f"{row['images_per_s'] / rate('onnx', 'model', batch_size):>11.2f}x"
+            f"{row['images_per_s'] / rate('onnx', 'model', batch_size):>11.2f}x {row['cpu_ms_per_image']:>11.2f}"
         )
     ratios = {}
     for batch_size in args.batch_sizes:
