@@ -1,4 +1,4 @@
-"""Metric comparison: every ranker on the same comparative sets, side by side."""
+"""Metric comparison: every ranker on the same comparative sets and the full gallery, side by side."""
 
 import streamlit as st
 
@@ -6,9 +6,26 @@ from pages import common
 from workbench import service
 
 
+def learned_rankers_ready(ws: service.Workspace) -> None:
+    """Fit the quick learned rankers missing for this featurizer, with a progress bar (first open only)."""
+    bar = st.empty()
+
+    def update(done: int, total: int, name: str) -> None:
+        if name:
+            bar.progress(
+                done / total,
+                text=f"Fitting the {name} ranker for this featurizer ({done + 1}/{total}), first time only",
+            )
+
+    with st.spinner("Getting the learned rankers ready…"):
+        service.ensure_learned_rankers(ws, update)
+    bar.empty()
+
+
 def render() -> None:
     st.title("Compare rankers")
     ws = common.workspace()
+    learned_rankers_ready(ws)
     split = st.sidebar.radio("Comparative sets", ["test", "train"], horizontal=True, key="compare_split")
     results = service.evaluation(ws, tuple(service.ranker_choices(ws)), split)
     st.caption(
@@ -17,6 +34,13 @@ def render() -> None:
         "pretrained and fine-tuned."
     )
     st.dataframe(service.summary_rows(results), hide_index=True, key="summary")
+    st.subheader("Full gallery")
+    st.caption(
+        f"Each {split} image queries all {len(ws.embeddings)} images, itself excluded: recall@k, MAP@R, MRR, "
+        "R-precision (see the Evaluation page for the definitions and per-category values)."
+    )
+    retrieved = service.retrieval(ws, tuple(result.ranker for result in results), split)
+    st.dataframe(service.retrieval_rows(retrieved), hide_index=True, key="compare_retrieval")
     left, right = st.columns(2)
     left.subheader("Top-N accuracy")
     left.plotly_chart(service.top_n_curves(results), key="compare_top_n")

@@ -1,4 +1,4 @@
-"""Evaluation dashboard: one featurizer and ranker on the comparative sets, in depth."""
+"""Evaluation dashboard: one featurizer and ranker on the comparative sets and the full gallery, in depth."""
 
 import streamlit as st
 
@@ -6,9 +6,26 @@ from pages import common
 from workbench import service
 
 
+def learned_rankers_ready(ws: service.Workspace) -> None:
+    """Fit the quick learned rankers missing for this featurizer, with a progress bar (first open only)."""
+    bar = st.empty()
+
+    def update(done: int, total: int, name: str) -> None:
+        if name:
+            bar.progress(
+                done / total,
+                text=f"Fitting the {name} ranker for this featurizer ({done + 1}/{total}), first time only",
+            )
+
+    with st.spinner("Getting the learned rankers ready…"):
+        service.ensure_learned_rankers(ws, update)
+    bar.empty()
+
+
 def render() -> None:
     st.title("Evaluation")
     ws = common.workspace()
+    learned_rankers_ready(ws)
     with st.sidebar:
         ranker = st.selectbox("Ranker", service.ranker_choices(ws), key="eval_ranker")
         split = st.radio("Comparative sets", ["test", "train"], horizontal=True, key="split")
@@ -33,6 +50,17 @@ def render() -> None:
     left, right = st.columns([2, 3])
     left.dataframe(service.category_rows(result), hide_index=True, key="categories")
     right.plotly_chart(service.per_category_bars(result), key="category_bars")
+
+    st.subheader("Full gallery")
+    [full] = service.retrieval(ws, (ranker,), split)
+    dropped = f"; {full.n_dropped} dropped (no other image of their label)" if full.n_dropped else ""
+    st.caption(
+        f"Each of the {full.n_queries} {split} images queries all {len(ws.embeddings)} images, itself excluded{dropped}: "
+        "recall@k = a same-label image among the first k; MAP@R and R-precision over the first R results, R = the "
+        "number of other images of the query's label; MRR = 1 / rank of the first same-label image."
+    )
+    st.dataframe(service.retrieval_rows([full]), hide_index=True, key="retrieval_summary")
+    st.dataframe(service.retrieval_category_rows(full), hide_index=True, key="retrieval_categories")
 
     st.subheader("Queries")
     filters = st.columns(2)

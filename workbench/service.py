@@ -30,7 +30,7 @@ from PIL import Image
 from core.config import OBJECTIVES, SVMConfig, TrainConfig  # noqa: F401  (re-exported for the pages)
 from core.data import ATTRIBUTES_FILE, ImageRecord
 from core.errors import ArtifactError, DatasetError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported)
-from core.evaluate import EvaluationResult
+from core.evaluate import EvaluationResult, RetrievalResult
 from core.images import decode_image, printable
 from core.pipeline import SearchHit
 from core.plots import (  # noqa: F401  (pure figure builders, re-exported for the pages)
@@ -56,7 +56,7 @@ from workbench.views import (  # noqa: F401  (re-exported for the pages)
     summary_rows,
 )
 from workbench.views import dataset_summary as _dataset_summary
-from workbench.workflows import fit_ranker
+from workbench.workflows import LabelErrorReport, fit_ranker
 from workbench.workspace import (
     Workspace,
     WorkspaceSpec,
@@ -317,3 +317,76 @@ def thumbnail(path: Path, size: int = 320) -> Image.Image:
     from core.images import load_image
 
     return ImageOps.fit(load_image(path, draft_size=size), (size, size))
+
+
+# --- learned rankers ready, full-gallery retrieval, likely label errors -------------------------------
+
+
+def ensure_learned_rankers(ws: Workspace, progress: Callable[[int, int, str], None] | None = None) -> list[str]:
+    """Fit the quick learned rankers (``workflows.READY_RANKERS``: svm, projection) missing or stale for this
+    workspace, once per workspace and data in this server process; returns the names fitted now.
+
+    ``progress(done, total, name)`` is called before each fit (``name`` "" once all are done).
+    """
+    from workbench.workflows import READY_RANKERS, data_signature, ensure_learned
+
+    key = f"{ws.spec!r}|{ws.fingerprint}|{data_signature(ws.prepared)}"
+
+    def build() -> list[str]:
+        return [fitted.name for fitted in ensure_learned(ws, READY_RANKERS, progress)]
+
+    return app_cache.cached("learned_rankers", key, build)
+
+
+def retrieval(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[RetrievalResult]:
+    """Full-gallery retrieval of the given rankers: every ``split`` image queries the whole gallery, itself
+    excluded (cached per spec and ranker files)."""
+    from workbench.workflows import retrieval as full_gallery
+
+    versions = tuple(ws.ranker_version(name) for name in rankers)
+    key = f"{ws.spec!r}|{rankers}|{split}|{versions}"
+    return app_cache.cached("retrieval", key, lambda: full_gallery(ws, rankers, split))
+
+
+def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: float = 0.5) -> LabelErrorReport:
+    """Images whose ``k`` nearest neighbours mostly carry another label, worst first (cached per spec and ranker
+    file)."""
+    from workbench.workflows import label_errors as find_label_errors
+
+    key = f"{ws.spec!r}|{ranker}|{ws.ranker_version(ranker)}|{k}|{min_share}"
+    return app_cache.cached("label_errors", key, lambda: find_label_errors(ws, ranker, k, min_share))
+
+
+#: Full-gallery metrics the pages show, in column order, with their display names.
+RETRIEVAL_COLUMNS: dict[str, str] = {
+    "recall@1": "recall@1",
+    "recall@5": "recall@5",
+    "recall@10": "recall@10",
+    "map@r": "MAP@R",
+    "mrr": "MRR",
+    "r_precision": "R-precision",
+}
+
+
+def retrieval_rows(results: list[RetrievalResult]) -> list[dict[str, object]]:
+    """One row per ranker: queries and the full-gallery metrics (rounded to 3 decimals)."""
+    return [
+        {
+            "ranker": result.ranker,
+            "queries": result.n_queries,
+            **{shown: round(result.metrics.get(name, float("nan")), 3) for name, shown in RETRIEVAL_COLUMNS.items()},
+        }
+        for result in results
+    ]
+
+
+def retrieval_category_rows(result: RetrievalResult) -> list[dict[str, object]]:
+    """One row per label of one ranker's full-gallery retrieval."""
+    return [
+        {
+            "label": label,
+            "queries": n_queries,
+            **{shown: round(metrics.get(name, float("nan")), 3) for name, shown in RETRIEVAL_COLUMNS.items()},
+        }
+        for label, (n_queries, metrics) in result.per_category.items()
+    ]
