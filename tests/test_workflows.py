@@ -227,3 +227,16 @@ def test_cli_fit_missing_then_evaluate_prints_full_gallery_metrics(tmp_path, tin
     assert "likely label error(s)" in out
     report = json.loads(next((tmp_path).glob("*/*/reports/*.json")).read_text())
     assert set(report["retrieval"]) == {"cosine", "svm"} and "errors" in report["label_errors"]
+
+
+@pytest.mark.slow  # about 15 s: a 0-epoch run, featurized and evaluated beside the pretrained model
+def test_experiment_reports_full_gallery_metrics_per_featurizer(tmp_path, tiny_dataset, capsys):
+    from workbench.cli import main
+
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    assert main(["experiment", "--epochs", "0", *common]) == 0
+    assert capsys.readouterr().out.count("recall@10") == 2  # one full-gallery table per featurizer
+    report = json.loads(next(tmp_path.glob("*/*/reports/experiment-default.json")).read_text())
+    for section in report["sections"].values():
+        assert set(section["retrieval"]) == set(section["results"]) == {"cosine", "l2", "svm", "l1", "random"}
+        assert section["retrieval"]["cosine"]["n_queries"] == 6

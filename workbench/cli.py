@@ -485,6 +485,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     for section in report.sections:
         print(f"\n{section.name} featurizer {section.fingerprint}")
         print(format_table(section.results))
+        if section.retrieval:
+            print("full gallery (each test image queries every image, itself excluded):")
+            print(_retrieval_table(section.retrieval))
         if section.svm.train_pairs and section.svm.test_pairs:
             print(
                 f"SVM pair accuracy (balanced): train {section.svm.train_pairs.balanced_accuracy:.1%}, "

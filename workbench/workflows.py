@@ -223,12 +223,14 @@ def train_run(
 
 @dataclass(frozen=True)
 class ExperimentSection:
-    """One featurizer of an experiment: its rankers' results and the SVM's pair accuracy."""
+    """One featurizer of an experiment: its rankers' results (comparative sets and full gallery) and the SVM's
+    pair accuracy."""
 
     name: str
     fingerprint: str
     results: tuple[EvaluationResult, ...]
     svm: FittedRanker
+    retrieval: tuple[RetrievalResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,8 +260,9 @@ def experiment(
         svm = fit_ranker(ws, "svm")
         names = [n for n in ws.rankers_on_offer() if n in ("random", "l1", "l2", "cosine", "svm")]
         results = ws.evaluate(names)
-        save_report(ws, results)
-        sections.append(ExperimentSection(name, ws.fingerprint, tuple(results), svm))
+        retrieved = retrieval(ws, names)
+        save_report(ws, results, retrieved)
+        sections.append(ExperimentSection(name, ws.fingerprint, tuple(results), svm, tuple(retrieved)))
     path = spec.layout.experiment_report(run)
     atomic_write_json(
         path,
@@ -275,6 +278,7 @@ def experiment(
                         "test": dataclasses.asdict(section.svm.test_pairs) if section.svm.test_pairs else None,
                     },
                     "results": {result.ranker: result_summary(result) for result in section.results},
+                    "retrieval": {result.ranker: result.to_dict() for result in section.retrieval},
                 }
                 for section in sections
             },
