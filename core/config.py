@@ -79,13 +79,14 @@ class FeaturizerConfig:
     Attributes:
         backbone: Architecture name (see ``core.backbones.BACKBONES``).
         weights: ``"default"`` (packaged or torchvision weights) or a path to a weights file.
-        batch_size: Images per forward pass (8 was fastest on a 2-core CPU, see benchmarks/featurize.py).
+        batch_size: Images per forward pass (onnxruntime, the default engine, is measured at 32 in
+            benchmarks/featurize.py; PyTorch on a 2-core CPU was fastest at 8).
         device: ``"cpu"``, ``"cuda"`` or empty for automatic.
     """
 
     backbone: str = "efficientnet_lite0"
     weights: str = "default"
-    batch_size: int = 8
+    batch_size: int = 32
     device: str = ""
 
     def __post_init__(self) -> None:

@@ -147,7 +147,11 @@ class CosineRanker(Ranker):
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         query, gallery = check_embeddings(query, gallery)
-        return (self._unit(query) @ self._unit(gallery).T).astype(np.float32)
+        # divide the (Nq, Ng) products by the norms instead of normalising a copy of the whole gallery per call
+        gallery_norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", gallery, gallery)), 1e-12)
+        scores = self._unit(query) @ gallery.T
+        scores /= gallery_norms[None, :]
+        return scores.astype(np.float32, copy=False)
 
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (self._unit(a) * self._unit(b)).sum(1).astype(np.float32)

@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ from core.featurize import l2_normalize
 from core.preprocessing import Preprocessing, fingerprint_of
 from export.metadata import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,9 @@ class ExportResult:
 class _PixelsToEmbedding(nn.Module):
     """uint8 NHWC RGB pixels -> normalised NCHW floats -> backbone -> L2-normalised embeddings."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
         super().__init__()
         self.model = model
@@ -152,16 +159,17 @@ def freeze_same_padding(model: nn.Module, input_size: int) -> nn.Module:
             hook.remove()
     for name in names:
         same = model.get_submodule(name)
+        assert isinstance(same, Conv2dSame)  # collected above by this type
         height, width = spatial[name]
         pad_h = get_same_padding(height, same.kernel_size[0], same.stride[0], same.dilation[0])
         pad_w = get_same_padding(width, same.kernel_size[1], same.stride[1], same.dilation[1])
         conv = nn.Conv2d(
             same.in_channels,
             same.out_channels,
-            same.kernel_size,
-            same.stride,
+            (same.kernel_size[0], same.kernel_size[1]),
+            (same.stride[0], same.stride[1]),
             0,
-            same.dilation,
+            (same.dilation[0], same.dilation[1]),
             same.groups,
             same.bias is not None,
         )
@@ -172,7 +180,7 @@ def freeze_same_padding(model: nn.Module, input_size: int) -> nn.Module:
     return model
 
 
-def pin_ir_version(model: object, max_ir_version: int = MAX_IR_VERSION) -> int:
+def pin_ir_version(model: onnx.ModelProto, max_ir_version: int = MAX_IR_VERSION) -> int:
     """Set ``model.ir_version`` to the lowest version supporting its opsets; returns it.
 
     Raises:

@@ -44,7 +44,9 @@ CHILD = textwrap.dedent(
                 return np.ones((len(images), 4), np.float32)
         from core.data import ImageRecord
         import core.featurize as featurize
-        featurize.embed_files = lambda featurizer, paths, batch_size=8, progress=None: np.full((len(paths), 4), 2.0, np.float32)
+        featurize.iter_embed_files = lambda featurizer, paths, batch_size=32, progress=None: iter(
+            [featurize.EmbeddedBatch(0, ["new" * 20], np.full((1, 4), 2.0, np.float32))]
+        )
         FeatureCache(target).embed(Fake(), [ImageRecord(Path_ := __import__("pathlib").Path("x.jpg"), "a", "new" * 20)])
     elif kind == "npz":
         real_savez = np.savez
