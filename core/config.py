@@ -109,7 +109,8 @@ class TrainConfig:
         batch_size: Images per optimisation step.
         learning_rate: Peak learning rate of the new classifier head (AdamW).
         body_lr_scale: The pretrained body learns at ``learning_rate * body_lr_scale`` (layer-wise rates).
-        freeze_body: Train the head only (body weights and batch-norm statistics stay fixed).
+        freeze_body: Train only the body's last stage (and the head): cheaper, and the embedding still adapts;
+            the rest of the body and every batch-norm statistic stay fixed.
         schedule: ``"cosine"`` decay to zero over all steps, or ``"constant"``.
         weight_decay: AdamW weight decay.
         dropout: Dropout before the classifier.

@@ -209,6 +209,25 @@ def _evaluate(
         return float(objective.loss(outputs, targets)), objective.correct(outputs, targets) / len(targets)
 
 
+def last_stage_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the body's last stage: what ``freeze_body`` leaves trainable.
+
+    timm EfficientNets: the last block group and the 1x1 head convolution with its norm (``conv_head``, ``bn2``);
+    torchvision ResNets: ``layer4``.
+
+    Raises:
+        ValueError: An architecture whose last stage is not known.
+    """
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks):
+        modules = [blocks[-1], *(getattr(model, name) for name in ("conv_head", "bn2") if hasattr(model, name))]
+    elif isinstance(getattr(model, "layer4", None), nn.Module):
+        modules = [model.layer4]
+    else:
+        raise ValueError(f"freeze_body: the last stage of {type(model).__name__} is not known; train the whole body")
+    return [parameter for module in modules for parameter in module.parameters()]
+
+
 def fine_tune(
     records: Sequence[ImageRecord],
     split: Split,
@@ -251,13 +270,13 @@ def fine_tune(
     head_params = list(_classifier(model).parameters())
     head_ids = {id(p) for p in head_params}
     body_params = [p for p in model.parameters() if id(p) not in head_ids]
-    if config.freeze_body and not head_params:
-        raise ValueError("freeze_body leaves nothing to train with the triplet objective (it has no head)")
-    for parameter in body_params:
-        parameter.requires_grad_(not config.freeze_body)
+    if config.freeze_body:  # only the last stage learns: cheaper, and unlike a head alone it moves the embedding
+        tail_ids = {id(p) for p in last_stage_parameters(model)}
+        for parameter in body_params:
+            parameter.requires_grad_(id(parameter) in tail_ids)
+        body_params = [p for p in body_params if id(p) in tail_ids]
     groups = [{"params": head_params, "lr": config.learning_rate}] if head_params else []
-    if not config.freeze_body:
-        groups.append({"params": body_params, "lr": config.learning_rate * config.body_lr_scale})
+    groups.append({"params": body_params, "lr": config.learning_rate * config.body_lr_scale})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
     train_records = [records[i] for i in split.train]

@@ -80,6 +80,13 @@ def test_train_fits_the_svm_and_evaluate_includes_it(tmp_path, tiny_dataset, cap
     assert main(["evaluate", *common, "--ranker", "svm"]) == 2  # no SVM was fitted for the pretrained featurizer
 
 
+def test_a_zero_epoch_run_is_refused_in_one_line(tmp_path, tiny_dataset, caplog):
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    assert main(["train", *common, "--run", "nothing", "--epochs", "0"]) == 2
+    assert "0 epochs would keep the pretrained weights" in caplog.text
+    assert not any(tmp_path.rglob("checkpoint.pt"))  # no two-minute run that changes nothing
+
+
 def test_bad_run_names_are_refused(tmp_path, tiny_dataset, caplog):
     assert main(["featurize", "--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet", "--run", "../x"]) == 2
     assert "plain folder name" in caplog.text

@@ -80,7 +80,7 @@ def _flag_groups() -> dict[str, _Parser]:
     group = training.add_argument_group("fine-tuning")
     group.add_argument("--epochs", type=int, help="fine-tuning epochs (0 = keep the pretrained model)")
     group.add_argument("--lr", type=_positive(float), help="peak learning rate of the new head")
-    group.add_argument("--freeze-body", action="store_true", default=None, help="train the classifier head only")
+    group.add_argument("--freeze-body", action="store_true", default=None, help="train only the last stage of the body (faster; the embedding still adapts)")
     group.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
     group.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
     group.add_argument("--objective", choices=("classification", "triplet"), help="what fine-tuning optimises")
@@ -448,11 +448,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if name and not args.quiet:
             print(f"fitting the {name} ranker ({done + 1}/{total}) for {ws.fingerprint}…", file=sys.stderr, flush=True)
 
-    fitted = ensure_learned(ws, names, progress)
-    _print_fitted(fitted)
-    current = [name for name in names if name not in {item.name for item in fitted}]
-    if current:
-        print(f"already fitted for {ws.fingerprint} on this data: {', '.join(current)}")
+    ready = ensure_learned(ws, names, progress)
+    _print_fitted(ready.fitted)
+    if ready.current:
+        print(f"already fitted for {ws.fingerprint} on this data: {', '.join(ready.current)}")
+    for name, reason in ready.failed:
+        print(f"not fitted: {name}: {reason}")
     return 0
 
 
