@@ -18,8 +18,10 @@ def learned_rankers_ready(ws: service.Workspace) -> None:
             )
 
     with st.spinner("Getting the learned rankers ready…"):
-        service.ensure_learned_rankers(ws, update)
+        ready = service.ensure_learned_rankers(ws, update)
     bar.empty()
+    for name, reason in ready.failed:
+        st.warning(f"No {name} ranker for this dataset: {reason}")
 
 
 def render() -> None:

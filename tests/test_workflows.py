@@ -56,25 +56,26 @@ def test_ensure_learned_fits_what_is_missing_once_and_again_when_featurizer_or_d
     ws = make_workspace(tiny_dataset, tmp_path)
     assert "svm" not in ws.rankers_on_offer()
     calls = []
-    fitted = workflows.ensure_learned(ws, ("svm",), lambda done, total, name: calls.append((done, total, name)))
-    assert [item.name for item in fitted] == ["svm"] and "svm" in ws.rankers_on_offer()
+    ready = workflows.ensure_learned(ws, ("svm",), lambda done, total, name: calls.append((done, total, name)))
+    assert [item.name for item in ready.fitted] == ["svm"] and "svm" in ws.rankers_on_offer()
+    assert ready.current == ready.failed == ()
     assert calls == [(0, 1, "svm"), (1, 1, "")]
     saved = ws.ranker_path("svm").stat().st_mtime_ns
 
-    assert workflows.ensure_learned(ws, ("svm",)) == ()  # current: left alone
+    assert workflows.ensure_learned(ws, ("svm",)) == workflows.LearnedReady((), ("svm",))  # current: left alone
     assert ws.ranker_path("svm").stat().st_mtime_ns == saved
     assert workflows.stale_rankers(ws, ("svm",)) == []
 
     other_featurizer = make_workspace(tiny_dataset, tmp_path, ws.embeddings, fingerprint="fake-b")
     assert workflows.stale_rankers(other_featurizer, ("svm",)) == ["svm"]
-    assert [item.name for item in workflows.ensure_learned(other_featurizer, ("svm",))] == ["svm"]
+    assert [item.name for item in workflows.ensure_learned(other_featurizer, ("svm",)).fitted] == ["svm"]
     assert other_featurizer.ranker_path("svm") != ws.ranker_path("svm")
 
     resplit = make_workspace(tiny_dataset, tmp_path, ws.embeddings, seed=1)  # same folder, other split and sets
     assert resplit.ranker_path("svm") == ws.ranker_path("svm")
     assert workflows.data_signature(resplit.prepared) != workflows.data_signature(ws.prepared)
     assert workflows.stale_rankers(resplit, ("svm",)) == ["svm"]
-    assert [item.name for item in workflows.ensure_learned(resplit, ("svm",))] == ["svm"]
+    assert [item.name for item in workflows.ensure_learned(resplit, ("svm",)).fitted] == ["svm"]
     assert ws.ranker_path("svm").stat().st_mtime_ns != saved
     metadata = workflows.saved_metadata(ws.ranker_path("svm"))
     assert metadata is not None and metadata["data"] == workflows.data_signature(resplit.prepared)
@@ -99,6 +100,24 @@ def test_a_damaged_or_foreign_ranker_file_is_refitted(ws):
     metadata = workflows.saved_metadata(path)
     assert metadata is not None and metadata["featurizer"] == "fake-a"
     assert workflows.stale_rankers(ws, ("svm",)) == []
+
+
+def test_a_ranker_the_data_cannot_fit_is_listed_and_the_others_are_still_fitted(tmp_path, tiny_dataset):
+    data = tmp_path / "data"
+    for label in ("fish", "tools"):  # 3 images per label (3 for training in all): too few for the projection
+        (data / label).mkdir(parents=True)
+        for image in sorted((tiny_dataset / label).glob("*.jpg"))[:3]:
+            shutil.copy(image, data / label)
+    ws = make_workspace(data, tmp_path / "work")
+    with pytest.raises(
+        workflows.RankerFitError, match=r"^projection ranker cannot be fitted on .* \(3 training images\)"
+    ):
+        workflows.fit_ranker(ws, "projection")
+    ready = workflows.ensure_learned(ws, ("projection", "svm"))
+    assert [item.name for item in ready.fitted] == ["svm"] and ready.current == ()
+    [(name, reason)] = ready.failed
+    assert name == "projection" and "\n" not in reason and str(ws.layout.root) in reason
+    assert "svm" in ws.rankers_on_offer() and "projection" not in ws.rankers_on_offer()
 
 
 def test_ensure_learned_refuses_plain_and_unknown_rankers(ws):
@@ -151,8 +170,8 @@ def test_retrieval_bad_input(ws):
         workflows.retrieval(ws, ["cosine"], "validation")
     with pytest.raises(WorkbenchError, match="'svm' is not fitted"):
         workflows.retrieval(ws, ["svm"])
-    with pytest.raises(WorkbenchError, match="needs a gallery of more than 50 items"):
-        workflows.retrieval(ws, ["cosine"], ks=(1, 50))
+    [clipped] = workflows.retrieval(ws, ["cosine"], ks=(1, 5, 50))  # 18 images cannot serve recall@50
+    assert {"recall@1", "recall@5"} <= set(clipped.metrics) and "recall@50" not in clipped.metrics
 
 
 # --- likely label errors ------------------------------------------------------------------------------

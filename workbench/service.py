@@ -56,7 +56,7 @@ from workbench.views import (  # noqa: F401  (re-exported for the pages)
     summary_rows,
 )
 from workbench.views import dataset_summary as _dataset_summary
-from workbench.workflows import LabelErrorReport, fit_ranker
+from workbench.workflows import LabelErrorReport, LearnedReady, fit_ranker
 from workbench.workspace import (
     Workspace,
     WorkspaceSpec,
@@ -322,20 +322,16 @@ def thumbnail(path: Path, size: int = 320) -> Image.Image:
 # --- learned rankers ready, full-gallery retrieval, likely label errors -------------------------------
 
 
-def ensure_learned_rankers(ws: Workspace, progress: Callable[[int, int, str], None] | None = None) -> list[str]:
+def ensure_learned_rankers(ws: Workspace, progress: Callable[[int, int, str], None] | None = None) -> LearnedReady:
     """Fit the quick learned rankers (``workflows.READY_RANKERS``: svm, projection) missing or stale for this
-    workspace, once per workspace and data in this server process; returns the names fitted now.
+    workspace, once per workspace and data in this server process: what was fitted, current, or not fittable.
 
     ``progress(done, total, name)`` is called before each fit (``name`` "" once all are done).
     """
     from workbench.workflows import READY_RANKERS, data_signature, ensure_learned
 
     key = f"{ws.spec!r}|{ws.fingerprint}|{data_signature(ws.prepared)}"
-
-    def build() -> list[str]:
-        return [fitted.name for fitted in ensure_learned(ws, READY_RANKERS, progress)]
-
-    return app_cache.cached("learned_rankers", key, build)
+    return app_cache.cached("learned_rankers", key, lambda: ensure_learned(ws, READY_RANKERS, progress))
 
 
 def retrieval(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[RetrievalResult]:

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class RankerFitError(WorkbenchError):
+    """A learned ranker could not be fitted on this data (too few or degenerate training images)."""
+
+
 @dataclass(frozen=True)
 class FittedRanker:
     """A learned ranker fitted and saved for one featurizer."""
@@ -73,7 +77,13 @@ def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
     if not isinstance(ranker, LearnedRanker):
         raise WorkbenchError(f"ranker {name!r} cannot be fitted and saved")
     prepared = ws.prepared
-    ranker.fit(ws.embeddings, prepared.dataset.label_array, prepared.train_sets)
+    try:
+        ranker.fit(ws.embeddings, prepared.dataset.label_array, prepared.train_sets)
+    except ValueError as err:  # numpy's LinAlgError included: too few or degenerate training images
+        raise RankerFitError(
+            f"{name} ranker cannot be fitted on {ws.layout.root} ({len(prepared.split.train)} training images): "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from err
     train_pairs = test_pairs = None
     pair_accuracy = getattr(ranker, "pair_accuracy", None)
     if pair_accuracy is not None:
@@ -137,14 +147,30 @@ def stale_rankers(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> list[s
     return stale
 
 
+@dataclass(frozen=True)
+class LearnedReady:
+    """What :func:`ensure_learned` did.
+
+    Attributes:
+        fitted: Rankers fitted now.
+        current: Rankers already fitted for this featurizer and data, left alone.
+        failed: ``(name, reason)`` of rankers this data cannot fit (the others are still fitted).
+    """
+
+    fitted: tuple[FittedRanker, ...]
+    current: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...] = ()
+
+
 def ensure_learned(
     ws: Workspace, names: Sequence[str] = READY_RANKERS, progress: FitProgressFn | None = None
-) -> tuple[FittedRanker, ...]:
+) -> LearnedReady:
     """Fit the learned rankers ``names`` that are missing or stale for the workspace (see :func:`stale_rankers`).
 
     Learned rankers are saved per featurizer fingerprint under the workdir of the dataset and condition, and
     tagged with :func:`data_signature`, so a new featurizer or changed data gets a refit here while a current
-    ranker is left alone. Returns the rankers fitted now (empty when all were current).
+    ranker is left alone. A ranker this data cannot fit (:class:`RankerFitError`) is logged and listed in
+    ``failed``; the others are fitted all the same, so the plain rankers and the rest stay usable.
 
     Raises:
         WorkbenchError: A name that is not a learned ranker of the registry.
@@ -159,14 +185,18 @@ def ensure_learned(
                 f"ranker {name!r} has nothing to learn; learned rankers: {', '.join(list_rankers(True))}"
             )
     todo = stale_rankers(ws, names)
-    fitted = []
+    fitted, failed = [], []
     for done, name in enumerate(todo):
         if progress is not None:
             progress(done, len(todo), name)
-        fitted.append(fit_ranker(ws, name))
+        try:
+            fitted.append(fit_ranker(ws, name))
+        except RankerFitError as err:
+            log.warning("%s", err)
+            failed.append((name, str(err)))
     if progress is not None:
         progress(len(todo), len(todo), "")
-    return tuple(fitted)
+    return LearnedReady(tuple(fitted), tuple(name for name in names if name not in todo), tuple(failed))
 
 
 @dataclass(frozen=True)
@@ -206,6 +236,10 @@ def train_run(
             on_phase(text)
 
     run_spec = spec.with_run(run)  # validates the name
+    if spec.config.train.epochs == 0:
+        raise WorkbenchError(
+            "0 epochs would keep the pretrained weights: that model is the 'pretrained' featurizer already"
+        )
     prepared = prepared_data(spec.config.data, spec.layout)
     phase("fine-tuning")
     training = fine_tune(
@@ -311,6 +345,10 @@ def retrieval(
     """
     queries = _split_queries(ws, split)
     labels = ws.dataset.label_array
+    usable = tuple(k for k in ks if k < len(labels))  # a small gallery cannot serve every cut-off
+    if len(usable) < len(ks):
+        log.info("gallery of %d images: recall@k and precision@k for k in %s only", len(labels), usable)
+    ks = usable or (len(labels) - 1,)
     results = []
     for name in names:
         try:
