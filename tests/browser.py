@@ -105,8 +105,9 @@ def free_port() -> int:
 def start_app(data: Path, workdir: Path, log_path: Path, timeout_s: float = HEALTH_TIMEOUT_S) -> AppServer:
     """Start the app on a free loopback port and wait until its health endpoint answers ``ok``.
 
-    The file watcher is off: the repository holds ``.venv`` (inotify overflows) and files edited while the
-    tests run must not hot-reload the app under them.
+    The file watcher is off through the project's ``.streamlit/config.toml``, exactly as for ``make run``: the
+    repository holds ``.venv`` (inotify overflows) and files edited while the tests run must not hot-reload the
+    app under them.
 
     Raises:
         AssertionError: The server exited or was not healthy within ``timeout_s``; the message holds the
@@ -114,13 +115,12 @@ def start_app(data: Path, workdir: Path, log_path: Path, timeout_s: float = HEAL
     """
     port = free_port()
     env = {**os.environ, "WORKBENCH_DATA": str(data), "WORKBENCH_WORKDIR": str(workdir)}
+    # the file watcher is off in .streamlit/config.toml, as for `make run`
     command = [
         sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
         "--server.address", "127.0.0.1",
         "--server.port", str(port),
         "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
         "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)

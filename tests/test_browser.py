@@ -24,6 +24,7 @@ from browser import (
     open_page,
     read_table,
     screenshot,
+    sidebar,
     start_app,
     upload,
     wait_for,
@@ -169,3 +170,101 @@ def test_search_page_explains_a_result_with_heatmaps(page, app):
     wait_idle(page)
     assert_no_exception(page)
     screenshot(page, "search_explain")
+
+
+def test_search_says_when_nothing_matches_closely(page, app, tmp_path):
+    from PIL import Image
+
+    grey = tmp_path / "grey_wall.png"
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(grey)
+    goto_app(page, app, heading="Search by image")
+    wait_for_results(page)
+    assert main(page).get_by_text("No close match").count() == 0  # a gallery image matches itself
+    upload(page, grey)
+    wait_for_results(page, query="grey_wall.png")
+    notice = wait_for(page, main(page).get_by_text(re.compile(r"^No close match: the query's best cosine similarity")))
+    assert "90 % of gallery images" in notice.inner_text()
+    screenshot(page, "search_no_close_match")
+    main(page).get_by_text("Explain a result (similarity heatmaps)").click()
+    wait_for(page, main(page).get_by_text(re.compile(r"centre-cropped to its square input")))
+    wait_idle(page)
+    screenshot(page, "search_no_close_match_explained")
+
+
+def test_explore_umap_is_a_real_umap_map(page, app):
+    pytest.importorskip("umap")
+    goto_app(page, app, heading="Search by image")
+    open_page(page, "Explore")
+    wait_for(page, main(page).get_by_text(re.compile(r"^PCA of 18 gallery embeddings")))
+    sidebar_radio = page.get_by_test_id("stSidebar").get_by_text("UMAP", exact=True)
+    sidebar_radio.click()
+    wait_for(page, main(page).get_by_text(re.compile(r"^UMAP of 18 gallery embeddings")), timeout_s=300)
+    wait_idle(page, 300)
+    assert main(page).get_by_text("is not available here").count() == 0
+    screenshot(page, "explore_umap")
+
+
+def _phase_screenshots(page, run: str, names: dict[str, str], timeout_s: float = 240) -> str:
+    """Poll the job's progress text until the run is done; screenshot each phase the first time it shows."""
+    import time
+
+    deadline, seen, text = time.monotonic() + timeout_s, set(), ""
+    progress = main(page).get_by_test_id("stProgress").filter(has_text=f"run {run}:")
+    while time.monotonic() < deadline:
+        texts = progress.all_inner_texts()
+        text = texts[0] if texts else ""
+        for phase, name in names.items():
+            if phase in text and phase not in seen:
+                seen.add(phase)
+                screenshot(page, name)
+        if text.endswith(("done", "failed")):
+            return text
+        time.sleep(0.2)  # bounded poll of a background job
+    raise AssertionError(f"run {run} did not finish in {timeout_s} s; last progress: {text!r}")
+
+
+def _start_run(page, run: str, epochs: int) -> None:
+    form = main(page).get_by_test_id("stForm")
+    form.get_by_label("Run name").fill(run)
+    form.get_by_label("Epochs").fill(str(epochs))
+    form.get_by_label("Batch size").fill("6")
+    form.get_by_label("Input size (0 = model's)").fill("128")
+    form.get_by_role("button", name="Start training").click()
+
+
+def test_training_shows_each_phase_and_the_finished_run_without_a_reload(page, app):
+    goto_app(page, app, heading="Search by image")
+    open_page(page, "Training")
+    wait_for(page, main(page).get_by_text("Start training"))
+    _start_run(page, "zero", 0)
+    wait_for(page, main(page).get_by_text(re.compile(r"^0 epochs: the pretrained weights are kept")).first)
+    final = _phase_screenshots(page, "zero", {"featurizing with the fine-tuned model": "training_zero_featurizing"})
+    assert final == "run zero: done"
+    expander = main(page).get_by_test_id("stExpander").filter(has_text="zero")
+    wait_for(page, expander.first)  # in "Finished runs" without reloading the page
+    wait_idle(page)
+    sidebar(page).get_by_role("combobox", name="Featurizer", exact=True).click()
+    assert page.get_by_role("option", name="zero", exact=True).count() == 1  # and in the featurizer picker
+    page.keyboard.press("Escape")
+    expander.first.click()
+    wait_for(page, expander.first.get_by_text(re.compile(r"^0 epochs: the pretrained weights are kept")))
+    screenshot(page, "training_zero_done")
+
+    _start_run(page, "one", 1)
+    final = _phase_screenshots(
+        page,
+        "one",
+        {"fine-tuning, epoch": "training_one_finetuning", "images": "training_one_featurizing"},
+    )
+    assert final == "run one: done"
+    wait_for(page, main(page).get_by_test_id("stExpander").filter(has_text="one").first)
+    wait_idle(page)
+    screenshot(page, "training_one_done")
+
+
+def test_console_stays_quiet(app):
+    """Last in the file: the server's console after every session above (search, evaluate, train, explore)."""
+    lines = app.log_path.read_text(errors="replace").splitlines()
+    app.timings["console_lines"] = len(lines)
+    assert not [line for line in lines if "notify" in line or "watcher" in line.lower()], app.log_tail()
+    assert len(lines) < 100, app.log_tail(100)

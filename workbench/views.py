@@ -35,12 +35,15 @@ def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
 
 
 def category_rows(result: EvaluationResult) -> list[dict[str, object]]:
-    """Per-label metrics of one ranker, as compact table rows."""
+    """Per-label metrics of one ranker, as compact table rows (short headers: the table sits in a narrow column).
+
+    ``n`` is the number of queries; ``mean`` and ``median`` are the positive's rank.
+    """
     return [
         {
             "label": c.label,
-            "queries": c.n_queries,
-            "mean rank": round(c.mean_rank, 2),
+            "n": c.n_queries,
+            "mean": round(c.mean_rank, 2),
             "median": c.median_rank,
             "top-1": f"{c.top1:.0%}",
             "top-5": f"{c.top5:.0%}",
