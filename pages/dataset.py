@@ -57,7 +57,7 @@ def render() -> None:
     for label, paths in summary.samples.items():
         train, test = summary.counts[label]
         st.markdown(f"**{label}** · {train} train, {test} test")
-        st.image([str(path) for path in paths], width=120)
+        st.image([service.thumbnail(path, 240) for path in paths], width=120)  # square: the rows line up
 
 
 render()
