@@ -264,3 +264,13 @@ def test_explore_draws_a_real_umap_map_under_the_umap_label(app_env):
     assert not app.exception
     assert any(c.value.startswith("UMAP of 18 gallery embeddings") for c in app.caption)
     assert not app.warning  # the warning that says a PCA map stands in for UMAP
+
+
+def test_project_streamlit_config_keeps_the_console_quiet_and_the_toolbar_minimal():
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["fileWatcherType"] == "none"  # watching .venv overflows inotify: thousands of lines
+    assert config["client"]["toolbarMode"] == "minimal"  # no Deploy button
+    assert config["browser"]["gatherUsageStats"] is False
