@@ -202,6 +202,8 @@ class RankerSpec:
         load: Learned rankers only: ``load(path)`` reads a fitted ranker saved with its ``save``.
         learned: Fitted on labelled embeddings and saved per workdir and featurizer.
         index_servable: An approximate vector index (faiss, Milvus) can serve it (see ``core.index.space_for``).
+        quick_fit: A learned ranker cheap enough (seconds on cached embeddings) to fit on first use, so it is on
+            offer from the first run; slower ones are fitted when asked for.
     """
 
     name: str
@@ -210,6 +212,7 @@ class RankerSpec:
     load: Callable[[Path], Ranker] | None = None
     learned: bool = False
     index_servable: bool = False
+    quick_fit: bool = False
 
 
 _REGISTRY: dict[str, RankerSpec] = {}
@@ -225,9 +228,13 @@ def register_ranker(spec: RankerSpec) -> RankerSpec:
     return spec
 
 
-def list_rankers(learned: bool | None = None) -> list[str]:
-    """Registered ranker names in menu order; ``learned`` filters plain (False) or learned (True) ones."""
-    return [name for name, spec in _REGISTRY.items() if learned is None or spec.learned == learned]
+def list_rankers(learned: bool | None = None, quick_fit: bool | None = None) -> list[str]:
+    """Registered ranker names in menu order, optionally only plain or learned ones, or (not) quick to fit."""
+    return [
+        name
+        for name, spec in _REGISTRY.items()
+        if (learned is None or spec.learned == learned) and (quick_fit is None or spec.quick_fit == quick_fit)
+    ]
 
 
 def ranker_spec(name: str) -> RankerSpec:
@@ -285,6 +292,7 @@ register_ranker(
         _lazy_load("core.svm", "SVMRanker"),
         learned=True,
         index_servable=True,
+        quick_fit=True,
     )
 )
 register_ranker(
@@ -295,6 +303,7 @@ register_ranker(
         _lazy_load("core.metric_learning", "ProjectionRanker"),
         learned=True,
         index_servable=True,
+        quick_fit=True,
     )
 )
 register_ranker(

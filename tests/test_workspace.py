@@ -20,6 +20,7 @@ from workbench.workspace import WorkspaceSpec, configure
 def test_registry_lists_rankers_in_menu_order_with_their_properties():
     assert list_rankers() == ["cosine", "l2", "svm", "projection", "siamese", "l1", "random"]
     assert list_rankers(learned=True) == ["svm", "projection", "siamese"]
+    assert list_rankers(learned=True, quick_fit=True) == ["svm", "projection"]  # siamese takes minutes: opt-in
     assert list_rankers(learned=False) == ["cosine", "l2", "l1", "random"]
     assert [name for name in list_rankers() if ranker_spec(name).index_servable] == [
         "cosine",

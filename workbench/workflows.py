@@ -105,9 +105,9 @@ def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
     return FittedRanker(name, path, seconds, train_pairs, test_pairs)
 
 
-#: Learned rankers cheap enough to fit whenever they are missing (on the 275-image demo, 2 busy CPU cores: svm
-#: 9 s, projection 49 s); Siamese stays opt-in (minutes).
-READY_RANKERS: tuple[str, ...] = ("svm", "projection")
+#: Learned rankers fitted whenever they are missing: the registry's quick ones (on the 275-image demo, 2 busy CPU
+#: cores: svm 9 s, projection 34-49 s); Siamese stays opt-in (minutes).
+READY_RANKERS: tuple[str, ...] = tuple(list_rankers(learned=True, quick_fit=True))
 
 #: ``progress(done, total, name)``: ``name`` is the ranker about to be fitted ("" once all are done).
 FitProgressFn = Callable[[int, int, str], None]
