@@ -5,15 +5,13 @@ import streamlit as st
 from pages import common
 from workbench import service
 
-ZERO_EPOCHS = "0 epochs: the pretrained weights are kept (no curves); the run featurizes with them and fits the SVM."
+NO_EPOCHS = "No epoch recorded: this run kept the pretrained weights, so there are no curves."
 
 
 def _job_panel(job: service.TrainingJob) -> None:
     st.progress(job.fraction, text=job.status)
     if job.history:
         st.plotly_chart(service.training_curves(job.history), key=f"curves_{job.run}_{len(job.history)}")
-    elif job.epochs == 0:
-        st.caption(ZERO_EPOCHS)
     if job.error:
         st.error(f"Training failed: {job.error}")
     elif job.done and job.pair_accuracy:
@@ -51,7 +49,12 @@ def render() -> None:
         first = st.columns(4)
         run = first[0].text_input("Run name", value="run1", key="run_name")
         epochs = first[1].number_input(
-            "Epochs", min_value=0, max_value=100, value=service.TrainConfig.epochs, key="epochs"
+            "Epochs",
+            min_value=1,
+            max_value=100,
+            value=service.TrainConfig.epochs,
+            key="epochs",
+            help="at least 1: with 0 the weights stay the pretrained ones, which the 'pretrained' featurizer already is",
         )
         learning_rate = first[2].number_input(
             "Learning rate",
@@ -68,7 +71,11 @@ def render() -> None:
         input_size = second[0].number_input(
             "Input size (0 = model's)", min_value=0, max_value=512, value=0, step=32, key="input_size"
         )
-        freeze = second[1].checkbox("Freeze body (train head only)", key="freeze")
+        freeze = second[1].checkbox(
+            "Freeze most of the body",
+            key="freeze",
+            help="train only the body's last stage (and the head): faster, and the embedding still adapts",
+        )
         augment = second[2].checkbox("Augment", value=True, key="augment")
         objective = st.selectbox(
             "Objective",
@@ -107,7 +114,7 @@ def render() -> None:
             if history:
                 st.plotly_chart(service.training_curves(history), key=f"history_{run_name}")
             else:
-                st.caption(ZERO_EPOCHS)
+                st.caption(NO_EPOCHS)
 
 
 render()

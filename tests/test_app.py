@@ -87,6 +87,7 @@ def test_training_page_trains_a_run_that_other_pages_can_use(app_env):
     app = run_app("pages/training.py")
     assert any("No fine-tuned run yet" in info.value for info in app.info)
     app.text_input(key="run_name").input("tiny")
+    assert app.number_input(key="epochs").min == 1  # 0 epochs is refused in the form, with the reason in its help
     app.number_input(key="epochs").set_value(1)
     app.number_input(key="batch").set_value(6)
     app.number_input(key="input_size").set_value(128)
