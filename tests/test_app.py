@@ -70,12 +70,6 @@ def test_evaluation_page_dashboard(app_env):
     assert not app.exception and "ranker random" in app.caption[0].value
 
 
-def test_compare_page_lists_every_ranker(app_env):
-    app = run_app("pages/compare.py")
-    assert list(app.dataframe[0].value["ranker"]) == ["cosine", "l2", "l1", "random"]
-    assert len(app.get("plotly_chart")) == 2
-
-
 def test_dataset_page(app_env):
     app = run_app("pages/dataset.py")
     values = {m.label: m.value for m in app.metric}
