@@ -73,9 +73,9 @@ def render() -> None:
         st.info("No query matches these filters.")
     for row in rows:
         cells = st.columns(3)
-        cells[0].image(str(row.query.path), caption=f"query · {row.query.label}", width=160)
-        cells[1].image(str(row.best.path), caption=f"ranked first · {row.best.label}", width=160)
-        cells[2].image(str(row.positive.path), caption=f"true positive · rank {row.rank}", width=160)
+        cells[0].image(service.thumbnail(row.query.path), caption=f"query · {row.query.label}", width=160)
+        cells[1].image(service.thumbnail(row.best.path), caption=f"ranked first · {row.best.label}", width=160)
+        cells[2].image(service.thumbnail(row.positive.path), caption=f"true positive · rank {row.rank}", width=160)
 
 
 render()
