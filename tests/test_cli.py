@@ -159,3 +159,14 @@ def test_fit_siamese_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
     assert "siamese.npz" in capsys.readouterr().out
     assert main(["evaluate", *common]) == 0
     assert "\nsiamese " in capsys.readouterr().out
+
+
+def test_serve_flags_reach_the_upload_limits_and_defaults_stay_the_configured_ones(tiny_dataset):
+    from core.config import UPLOAD_LIMITS
+    from workbench.cli import get_args_parser, workspace_spec
+
+    parse = get_args_parser().parse_args
+    default = workspace_spec(parse(["serve", "--data", str(tiny_dataset)]))
+    assert default.config.uploads == UPLOAD_LIMITS  # a flag's default must not loosen the configured limits
+    tight = workspace_spec(parse(["serve", "--max-pixels", "5000000", "--max-upload-mb", "2"]))
+    assert tight.config.uploads.max_pixels_full == 5_000_000 and tight.config.uploads.max_file_bytes == 2 * 2**20

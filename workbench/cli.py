@@ -80,7 +80,12 @@ def _flag_groups() -> dict[str, _Parser]:
     group = training.add_argument_group("fine-tuning")
     group.add_argument("--epochs", type=int, help="fine-tuning epochs (0 = keep the pretrained model)")
     group.add_argument("--lr", type=_positive(float), help="peak learning rate of the new head")
-    group.add_argument("--freeze-body", action="store_true", default=None, help="train only the last stage of the body (faster; the embedding still adapts)")
+    group.add_argument(
+        "--freeze-body",
+        action="store_true",
+        default=None,
+        help="train only the last stage of the body (faster; the embedding still adapts)",
+    )
     group.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
     group.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
     group.add_argument("--objective", choices=("classification", "triplet"), help="what fine-tuning optimises")
@@ -167,13 +172,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s; 0.0.0.0 publishes it)")
     serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     serve.add_argument(
-        "--max-upload-mb", type=_positive(float), default=10.0, help="largest image file (default: %(default)s)"
+        "--max-upload-mb", type=_positive(float), help="largest image file (default: [uploads] max_file_bytes, 20 MiB)"
     )
     serve.add_argument(
-        "--max-pixels", type=_positive(int), default=40_000_000, help="largest image, w x h (default: %(default)s)"
+        "--max-pixels", type=_positive(int), help="most pixels decoded per image (default: [uploads] max_pixels_full)"
     )
     serve.add_argument(
         "--inference-threads", type=_positive(int), default=2, help="queries embedded at once (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--max-connections", type=_positive(int), default=200, help="concurrent connections (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds to send a request body (default: %(default)s)",
     )
     spark = command("spark-featurize", "embed images with Apache Spark into Parquet (ONNX model)", "featurizer")
     spark.add_argument("--out", type=Path, required=True, help="output Parquet folder (replaced)")
