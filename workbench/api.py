@@ -82,7 +82,7 @@ class ServeSettings:
     max_k: int = 100
     inference_threads: int = 2
     heavy_pixels: int = 4_000_000
-    heavy_queue: int = 4
+    heavy_queue: int = 32
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 200
@@ -224,6 +224,20 @@ def decoded_pixels(header: ImageHeader, draft_size: int | None) -> int:
     return (width // scale) * (height // scale)
 
 
+def _decode_reduced(data: bytes, name: str, limits: ImageLimits, draft_size: int, duty: float = 0.5) -> Image.Image:
+    """Decode, then shrink by a whole factor to about twice ``draft_size`` on the short side, all in the caller's
+    (low-priority) thread, so the costly pixels never reach the ordinary inference slots; then rest so the lane
+    uses at most ``duty`` of a core however many costly images queue up."""
+    start = time.perf_counter()
+    try:
+        image = decode_upload(data, name, limits, draft_size)
+        factor = min(image.size) // (2 * draft_size)
+        return image.reduce(factor) if factor >= 2 else image
+    finally:
+        busy = time.perf_counter() - start
+        time.sleep(busy * (1.0 - duty) / duty)
+
+
 def _low_priority_thread() -> None:
     """Run this worker thread at the lowest CPU priority (Linux: per-thread nice), where the OS allows it."""
     with suppress(OSError, AttributeError):
@@ -322,7 +336,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             )
         heavy_waiting += 1
         try:
-            future = heavy_lane.submit(decode_upload, data, name, settings.limits, draft)
+            future = heavy_lane.submit(_decode_reduced, data, name, settings.limits, draft)
             return await asyncio.wrap_future(future)
         finally:
             heavy_waiting -= 1
