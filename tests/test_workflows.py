@@ -259,3 +259,18 @@ def test_experiment_reports_full_gallery_metrics_per_featurizer(tmp_path, tiny_d
     for section in report["sections"].values():
         assert set(section["retrieval"]) == set(section["results"]) == {"cosine", "l2", "svm", "l1", "random"}
         assert section["retrieval"]["cosine"]["n_queries"] == 6
+
+
+def test_learned_rankers_are_fitted_on_the_training_split_only(tiny_dataset):
+    from core.config import DataConfig
+    from core.pipeline import prepare
+
+    prepared = prepare(DataConfig(root=tiny_dataset, n_negatives=4))
+    embeddings = np.random.default_rng(0).normal(size=(len(prepared.dataset), 8)).astype(np.float32)
+    rows, labels, sets = workflows.training_view(prepared, embeddings)
+    train = np.sort(prepared.split.train)
+    assert len(rows) == len(train) < len(embeddings)  # no test image reaches a learned ranker
+    np.testing.assert_array_equal(rows, embeddings[train])
+    np.testing.assert_array_equal(labels, prepared.dataset.label_array[train])
+    np.testing.assert_array_equal(rows[sets.queries], embeddings[prepared.train_sets.queries])
+    np.testing.assert_array_equal(rows[sets.references], embeddings[prepared.train_sets.references])

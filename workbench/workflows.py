@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions
+from core.data import ComparativeSets
 from core.errors import WorkbenchError
 from core.evaluate import EvaluationResult, RetrievalResult, evaluate_retrieval
 from core.featurize import ProgressFn
 from core.label_errors import LabelSuspect, likely_label_errors
+from core.pipeline import PreparedData
 from core.rankers import LearnedRanker, list_rankers, ranker_spec
 from core.workdir import PRETRAINED
 from workbench.workspace import Workspace, WorkspaceSpec, open_workspace, prepared_data
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
     from core.data import ImageRecord
     from core.dedup import DedupReport
     from core.index import IndexHits, VectorIndex
-    from core.pipeline import PreparedData
     from core.svm import PairAccuracy
     from core.train import TrainProgress, TrainResult
     from export.onnx_export import ExportResult
@@ -55,6 +56,22 @@ class FittedRanker:
     seconds: float
     train_pairs: PairAccuracy | None = None
     test_pairs: PairAccuracy | None = None
+
+
+def training_view(prepared: PreparedData, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, ComparativeSets]:
+    """The training split only: its embeddings, labels, and the training comparative sets re-indexed into them.
+
+    A learned ranker never sees a test image, whatever it does with the rows it is given (the projection learns
+    from every row, the SVM and the Siamese head from the sets' pairs).
+    """
+    train = np.sort(prepared.split.train)
+    sets = prepared.train_sets
+    local = ComparativeSets(np.searchsorted(train, sets.queries), np.searchsorted(train, sets.references))
+    if not (
+        np.array_equal(train[local.queries], sets.queries) and np.array_equal(train[local.references], sets.references)
+    ):
+        raise WorkbenchError("training comparative sets reach outside the training split")  # never, by construction
+    return embeddings[train], prepared.dataset.label_array[train], local
 
 
 def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
@@ -78,7 +95,7 @@ def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
         raise WorkbenchError(f"ranker {name!r} cannot be fitted and saved")
     prepared = ws.prepared
     try:
-        ranker.fit(ws.embeddings, prepared.dataset.label_array, prepared.train_sets)
+        ranker.fit(*training_view(prepared, ws.embeddings))
     except ValueError as err:  # numpy's LinAlgError included: too few or degenerate training images
         raise RankerFitError(
             f"{name} ranker cannot be fitted on {ws.layout.root} ({len(prepared.split.train)} training images): "
