@@ -67,7 +67,7 @@ class SiameseRanker(Ranker):
 
     def _model(self):
         if self.head is None:
-            raise ArtifactError("Siamese ranker is not trained: run `train-siamese` first")
+            raise ArtifactError("Siamese ranker is not trained: run `python -m workbench fit --ranker siamese` first")
         return self.head
 
     def _logits(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -147,7 +147,9 @@ class SiameseRanker(Ranker):
 
         path = Path(path)
         if not path.exists():
-            raise ArtifactError(f"{path}: no Siamese ranker saved here; run `train-siamese` first")
+            raise ArtifactError(
+                f"{path}: no Siamese ranker saved here; run `python -m workbench fit --ranker siamese` first"
+            )
         try:
             with np.load(path, allow_pickle=False) as archive:
                 header = json.loads(str(archive["header"]))

@@ -91,7 +91,7 @@ class SVMRanker(Ranker):
 
     def _weights(self) -> np.ndarray:
         if self.weights is None:
-            raise ArtifactError("SVM ranker is not fitted: run `train-svm` first")
+            raise ArtifactError("SVM ranker is not fitted: run `python -m workbench fit --ranker svm` first")
         return self.weights
 
     def score(self, query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -246,7 +246,7 @@ class SVMRanker(Ranker):
         """
         path = Path(path)
         if not path.exists():
-            raise ArtifactError(f"{path}: no SVM ranker saved here; run `train-svm` first")
+            raise ArtifactError(f"{path}: no SVM ranker saved here; run `python -m workbench fit --ranker svm` first")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 weights, header = archive["weights"], json.loads(str(archive["header"]))

@@ -34,3 +34,21 @@ def metric_with_ci(column, label: str, estimate, percent: bool = False) -> None:
     fmt = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
     column.metric(label, fmt(estimate.value), help="bootstrap 95 % confidence interval below")
     column.caption(f"95 % CI {fmt(estimate.low)} – {fmt(estimate.high)}")
+
+
+def learned_rankers_ready(ws: service.Workspace) -> None:
+    """Fit the quick learned rankers missing for this featurizer, with a progress bar (first open only)."""
+    bar = st.empty()
+
+    def update(done: int, total: int, name: str) -> None:
+        if name:
+            bar.progress(
+                done / total,
+                text=f"Fitting the {name} ranker for this featurizer ({done + 1}/{total}), first time only",
+            )
+
+    with st.spinner("Getting the learned rankers ready…"):
+        ready = service.ensure_learned_rankers(ws, update)
+    bar.empty()
+    for name, reason in ready.failed:
+        st.warning(f"No {name} ranker for this dataset: {reason}")

@@ -6,28 +6,10 @@ from pages import common
 from workbench import service
 
 
-def learned_rankers_ready(ws: service.Workspace) -> None:
-    """Fit the quick learned rankers missing for this featurizer, with a progress bar (first open only)."""
-    bar = st.empty()
-
-    def update(done: int, total: int, name: str) -> None:
-        if name:
-            bar.progress(
-                done / total,
-                text=f"Fitting the {name} ranker for this featurizer ({done + 1}/{total}), first time only",
-            )
-
-    with st.spinner("Getting the learned rankers ready…"):
-        ready = service.ensure_learned_rankers(ws, update)
-    bar.empty()
-    for name, reason in ready.failed:
-        st.warning(f"No {name} ranker for this dataset: {reason}")
-
-
 def render() -> None:
     st.title("Evaluation")
     ws = common.workspace()
-    learned_rankers_ready(ws)
+    common.learned_rankers_ready(ws)
     with st.sidebar:
         ranker = st.selectbox("Ranker", service.ranker_choices(ws), key="eval_ranker")
         split = st.radio("Comparative sets", ["test", "train"], horizontal=True, key="split")
