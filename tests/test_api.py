@@ -241,3 +241,13 @@ def test_fuzz_openapi_conformance(settings, tiny_dataset, mode):
     assert all(status < 500 for _, status in seen)
     if mode == "positive":
         assert any(status == 200 for label, status in seen if label == "POST /search")
+
+
+def test_decoded_pixels_follow_jpeg_reduction():
+    from core.images import ImageHeader
+    from workbench.api import decoded_pixels
+
+    assert decoded_pixels(ImageHeader("PNG", 4000, 3000), 256) == 12_000_000
+    assert decoded_pixels(ImageHeader("JPEG", 4000, 3000), 256) == 500 * 375  # 1/8: short side 375 >= 256
+    assert decoded_pixels(ImageHeader("JPEG", 800, 600), 256) == 400 * 300  # 1/2 only: 1/4 would be 150 < 256
+    assert decoded_pixels(ImageHeader("JPEG", 800, 600), None) == 480_000

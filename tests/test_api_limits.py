@@ -13,9 +13,11 @@ import httpx
 import uvicorn
 from PIL import Image
 
-from workbench.api import ServeSettings, create_app, decoded_pixels, uvicorn_options
+from workbench.api import ServeSettings, create_app, uvicorn_options
 from workbench.workspace import WorkspaceSpec, configure
 
+#: real uvicorn servers with real deadlines: a few seconds each, run by `make test-slow` in CI
+pytestmark = pytest.mark.slow
 HEADER_TIMEOUT, BODY_TIMEOUT = 1.0, 1.5
 
 
@@ -124,12 +126,3 @@ def test_costly_images_use_their_own_lane_and_are_refused_when_it_is_full(server
     refused = httpx.post(f"{no_lane}/embed", files={"file": ("big.png", heavy)}, timeout=30)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "server_busy"
     assert refused.headers["retry-after"] == "2" and "big.png" in refused.json()["error"]["message"]
-
-
-def test_decoded_pixels_follow_jpeg_reduction():
-    from core.images import ImageHeader
-
-    assert decoded_pixels(ImageHeader("PNG", 4000, 3000), 256) == 12_000_000
-    assert decoded_pixels(ImageHeader("JPEG", 4000, 3000), 256) == 500 * 375  # 1/8: short side 375 >= 256
-    assert decoded_pixels(ImageHeader("JPEG", 800, 600), 256) == 400 * 300  # 1/2 only: 1/4 would be 150 < 256
-    assert decoded_pixels(ImageHeader("JPEG", 800, 600), None) == 480_000

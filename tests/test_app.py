@@ -77,6 +77,7 @@ def test_dataset_page(app_env):
     assert any("**fish**" in md.value for md in app.markdown)
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_training_page_trains_a_run_that_other_pages_can_use(app_env):
     app = run_app("pages/training.py")
     assert any("No fine-tuned run yet" in info.value for info in app.info)

@@ -11,14 +11,16 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 
-@pytest.fixture
-def app(monkeypatch, tmp_path, tiny_dataset):
-    monkeypatch.setenv("WORKBENCH_DATA", str(tiny_dataset))
-    monkeypatch.setenv("WORKBENCH_WORKDIR", str(tmp_path / "work"))
-    test = AppTest.from_file("../streamlit_app.py", default_timeout=180)
-    test.run()
-    assert not test.exception, test.exception
-    return test
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_dataset):
+    """One browser session for every upload, as a user trying one file after another."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WORKBENCH_DATA", str(tiny_dataset))
+        env.setenv("WORKBENCH_WORKDIR", str(tmp_path_factory.mktemp("uploads")))
+        test = AppTest.from_file("../streamlit_app.py", default_timeout=180)
+        test.run()
+        assert not test.exception, test.exception
+        yield test
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:

@@ -1,26 +1,50 @@
-"""Layer boundaries and import cost, checked in a fresh interpreter."""
+"""Layer boundaries and import cost, each checked in a fresh interpreter (all started at once)."""
 
 import subprocess
 import sys
+from functools import cache
+
+STATEMENTS = {
+    "core": "import core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones, core.config, core.data",
+    "cli": "import core, workbench.cli, core.rankers, core.evaluate, core.data",
+    "core_all": "import core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones, core.config, "
+    "core.data, core.workdir, core.svm, core.siamese, core.train, core.index, core.dedup, core.ingest, core.explain",
+    "export": "import export.onnx_export, export.onnx_featurizer, export.metadata",
+}
 
 
-def imported_after(statement: str) -> set[str]:
-    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return set(output.split())
+@cache
+def _all_imports() -> dict[str, set[str]]:
+    running = {
+        key: subprocess.Popen(
+            [sys.executable, "-c", f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for key, statement in STATEMENTS.items()
+    }
+    results = {}
+    for key, process in running.items():
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, key
+        results[key] = set(output.split())
+    return results
+
+
+def imported_after(key: str) -> set[str]:
+    """Modules loaded in a fresh interpreter by ``STATEMENTS[key]``."""
+    return _all_imports()[key]
 
 
 def test_core_imports_neither_streamlit_nor_export_nor_the_app_layer():
-    modules = imported_after(
-        "import core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones, core.config, core.data"
-    )
+    modules = imported_after("core")
     assert "streamlit" not in modules
     for package in ("export", "workbench"):
         assert not any(name == package or name.startswith(f"{package}.") for name in modules)
 
 
 def test_importing_the_cli_is_cheap():
-    modules = imported_after("import core, workbench.cli, core.rankers, core.evaluate, core.data")
+    modules = imported_after("cli")
     assert "torch" not in modules and "timm" not in modules and "streamlit" not in modules
 
 
@@ -28,15 +52,12 @@ WEB_AND_UI = ("streamlit", "fastapi", "starlette", "uvicorn", "pydantic")
 
 
 def test_core_imports_no_ui_or_web_framework():
-    modules = imported_after(
-        "import core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones, core.config, core.data, "
-        "core.workdir, core.svm, core.siamese, core.train, core.index, core.dedup, core.ingest, core.explain"
-    )
+    modules = imported_after("core_all")
     assert not any(name.split(".")[0] in WEB_AND_UI for name in modules)
 
 
 def test_export_imports_only_core():
-    modules = imported_after("import export.onnx_export, export.onnx_featurizer, export.metadata")
+    modules = imported_after("export")
     assert not any(name.split(".")[0] in (*WEB_AND_UI, "workbench", "pages") for name in modules)
 
 

@@ -66,6 +66,7 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path, caplog):
     assert "unknown setting(s) sed" in caplog.text
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_train_fits_the_svm_and_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
     assert main(["train", *common, "--run", "tiny", "--epochs", "1", "--input-size", "128", "--batch-size", "6"]) == 0
@@ -92,6 +93,7 @@ def test_bad_run_names_are_refused(tmp_path, tiny_dataset, caplog):
     assert "plain folder name" in caplog.text
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, tiny_dataset, capsys):
     import numpy as np
 
@@ -118,6 +120,7 @@ def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, t
     assert onnx_hits == torch_hits and len(torch_hits) == 10
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_export_of_a_fine_tuned_run_is_keyed_by_its_weights(tmp_path, tiny_dataset, capsys):
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet", "--run", "ft"]
     train = ["train", *common, "--epochs", "1", "--input-size", "128", "--batch-size", "6"]

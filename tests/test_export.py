@@ -93,6 +93,7 @@ def test_retrieval_top10_is_identical(onnx_featurizer, lite0_featurizer, tiny_im
     assert onnx_lists == torch_lists
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_fine_tuned_weights_export_with_parity(finetuned, tiny_images, lite0_featurizer):
     torch_featurizer, ort_featurizer, result = finetuned
     _, images = tiny_images

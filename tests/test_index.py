@@ -336,6 +336,7 @@ def test_faiss_svm_with_positive_weights_is_refused() -> None:
 # -- Milvus Lite ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_milvus_lite_round_trip(tmp_path) -> None:
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")

@@ -51,6 +51,7 @@ def test_one_epoch_changes_weights_and_is_reproducible(tiny, tmp_path, caplog):
         assert tuned.model(torch.zeros(2, 3, 128, 128)).shape == (2, 1280)
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_interrupt_keeps_last_epoch_and_resume_finishes_the_same_run(tiny, tmp_path):
     dataset, split = tiny
     config = TrainConfig(epochs=2, batch_size=6, input_size=128, learning_rate=1e-2, augment=False)
@@ -131,6 +132,7 @@ def test_triplet_miner_picks_hard_and_semihard_negatives_on_a_hand_built_batch()
     assert mined_negatives("all") == {2, 3}
 
 
+@pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_triplet_fine_tune_learns_an_embedding_that_serves_as_featurizer(tiny, tmp_path):
     dataset, split = tiny
     config = TrainConfig(epochs=1, batch_size=12, input_size=128, learning_rate=1e-2, objective="triplet", mining="all")
