@@ -270,3 +270,7 @@ def test_project_streamlit_config_keeps_the_console_quiet_and_the_toolbar_minima
     assert config["server"]["fileWatcherType"] == "none"  # watching .venv overflows inotify: thousands of lines
     assert config["client"]["toolbarMode"] == "minimal"  # no Deploy button
     assert config["browser"]["gatherUsageStats"] is False
+    from core.config import UPLOAD_LIMITS
+
+    # the upload widget refuses what the app would refuse anyway, before reading it
+    assert config["server"]["maxUploadSize"] * 2**20 == UPLOAD_LIMITS.max_file_bytes
