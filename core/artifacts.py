@@ -116,6 +116,40 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]  # numpy stubs
 
 
+def save_npz_with_header(path: str | Path, header: dict[str, Any], **arrays: np.ndarray) -> None:
+    """Save arrays plus a JSON header (schema version, config, metadata) to ``.npz`` atomically, no pickle."""
+    atomic_save_npz(path, header=np.array(json.dumps(header, default=_json_default)), **arrays)
+
+
+def load_npz_with_header(
+    path: str | Path, what: str, schema_version: int, missing_hint: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by :func:`save_npz_with_header`: its arrays and its header.
+
+    Args:
+        path: The ``.npz`` file.
+        what: What it holds, for messages (``"SVM ranker"``).
+        schema_version: The only version accepted.
+        missing_hint: What to do when the file is missing (``"fit one first"``).
+
+    Raises:
+        ArtifactError: Missing, unreadable, or another schema version; one line naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no {what} saved here; {missing_hint}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files if key != "header"}
+            header = json.loads(str(archive["header"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise ArtifactError(f"{path}: unreadable {what} ({err})") from err
+    if not isinstance(header, dict) or header.get("schema_version") != schema_version:
+        found = header.get("schema_version") if isinstance(header, dict) else None
+        raise ArtifactError(f"{path}: schema version {found!r}, expected {schema_version}")
+    return arrays, header
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON artifact.
 

@@ -20,7 +20,6 @@ Saved as ``.npz`` (the matrix + a JSON header), no pickle.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Self
 
 import numpy as np
 
-from core.artifacts import atomic_save_npz
+from core.artifacts import load_npz_with_header, save_npz_with_header
 from core.data import ComparativeSets, stratified_split
 from core.errors import ArtifactError
 from core.rankers import Ranker, check_embeddings
@@ -217,7 +216,7 @@ class ProjectionRanker(Ranker):
             "config": asdict(self.config),
             "metadata": metadata or {},
         }
-        atomic_save_npz(path, matrix=self._matrix(), header=np.array(json.dumps(header)))
+        save_npz_with_header(path, header, matrix=self._matrix())
 
     @classmethod
     def load(cls, path: str | Path) -> ProjectionRanker:
@@ -226,20 +225,13 @@ class ProjectionRanker(Ranker):
         Raises:
             ArtifactError: Missing, unreadable, or another schema version.
         """
-        path = Path(path)
-        if not path.exists():
-            raise ArtifactError(f"{path}: no projection ranker saved here; fit one first")
+        arrays, header = load_npz_with_header(path, "projection ranker", PROJECTION_SCHEMA_VERSION, "fit one first")
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                matrix, header = archive["matrix"], json.loads(str(archive["header"]))
-            if header.get("schema_version") != PROJECTION_SCHEMA_VERSION:
-                raise ArtifactError(
-                    f"{path}: schema version {header.get('schema_version')!r}, expected {PROJECTION_SCHEMA_VERSION}"
-                )
+            matrix = arrays["matrix"]
             if matrix.ndim != 2 or not np.isfinite(matrix).all():
                 raise ArtifactError(f"{path}: projection matrix must be a finite 2-D array, got shape {matrix.shape}")
             config = header["config"]
             config["identity_weights"] = tuple(config["identity_weights"])
             return cls(ProjectionConfig(**config), matrix, header["identity_weight"])
-        except (OSError, KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{path}: unreadable projection ranker ({err})") from err

@@ -8,13 +8,12 @@ embeddings, so training takes seconds on a CPU. Saved as ``.npz`` (tensors + JSO
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from core.artifacts import atomic_save_npz
+from core.artifacts import load_npz_with_header, save_npz_with_header
 from core.data import ComparativeSets
 from core.errors import ArtifactError
 from core.rankers import Ranker, check_embeddings
@@ -134,7 +133,7 @@ class SiameseRanker(Ranker):
         """Write the head's tensors and config to ``.npz`` atomically (no pickle)."""
         state = {f"param:{key}": value.detach().numpy() for key, value in self._model().state_dict().items()}
         header = {"schema_version": SIAMESE_SCHEMA_VERSION, "config": asdict(self.config), "metadata": metadata or {}}
-        atomic_save_npz(path, header=np.array(json.dumps(header)), **state)
+        save_npz_with_header(path, header, **state)
 
     @classmethod
     def load(cls, path: str | Path) -> SiameseRanker:
@@ -145,28 +144,20 @@ class SiameseRanker(Ranker):
         """
         import torch
 
-        path = Path(path)
-        if not path.exists():
-            raise ArtifactError(
-                f"{path}: no Siamese ranker saved here; run `python -m workbench fit --ranker siamese` first"
-            )
+        arrays, header = load_npz_with_header(
+            path, "Siamese ranker", SIAMESE_SCHEMA_VERSION, "run `python -m workbench fit --ranker siamese` first"
+        )
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                header = json.loads(str(archive["header"]))
-                state = {
-                    key.removeprefix("param:"): torch.from_numpy(archive[key])
-                    for key in archive.files
-                    if key.startswith("param:")
-                }
-            if header.get("schema_version") != SIAMESE_SCHEMA_VERSION:
-                raise ArtifactError(
-                    f"{path}: schema version {header.get('schema_version')!r}, expected {SIAMESE_SCHEMA_VERSION}"
-                )
+            state = {
+                key.removeprefix("param:"): torch.from_numpy(value)
+                for key, value in arrays.items()
+                if key.startswith("param:")
+            }
             config = SiameseConfig(**header["config"])
             head = _head(state["0.weight"].shape[1] // 2, config.hidden)
             head.load_state_dict(state)
             return cls(config, head.eval())
-        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ArtifactError(f"{path}: unreadable Siamese ranker ({err})") from err
 
 

@@ -23,7 +23,6 @@ Saved as ``.npz`` (arrays + a JSON header), never pickle.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Self
 
 import numpy as np
 
-from core.artifacts import atomic_save_npz
+from core.artifacts import load_npz_with_header, save_npz_with_header
 from core.config import SVMConfig
 from core.data import ComparativeSets
 from core.errors import ArtifactError
@@ -235,7 +234,7 @@ class SVMRanker(Ranker):
             "config": dataclasses.asdict(self.config),
             "metadata": metadata or {},
         }
-        atomic_save_npz(path, weights=self._weights(), header=np.array(json.dumps(header)))
+        save_npz_with_header(path, header, weights=self._weights())
 
     @classmethod
     def load(cls, path: str | Path) -> SVMRanker:
@@ -244,18 +243,13 @@ class SVMRanker(Ranker):
         Raises:
             ArtifactError: Missing, unreadable, or another schema version.
         """
-        path = Path(path)
-        if not path.exists():
-            raise ArtifactError(f"{path}: no SVM ranker saved here; run `python -m workbench fit --ranker svm` first")
+        arrays, header = load_npz_with_header(
+            path, "SVM ranker", SVM_SCHEMA_VERSION, "run `python -m workbench fit --ranker svm` first"
+        )
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                weights, header = archive["weights"], json.loads(str(archive["header"]))
-            if header.get("schema_version") != SVM_SCHEMA_VERSION:
-                raise ArtifactError(
-                    f"{path}: schema version {header.get('schema_version')!r}, expected {SVM_SCHEMA_VERSION}"
-                )
+            weights = arrays["weights"]
             if (weights > 0).any():
                 raise ArtifactError(f"{path}: SVM weights must be <= 0 (more distance never more similar); refit")
             return cls(SVMConfig(**header["config"]), weights, header["bias"], tuple(header["platt"]))
-        except (OSError, KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{path}: unreadable SVM ranker ({err})") from err
