@@ -302,8 +302,7 @@ register_ranker(
         _lazy("core.metric_learning", "ProjectionRanker"),
         _lazy_load("core.metric_learning", "ProjectionRanker"),
         learned=True,
-        index_servable=True,
-        quick_fit=True,
+        quick_fit=True,  # cosine after a matrix: an index could serve it once VectorSpace carries the matrix
     )
 )
 register_ranker(

@@ -22,12 +22,26 @@ def test_registry_lists_rankers_in_menu_order_with_their_properties():
     assert list_rankers(learned=True) == ["svm", "projection", "siamese"]
     assert list_rankers(learned=True, quick_fit=True) == ["svm", "projection"]  # siamese takes minutes: opt-in
     assert list_rankers(learned=False) == ["cosine", "l2", "l1", "random"]
-    assert [name for name in list_rankers() if ranker_spec(name).index_servable] == [
-        "cosine",
-        "l2",
-        "svm",
-        "projection",
-    ]
+    assert [name for name in list_rankers() if ranker_spec(name).index_servable] == ["cosine", "l2", "svm"]
+
+
+def test_every_ranker_the_registry_calls_index_servable_gets_an_index_space():
+    from core.data import make_comparative_sets
+    from core.index import UnsupportedRankerError, space_for
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 10)
+    embeddings = rng.normal(size=(30, 6)) + np.repeat(np.eye(6)[:3] * 3, 10, axis=0)
+    embeddings = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
+    sets = make_comparative_sets(labels, 5, 10, rng)
+    for name in list_rankers():
+        spec = ranker_spec(name)
+        ranker = spec.build().fit(embeddings, labels, sets) if spec.learned else make_ranker(name)
+        if spec.index_servable:
+            space_for(ranker)  # raises if the claim were false
+        else:
+            with pytest.raises(UnsupportedRankerError):
+                space_for(ranker)
 
 
 def test_registry_resolves_names_in_one_place():
