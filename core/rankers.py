@@ -284,35 +284,35 @@ register_ranker(
     RankerSpec("cosine", "cosine similarity of the embeddings", lambda rng: CosineRanker(), index_servable=True)
 )
 register_ranker(RankerSpec("l2", "negative Euclidean distance", lambda rng: L2Ranker(), index_servable=True))
+
+
+def _learned(name: str, summary: str, module: str, cls: str, **flags: bool) -> RankerSpec:
+    """A learned ranker's entry: built and loaded from ``module.cls``, imported on first use."""
+    return RankerSpec(name, summary, _lazy(module, cls), _lazy_load(module, cls), learned=True, **flags)
+
+
 register_ranker(
-    RankerSpec(
+    _learned(
         "svm",
         "SVM-weighted squared L2, a learned diagonal metric with calibrated probabilities",
-        _lazy("core.svm", "SVMRanker"),
-        _lazy_load("core.svm", "SVMRanker"),
-        learned=True,
+        "core.svm",
+        "SVMRanker",
         index_servable=True,
         quick_fit=True,
     )
 )
+# cosine after a matrix: an index could serve it once core.index.VectorSpace carries the matrix
 register_ranker(
-    RankerSpec(
+    _learned(
         "projection",
         "cosine after a learned linear projection (metric learning on the cached embeddings)",
-        _lazy("core.metric_learning", "ProjectionRanker"),
-        _lazy_load("core.metric_learning", "ProjectionRanker"),
-        learned=True,
-        quick_fit=True,  # cosine after a matrix: an index could serve it once VectorSpace carries the matrix
+        "core.metric_learning",
+        "ProjectionRanker",
+        quick_fit=True,
     )
 )
 register_ranker(
-    RankerSpec(
-        "siamese",
-        "Siamese pair head over |u - v| and u * v, P(same)",
-        _lazy("core.siamese", "SiameseRanker"),
-        _lazy_load("core.siamese", "SiameseRanker"),
-        learned=True,
-    )
+    _learned("siamese", "Siamese pair head over |u - v| and u * v, P(same)", "core.siamese", "SiameseRanker")
 )
 register_ranker(RankerSpec("l1", "negative Manhattan distance", lambda rng: L1Ranker()))
 register_ranker(RankerSpec("random", "uniform random scores: the chance baseline", RandomRanker))
