@@ -3,10 +3,13 @@
 Back ends: ``torch`` (eager, channels-last), ``onnx`` (the exported float32 model), ``int8`` (that model
 statically quantized, calibrated on the demo images: ``export.quantize``).
 Modes:
-  model   preprocessed batches only (float32 NCHW for PyTorch, uint8 NHWC pixels for onnxruntime)
-  files   ``core.featurize.embed_files``: read + hash + decode (JPEG draft mode) + resize of the crop to uint8
-          in a pool of one thread per core, running ahead of the model; onnxruntime's idle threads do not
-          spin there, so decoding gets the cores
+  model     preprocessed batches only (float32 NCHW for PyTorch, uint8 NHWC pixels for onnxruntime), one batch
+            at a time on onnxruntime's default threads (one per core, spinning)
+  parallel  onnxruntime only: the same batches, one single-threaded run per core side by side (how the file
+            pipeline runs the model: ``OnnxFeaturizer.single_thread_embedder``)
+  files     ``core.featurize.embed_files``: read + hash + decode (JPEG draft mode) + resize of the crop to uint8
+            in a pool of one thread per core at a lower priority, running ahead of the model, which embeds one
+            batch per core on one thread each
 
 Each configuration runs in its own process (so peak RSS is its own), is warmed up once, repeated
 ``--repeats`` times; with ``--rounds`` > 1 the configurations are run in turn that many times, so a busy
@@ -29,12 +32,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = (("torch", "model"), ("onnx", "model"), ("onnx", "files"), ("int8", "model"), ("int8", "files"))
+CONFIGS = (
+    ("torch", "model"),
+    ("onnx", "model"),
+    ("onnx", "parallel"),
+    ("onnx", "files"),
+    ("int8", "model"),
+    ("int8", "parallel"),
+    ("int8", "files"),
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,7 +80,7 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
     """Time one configuration in this process."""
     import numpy as np
 
-    from core.featurize import Featurizer, embed_files
+    from core.featurize import Featurizer, default_workers, embed_files
     from core.images import load_image
     from core.preprocessing import preprocess, resize_crop
 
@@ -90,8 +102,11 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
 
         model_path = args.onnx if backend == "onnx" else int8_path(args)
         config = OrtConfig(intra_op_threads=args.threads, allow_spinning=mode == "model")
-        featurizer = OnnxFeaturizer(model_path, config)
+        featurizer = onnx_featurizer = OnnxFeaturizer(model_path, config)
         threads = args.threads
+        if mode == "parallel":
+            single_thread = onnx_featurizer.single_thread_embedder() or onnx_featurizer.embed_pixels
+            threads = 1
     spec = featurizer.preprocessing
     images = [load_image(path, draft_size=spec.resize_size) for path in paths]
     if backend == "torch":
@@ -101,10 +116,15 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
         inputs = np.stack([resize_crop(image, spec) for image in images])
         embed_batch = featurizer.embed_pixels
 
+    pool = ThreadPoolExecutor(default_workers())  # "parallel": one single-threaded run per core
+
     def once() -> None:
+        batches = [inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size)]
         if mode == "model":
-            for start in range(0, len(inputs), batch_size):
-                embed_batch(inputs[start : start + batch_size])
+            for batch in batches:
+                embed_batch(batch)
+        elif mode == "parallel":
+            list(pool.map(single_thread, batches))
         else:
             embed_files(featurizer, paths, batch_size=batch_size)
 
@@ -130,6 +150,38 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
         "peak_rss_mb": peak_rss_mb(),
         "threads": threads,
     }
+
+
+def stage_costs(args: argparse.Namespace, repeats: int = 15) -> dict[str, float]:
+    """Median single-thread CPU microseconds per image of each file-pipeline stage (``core.featurize.read_and_prepare``).
+
+    One thread, no model running: what each stage costs, and what a shared machine distorts least.
+    """
+    import numpy as np
+
+    from core.backbones import build_backbone
+    from core.featurize import read_and_prepare
+    from core.images import content_hash, decode_image, read_image_file
+    from core.preprocessing import resize_crop
+
+    spec = build_backbone(args.backbone).preprocessing
+    paths = sorted(args.data.glob("*/*.jpg"))[: args.images]
+    data = [read_image_file(path) for path in paths]
+    images = [decode_image(item, draft_size=spec.resize_size) for item in data]
+    stages: dict[str, Callable[[], object]] = {
+        "read": lambda: [read_image_file(path) for path in paths],
+        "hash": lambda: [content_hash(item) for item in data],
+        "decode": lambda: [decode_image(item, draft_size=spec.resize_size) for item in data],
+        "resize_crop": lambda: [resize_crop(image, spec) for image in images],
+        "read_and_prepare": lambda: np.stack([read_and_prepare(path, spec)[1] for path in paths]),
+    }
+    costs: dict[str, list[float]] = {name: [] for name in stages}
+    for _ in range(repeats):  # interleaved, so a busy spell hits every stage alike
+        for name, stage in stages.items():
+            start = time.process_time()
+            stage()
+            costs[name].append(time.process_time() - start)
+    return {name: 1e6 * statistics.median(values) / len(paths) for name, values in costs.items()}
 
 
 def int8_path(args: argparse.Namespace) -> Path:
@@ -166,6 +218,7 @@ def main(args: argparse.Namespace) -> None:
         print(json.dumps(run_one(args, backend, mode, int(batch_size))))
         return
     export = _export(args)
+    stages = stage_costs(args)
     configs = [*CONFIGS, *((("torch", "files"),) if args.with_torch_files else ())]
     runs: dict[tuple[str, str, int], list[dict]] = {}
     for _ in range(args.rounds):
@@ -222,7 +275,8 @@ def main(args: argparse.Namespace) -> None:
         f"median of {args.rounds} x {args.repeats} runs"
     )
     print(
-        f"{'backend':<8}{'mode':<7}{'batch':>5} {'images/s':>9} {'ms/image':>9} {'peak MB':>8} {'/torch model':>13} {'/onnx model':>12}"
+        f"{'backend':<8}{'mode':<7}{'batch':>5} {'images/s':>9} {'ms/image':>9} {'peak MB':>8} {'/torch model':>13} "
+        f"{'/onnx model':>12} {'CPU ms/img':>11}"
     )
     for row in rows:
         batch_size = row["batch_size"]
@@ -238,12 +292,19 @@ def main(args: argparse.Namespace) -> None:
             "onnx_model_over_torch_model": rate("onnx", "model", batch_size) / rate("torch", "model", batch_size),
             "onnx_files_over_onnx_model": rate("onnx", "files", batch_size) / rate("onnx", "model", batch_size),
             "int8_model_over_onnx_model": rate("int8", "model", batch_size) / rate("onnx", "model", batch_size),
+            "onnx_parallel_over_onnx_model": rate("onnx", "parallel", batch_size) / rate("onnx", "model", batch_size),
+            "onnx_files_over_onnx_parallel": rate("onnx", "files", batch_size) / rate("onnx", "parallel", batch_size),
             "int8_files_over_int8_model": rate("int8", "files", batch_size) / rate("int8", "model", batch_size),
+            "int8_files_over_int8_parallel": rate("int8", "files", batch_size) / rate("int8", "parallel", batch_size),
             "int8_files_over_onnx_files": rate("int8", "files", batch_size) / rate("onnx", "files", batch_size),
         }
         print(
             f"batch {batch_size}: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios[str(batch_size)].items())
         )
+    print(
+        "file stages, one thread, median CPU us/image: "
+        + ", ".join(f"{name} {value:.0f}" for name, value in stages.items())
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from core.artifacts import atomic_write_json
 
@@ -254,6 +315,7 @@ def main(args: argparse.Namespace) -> None:
             "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "load_average_after": os.getloadavg(),
             "export": export,
+            "stage_cpu_us_per_image": stages,
             "rows": rows,
             "ratios": ratios,
         },

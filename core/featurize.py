@@ -5,9 +5,12 @@ One contract for every back end: ``embed(images) -> float32[N, D]`` with unit-le
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
+import sys
+import threading
 import time
 import uuid
 import zipfile
@@ -17,13 +20,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from core.artifacts import atomic_save_npz
 from core.data import ImageRecord
+from core.errors import ImageLoadError
 from core.images import content_hash, decode_image, printable, read_image_file
 from core.preprocessing import Preprocessing, fingerprint_of, normalize_pixels, resize_crop
 
@@ -106,12 +110,48 @@ class TorchFeaturizer:
         return self.embed_pixels(np.stack([resize_crop(image, self.preprocessing) for image in images]))
 
 
+@runtime_checkable
+class ParallelFeaturizer(Protocol):
+    """A featurizer that can also embed on a single thread, several batches side by side.
+
+    onnxruntime on a CPU loses part of each core to keeping its threads in step (and more when decoding threads
+    preempt one of them); one single-threaded run per core, each on its own batch, keeps every core on the model.
+    """
+
+    def single_thread_embedder(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A function like ``embed_pixels`` that runs on the calling thread only and may be called from several
+        threads at once; None when that would not be faster (a GPU provider)."""
+        ...
+
+
 def default_workers() -> int:
-    """Decoding threads: one per core this process may run on."""
+    """Decoding threads (and concurrent single-threaded model runs): one per core this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+#: How much lower than the caller decoding threads run (Linux ``nice`` steps, per thread). The model threads
+#: then keep their cores and the decoders take what the model leaves (between operators and batches) plus a
+#: share of the rest: on 2 cores this is what lets the file pipeline keep up with the model. Measured with
+#: ``benchmarks/featurize.py``: 5 and 10 were alike, 19 starved the decoders.
+DECODE_NICENESS = 5
+
+
+def lower_thread_priority(steps: int = DECODE_NICENESS) -> None:
+    """Make the calling thread ``steps`` nice levels lower in priority (Linux only; elsewhere nothing happens).
+
+    Only this thread changes (Linux keeps a nice value per thread), and it is not undone: call it in threads that
+    end with their work, such as a pool's ``initializer``.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + steps))
+    except OSError as err:  # a sandbox that forbids it: decoding still works, at the same priority
+        log.debug("could not lower the decoding thread's priority (%s)", err)
 
 
 def read_and_prepare(path: Path, preprocessing: Preprocessing) -> tuple[str, np.ndarray]:
@@ -153,39 +193,74 @@ def iter_embed_files(
     batch_size: int = 32,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    model_workers: int | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Embed image files batch by batch, decoding in a thread pool that runs ahead of the model.
 
-    Files are read, hashed, decoded and cropped to uint8 by ``workers`` threads (default: one per core), at
-    most two batches ahead of the batch being embedded, so memory stays bounded whatever the number of files.
+    Files are read, hashed, decoded and cropped to uint8 by ``workers`` threads (default: one per core) running
+    at a lower priority than the model (:data:`DECODE_NICENESS`), at most two batches ahead of the batch being
+    embedded, so memory stays bounded whatever the number of files. A :class:`ParallelFeaturizer` (onnxruntime
+    on a CPU) embeds up to ``model_workers`` batches at once, each on one thread (default: one per core);
+    other featurizers embed one batch at a time with their own threads. Batches come out in order.
 
     Raises:
         ValueError: ``batch_size`` below 1.
-        ImageLoadError: A file cannot be read or decoded; the message names it.
+        ImageLoadError: A file cannot be read or decoded; the message names it. Batches before it are yielded
+            first.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     paths = list(paths)
     preprocessing = featurizer.preprocessing
+    embed: Callable[[np.ndarray], np.ndarray] = featurizer.embed_pixels
+    parallel = featurizer.single_thread_embedder() if isinstance(featurizer, ParallelFeaturizer) else None
+    if parallel is not None and (model_workers or default_workers()) > 1:
+        embed, model_workers = parallel, model_workers or default_workers()
+    else:
+        model_workers = 1
     ahead = 2 * batch_size
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        pending: deque[Future[tuple[str, np.ndarray]]] = deque()
+    with contextlib.ExitStack() as stack:
+        decoders = stack.enter_context(
+            ThreadPoolExecutor(workers or default_workers(), "decode", lower_thread_priority)
+        )
+        models = stack.enter_context(ThreadPoolExecutor(model_workers, "embed")) if model_workers > 1 else None
+        decoding: deque[Future[tuple[str, np.ndarray]]] = deque()
+        embedding: deque[tuple[int, list[str], Future[np.ndarray]]] = deque()
         submitted = 0
-        for start in range(0, len(paths), batch_size):
-            stop = min(start + batch_size, len(paths))
-            while submitted < min(len(paths), stop + ahead):
-                pending.append(pool.submit(read_and_prepare, paths[submitted], preprocessing))
-                submitted += 1
-            try:
-                prepared = [pending.popleft().result() for _ in range(stop - start)]
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
-            embeddings = featurizer.embed_pixels(np.stack([pixels for _, pixels in prepared]))
-            yield EmbeddedBatch(start, [sha256 for sha256, _ in prepared], embeddings)
-            if progress:
-                progress(stop, len(paths))
+
+        def finished() -> EmbeddedBatch:
+            start, hashes, future = embedding.popleft()
+            return EmbeddedBatch(start, hashes, future.result())
+
+        try:
+            for start in range(0, len(paths), batch_size):
+                stop = min(start + batch_size, len(paths))
+                while submitted < min(len(paths), stop + ahead):
+                    decoding.append(decoders.submit(read_and_prepare, paths[submitted], preprocessing))
+                    submitted += 1
+                try:
+                    prepared = [decoding.popleft().result() for _ in range(stop - start)]
+                except ImageLoadError:
+                    while embedding:  # what was embedded before the bad file still comes out first
+                        yield finished()
+                    raise
+                hashes, pixels = [sha256 for sha256, _ in prepared], np.stack([pixels for _, pixels in prepared])
+                if models is None:
+                    yield EmbeddedBatch(start, hashes, embed(pixels))
+                    if progress:
+                        progress(stop, len(paths))
+                    continue
+                embedding.append((start, hashes, models.submit(embed, pixels)))
+                while len(embedding) >= model_workers or (embedding and stop == len(paths)):
+                    batch = finished()
+                    yield batch
+                    if progress:
+                        progress(batch.start + len(batch.sha256), len(paths))
+        finally:
+            for future in decoding:
+                future.cancel()
+            for _, _, running in embedding:
+                running.cancel()
 
 
 def embed_files(
@@ -194,6 +269,7 @@ def embed_files(
     batch_size: int = 32,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    model_workers: int | None = None,
 ) -> np.ndarray:
     """Embed image files into ``float32[N, D]`` unit rows; decoding overlaps the model (see :func:`iter_embed_files`).
 
@@ -201,7 +277,8 @@ def embed_files(
         ValueError: ``batch_size`` below 1.
         ImageLoadError: A file cannot be read or decoded; the message names it.
     """
-    outputs = [batch.embeddings for batch in iter_embed_files(featurizer, paths, batch_size, workers, progress)]
+    batches = iter_embed_files(featurizer, paths, batch_size, workers, progress, model_workers)
+    outputs = [batch.embeddings for batch in batches]
     if not outputs:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(outputs)

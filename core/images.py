@@ -188,7 +188,7 @@ def decode_image(
         detail = str(err) or type(err).__name__
         raise CorruptImageError(f"{name}: corrupt or truncated image ({printable(detail)})") from err
     with contextlib.suppress(Exception):
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an image already upright
     try:
         return to_rgb(image)
     except (OSError, ValueError) as err:

@@ -14,9 +14,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -24,6 +27,9 @@ from PIL import Image
 from core.errors import ArtifactError
 from core.preprocessing import Preprocessing, resize_crop
 from export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -97,25 +103,12 @@ class OnnxFeaturizer:
     """
 
     def __init__(self, path: str | Path, config: OrtConfig = OrtConfig()) -> None:
-        import onnxruntime
-
         self.path = Path(path)
         self.config = config
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: ONNX model not found")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = config.intra_op_threads
-        options.inter_op_num_threads = config.inter_op_threads
-        options.log_severity_level = config.log_severity
-        options.graph_optimization_level = getattr(
-            onnxruntime.GraphOptimizationLevel, _OPTIMIZATION[config.optimization]
-        )
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
         providers = list(config.providers) if config.providers is not None else default_providers()
-        try:
-            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
-            raise ArtifactError(f"{self.path}: not a loadable ONNX model ({type(err).__name__}: {err})") from err
+        self.session = self._session(config, providers)
         if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in self.session.get_providers():
             log.warning(
                 "%s: CUDA requested but unavailable to onnxruntime (missing cuDNN/cuBLAS?); running on CPU", self.path
@@ -129,6 +122,24 @@ class OnnxFeaturizer:
         spec = self.metadata.preprocessing
         self._mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+        self._single_thread_session: onnxruntime.InferenceSession | None = None
+        self._lock = threading.Lock()
+
+    def _session(self, config: OrtConfig, providers: list[str]) -> onnxruntime.InferenceSession:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = config.intra_op_threads
+        options.inter_op_num_threads = config.inter_op_threads
+        options.log_severity_level = config.log_severity
+        options.graph_optimization_level = getattr(
+            onnxruntime.GraphOptimizationLevel, _OPTIMIZATION[config.optimization]
+        )
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
+        try:
+            return onnxruntime.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
+            raise ArtifactError(f"{self.path}: not a loadable ONNX model ({type(err).__name__}: {err})") from err
 
     @property
     def fingerprint(self) -> str:
@@ -146,6 +157,32 @@ class OnnxFeaturizer:
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed resized, centre-cropped RGB ``uint8[N, S, S, 3]`` into ``float32[N, D]`` unit rows (the fast path)."""
+        return self._run(self.session, pixels)
+
+    def single_thread_embedder(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """:meth:`embed_pixels` on one thread, safe to call from several threads at once (one per core).
+
+        ``core.featurize.iter_embed_files`` embeds one batch per core this way while images decode: on a CPU that
+        keeps every core on the model instead of keeping two threads in step on one batch. The single-threaded
+        session is built on first use (the same model file, non-spinning), or is the main one when that already
+        runs on one thread. None when the session runs on a GPU.
+
+        Raises:
+            ArtifactError: The model file can no longer be loaded.
+        """
+        if self.providers[0] != "CPUExecutionProvider":
+            return None
+        with self._lock:
+            if self._single_thread_session is None:
+                if self.config.intra_op_threads == 1 and self.config.inter_op_threads == 1:
+                    self._single_thread_session = self.session
+                else:
+                    config = replace(self.config, intra_op_threads=1, inter_op_threads=1, allow_spinning=False)
+                    self._single_thread_session = self._session(config, ["CPUExecutionProvider"])
+            session = self._single_thread_session
+        return partial(self._run, session)
+
+    def _run(self, session: onnxruntime.InferenceSession, pixels: np.ndarray) -> np.ndarray:
         size = self.preprocessing.input_size
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
             raise ValueError(
@@ -153,7 +190,7 @@ class OnnxFeaturizer:
             )
         if len(pixels) == 0:
             return np.zeros((0, self.metadata.feature_dim), np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels)})[0]
+        return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels)})[0]
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Embed a ``core.featurize.preprocess``-ed ``float32[N, 3, S, S]`` batch into ``float32[N, D]`` unit rows.

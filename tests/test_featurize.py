@@ -1,5 +1,6 @@
 """Featurizer contract on real photos: shape, unit norm, batch invariance, file route, cache."""
 
+import itertools
 import logging
 import os
 import shutil
@@ -7,15 +8,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from core import featurize
 from core.data import ImageRecord
 from core.errors import ImageLoadError
-from core.featurize import FeatureCache, embed_files
+from core.featurize import FeatureCache, ParallelFeaturizer, default_workers, embed_files, iter_embed_files
 from core.images import content_hash
 from core.preprocessing import Preprocessing, fingerprint_of, preprocess, resize_crop
 
@@ -256,3 +259,155 @@ def test_resize_of_the_crop_matches_resize_then_crop(tiny_images):
         whole = image.resize(size, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224))
         difference = np.abs(np.asarray(whole, np.int16) - resize_crop(image, spec).astype(np.int16))
         assert difference.mean() < 0.3 and np.percentile(difference, 99.9) <= 2, (image.size, difference.max())
+
+
+def test_decode_pool_follows_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert default_workers() == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_decoding_runs_below_the_model_priority(tiny_dataset, monkeypatch):
+    """Files decode in threads DECODE_NICENESS steps nicer than the caller; the model and the caller keep theirs."""
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    own = priority()
+    decoding: list[int] = []
+    real = featurize.read_and_prepare
+
+    def recording(path, preprocessing):
+        decoding.append(priority())
+        return real(path, preprocessing)
+
+    class RecordingFeaturizer(MeanColourFeaturizer):
+        def __init__(self):
+            super().__init__()
+            self.model_priorities: list[int] = []
+
+        def embed_pixels(self, pixels):
+            self.model_priorities.append(priority())
+            return super().embed_pixels(pixels)
+
+    monkeypatch.setattr(featurize, "read_and_prepare", recording)
+    featurizer = RecordingFeaturizer()
+    embed_files(featurizer, sorted(tiny_dataset.glob("*/*.jpg"))[:5], batch_size=2, workers=2)
+    assert decoding == [min(19, own + featurize.DECODE_NICENESS)] * 5
+    assert featurizer.model_priorities == [own] * 3 and priority() == own
+
+
+class SideBySideFeaturizer(MeanColourFeaturizer):
+    """A ParallelFeaturizer stand-in: its single-thread embedder meets a second call at a barrier, so it only
+    returns if two batches really are embedded at the same time."""
+
+    def __init__(self):
+        super().__init__()
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.started = itertools.count()
+        self.multi_threaded_calls = 0
+
+    def embed_pixels(self, pixels):
+        self.multi_threaded_calls += 1
+        return super().embed_pixels(pixels)
+
+    def single_thread_embedder(self):
+        def embed(pixels):
+            if next(self.started) < 2:
+                self.barrier.wait()  # BrokenBarrierError unless another batch is being embedded meanwhile
+            return MeanColourFeaturizer.embed_pixels(self, pixels)
+
+        return embed
+
+
+def test_parallel_featurizer_embeds_batches_side_by_side_in_order(tiny_dataset):
+    paths = sorted(tiny_dataset.glob("*/*.jpg"))[:7]
+    expected = embed_files(MeanColourFeaturizer(), paths, batch_size=2)
+    assert isinstance(SideBySideFeaturizer(), ParallelFeaturizer)
+    featurizer = SideBySideFeaturizer()
+    np.testing.assert_array_equal(embed_files(featurizer, paths, batch_size=2, model_workers=2), expected)
+    assert featurizer.multi_threaded_calls == 0
+    starts = [batch.start for batch in iter_embed_files(SideBySideFeaturizer(), paths, 2, model_workers=3)]
+    assert starts == [0, 2, 4, 6]
+
+
+def test_one_model_worker_embeds_one_batch_at_a_time_on_the_featurizers_threads(tiny_dataset):
+    paths = sorted(tiny_dataset.glob("*/*.jpg"))[:5]
+    featurizer = SideBySideFeaturizer()
+    np.testing.assert_array_equal(
+        embed_files(featurizer, paths, batch_size=2, model_workers=1), embed_files(MeanColourFeaturizer(), paths, 2)
+    )
+    assert featurizer.multi_threaded_calls == 3 and next(featurizer.started) == 0
+
+
+def test_parallel_pipeline_yields_the_batches_before_a_bad_file_then_names_it(tiny_dataset, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a JPEG")
+    good = sorted(tiny_dataset.glob("*/*.jpg"))
+    paths = [*good[:4], bad, *good[4:6]]
+    starts = []
+    with pytest.raises(ImageLoadError, match="bad.jpg"):
+        for batch in iter_embed_files(SideBySideFeaturizer(), paths, batch_size=2, model_workers=2):
+            starts.append(batch.start)
+    assert starts == [0, 2]
+
+
+def tiny_onnx_model(path: Path, size: int = 8, dim: int = 4) -> Path:
+    """A workbench-format ONNX featurizer small enough to build in a test: pixels -> mean colour and a projection."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+
+    spec = Preprocessing(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    weights = np.random.default_rng(0).normal(size=(size * size * 3, dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", [INPUT_NAME], ["floats"], to=TensorProto.FLOAT),
+            helper.make_node("Flatten", ["floats"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "weights"], ["raw"]),
+            helper.make_node("LpNormalization", ["raw"], [OUTPUT_NAME], axis=1, p=2),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", dim])],
+        [numpy_helper.from_array(weights, "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    metadata = ModelMetadata("tiny", "test:0", spec, dim, fingerprint_of("tiny", "test:0", spec))
+    helper.set_model_props(model, metadata.to_props())
+    onnx.save(model, path)
+    return path
+
+
+def test_onnx_single_thread_embedder_equals_embed_pixels_from_many_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
+
+    featurizer = OnnxFeaturizer(tiny_onnx_model(tmp_path / "tiny.onnx"), OrtConfig(intra_op_threads=2))
+    assert isinstance(featurizer, ParallelFeaturizer)
+    pixels = np.random.default_rng(1).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    expected = featurizer.embed_pixels(pixels)
+    embed = featurizer.single_thread_embedder()
+    assert embed is not None
+    with ThreadPoolExecutor(3) as pool:
+        side_by_side = np.concatenate(list(pool.map(embed, [pixels[i : i + 3] for i in range(0, 9, 3)])))
+    np.testing.assert_allclose(side_by_side, expected, atol=1e-6)
+    options = embed.args[0].get_session_options()  # type: ignore[attr-defined]
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(ValueError, match="uint8"):
+        embed(pixels.astype(np.float32))
+
+
+def test_onnx_single_threaded_session_is_reused_not_loaded_twice(tmp_path):
+    from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
+
+    path = tiny_onnx_model(tmp_path / "tiny.onnx")
+    single = OnnxFeaturizer(path, OrtConfig(intra_op_threads=1))
+    assert single.single_thread_embedder().args[0] is single.session  # type: ignore[union-attr]
+    default = OnnxFeaturizer(path)
+    first, second = default.single_thread_embedder(), default.single_thread_embedder()
+    assert first.args[0] is second.args[0] is not default.session  # type: ignore[union-attr]
