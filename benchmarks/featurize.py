@@ -5,11 +5,10 @@ statically quantized, calibrated on the demo images: ``export.quantize``).
 Modes:
   model     preprocessed batches only (float32 NCHW for PyTorch, uint8 NHWC pixels for onnxruntime), one batch
             at a time on onnxruntime's default threads (one per core, spinning)
-  parallel  onnxruntime only: the same batches, one single-threaded run per core side by side (how the file
-            pipeline runs the model: ``OnnxFeaturizer.single_thread_embedder``)
+  parallel  onnxruntime only: the same batches as the file pipeline runs them (``core.featurize.
+            embed_pixel_batches``): each split over one single-threaded run per core, the next batch queued
   files     ``core.featurize.embed_files``: read + hash + decode (JPEG draft mode) + resize of the crop to uint8
-            in a pool of one thread per core at a lower priority, running ahead of the model, which embeds one
-            batch per core on one thread each
+            in a pool of one thread per core at a lower priority, running ahead of that model side
 
 Each configuration runs in its own process (so peak RSS is its own), is warmed up once, repeated
 ``--repeats`` times; with ``--rounds`` > 1 the configurations are run in turn that many times, so a busy
@@ -32,7 +31,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +78,7 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
     """Time one configuration in this process."""
     import numpy as np
 
-    from core.featurize import Featurizer, default_workers, embed_files
+    from core.featurize import Featurizer, embed_files, embed_pixel_batches
     from core.images import load_image
     from core.preprocessing import preprocess, resize_crop
 
@@ -102,11 +100,8 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
 
         model_path = args.onnx if backend == "onnx" else int8_path(args)
         config = OrtConfig(intra_op_threads=args.threads, allow_spinning=mode == "model")
-        featurizer = onnx_featurizer = OnnxFeaturizer(model_path, config)
-        threads = args.threads
-        if mode == "parallel":
-            single_thread = onnx_featurizer.single_thread_embedder() or onnx_featurizer.embed_pixels
-            threads = 1
+        featurizer = OnnxFeaturizer(model_path, config)
+        threads = 1 if mode != "model" else args.threads
     spec = featurizer.preprocessing
     images = [load_image(path, draft_size=spec.resize_size) for path in paths]
     if backend == "torch":
@@ -116,15 +111,13 @@ def run_one(args: argparse.Namespace, backend: str, mode: str, batch_size: int) 
         inputs = np.stack([resize_crop(image, spec) for image in images])
         embed_batch = featurizer.embed_pixels
 
-    pool = ThreadPoolExecutor(default_workers())  # "parallel": one single-threaded run per core
-
     def once() -> None:
         batches = [inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size)]
         if mode == "model":
             for batch in batches:
                 embed_batch(batch)
         elif mode == "parallel":
-            list(pool.map(single_thread, batches))
+            list(embed_pixel_batches(featurizer, batches))
         else:
             embed_files(featurizer, paths, batch_size=batch_size)
 

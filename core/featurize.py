@@ -5,7 +5,6 @@ One contract for every back end: ``embed(images) -> float32[N, D]`` with unit-le
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
 import os
@@ -16,7 +15,7 @@ import uuid
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from PIL import Image
 
 from core.artifacts import atomic_save_npz
 from core.data import ImageRecord
-from core.errors import ImageLoadError
 from core.images import content_hash, decode_image, printable, read_image_file
 from core.preprocessing import Preprocessing, fingerprint_of, normalize_pixels, resize_crop
 
@@ -112,10 +110,11 @@ class TorchFeaturizer:
 
 @runtime_checkable
 class ParallelFeaturizer(Protocol):
-    """A featurizer that can also embed on a single thread, several batches side by side.
+    """A featurizer that can also embed on a single thread, several runs side by side.
 
-    onnxruntime on a CPU loses part of each core to keeping its threads in step (and more when decoding threads
-    preempt one of them); one single-threaded run per core, each on its own batch, keeps every core on the model.
+    onnxruntime on a CPU loses part of each core to keeping its threads in step after every operator (and more
+    when a decoding thread preempts one of them); one single-threaded run per core, each on its part of a batch,
+    with the next batch queued behind them, keeps every core on the model (see :func:`embed_pixel_batches`).
     """
 
     def single_thread_embedder(self) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -172,6 +171,53 @@ def read_and_prepare(path: Path, preprocessing: Preprocessing) -> tuple[str, np.
     return content_hash(data), resize_crop(image, preprocessing)
 
 
+def embed_pixel_batches(
+    featurizer: Featurizer, batches: Iterable[np.ndarray], model_workers: int | None = None
+) -> Iterator[np.ndarray]:
+    """Embed ``uint8[n, S, S, 3]`` pixel batches, in order, pulling the next batch while one is embedded.
+
+    A :class:`ParallelFeaturizer` (onnxruntime on a CPU) splits each batch over ``model_workers`` single-threaded
+    runs (default: one per core) with the next batch queued behind them, so no core waits for the slowest
+    part, and about one batch of images is in the model at once (one part per run: at most
+    ``model_workers * ceil(batch / model_workers)`` images), as on the batch-at-a-time path. Other featurizers embed one batch at a time with their own threads, on the caller's thread.
+
+    Raises:
+        Whatever ``batches`` raises, after the batches already submitted have been yielded.
+    """
+    parallel = featurizer.single_thread_embedder() if isinstance(featurizer, ParallelFeaturizer) else None
+    workers = model_workers or default_workers()
+    if parallel is None or workers == 1:
+        yield from (featurizer.embed_pixels(pixels) for pixels in batches)
+        return
+    in_flight: deque[list[Future[np.ndarray]]] = deque()
+
+    def oldest() -> np.ndarray:
+        return np.concatenate([future.result() for future in in_flight.popleft()])
+
+    with ThreadPoolExecutor(workers, "embed") as pool:
+        iterator = iter(batches)
+        try:
+            while True:
+                try:
+                    pixels = next(iterator)
+                except StopIteration:
+                    break
+                except Exception:
+                    while in_flight:  # what was submitted before the failure still comes out first
+                        yield oldest()
+                    raise
+                parts = np.array_split(pixels, max(1, min(workers, len(pixels))))
+                in_flight.append([pool.submit(parallel, part) for part in parts])
+                if len(in_flight) > 1:
+                    yield oldest()
+            while in_flight:
+                yield oldest()
+        finally:
+            for futures in in_flight:
+                for future in futures:
+                    future.cancel()
+
+
 @dataclass(frozen=True)
 class EmbeddedBatch:
     """One batch out of :func:`iter_embed_files`.
@@ -199,68 +245,46 @@ def iter_embed_files(
 
     Files are read, hashed, decoded and cropped to uint8 by ``workers`` threads (default: one per core) running
     at a lower priority than the model (:data:`DECODE_NICENESS`), at most two batches ahead of the batch being
-    embedded, so memory stays bounded whatever the number of files. A :class:`ParallelFeaturizer` (onnxruntime
-    on a CPU) embeds up to ``model_workers`` batches at once, each on one thread (default: one per core);
-    other featurizers embed one batch at a time with their own threads. Batches come out in order.
+    embedded, so memory stays bounded whatever the number of files. The model side is
+    :func:`embed_pixel_batches`: on onnxruntime on a CPU, ``model_workers`` single-threaded runs per batch.
+    Batches come out in order.
 
     Raises:
         ValueError: ``batch_size`` below 1.
-        ImageLoadError: A file cannot be read or decoded; the message names it. Batches before it are yielded
-            first.
+        ImageLoadError: A file cannot be read or decoded; the message names it. The batches before its batch
+            come out first.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     paths = list(paths)
     preprocessing = featurizer.preprocessing
-    embed: Callable[[np.ndarray], np.ndarray] = featurizer.embed_pixels
-    parallel = featurizer.single_thread_embedder() if isinstance(featurizer, ParallelFeaturizer) else None
-    if parallel is not None and (model_workers or default_workers()) > 1:
-        embed, model_workers = parallel, model_workers or default_workers()
-    else:
-        model_workers = 1
     ahead = 2 * batch_size
-    with contextlib.ExitStack() as stack:
-        decoders = stack.enter_context(
-            ThreadPoolExecutor(workers or default_workers(), "decode", lower_thread_priority)
-        )
-        models = stack.enter_context(ThreadPoolExecutor(model_workers, "embed")) if model_workers > 1 else None
+    hashes: deque[list[str]] = deque()
+    with ThreadPoolExecutor(workers or default_workers(), "decode", lower_thread_priority) as decoders:
         decoding: deque[Future[tuple[str, np.ndarray]]] = deque()
-        embedding: deque[tuple[int, list[str], Future[np.ndarray]]] = deque()
-        submitted = 0
 
-        def finished() -> EmbeddedBatch:
-            start, hashes, future = embedding.popleft()
-            return EmbeddedBatch(start, hashes, future.result())
-
-        try:
+        def decoded() -> Iterator[np.ndarray]:
+            submitted = 0
             for start in range(0, len(paths), batch_size):
                 stop = min(start + batch_size, len(paths))
                 while submitted < min(len(paths), stop + ahead):
                     decoding.append(decoders.submit(read_and_prepare, paths[submitted], preprocessing))
                     submitted += 1
-                try:
-                    prepared = [decoding.popleft().result() for _ in range(stop - start)]
-                except ImageLoadError:
-                    while embedding:  # what was embedded before the bad file still comes out first
-                        yield finished()
-                    raise
-                hashes, pixels = [sha256 for sha256, _ in prepared], np.stack([pixels for _, pixels in prepared])
-                if models is None:
-                    yield EmbeddedBatch(start, hashes, embed(pixels))
-                    if progress:
-                        progress(stop, len(paths))
-                    continue
-                embedding.append((start, hashes, models.submit(embed, pixels)))
-                while len(embedding) >= model_workers or (embedding and stop == len(paths)):
-                    batch = finished()
-                    yield batch
-                    if progress:
-                        progress(batch.start + len(batch.sha256), len(paths))
+                prepared = [decoding.popleft().result() for _ in range(stop - start)]
+                hashes.append([sha256 for sha256, _ in prepared])
+                yield np.stack([pixels for _, pixels in prepared])
+
+        try:
+            start = 0
+            for embeddings in embed_pixel_batches(featurizer, decoded(), model_workers):
+                batch = EmbeddedBatch(start, hashes.popleft(), embeddings)
+                start += len(batch.sha256)
+                yield batch
+                if progress:
+                    progress(start, len(paths))
         finally:
             for future in decoding:
                 future.cancel()
-            for _, _, running in embedding:
-                running.cancel()
 
 
 def embed_files(

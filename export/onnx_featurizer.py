@@ -162,8 +162,9 @@ class OnnxFeaturizer:
     def single_thread_embedder(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """:meth:`embed_pixels` on one thread, safe to call from several threads at once (one per core).
 
-        ``core.featurize.iter_embed_files`` embeds one batch per core this way while images decode: on a CPU that
-        keeps every core on the model instead of keeping two threads in step on one batch. The single-threaded
+        ``core.featurize.embed_pixel_batches`` (the file pipeline's model side) splits each batch over one such
+        run per core: on a CPU that keeps every core on the model instead of keeping threads in step after every
+        operator, which costs most while images decode on the same cores. The single-threaded
         session is built on first use (the same model file, non-spinning), or is the main one when that already
         runs on one thread. None when the session runs on a GPU.
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -411,3 +412,35 @@ def test_onnx_single_threaded_session_is_reused_not_loaded_twice(tmp_path):
     default = OnnxFeaturizer(path)
     first, second = default.single_thread_embedder(), default.single_thread_embedder()
     assert first.args[0] is second.args[0] is not default.session  # type: ignore[union-attr]
+
+
+def test_parallel_model_side_splits_each_batch_over_the_workers(tiny_dataset):
+    """Each batch is split over the single-threaded runs, so about one batch of images is in the model at once."""
+
+    class PartRecorder(MeanColourFeaturizer):
+        def __init__(self):
+            super().__init__()
+            self.parts: list[int] = []
+            self.in_model = 0
+            self.most_in_model = 0
+            self.lock = threading.Lock()
+
+        def single_thread_embedder(self):
+            def embed(pixels):
+                with self.lock:
+                    self.parts.append(len(pixels))
+                    self.in_model += len(pixels)
+                    self.most_in_model = max(self.most_in_model, self.in_model)
+                time.sleep(0.01)
+                with self.lock:
+                    self.in_model -= len(pixels)
+                return MeanColourFeaturizer.embed_pixels(self, pixels)
+
+            return embed
+
+    paths = sorted(tiny_dataset.glob("*/*.jpg"))[:11]
+    featurizer = PartRecorder()
+    np.testing.assert_array_equal(
+        embed_files(featurizer, paths, batch_size=5, model_workers=2), embed_files(MeanColourFeaturizer(), paths, 5)
+    )
+    assert featurizer.parts == [3, 2, 3, 2, 1] and featurizer.most_in_model <= 2 * 3  # one part per run
