@@ -1,127 +1,213 @@
 """Retrieval quality of cosine, L2, SVM, projection and Siamese on pretrained EfficientNet-Lite0 embeddings.
 
-For the demo (``data/demo``) and a held-out set (``scripts/heldout_data.py``): comparative-set mean rank, top-1
-and top-5 with 95 % CIs (:func:`core.evaluate.evaluate`), full-gallery recall@1 and MAP@R (test images query the
-whole dataset, :func:`core.evaluate.evaluate_retrieval`), and the out-of-gallery check: top-5 label agreement of
-each ranker's results with the query's label for (a) demo test photos searched against the demo's training
-gallery and (b) out-of-style photos searched against the whole demo. Learned rankers are fitted on the training
-split with their library defaults (no per-dataset tuning). Embeddings are cached under ``--workdir``.
+For the demo (``data/demo``) and the held-out sets of ``scripts/heldout_data.py`` (``heldout_scenes``: 57 scene
+photos in 4 labels; ``heldout_fashion_mnist``: 1,000 Fashion-MNIST product photos, 28x28 greyscale, in 10
+labels): comparative-set mean rank, top-1 and top-5 with 95 % CIs (:func:`core.evaluate.evaluate`), full-gallery
+recall@1 and MAP@R (test images query the whole dataset, :func:`core.evaluate.evaluate_retrieval`), and the
+out-of-gallery check: top-5 label agreement of each ranker's results with the query's label for (a) test photos
+searched against their set's training gallery and (b, demo only) out-of-style photos searched against the whole
+demo. Learned rankers are fitted on the training split with their library defaults (no per-dataset tuning: the
+held-out sets are check sets). Embeddings are cached under ``--workdir``, keyed by the set's file list.
+
+``--sets`` picks the sections to run; the others keep their last results in ``benchmarks/results/quality.json``.
+``--rankers`` picks rankers (the Siamese fit is the slow one: 15 min on the 1,000-image set, 2 busy cores); rows
+of rankers not rerun are kept from the last run of that set. Each row records ``git describe --dirty``.
 
 Usage::
 
+    .venv/bin/python scripts/heldout_data.py          # builds the held-out sets first
     PYTHONPATH=. .venv/bin/python benchmarks/quality.py --workdir /tmp/quality-work
+    PYTHONPATH=. .venv/bin/python benchmarks/quality.py --sets heldout_fashion_mnist
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
+import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.backbones import build_backbone
 from core.config import DataConfig
-from core.data import scan_folder
+from core.data import ComparativeSets, scan_folder
 from core.evaluate import evaluate, evaluate_retrieval
-from core.featurize import TorchFeaturizer, embed_files
+from core.featurize import Featurizer, TorchFeaturizer, embed_files
 from core.metric_learning import ProjectionRanker
-from core.pipeline import prepare
+from core.pipeline import PreparedData, prepare
 from core.rankers import CosineRanker, L2Ranker, Ranker, top_k
 from core.siamese import SiameseRanker
 from core.svm import SVMRanker
 
 HELDOUT = Path.home() / ".cache/workbench/heldout"
+RESULTS = Path("benchmarks/results/quality.json")
+#: section name -> dataset folder (relative to --heldout for held-out sets).
+SECTIONS = {"demo": "data/demo", "heldout_scenes": "scenes", "heldout_fashion_mnist": "fashion_mnist"}
+RANKERS = ("cosine", "l2", "svm", "projection", "siamese")
+COLUMNS = ("fit_s", "mean_rank", "top1", "top5", "recall@1", "map@r", "heldout_gallery_agreement")
 
 
-def embeddings_for(paths: list[Path], workdir: Path, name: str, featurizer: TorchFeaturizer) -> np.ndarray:
-    cache = workdir / f"{name}.npy"
+def embeddings_for(paths: list[Path], workdir: Path, name: str, featurizer: Featurizer) -> np.ndarray:
+    """Embeddings of ``paths``, cached in ``workdir`` under a name that changes with the file list."""
+    digest = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    cache = workdir / f"{name}-{digest}.npy"
     if cache.exists():
         return np.load(cache)
+    start = time.perf_counter()
     embeddings = embed_files(featurizer, paths)
+    print(f"featurized {len(paths)} images of {name} in {time.perf_counter() - start:.1f} s")
     workdir.mkdir(parents=True, exist_ok=True)
     np.save(cache, embeddings)
     return embeddings
 
 
-def agreement(ranker: Ranker, query: np.ndarray, query_labels, gallery: np.ndarray, gallery_labels) -> int:
+def agreement(
+    ranker: Ranker, query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray
+) -> int:
+    """How many of the queries' top-5 results share the query's label."""
     found, _ = top_k(ranker, query, gallery, 5)
-    return int((np.asarray(gallery_labels)[found] == np.asarray(query_labels)[:, None]).sum())
+    return int((gallery_labels[found] == query_labels[:, None]).sum())
 
 
-def fit_rankers(embeddings, labels, prepared) -> dict[str, tuple[Ranker, float]]:
-    out: dict[str, tuple[Ranker, float]] = {"cosine": (CosineRanker(), 0.0), "l2": (L2Ranker(), 0.0)}
+def fit_rankers(
+    embeddings: np.ndarray, labels: np.ndarray, prepared: PreparedData, names: Sequence[str] = RANKERS
+) -> dict[str, tuple[Ranker, float]]:
+    """Cosine, L2 and the learned rankers (library defaults) fitted on the training split, with fit seconds."""
+    plain: dict[str, tuple[Ranker, float]] = {"cosine": (CosineRanker(), 0.0), "l2": (L2Ranker(), 0.0)}
+    out = {name: plain[name] for name in names if name in plain}
     train = prepared.split.train
-    local = {int(j): i for i, j in enumerate(train)}
-    from core.data import ComparativeSets
-
+    local = np.full(len(labels), -1)
+    local[train] = np.arange(len(train))
     sets = prepared.train_sets
-    local_sets = ComparativeSets(
-        np.array([local[int(q)] for q in sets.queries]), np.vectorize(lambda j: local[int(j)])(sets.references)
-    )
-    for name, ranker in (("svm", SVMRanker()), ("projection", ProjectionRanker()), ("siamese", SiameseRanker())):
+    local_sets = ComparativeSets(local[sets.queries], local[sets.references])
+    train_embeddings, train_labels = embeddings[train], labels[train]
+    fits: dict[str, Callable[[], Ranker]] = {
+        "svm": lambda: SVMRanker().fit(train_embeddings, train_labels, local_sets),
+        "projection": lambda: ProjectionRanker().fit(train_embeddings, train_labels, local_sets),
+        "siamese": lambda: SiameseRanker().fit(train_embeddings, train_labels, local_sets),
+    }
+    for name, fit in fits.items():
+        if name not in names:
+            continue
         start = time.perf_counter()
-        ranker.fit(embeddings[train], labels[train], local_sets)
-        out[name] = (ranker, time.perf_counter() - start)
+        out[name] = (fit(), time.perf_counter() - start)
+        print(f"  fitted {name} in {out[name][1]:.1f} s")
     return out
 
 
-def run(root: Path, workdir: Path, featurizer, out_of_style: tuple[np.ndarray, np.ndarray] | None) -> dict:
+def run(
+    root: Path,
+    workdir: Path,
+    featurizer: Featurizer,
+    out_of_style: tuple[np.ndarray, np.ndarray] | None,
+    rankers: Sequence[str] = RANKERS,
+) -> dict[str, Any]:
+    """Every metric for every ranker on the dataset at ``root``."""
     prepared = prepare(DataConfig(root=root))
     paths = [record.path for record in prepared.dataset.records]
     embeddings = embeddings_for(paths, workdir, root.name, featurizer)
     labels = prepared.dataset.label_array.astype(str)
-    rankers = fit_rankers(embeddings, labels, prepared)
+    fitted = fit_rankers(embeddings, labels, prepared, rankers)
     rows = {}
     train, test = prepared.split.train, prepared.split.test
-    for name, (ranker, fit_s) in rankers.items():
+    for name, (ranker, fit_s) in fitted.items():
         result = evaluate(ranker, embeddings, labels, prepared.test_sets, np.random.default_rng(0))
         retrieval = evaluate_retrieval(ranker, embeddings, labels, test)
-        row = {
+        agreeing = agreement(ranker, embeddings[test], labels[test], embeddings[train], labels[train])
+        row: dict[str, Any] = {
             "fit_s": fit_s,
             "mean_rank": str(result.mean_rank),
             "top1": str(result.top1),
             "top5": str(result.top5),
             "recall@1": retrieval.metrics["recall@1"],
             "map@r": retrieval.metrics["map@r"],
-            "heldout_gallery_agreement": f"{agreement(ranker, embeddings[test], labels[test], embeddings[train], labels[train])}/{5 * len(test)}",
+            "heldout_gallery_agreement": f"{agreeing}/{5 * len(test)}",
+            "git": git_state(),
         }
         if out_of_style is not None:
             style_embeddings, style_labels = out_of_style
-            row["out_of_style_agreement"] = (
-                f"{agreement(ranker, style_embeddings, style_labels, embeddings, labels)}/{5 * len(style_labels)}"
-            )
+            style_agreeing = agreement(ranker, style_embeddings, style_labels, embeddings, labels)
+            row["out_of_style_agreement"] = f"{style_agreeing}/{5 * len(style_labels)}"
         rows[name] = row
-    return {"root": str(root), "n_images": len(labels), "n_test": len(test), "rankers": rows}
+    return {
+        "root": str(root),
+        "n_images": len(labels),
+        "n_labels": len(prepared.dataset.labels),
+        "n_test": len(test),
+        "n_test_queries": len(prepared.test_sets.queries),
+        "n_negatives": prepared.test_sets.n_negatives,
+        "rankers": rows,
+    }
 
 
-def main() -> None:
+def git_state() -> str:
+    """The commit the library was at, with ``-dirty`` when the working tree had uncommitted changes."""
+    try:
+        found = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return found.stdout.strip()
+
+
+def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the ranker rows of ``old`` that it did not rerun, when both describe the same images."""
+    if old is None or (old.get("root"), old.get("n_images")) != (new["root"], new["n_images"]):
+        return new
+    return {**new, "rankers": {**old.get("rankers", {}), **new["rankers"]}}
+
+
+def table(name: str, section: dict[str, Any], fresh: Sequence[str] = RANKERS) -> str:
+    """One section as a fixed-width text table; rows not in ``fresh`` are marked as kept from an earlier run."""
+    rows = section["rankers"]
+    extra = ["out_of_style_agreement"] if any("out_of_style_agreement" in row for row in rows.values()) else []
+    columns = [*COLUMNS, *extra]
+    header = (
+        f"{name}: {section['n_images']} images in {section.get('n_labels', '?')} labels, {section['n_test']} test; "
+        f"{section.get('n_test_queries', '?')} test queries x (1 + {section.get('n_negatives', '?')})"
+    )
+    cells = [["ranker", *columns]]
+    for ranker, row in rows.items():
+        mark = "" if ranker in fresh else f" (kept, {row.get('git', '?')})"
+        cells.append([ranker + mark, *(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns)])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join([header, *lines])
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/quality-work"))
-    parser.add_argument("--heldout", type=Path, default=HELDOUT)
-    args = parser.parse_args()
+    parser.add_argument("--heldout", type=Path, default=HELDOUT, help="scripts/heldout_data.py's --root")
+    parser.add_argument("--sets", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument(
+        "--rankers", nargs="+", choices=RANKERS, default=list(RANKERS), help="e.g. leave out siamese (slowest fit)"
+    )
+    args = parser.parse_args(argv)
     featurizer = TorchFeaturizer(build_backbone("efficientnet_lite0"))
-    style = scan_folder(args.heldout / "out_of_style").dataset
-    style_embeddings = embeddings_for([r.path for r in style.records], args.workdir, "out_of_style", featurizer)
-    report = {
-        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-        "demo": run(Path("data/demo"), args.workdir, featurizer, (style_embeddings, style.label_array.astype(str))),
-        "heldout_scenes": run(args.heldout / "scenes", args.workdir, featurizer, None),
-    }
-    for name in ("demo", "heldout_scenes"):
-        print(f"\n{name}: {report[name]['n_images']} images, {report[name]['n_test']} test")
-        for ranker, row in report[name]["rankers"].items():
-            print(
-                f"  {ranker:<10} "
-                + "  ".join(
-                    f"{key}={value if isinstance(value, str) else round(value, 3)}" for key, value in row.items()
-                )
-            )
-    out = Path("benchmarks/results/quality.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    report: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    for name in args.sets:
+        if name == "demo":
+            style = scan_folder(args.heldout / "out_of_style").dataset
+            style_paths = [record.path for record in style.records]
+            style_embeddings = embeddings_for(style_paths, args.workdir, "out_of_style", featurizer)
+            out_of_style = (style_embeddings, style.label_array.astype(str))
+            section = run(Path(SECTIONS[name]), args.workdir, featurizer, out_of_style, args.rankers)
+        else:
+            section = run(args.heldout / SECTIONS[name], args.workdir, featurizer, None, args.rankers)
+        report[name] = merge(report.get(name), section)
+        print("\n" + table(name, report[name], args.rankers) + "\n")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    temp = RESULTS.with_suffix(".json.tmp")
+    temp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temp, RESULTS)
 
 
 if __name__ == "__main__":
