@@ -94,7 +94,7 @@ class FeaturizerConfig:
 
 
 #: What fine-tuning optimises (see ``TrainConfig.objective``).
-Objective = Literal["classification", "triplet"]
+Objective = Literal["classification", "triplet", "multisimilarity", "supcon"]
 OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 
 
@@ -120,7 +120,9 @@ class TrainConfig:
         seed: Seeds weight init of the head, augmentation and batch order.
         device: ``"cpu"``, ``"cuda"`` or empty for automatic.
         objective: ``"classification"`` (cross-entropy on the labels, the body then serves as featurizer)
-            or ``"triplet"`` (triplet margin loss on the embedding itself, with mined triplets).
+            or a metric-learning loss on the embedding itself: ``"triplet"`` (triplet margin loss on mined
+            triplets), ``"multisimilarity"`` (multi-similarity loss over every pair of a batch) or ``"supcon"``
+            (supervised contrastive loss).
         margin: Triplet margin (on L2-normalised embeddings).
         mining: Which triplets the miner keeps: ``"semihard"``, ``"hard"`` or ``"all"`` violating the margin.
     """

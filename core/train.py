@@ -26,7 +26,7 @@ from torch import nn
 
 from core.artifacts import SCHEMA_VERSION, atomic_write, atomic_write_json, environment_versions, read_json
 from core.backbones import Backbone, build_backbone, file_sha256
-from core.config import TrainConfig
+from core.config import OBJECTIVES, TrainConfig
 from core.data import ImageRecord, Split
 from core.errors import ArtifactError
 from core.images import load_image
@@ -162,17 +162,25 @@ class _Classification(_Objective):
         return int((outputs.argmax(1) == targets).sum())
 
 
-class _Triplet(_Objective):
-    """Triplet margin loss on mined triplets (pytorch-metric-learning); right = nearest other item shares the label."""
+class _Embedding(_Objective):
+    """A metric-learning loss on the embedding itself (pytorch-metric-learning); right = the nearest other item
+    of the batch shares the label."""
 
-    def __init__(self, margin: float, mining: str) -> None:
+    def __init__(self, config: TrainConfig) -> None:
         from pytorch_metric_learning import losses, miners
 
-        self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=mining)
-        self.triplet = losses.TripletMarginLoss(margin=margin)
+        self.miner = None
+        if config.objective == "triplet":
+            self.miner = miners.TripletMarginMiner(margin=config.margin, type_of_triplets=config.mining)
+            self.criterion: nn.Module = losses.TripletMarginLoss(margin=config.margin)
+        elif config.objective == "multisimilarity":
+            self.criterion = losses.MultiSimilarityLoss()
+        else:
+            self.criterion = losses.SupConLoss(temperature=SUPCON_TEMPERATURE)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.triplet(outputs, targets, self.miner(outputs, targets))
+        pairs = None if self.miner is None else self.miner(outputs, targets)
+        return self.criterion(outputs, targets, pairs)
 
     def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> int:
         if len(targets) < 2:
@@ -183,12 +191,16 @@ class _Triplet(_Objective):
         return int((targets[similarity.argmax(1)] == targets).sum())
 
 
+#: Temperature of the supervised contrastive objective (the value its authors used on ImageNet).
+SUPCON_TEMPERATURE = 0.1
+
+
 def _objective(config: TrainConfig) -> _Objective:
     if config.objective == "classification":
         return _Classification(config.label_smoothing)
-    if config.objective == "triplet":
-        return _Triplet(config.margin, config.mining)
-    raise ValueError(f"unknown objective {config.objective!r}; choose classification or triplet")
+    if config.objective in OBJECTIVES:
+        return _Embedding(config)
+    raise ValueError(f"unknown objective {config.objective!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
 def _evaluate(

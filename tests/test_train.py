@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.backbones import build_backbone
-from core.config import TrainConfig
+from core.config import OBJECTIVES, TrainConfig
 from core.data import scan_folder, stratified_split
 from core.errors import ArtifactError
 from core.train import fine_tune, finetuned_backbone
@@ -114,7 +114,7 @@ def test_missing_or_corrupt_runs_are_named(tmp_path):
 
 
 def test_triplet_miner_picks_hard_and_semihard_negatives_on_a_hand_built_batch():
-    from core.train import _Triplet
+    from core.train import _Embedding
 
     # anchor a0 and positive a1 are 0.2 apart; negatives at distance 0.1 (hard: closer than the positive),
     # 0.3 (semi-hard: farther than the positive but within the 0.2 margin) and 1.5 (easy)
@@ -122,7 +122,7 @@ def test_triplet_miner_picks_hard_and_semihard_negatives_on_a_hand_built_batch()
     labels = torch.tensor([0, 0, 1, 2, 3])
 
     def mined_negatives(mining: str) -> set[int]:
-        objective = _Triplet(margin=0.2, mining=mining)
+        objective = _Embedding(TrainConfig(objective="triplet", margin=0.2, mining=mining))
         objective.miner.distance.normalize_embeddings = False  # keep the hand-built geometry
         anchors, positives, negatives = objective.miner(embeddings, labels)
         return {int(n) for a, p, n in zip(anchors, positives, negatives, strict=True) if int(a) == 0 and int(p) == 1}
@@ -130,6 +130,31 @@ def test_triplet_miner_picks_hard_and_semihard_negatives_on_a_hand_built_batch()
     assert mined_negatives("hard") == {2}
     assert mined_negatives("semihard") == {3}
     assert mined_negatives("all") == {2, 3}
+
+
+@pytest.mark.parametrize("name", [o for o in OBJECTIVES if o != "classification"])
+def test_embedding_objectives_prefer_batches_grouped_by_label_and_count_nearest_neighbours(name):
+    from core.train import _objective
+
+    objective = _objective(TrainConfig(objective=name, mining="all"))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    grouped = torch.tensor([[1.0, 0.0], [0.95, 0.05], [0.0, 1.0], [0.05, 0.95], [-1.0, 0.0], [-0.95, -0.05]])
+    mixed = grouped[[0, 2, 4, 1, 3, 5]]  # same points, labels no longer follow them
+    assert float(objective.loss(grouped, labels)) < float(objective.loss(mixed, labels))
+    assert objective.correct(grouped, labels) == 6
+    assert objective.correct(mixed, labels) == 0
+    trainable = mixed.clone().requires_grad_(True)
+    objective.loss(trainable, labels).backward()
+    assert trainable.grad is not None and float(trainable.grad.abs().sum()) > 0
+
+
+def test_unknown_objective_is_named():
+    from core.train import _objective
+
+    config = TrainConfig()
+    object.__setattr__(config, "objective", "arcface")  # past validation, as a hand-edited manifest could be
+    with pytest.raises(ValueError, match="unknown objective 'arcface'"):
+        _objective(config)
 
 
 @pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
