@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -117,10 +117,17 @@ class ParallelFeaturizer(Protocol):
     with the next batch queued behind them, keeps every core on the model (see :func:`embed_pixel_batches`).
     """
 
-    def single_thread_embedder(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        """A function like ``embed_pixels`` that runs on the calling thread only and may be called from several
-        threads at once; None when that would not be faster (a GPU provider)."""
+    def single_thread_embedder(self) -> SingleThreadEmbedder | None:
+        """How to embed on single threads side by side; None when that would not be faster (a GPU provider)."""
         ...
+
+
+class SingleThreadEmbedder(NamedTuple):
+    """``embed``: like ``embed_pixels``, on the calling thread only, safe to call from several threads at once;
+    ``runs``: how many such calls the featurizer's thread budget allows at once (1: no parallelism)."""
+
+    embed: Callable[[np.ndarray], np.ndarray]
+    runs: int
 
 
 def default_workers() -> int:
@@ -177,7 +184,7 @@ def embed_pixel_batches(
     """Embed ``uint8[n, S, S, 3]`` pixel batches, in order, pulling the next batch while one is embedded.
 
     A :class:`ParallelFeaturizer` (onnxruntime on a CPU) splits each batch over ``model_workers`` single-threaded
-    runs (default: one per core) with the next batch queued behind them, so no core waits for the slowest
+    runs (default: the featurizer's ``runs``, one per core for onnxruntime's default threads) with the next batch queued behind them, so no core waits for the slowest
     part, and about one batch of images is in the model at once (one part per run: at most
     ``model_workers * ceil(batch / model_workers)`` images), as on the batch-at-a-time path. Other featurizers embed one batch at a time with their own threads, on the caller's thread.
 
@@ -185,7 +192,7 @@ def embed_pixel_batches(
         Whatever ``batches`` raises, after the batches already submitted have been yielded.
     """
     parallel = featurizer.single_thread_embedder() if isinstance(featurizer, ParallelFeaturizer) else None
-    workers = model_workers or default_workers()
+    workers = model_workers or (parallel.runs if parallel else 1)
     if parallel is None or workers == 1:
         yield from (featurizer.embed_pixels(pixels) for pixels in batches)
         return
@@ -207,7 +214,7 @@ def embed_pixel_batches(
                         yield oldest()
                     raise
                 parts = np.array_split(pixels, max(1, min(workers, len(pixels))))
-                in_flight.append([pool.submit(parallel, part) for part in parts])
+                in_flight.append([pool.submit(parallel.embed, part) for part in parts])
                 if len(in_flight) > 1:
                     yield oldest()
             while in_flight:

@@ -15,7 +15,7 @@ import ctypes
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import ArtifactError
+from core.featurize import SingleThreadEmbedder, default_workers
 from core.preprocessing import Preprocessing, resize_crop
 from export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -159,14 +160,15 @@ class OnnxFeaturizer:
         """Embed resized, centre-cropped RGB ``uint8[N, S, S, 3]`` into ``float32[N, D]`` unit rows (the fast path)."""
         return self._run(self.session, pixels)
 
-    def single_thread_embedder(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        """:meth:`embed_pixels` on one thread, safe to call from several threads at once (one per core).
+    def single_thread_embedder(self) -> SingleThreadEmbedder | None:
+        """:meth:`embed_pixels` on one thread, safe to call from several threads at once, and how many at once.
 
-        ``core.featurize.embed_pixel_batches`` (the file pipeline's model side) splits each batch over one such
-        run per core: on a CPU that keeps every core on the model instead of keeping threads in step after every
-        operator, which costs most while images decode on the same cores. The single-threaded
-        session is built on first use (the same model file, non-spinning), or is the main one when that already
-        runs on one thread. None when the session runs on a GPU.
+        ``core.featurize.embed_pixel_batches`` (the file pipeline's model side) splits each batch over that many
+        single-threaded runs: on a CPU that keeps every core on the model instead of keeping threads in step
+        after every operator, which costs most while images decode on the same cores. ``runs`` is the thread
+        budget of the config: ``intra_op_threads``, or one per core this process may use when that is 0. The
+        single-threaded session is built on first use (the same model file, non-spinning), or is the main one
+        when that already runs on one thread. None when the session runs on a GPU.
 
         Raises:
             ArtifactError: The model file can no longer be loaded.
@@ -181,7 +183,8 @@ class OnnxFeaturizer:
                     config = replace(self.config, intra_op_threads=1, inter_op_threads=1, allow_spinning=False)
                     self._single_thread_session = self._session(config, ["CPUExecutionProvider"])
             session = self._single_thread_session
-        return partial(self._run, session)
+        runs = self.config.intra_op_threads if self.config.intra_op_threads > 0 else default_workers()
+        return SingleThreadEmbedder(partial(self._run, session), runs)
 
     def _run(self, session: onnxruntime.InferenceSession, pixels: np.ndarray) -> np.ndarray:
         size = self.preprocessing.input_size

@@ -19,7 +19,14 @@ from PIL import Image
 from core import featurize
 from core.data import ImageRecord
 from core.errors import ImageLoadError
-from core.featurize import FeatureCache, ParallelFeaturizer, default_workers, embed_files, iter_embed_files
+from core.featurize import (
+    FeatureCache,
+    ParallelFeaturizer,
+    SingleThreadEmbedder,
+    default_workers,
+    embed_files,
+    iter_embed_files,
+)
 from core.images import content_hash
 from core.preprocessing import Preprocessing, fingerprint_of, preprocess, resize_crop
 
@@ -318,7 +325,7 @@ class SideBySideFeaturizer(MeanColourFeaturizer):
                 self.barrier.wait()  # BrokenBarrierError unless another batch is being embedded meanwhile
             return MeanColourFeaturizer.embed_pixels(self, pixels)
 
-        return embed
+        return SingleThreadEmbedder(embed, 2)
 
 
 def test_parallel_featurizer_embeds_batches_side_by_side_in_order(tiny_dataset):
@@ -387,31 +394,36 @@ def test_onnx_single_thread_embedder_equals_embed_pixels_from_many_threads(tmp_p
 
     from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
 
-    featurizer = OnnxFeaturizer(tiny_onnx_model(tmp_path / "tiny.onnx"), OrtConfig(intra_op_threads=2))
+    featurizer = OnnxFeaturizer(tiny_onnx_model(tmp_path / "tiny.onnx"), OrtConfig(intra_op_threads=3))
     assert isinstance(featurizer, ParallelFeaturizer)
     pixels = np.random.default_rng(1).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
     expected = featurizer.embed_pixels(pixels)
-    embed = featurizer.single_thread_embedder()
-    assert embed is not None
+    parallel = featurizer.single_thread_embedder()
+    assert parallel is not None and parallel.runs == 3  # the config's thread budget
     with ThreadPoolExecutor(3) as pool:
-        side_by_side = np.concatenate(list(pool.map(embed, [pixels[i : i + 3] for i in range(0, 9, 3)])))
+        side_by_side = np.concatenate(list(pool.map(parallel.embed, [pixels[i : i + 3] for i in range(0, 9, 3)])))
     np.testing.assert_allclose(side_by_side, expected, atol=1e-6)
-    options = embed.args[0].get_session_options()  # type: ignore[attr-defined]
+    options = parallel.embed.args[0].get_session_options()  # type: ignore[attr-defined]
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(ValueError, match="uint8"):
-        embed(pixels.astype(np.float32))
+        parallel.embed(pixels.astype(np.float32))
+    batched = list(featurize.embed_pixel_batches(featurizer, [pixels[:5], pixels[5:]]))
+    np.testing.assert_allclose(np.concatenate(batched), expected, atol=1e-6)
 
 
-def test_onnx_single_threaded_session_is_reused_not_loaded_twice(tmp_path):
+def test_onnx_single_thread_runs_follow_the_thread_budget_and_reuse_sessions(tmp_path, monkeypatch):
     from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
 
     path = tiny_onnx_model(tmp_path / "tiny.onnx")
     single = OnnxFeaturizer(path, OrtConfig(intra_op_threads=1))
-    assert single.single_thread_embedder().args[0] is single.session  # type: ignore[union-attr]
+    parallel = single.single_thread_embedder()
+    assert parallel is not None and parallel.runs == 1 and parallel.embed.args[0] is single.session  # type: ignore[attr-defined]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     default = OnnxFeaturizer(path)
     first, second = default.single_thread_embedder(), default.single_thread_embedder()
-    assert first.args[0] is second.args[0] is not default.session  # type: ignore[union-attr]
+    assert first is not None and second is not None and first.runs == 4
+    assert first.embed.args[0] is second.embed.args[0] is not default.session  # type: ignore[attr-defined]
 
 
 def test_parallel_model_side_splits_each_batch_over_the_workers(tiny_dataset):
@@ -436,7 +448,7 @@ def test_parallel_model_side_splits_each_batch_over_the_workers(tiny_dataset):
                     self.in_model -= len(pixels)
                 return MeanColourFeaturizer.embed_pixels(self, pixels)
 
-            return embed
+            return SingleThreadEmbedder(embed, 2)
 
     paths = sorted(tiny_dataset.glob("*/*.jpg"))[:11]
     featurizer = PartRecorder()
