@@ -105,6 +105,15 @@ class EvaluationResult:
         }
 
 
+def mean_with_interval(values: np.ndarray, rng: np.random.Generator, n_resamples: int = 1000) -> Estimate:
+    """The mean of per-query ``values`` with a percentile-bootstrap 95 % confidence interval."""
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        raise ValueError("no values to average")
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    return Estimate(float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+
+
 def _bootstrap(ranks: np.ndarray, rng: np.random.Generator, n_resamples: int) -> dict[str, Estimate]:
     samples = ranks[rng.integers(0, len(ranks), size=(n_resamples, len(ranks)))]
     stats = {
@@ -230,6 +239,7 @@ class RetrievalResult:
         metrics: ``name -> value`` over queries (``recall@1``, ``precision@5``, ``r_precision``, ``map@r``, ``mrr``).
         class_averaged: The same names, averaged per label first.
         per_category: ``label -> (n_queries, metrics)``.
+        per_query: ``name -> float64[n_queries]``, each kept query's value (for intervals; not in :meth:`to_dict`).
     """
 
     ranker: str
@@ -239,6 +249,11 @@ class RetrievalResult:
     metrics: dict[str, float]
     class_averaged: dict[str, float]
     per_category: dict[str, tuple[int, dict[str, float]]]
+    per_query: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False)
+
+    def interval(self, metric: str, rng: np.random.Generator, n_resamples: int = 1000) -> Estimate:
+        """``metric``'s mean over queries with a bootstrap 95 % confidence interval (queries resampled)."""
+        return mean_with_interval(self.per_query[metric], rng, n_resamples)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -338,4 +353,5 @@ def evaluate_retrieval(
             name: float(np.mean([metrics[name] for _, metrics in per_category.values()])) for name in per_query
         },
         per_category=per_category,
+        per_query=per_query,
     )

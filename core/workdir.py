@@ -10,9 +10,11 @@ depend only on the weights, so every workdir of the machine shares them::
     <base>/<dataset>-<hash>/reports/dedup.json             near-duplicate report
     <base>/<dataset>-<hash>/<labels | by-<attribute>>/
         prepared.json                                      records, split, comparative sets
+        default.json                                       featurizer + ranker the app opens with (tune)
         runs/<run>/                                        fine-tuning runs (checkpoint + manifest)
         rankers/<fingerprint>/<ranker>.npz                 learned rankers
         reports/<fingerprint>.json, experiment-<run>.json  evaluation reports
+        reports/tune.json                                  every candidate of tune, on validation
         index/                                             a saved vector index
 """
 
@@ -123,6 +125,16 @@ class WorkDir:
     def experiment_report(self, run: str) -> Path:
         """The report of ``experiment`` for a run."""
         return self.root / "reports" / f"experiment-{check_run_name(run)}.json"
+
+    @property
+    def tune_report(self) -> Path:
+        """The report of ``tune``: every candidate recipe and ranker with its validation scores."""
+        return self.root / "reports" / "tune.json"
+
+    @property
+    def default_choice(self) -> Path:
+        """The featurizer and ranker the app opens with (written by ``tune``)."""
+        return self.root / "default.json"
 
     @property
     def dedup_report(self) -> Path:

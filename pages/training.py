@@ -36,6 +36,44 @@ def _live_jobs() -> None:
         st.rerun(scope="app")  # a run finished: redraw the whole page, so the lists and the sidebar picker show it
 
 
+_TUNE_SEEN = "tune_seen_done"
+
+
+@st.fragment(run_every=1.0)
+def _live_tune() -> None:
+    job = service.tune_job()
+    if job is None:
+        return
+    st.progress(job.fraction, text=f"tune: {job.status}")
+    if job.error:
+        st.error(f"Tuning failed: {job.error}")
+    elif job.report is not None:
+        winner = job.report.winner
+        st.success(
+            f"Tuned in {job.report.seconds:.0f} s: the app now opens with {winner.featurizer} + {winner.ranker} "
+            f"(validation MAP@R {winner.map_at_r})."
+        )
+        st.dataframe(service.tune_rows(job.report), hide_index=True, key="tune_table")
+    if job.done and not st.session_state.get(_TUNE_SEEN):
+        st.session_state[_TUNE_SEEN] = True
+        st.rerun(scope="app")  # the new default featurizer joins the sidebar picker
+
+
+def _tune_section() -> None:
+    st.subheader("Tune")
+    st.caption(
+        "Tries the pretrained model and fine-tuning recipes (classification, multi-similarity, supervised "
+        "contrastive) with every ranker, scored on a validation share of the training images (the test images "
+        "are never used); the best becomes the default featurizer and ranker."
+    )
+    left, right = st.columns([1, 3])
+    budget = left.number_input("Budget (minutes)", min_value=1, max_value=600, value=15, key="tune_budget")
+    if right.button("Start tuning", key="tune_start"):
+        st.session_state[_TUNE_SEEN] = False
+        service.start_tune(float(budget))
+    _live_tune()
+
+
 def render() -> None:
     st.title("Training")
     common.featurizer_picker()
@@ -81,7 +119,8 @@ def render() -> None:
             "Objective",
             service.OBJECTIVES,
             key="objective",
-            help="classification: cross-entropy on the labels; triplet: margin loss on the embedding with mined triplets",
+            help="classification: cross-entropy on the labels; triplet, multisimilarity, supcon: metric-learning "
+            "losses on the embedding itself (mined triplets; every pair of a batch; supervised contrastive)",
         )
         svm_c = second[3].number_input(
             "SVM C", min_value=1e-4, max_value=100.0, value=service.SVMConfig.C, format="%.4f", key="svm_c"
@@ -103,6 +142,8 @@ def render() -> None:
             st.error(str(err))
     st.session_state[_SEEN_DONE] = _finished_job_ids()  # this full run draws them in the lists below
     _live_jobs()
+
+    _tune_section()
 
     st.subheader("Finished runs")
     runs = [choice for choice in service.featurizer_choices() if choice != service.PRETRAINED]

@@ -274,3 +274,36 @@ def test_project_streamlit_config_keeps_the_console_quiet_and_the_toolbar_minima
 
     # the upload widget refuses what the app would refuse anyway, before reading it
     assert config["server"]["maxUploadSize"] * 2**20 == UPLOAD_LIMITS.max_file_bytes
+
+
+def test_tuning_from_the_training_page_makes_its_winner_the_default_ranker(app_env, monkeypatch):
+    from core.artifacts import atomic_write_json
+    from core.evaluate import Estimate
+    from workbench import jobs
+    from workbench.tuning import Candidate, TuneReport
+
+    budgets = []
+
+    def fake_tune(spec, config, progress):  # the workflow itself is tested in test_tuning.py
+        budgets.append(config.budget_s)
+        progress("scoring the pretrained featurizer", 0.5)
+        winner = Candidate("pretrained", "l2", Estimate(0.9, 0.8, 1.0), Estimate(1.0, 1.0, 1.0), 0.1)
+        loser = Candidate("pretrained", "cosine", Estimate(0.7, 0.6, 0.8), Estimate(0.9, 0.8, 1.0), 0.1)
+        atomic_write_json(spec.layout.default_choice, {"featurizer": "pretrained", "ranker": "l2"})
+        return TuneReport((loser, winner), (), winner, 6, 3, 0.2)
+
+    monkeypatch.setattr(jobs, "tune", fake_tune)
+    search = run_app()
+    assert search.selectbox(key="ranker").value == "cosine"  # before tuning: the registry's order
+    app = run_app("pages/training.py")
+    app.number_input(key="tune_budget").set_value(2)
+    app.button(key="tune_start").click().run()
+    deadline = time.monotonic() + 30
+    while not service.tune_job().done and time.monotonic() < deadline:
+        time.sleep(0.1)
+    app.run()
+    assert not app.exception and budgets == [120.0]
+    assert any("now opens with pretrained + l2" in s.value for s in app.success)
+    [table] = [frame.value for frame in app.dataframe]
+    assert list(table["ranker"]) == ["l2", "cosine"] and list(table["default"]) == ["✓", ""]
+    assert run_app().selectbox(key="ranker").value == "l2"  # a new session opens with the winner

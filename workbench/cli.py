@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from core.config import OBJECTIVES
 from core.errors import WorkbenchError
 from core.rankers import list_rankers, ranker_spec
 from core.workdir import PRETRAINED
@@ -88,7 +89,7 @@ def _flag_groups() -> dict[str, _Parser]:
     )
     group.add_argument("--input-size", type=int, help="training resolution (default: the backbone's)")
     group.add_argument("--restart", action="store_true", help="start the run over instead of resuming it")
-    group.add_argument("--objective", choices=("classification", "triplet"), help="what fine-tuning optimises")
+    group.add_argument("--objective", choices=OBJECTIVES, help="what fine-tuning optimises")
     group.add_argument("--margin", type=_positive(float), help="triplet margin (default 0.2)")
     group.add_argument("--mining", choices=("semihard", "hard", "all"), help="triplet mining (default: semihard)")
 
@@ -146,6 +147,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         "experiment", "fine-tune, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
         "featurizer", "training", "svm",
     )  # fmt: skip
+    tune = command(
+        "tune",
+        "choose the fine-tuning recipe and ranker on a validation split of the training split; the winner becomes "
+        "the app's default",
+        "data",
+    )
+    tune.add_argument("--epochs", type=_positive(int), help="epochs of every recipe (default: each recipe's, 4)")
+    tune.add_argument(
+        "--budget-min", type=_positive(float), default=15.0, help="time budget in minutes (default: %(default)s)"
+    )
+    tune.add_argument(
+        "--recipe",
+        action="append",
+        help="recipe to try, repeatable, in order (default: classification, multisimilarity, supcon; 'none': "
+        "pretrained only)",
+    )
+    tune.add_argument(
+        "--ranker", action="append", choices=rankers, help="repeatable (default: cosine l2 svm projection)"
+    )
     index = commands.add_parser("index", help="a saved vector index of the dataset: build, add, remove, search")
     index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION", parser_class=_Parser)
     index_flags = _Parser(add_help=False, parents=[groups["featurizer"]])
@@ -512,6 +532,45 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from workbench.tuning import DEFAULT_RECIPES, TuneConfig, tune
+
+    recipes = {recipe.name: recipe for recipe in DEFAULT_RECIPES}
+    chosen = args.recipe or list(recipes)
+    unknown = [name for name in chosen if name not in recipes and name != "none"]
+    if unknown:
+        raise WorkbenchError(f"unknown recipe {unknown[0]!r}; choose from {', '.join(recipes)} or none")
+    defaults = TuneConfig()
+    config = TuneConfig(
+        budget_s=args.budget_min * 60.0,
+        rankers=tuple(dict.fromkeys(args.ranker)) if args.ranker else defaults.rankers,
+        recipes=tuple(
+            dataclasses.replace(recipes[name], epochs=args.epochs or recipes[name].epochs)
+            for name in dict.fromkeys(chosen)
+            if name != "none"
+        ),
+        seed=args.seed if args.seed is not None else defaults.seed,
+    )
+
+    def progress(text: str, fraction: float) -> None:
+        if not args.quiet:
+            print(f"[{fraction:4.0%} of the budget] {text}", file=sys.stderr, flush=True)
+
+    report = tune(workspace_spec(args), config, progress)
+    print(f"validation: {report.n_validation} training images query all {report.n_fit + report.n_validation}")
+    print(f"{'featurizer':<24} {'ranker':<11} {'MAP@R [95% CI]':<22} {'recall@1 [95% CI]':<22} {'seconds':>7}")
+    for c in report.candidates:
+        mark = "  <- default" if c == report.winner else ""
+        print(f"{c.featurizer:<24} {c.ranker:<11} {c.map_at_r!s:<22} {c.recall_at_1!s:<22} {c.seconds:>7.1f}{mark}")
+    for outcome in report.recipes:
+        timing = f", {outcome.seconds_per_epoch:.0f} s/epoch" if outcome.seconds_per_epoch else ""
+        print(f"recipe {outcome.recipe.name}: {outcome.status} ({outcome.seconds:.0f} s{timing})")
+    print(
+        f"tuned in {report.seconds:.0f} s; the app now opens with {report.winner.featurizer} + {report.winner.ranker}"
+    )
+    return 0
+
+
 def _cmd_import_urls(args: argparse.Namespace) -> int:
     from core.ingest import REPORT_NAME, IngestConfig, import_urls
 
@@ -639,6 +698,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "fit": _cmd_fit,
     "export": _cmd_export,
     "experiment": _cmd_experiment,
+    "tune": _cmd_tune,
     "import-urls": _cmd_import_urls,
     "dedup": _cmd_dedup,
     "index": _cmd_index,

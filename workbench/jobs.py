@@ -1,5 +1,5 @@
-"""Fine-tuning in a background thread for the app: the same train -> featurize -> fit workflow as the CLI's
-``train``, with fields the Training page polls."""
+"""Fine-tuning and tuning in background threads for the app: the same workflows as the CLI's ``train`` and
+``tune``, with fields the Training page polls."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from core.train import EpochMetrics, TrainProgress
+from workbench.tuning import TuneConfig, TuneReport, tune
 from workbench.workflows import train_run
 from workbench.workspace import WorkspaceSpec
 
@@ -89,12 +90,56 @@ class TrainingJob:
             self.done = True
 
 
+@dataclass
+class TuneJob:
+    """One ``tune`` search; ``status`` and ``fraction`` (of the time budget) update while it runs."""
+
+    spec: WorkspaceSpec
+    config: TuneConfig
+    status: str = "starting"
+    fraction: float = 0.0
+    report: TuneReport | None = None
+    error: str | None = None
+    done: bool = False
+
+    def _on_progress(self, text: str, fraction: float) -> None:
+        self.status, self.fraction = text, fraction
+
+    def run_now(self) -> None:
+        """Tune in this thread; errors end up in ``error``."""
+        try:
+            self.report = tune(self.spec, self.config, self._on_progress)
+            self.fraction = 1.0
+        except Exception as err:  # shown on the page
+            self.error = f"{type(err).__name__}: {err}"
+            self.status = "failed"
+        finally:
+            self.done = True
+
+
 class JobBoard:
-    """The training jobs of one server process, by workdir and run name."""
+    """The training jobs of one server process, by workdir and run name, and one tune job per workdir."""
 
     def __init__(self) -> None:
         self._jobs: dict[tuple[str, str], TrainingJob] = {}
+        self._tunes: dict[str, TuneJob] = {}
         self._lock = threading.Lock()
+
+    def start_tune(self, spec: WorkspaceSpec, config: TuneConfig) -> TuneJob:
+        """Start ``tune`` for ``spec``'s dataset and condition, or return the one still running."""
+        key = str(spec.layout.root.resolve())
+        with self._lock:
+            job = self._tunes.get(key)
+            if job is None or job.done:
+                job = TuneJob(spec, config)
+                self._tunes[key] = job
+                threading.Thread(target=job.run_now, name="tune", daemon=True).start()
+        return job
+
+    def tune_job(self, spec: WorkspaceSpec) -> TuneJob | None:
+        """The latest tune job of ``spec``'s dataset and condition, if one was started in this process."""
+        with self._lock:
+            return self._tunes.get(str(spec.layout.root.resolve()))
 
     def start(self, spec: WorkspaceSpec, run: str) -> TrainingJob:
         """Start a job for ``run`` in ``spec``'s workdir, or return the one still running."""

@@ -45,7 +45,8 @@ from core.plots import (  # noqa: F401  (pure figure builders, re-exported for t
 from core.train import EpochMetrics
 from core.workdir import PRETRAINED
 from workbench import analysis, app_cache
-from workbench.jobs import JobBoard, TrainingJob
+from workbench.jobs import JobBoard, TrainingJob, TuneJob
+from workbench.tuning import TuneConfig, TuneReport, default_choice
 from workbench.views import (  # noqa: F401  (re-exported for the pages)
     DatasetSummary,
     MatchStrength,
@@ -154,8 +155,16 @@ def use_condition(condition: str) -> None:
 
 
 def featurizer_choices() -> list[str]:
-    """``"pretrained"`` plus every completed fine-tuning run of this session's dataset, newest first."""
-    return [PRETRAINED, *completed_runs(current_spec().layout)]
+    """``"pretrained"`` plus every completed fine-tuning run of this session's dataset, newest first; the one
+    ``tune`` chose comes first."""
+    layout = current_spec().layout
+    choices = [PRETRAINED, *completed_runs(layout)]
+    tuned = default_choice(layout)
+    return _first(choices, tuned[0]) if tuned else choices
+
+
+def _first(choices: list[str], wanted: str) -> list[str]:
+    return [wanted, *(choice for choice in choices if choice != wanted)] if wanted in choices else choices
 
 
 def workspace(
@@ -174,8 +183,11 @@ def dataset_summary(samples_per_label: int = 6) -> DatasetSummary:
 
 
 def ranker_choices(ws: Workspace) -> list[str]:
-    """Rankers on offer for this workspace, in menu order (learned ones once fitted)."""
-    return ws.rankers_on_offer()
+    """Rankers on offer for this workspace, in menu order (learned ones once fitted); the one ``tune`` chose for
+    this featurizer comes first."""
+    tuned = default_choice(ws.layout)
+    on_offer = ws.rankers_on_offer()
+    return _first(on_offer, tuned[1]) if tuned and tuned[0] == ws.run else on_offer
 
 
 def decode_upload(ws: Workspace, image_bytes: bytes, name: str) -> Image.Image:
@@ -246,6 +258,32 @@ def start_training(run: str, config: TrainConfig, svm_config: SVMConfig) -> Trai
     spec = current_spec()
     spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, train=config, svm=svm_config))
     return _board().start(spec, run)
+
+
+def start_tune(budget_minutes: float) -> TuneJob:
+    """Start (or return the running) ``tune`` of this session's dataset and condition with the default recipes."""
+    return _board().start_tune(current_spec(), TuneConfig(budget_s=budget_minutes * 60.0))
+
+
+def tune_job() -> TuneJob | None:
+    """The latest tune job of this session's dataset and condition in this server process."""
+    return _board().tune_job(current_spec())
+
+
+def tune_rows(report: TuneReport) -> list[dict[str, Any]]:
+    """One row per candidate of a tune report, best first, for a table."""
+    ranked = sorted(report.candidates, key=lambda candidate: -candidate.map_at_r.value)
+    return [
+        {
+            "featurizer": c.featurizer,
+            "ranker": c.ranker,
+            "MAP@R": round(c.map_at_r.value, 3),
+            "MAP@R 95% CI": f"{c.map_at_r.low:.3f} – {c.map_at_r.high:.3f}",
+            "recall@1": round(c.recall_at_1.value, 3),
+            "default": "✓" if c == report.winner else "",
+        }
+        for c in ranked
+    ]
 
 
 def training_jobs() -> list[TrainingJob]:

@@ -1,0 +1,155 @@
+"""``tune``: validation carved from the training split only, candidates scored and ranked, budget kept, the winner
+becomes the app's default. Synthetic embeddings on the tiny real set stand in for models (no training here)."""
+
+import json
+import time
+from typing import cast
+
+import numpy as np
+import pytest
+
+from core.evaluate import evaluate_retrieval
+from core.featurize import Featurizer
+from core.rankers import CosineRanker
+from core.workdir import PRETRAINED
+from workbench import cli, tuning
+from workbench.workspace import Workspace, WorkspaceSpec, configure, prepared_data
+
+
+class FakeFeaturizer:
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+
+
+def hidden_signal(labels: np.ndarray, rng: np.random.Generator, loud_noise: float) -> np.ndarray:
+    """Labels differ along 3 quiet dimensions; 30 louder noise dimensions blur them for plain cosine."""
+    codes = np.unique(labels, return_inverse=True)[1]
+    signal = np.eye(3)[codes % 3] * 1.0 + 0.1 * rng.normal(size=(len(labels), 3))
+    vectors = np.hstack([signal, loud_noise * rng.normal(size=(len(labels), 30))])
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def spec(tmp_path, tiny_dataset) -> WorkspaceSpec:
+    return WorkspaceSpec(configure(data={"root": tiny_dataset, "seed": 0}), tmp_path / "work", backend="torch")
+
+
+@pytest.fixture(autouse=True)
+def quick_projection(monkeypatch):
+    """The projection ranker trains 3 epochs with the learned matrix alone (the defaults take seconds)."""
+    from core import metric_learning
+
+    original = metric_learning.ProjectionRanker.__init__
+    quick = metric_learning.ProjectionConfig(epochs=3, identity_weights=(0.0,))
+
+    def init(self, config=None, matrix=None, identity_weight=1.0):
+        original(self, config or quick, matrix, identity_weight)
+
+    monkeypatch.setattr(metric_learning.ProjectionRanker, "__init__", init)
+
+
+@pytest.fixture
+def fake_models(monkeypatch, spec):
+    """``open_workspace`` returns synthetic embeddings per featurizer; records every gallery ``tune`` scores."""
+    prepared = prepared_data(spec.config.data, spec.layout)
+    labels = prepared.dataset.label_array
+    embeddings = {PRETRAINED: hidden_signal(labels, np.random.default_rng(0), 0.4)}
+    galleries: list[int] = []
+
+    def open_workspace(run_spec, progress=None):
+        return Workspace(
+            run_spec, prepared, cast(Featurizer, FakeFeaturizer(f"fake-{run_spec.run}")), embeddings[run_spec.run]
+        )
+
+    def recording_retrieval(ranker, gallery, gallery_labels, queries):
+        galleries.append(len(gallery))
+        return evaluate_retrieval(ranker, gallery, gallery_labels, queries)
+
+    monkeypatch.setattr(tuning, "open_workspace", open_workspace)
+    monkeypatch.setattr(tuning, "evaluate_retrieval", recording_retrieval)
+    return prepared, embeddings, galleries
+
+
+def test_validation_split_lies_inside_the_training_split_and_covers_every_label(spec):
+    prepared = prepared_data(spec.config.data, spec.layout)
+    split = tuning.validation_split(prepared, 0.25, np.random.default_rng(0))
+    train = set(prepared.split.train.tolist())
+    assert set(split.train.tolist()) | set(split.test.tolist()) == train
+    assert not set(split.train.tolist()) & set(split.test.tolist())
+    assert not (set(split.test.tolist()) & set(prepared.split.test.tolist()))
+    labels = prepared.dataset.label_array
+    assert set(labels[split.test]) == set(labels[prepared.split.train])  # every label has validation queries
+
+
+def test_score_featurizer_matches_a_naive_map_at_r_and_learning_beats_cosine_on_hidden_signal():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.array(["a", "b", "c"]), 20)
+    embeddings = hidden_signal(labels, rng, 0.6)
+    inner = tuning.stratified_split(labels, 0.75, np.random.default_rng(0))
+    sets = tuning.make_comparative_sets(labels[inner.train], 5, 10, np.random.default_rng(0))
+    candidates = tuning.score_featurizer(
+        "x", embeddings, labels, inner, ("cosine", "projection", "random"), sets, np.random.default_rng(0)
+    )
+    by_name = {c.ranker: c for c in candidates}
+    # naive MAP@R of cosine: each validation image searches the others (every image here is train or validation)
+    scores = CosineRanker().score(embeddings, embeddings)
+    expected = []
+    for q in inner.test:
+        order = [i for i in np.argsort(-scores[q], kind="stable") if i != q]
+        relevant = [labels[i] == labels[q] for i in order]
+        r = sum(relevant)
+        expected.append(sum(np.mean(relevant[: i + 1]) for i in range(r) if relevant[i]) / r)
+    assert by_name["cosine"].map_at_r.value == pytest.approx(np.mean(expected), abs=1e-9)
+    for c in candidates:
+        assert c.map_at_r.low <= c.map_at_r.value <= c.map_at_r.high
+    assert by_name["projection"].map_at_r.value > by_name["cosine"].map_at_r.value + 0.1
+    assert by_name["random"].map_at_r.value < by_name["cosine"].map_at_r.value
+
+
+def test_tune_never_scores_on_test_images_and_makes_the_winner_the_apps_default(spec, fake_models, monkeypatch):
+    prepared, _, galleries = fake_models
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("no recipe was asked for")
+
+    monkeypatch.setattr("core.train.fine_tune", no_training)
+    report = tuning.tune(spec, tuning.TuneConfig(recipes=(), rankers=("cosine", "projection", "random")))
+    assert galleries and set(galleries) == {len(prepared.split.train)}  # the training split, never a test image
+    assert report.n_fit + report.n_validation == len(prepared.split.train)
+    assert [c.ranker for c in report.candidates] == ["cosine", "projection", "random"]
+    assert report.winner == max(report.candidates, key=lambda c: c.map_at_r.value)
+    saved = json.loads(spec.layout.tune_report.read_text())
+    assert saved["winner"]["ranker"] == report.winner.ranker and len(saved["candidates"]) == 3
+    assert tuning.default_choice(spec.layout) == (PRETRAINED, report.winner.ranker)
+    print([(c.ranker, c.map_at_r) for c in report.candidates])
+    assert report.winner.ranker == "projection"  # the labels hide in quiet dimensions: learning finds them
+    assert spec.layout.ranker("projection", f"fake-{PRETRAINED}").is_file()  # refitted on the whole training split
+    spec.layout.default_choice.write_text("{not json")
+    assert tuning.default_choice(spec.layout) is None
+
+
+def test_budget_skips_recipes_that_cannot_start_and_stops_one_that_overruns(spec, fake_models, monkeypatch):
+    started: list[str] = []
+
+    def slow_training(records, split, config, run_dir, progress=None, resume=True):
+        started.append(run_dir.name)
+        from core.train import TrainProgress
+
+        time.sleep(0.3)
+        progress(TrainProgress(epoch=1, epochs=config.epochs, step=1, steps=4))  # past the budget: stops here
+        raise AssertionError("tune should have stopped the run")
+
+    monkeypatch.setattr("core.train.fine_tune", slow_training)
+    recipes = (tuning.Recipe("first", epochs=1), tuning.Recipe("second", epochs=1))
+    report = tuning.tune(spec, tuning.TuneConfig(budget_s=0.2, recipes=recipes, rankers=("cosine",)))
+    assert started == ["tune-first"]
+    assert [(o.run, o.status) for o in report.recipes] == [("tune-first", "stopped"), ("tune-second", "skipped")]
+    assert {c.featurizer for c in report.candidates} == {PRETRAINED}
+
+
+def test_cli_tune_rejects_unknown_recipes_and_budgets_in_one_line(capsys, caplog):
+    assert cli.main(["tune", "--recipe", "arcface", "--quiet"]) == 2
+    assert "unknown recipe 'arcface'" in caplog.text
+    assert cli.main(["tune", "--budget-min", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget-min" in err[0]

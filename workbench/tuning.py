@@ -1,0 +1,310 @@
+"""``tune``: choose the fine-tuning recipe and the ranker for a dataset on a validation split of its training split.
+
+The test split is never looked at. A share of each label's training images becomes the validation queries; the
+rest (the *fit* images) is all that learned rankers and fine-tuning see. Every candidate, a featurizer (pretrained
+or a recipe's run) with a ranker, is scored by full-gallery retrieval: each validation image searches the whole
+training split, itself excluded. MAP@R decides (recall@1 is reported beside it), each with a bootstrap 95 % CI.
+
+Recipes are tried in order while the time budget lasts; one that would overrun it is stopped at the end of a step
+(its run keeps its last finished epoch and resumes if tuned again). The winner is written as the dataset's default
+choice, so the app opens with that featurizer and ranker, and its learned ranker is refitted on the whole training
+split. Recipe runs are ordinary runs named ``tune-<recipe>``, trained on the fit images only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.artifacts import atomic_write_json, read_json
+from core.config import TrainConfig, WorkbenchConfig
+from core.data import ComparativeSets, Split, make_comparative_sets, stratified_split
+from core.errors import ArtifactError, WorkbenchError
+from core.evaluate import Estimate, evaluate_retrieval
+from core.rankers import LearnedRanker, make_ranker, ranker_spec
+from core.workdir import PRETRAINED, WorkDir
+from workbench.workflows import fit_ranker
+from workbench.workspace import WorkspaceSpec, open_workspace, prepared_data
+
+if TYPE_CHECKING:
+    from core.pipeline import PreparedData
+    from core.train import TrainProgress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A fine-tuning recipe: the :class:`core.config.TrainConfig` fields it sets (the rest come from the config).
+
+    Attributes:
+        name: Short name; its run is ``tune-<name>``.
+        objective: What fine-tuning optimises.
+        epochs: Passes over the fit images.
+        learning_rate: Peak learning rate.
+        input_size: Training and featurizing resolution (0: the backbone's own).
+    """
+
+    name: str
+    objective: str = "classification"
+    epochs: int = 4
+    learning_rate: float = 3e-3
+    input_size: int = 0
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        """``base`` with this recipe's fields."""
+        return dataclasses.replace(
+            base,
+            objective=self.objective,  # type: ignore[arg-type]  # validated by TrainConfig
+            epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            input_size=self.input_size,
+        )
+
+
+#: Tried in this order while the budget lasts: cross-entropy first (the cheapest reliable gain), then the
+#: metric-learning objectives on the embedding itself.
+DEFAULT_RECIPES: tuple[Recipe, ...] = (
+    Recipe("classification"),
+    Recipe("multisimilarity", objective="multisimilarity", learning_rate=1e-3),
+    Recipe("supcon", objective="supcon", learning_rate=1e-3),
+)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What ``tune`` tries and for how long.
+
+    Attributes:
+        budget_s: Wall-clock budget in seconds for the whole search.
+        rankers: Rankers scored on every featurizer.
+        recipes: Fine-tuning recipes, tried in order while the budget lasts.
+        validation_fraction: Share of each label's training images used as validation queries.
+        seed: Seeds the validation split and the fit images' comparative sets.
+    """
+
+    budget_s: float = 900.0
+    rankers: tuple[str, ...] = ("cosine", "l2", "svm", "projection")
+    recipes: tuple[Recipe, ...] = DEFAULT_RECIPES
+    validation_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.budget_s < 0:
+            raise ValueError(f"tune budget must be >= 0 seconds, got {self.budget_s}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
+        for name in self.rankers:
+            ranker_spec(name)  # unknown names fail here, with the registry's list
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One featurizer with one ranker, scored on the validation queries.
+
+    Attributes:
+        featurizer: ``"pretrained"`` or a recipe's run.
+        ranker: Ranker name.
+        map_at_r: MAP@R with its 95 % CI.
+        recall_at_1: Recall@1 with its 95 % CI.
+        seconds: Time to fit the ranker and score it (the run's training time is in :class:`RecipeOutcome`).
+    """
+
+    featurizer: str
+    ranker: str
+    map_at_r: Estimate
+    recall_at_1: Estimate
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RecipeOutcome:
+    """What became of a recipe: ``"trained"``, ``"stopped"`` (budget ran out mid-run) or ``"skipped"``."""
+
+    recipe: Recipe
+    run: str
+    status: str
+    seconds: float = 0.0
+    seconds_per_epoch: float = 0.0
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    """Every candidate, what became of each recipe, and the winner."""
+
+    candidates: tuple[Candidate, ...]
+    recipes: tuple[RecipeOutcome, ...]
+    winner: Candidate
+    n_fit: int
+    n_validation: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "winner": dataclasses.asdict(self.winner),
+            "n_fit": self.n_fit,
+            "n_validation": self.n_validation,
+            "seconds": self.seconds,
+            "candidates": [dataclasses.asdict(candidate) for candidate in self.candidates],
+            "recipes": [dataclasses.asdict(outcome) for outcome in self.recipes],
+        }
+
+
+#: ``phase(text, fraction)``: what ``tune`` is doing and the share of the budget spent.
+TuneProgressFn = Callable[[str, float], None]
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def validation_split(prepared: PreparedData, fraction: float, rng: np.random.Generator) -> Split:
+    """Fit and validation record indices, both inside the training split (stratified by label)."""
+    train = np.sort(prepared.split.train)
+    inner = stratified_split(prepared.dataset.label_array[train], 1.0 - fraction, rng)
+    return Split(np.sort(train[inner.train]), np.sort(train[inner.test]))
+
+
+def _fit_sets(labels: np.ndarray, prepared: PreparedData, rng: np.random.Generator) -> ComparativeSets:
+    config = prepared.config
+    return make_comparative_sets(labels, config.train_queries_per_label, config.n_negatives, rng)
+
+
+def score_featurizer(
+    featurizer: str,
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    split: Split,
+    rankers: Sequence[str],
+    sets: ComparativeSets,
+    rng: np.random.Generator,
+    settings: WorkbenchConfig | None = None,
+) -> list[Candidate]:
+    """Fit each ranker on the fit images, then let every validation image search the training split.
+
+    Args:
+        featurizer: Name reported for these embeddings.
+        embeddings: One row per dataset record.
+        labels: Label of each record.
+        split: Fit and validation record indices (together: the training split).
+        rankers: Registry names.
+        sets: Comparative sets over the fit images (positions in ``split.train``), for rankers learning from pairs.
+        rng: Draws the bootstrap intervals (and seeds the random baseline).
+        settings: Learned rankers take their section of it (``[svm]``) when there is one.
+    """
+    gallery = np.sort(np.concatenate([split.train, split.test]))
+    queries = np.searchsorted(gallery, split.test)
+    candidates = []
+    for name in rankers:
+        start = time.perf_counter()
+        spec = ranker_spec(name)
+        section = getattr(settings, name, None)
+        if not spec.learned:
+            ranker = make_ranker(name, rng)
+        else:
+            ranker = spec.build(section) if section is not None else spec.build()
+        if isinstance(ranker, LearnedRanker):
+            ranker.fit(embeddings[split.train], labels[split.train], sets)
+        result = evaluate_retrieval(ranker, embeddings[gallery], labels[gallery], queries)
+        candidates.append(
+            Candidate(
+                featurizer,
+                name,
+                result.interval("map@r", rng),
+                result.interval("recall@1", rng),
+                time.perf_counter() - start,
+            )
+        )
+        log.info("tune: %s + %s: MAP@R %s", featurizer, name, candidates[-1].map_at_r)
+    return candidates
+
+
+def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneProgressFn | None = None) -> TuneReport:
+    """Score the pretrained featurizer and each recipe's run with every ranker; make the best the default.
+
+    Raises:
+        WorkbenchError: Too few training images to carve a validation split.
+    """
+    from core.train import fine_tune
+
+    started = time.perf_counter()
+
+    def phase(text: str) -> None:
+        log.info("tune: %s", text)
+        if progress is not None:
+            progress(text, min(1.0, (time.perf_counter() - started) / max(config.budget_s, 1e-9)))
+
+    prepared = prepared_data(spec.config.data, spec.layout)
+    labels = prepared.dataset.label_array.astype(str)
+    rng = np.random.default_rng(config.seed)
+    split = validation_split(prepared, config.validation_fraction, rng)
+    if len(split.test) == 0 or len(np.unique(labels[split.train])) < 2:
+        raise WorkbenchError(
+            f"{spec.config.data.root}: too few training images to hold out a validation split "
+            f"({len(prepared.split.train)} training images)"
+        )
+    sets = _fit_sets(labels[split.train], prepared, rng)
+
+    phase("scoring the pretrained featurizer")
+    base = open_workspace(spec.with_run(PRETRAINED))
+    candidates = score_featurizer(PRETRAINED, base.embeddings, labels, split, config.rankers, sets, rng, spec.config)
+    outcomes: list[RecipeOutcome] = []
+    for recipe in config.recipes:
+        run = f"tune-{recipe.name}"
+        train_config = recipe.train_config(spec.config.train)
+        remaining = config.budget_s - (time.perf_counter() - started)
+        per_epoch = max((outcome.seconds_per_epoch for outcome in outcomes), default=0.0)
+        if remaining <= 0 or per_epoch * recipe.epochs > remaining:
+            outcomes.append(RecipeOutcome(recipe, run, "skipped"))
+            log.info("tune: %s skipped (%.0f s of the budget left)", run, max(remaining, 0.0))
+            continue
+        phase(f"fine-tuning {run}")
+        run_started = time.perf_counter()
+
+        def on_step(event: TrainProgress, run: str = run) -> None:
+            if time.perf_counter() - started > config.budget_s:
+                raise _OverBudget
+            if progress is not None and event.step == event.steps:
+                phase(f"fine-tuning {run}: epoch {event.epoch}/{event.epochs}")
+
+        run_spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, train=train_config))
+        try:
+            fine_tune(prepared.dataset.records, split, train_config, spec.layout.run(run), on_step)
+        except _OverBudget:
+            outcomes.append(RecipeOutcome(recipe, run, "stopped", time.perf_counter() - run_started))
+            log.info("tune: %s stopped, the budget ran out", run)
+            continue
+        seconds = time.perf_counter() - run_started
+        outcomes.append(RecipeOutcome(recipe, run, "trained", seconds, seconds / max(recipe.epochs, 1)))
+        phase(f"scoring {run}")
+        tuned = open_workspace(run_spec.with_run(run))
+        candidates += score_featurizer(run, tuned.embeddings, labels, split, config.rankers, sets, rng, spec.config)
+
+    winner = max(candidates, key=lambda candidate: candidate.map_at_r.value)  # first of equals: the cheaper
+    report = TuneReport(
+        tuple(candidates), tuple(outcomes), winner, len(split.train), len(split.test), time.perf_counter() - started
+    )
+    atomic_write_json(spec.layout.tune_report, report.to_dict())
+    if ranker_spec(winner.ranker).learned:
+        phase(f"fitting the {winner.ranker} ranker of {winner.featurizer} on the whole training split")
+        fit_ranker(open_workspace(spec.with_run(winner.featurizer)), winner.ranker)
+    atomic_write_json(spec.layout.default_choice, {"featurizer": winner.featurizer, "ranker": winner.ranker})
+    phase(f"done: {winner.featurizer} + {winner.ranker}")
+    return report
+
+
+def default_choice(layout: WorkDir) -> tuple[str, str] | None:
+    """The ``(featurizer, ranker)`` that ``tune`` chose for this dataset, or None when it never ran (or its file
+    is unreadable)."""
+    try:
+        payload = read_json(layout.default_choice)
+        return str(payload["featurizer"]), str(payload["ranker"])
+    except (ArtifactError, KeyError, TypeError):
+        return None
