@@ -37,6 +37,37 @@ def test_projection_learns_the_informative_directions_and_beats_cosine_on_new_im
     assert projected > plain + 0.3, (projected, plain)
 
 
+def styled_data(rng, n_per_label, style_scale, n_labels=5, informative=6, style=20):
+    """Labels differ along a few dimensions; ``style`` more dimensions vary by ``style_scale`` (the photo style)."""
+    centres = np.random.default_rng(0).normal(size=(n_labels, informative))
+    labels = np.repeat(np.arange(n_labels), n_per_label).astype(str)
+    signal = centres[labels.astype(int)] + rng.normal(scale=0.3, size=(len(labels), informative))
+    embeddings = np.hstack([signal, rng.normal(scale=style_scale, size=(len(labels), style))])
+    return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def top5_agreement(ranker, queries, query_labels, gallery, gallery_labels):
+    top = np.argsort(-ranker.score(queries, gallery), axis=1)[:, :5]
+    return float(np.mean(gallery_labels[top] == query_labels[:, None]))
+
+
+def test_photos_in_another_style_keep_their_neighbours_with_the_default_shrinkage():
+    # The gallery hardly varies in the style dimensions; the queries vary a lot there (another photo style).
+    gallery, gallery_labels = styled_data(np.random.default_rng(1), 30, style_scale=0.02)
+    queries, query_labels = styled_data(np.random.default_rng(2), 10, style_scale=0.3)
+    cosine = top5_agreement(CosineRanker(), queries, query_labels, gallery, gallery_labels)
+
+    def learned_alone(**config):
+        ranker = ProjectionRanker(ProjectionConfig(epochs=15, identity_weights=(0.0,), **config))
+        return top5_agreement(ranker.fit(gallery, gallery_labels), queries, query_labels, gallery, gallery_labels)
+
+    assert learned_alone() >= 0.9 * cosine, (learned_alone(), cosine)
+    # barely shrunk, whitening amplifies the style dimensions and the queries land next to arbitrary items
+    assert learned_alone(shrinkage=1e-3) < 0.7 * cosine
+    with pytest.raises(ValueError, match="shrinkage"):
+        ProjectionConfig(shrinkage=0.0)
+
+
 def test_identity_weight_one_is_exactly_cosine_and_transform_is_unit():
     train, labels = hidden_signal_data(np.random.default_rng(0))
     ranker = ProjectionRanker(ProjectionConfig(epochs=1, identity_weights=(1.0,))).fit(train, labels)

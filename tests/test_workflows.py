@@ -102,6 +102,22 @@ def test_a_damaged_or_foreign_ranker_file_is_refitted(ws):
     assert workflows.stale_rankers(ws, ("svm",)) == []
 
 
+def test_a_ranker_saved_by_an_older_schema_is_refitted(ws):
+    from core import metric_learning
+
+    metadata = {"featurizer": ws.fingerprint, "data": workflows.data_signature(ws.prepared)}
+    old = metric_learning.ProjectionRanker(matrix=np.eye(DIM, dtype=np.float32))
+    path = ws.ranker_path("projection")
+    path.parent.mkdir(parents=True)
+    old.save(path, metadata)
+    assert workflows.stale_rankers(ws, ("projection",)) == []  # same featurizer, data and schema: current
+    header = json.loads(str(np.load(path)["header"]))
+    header["schema_version"] = metric_learning.PROJECTION_SCHEMA_VERSION - 1  # written before the shrinkage fix
+    np.savez(path, header=json.dumps(header), matrix=old.matrix)
+    assert workflows.saved_metadata(path) == metadata  # its metadata alone says "current"
+    assert workflows.stale_rankers(ws, ("projection",)) == ["projection"]
+
+
 def test_a_ranker_the_data_cannot_fit_is_listed_and_the_others_are_still_fitted(tmp_path, tiny_dataset):
     data = tmp_path / "data"
     for label in ("fish", "tools"):  # 3 images per label (3 for training in all): too few for the projection

@@ -154,12 +154,20 @@ def saved_metadata(path: Path) -> dict[str, Any] | None:
 
 def stale_rankers(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> list[str]:
     """The learned rankers among ``names`` that need a fit for this workspace: never fitted for its featurizer,
-    unreadable, or fitted on other data (another image set, labels or split)."""
+    unreadable (an older schema too), or fitted on other data (another image set, labels or split)."""
     signature = data_signature(ws.prepared)
     stale = []
     for name in names:
-        metadata = saved_metadata(ws.ranker_path(name))
+        path = ws.ranker_path(name)
+        metadata = saved_metadata(path)
         if metadata is None or metadata.get("featurizer") != ws.fingerprint or metadata.get("data") != signature:
+            stale.append(name)
+            continue
+        load = ranker_spec(name).load
+        try:
+            if load is not None:
+                load(path)
+        except WorkbenchError:
             stale.append(name)
     return stale
 
