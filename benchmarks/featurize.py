@@ -8,7 +8,7 @@ Modes:
   parallel  onnxruntime only: the same batches as the file pipeline runs them (``core.featurize.
             embed_pixel_batches``): each split over one single-threaded run per core, the next batch queued
   files     ``core.featurize.embed_files``: read + hash + decode (JPEG draft mode) + resize of the crop to uint8
-            in a pool of one thread per core at a lower priority, running ahead of that model side
+            in a pool of one thread per core, running ahead of that model side
 
 Each configuration runs in its own process (so peak RSS is its own), is warmed up once, repeated
 ``--repeats`` times; with ``--rounds`` > 1 the configurations are run in turn that many times, so a busy

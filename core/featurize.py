@@ -8,8 +8,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
-import threading
 import time
 import uuid
 import zipfile
@@ -138,28 +136,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-#: How much lower than the caller decoding threads run (Linux ``nice`` steps, per thread). The model threads
-#: then keep their cores and the decoders take what the model leaves (between operators and batches) plus a
-#: share of the rest: on 2 cores this is what lets the file pipeline keep up with the model. Measured with
-#: ``benchmarks/featurize.py``: 5 and 10 were alike, 19 starved the decoders.
-DECODE_NICENESS = 5
-
-
-def lower_thread_priority(steps: int = DECODE_NICENESS) -> None:
-    """Make the calling thread ``steps`` nice levels lower in priority (Linux only; elsewhere nothing happens).
-
-    Only this thread changes (Linux keeps a nice value per thread), and it is not undone: call it in threads that
-    end with their work, such as a pool's ``initializer``.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    thread = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + steps))
-    except OSError as err:  # a sandbox that forbids it: decoding still works, at the same priority
-        log.debug("could not lower the decoding thread's priority (%s)", err)
-
-
 def read_and_prepare(path: Path, preprocessing: Preprocessing) -> tuple[str, np.ndarray]:
     """Read a file once, hash those bytes and decode those bytes into model-ready ``uint8[S, S, 3]`` pixels.
 
@@ -250,9 +226,8 @@ def iter_embed_files(
 ) -> Iterator[EmbeddedBatch]:
     """Embed image files batch by batch, decoding in a thread pool that runs ahead of the model.
 
-    Files are read, hashed, decoded and cropped to uint8 by ``workers`` threads (default: one per core) running
-    at a lower priority than the model (:data:`DECODE_NICENESS`), at most two batches ahead of the batch being
-    embedded, so memory stays bounded whatever the number of files. The model side is
+    Files are read, hashed, decoded and cropped to uint8 by ``workers`` threads (default: one per core), at most
+    two batches ahead of the batch being embedded, so memory stays bounded whatever the number of files. The model side is
     :func:`embed_pixel_batches`: on onnxruntime on a CPU, ``model_workers`` single-threaded runs per batch.
     Batches come out in order.
 
@@ -267,7 +242,7 @@ def iter_embed_files(
     preprocessing = featurizer.preprocessing
     ahead = 2 * batch_size
     hashes: deque[list[str]] = deque()
-    with ThreadPoolExecutor(workers or default_workers(), "decode", lower_thread_priority) as decoders:
+    with ThreadPoolExecutor(workers or default_workers(), "decode") as decoders:
         decoding: deque[Future[tuple[str, np.ndarray]]] = deque()
 
         def decoded() -> Iterator[np.ndarray]:

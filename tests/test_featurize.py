@@ -274,37 +274,6 @@ def test_decode_pool_follows_the_cores_this_process_may_use(monkeypatch):
     assert default_workers() == 3
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
-def test_decoding_runs_below_the_model_priority(tiny_dataset, monkeypatch):
-    """Files decode in threads DECODE_NICENESS steps nicer than the caller; the model and the caller keep theirs."""
-
-    def priority() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    own = priority()
-    decoding: list[int] = []
-    real = featurize.read_and_prepare
-
-    def recording(path, preprocessing):
-        decoding.append(priority())
-        return real(path, preprocessing)
-
-    class RecordingFeaturizer(MeanColourFeaturizer):
-        def __init__(self):
-            super().__init__()
-            self.model_priorities: list[int] = []
-
-        def embed_pixels(self, pixels):
-            self.model_priorities.append(priority())
-            return super().embed_pixels(pixels)
-
-    monkeypatch.setattr(featurize, "read_and_prepare", recording)
-    featurizer = RecordingFeaturizer()
-    embed_files(featurizer, sorted(tiny_dataset.glob("*/*.jpg"))[:5], batch_size=2, workers=2)
-    assert decoding == [min(19, own + featurize.DECODE_NICENESS)] * 5
-    assert featurizer.model_priorities == [own] * 3 and priority() == own
-
-
 class SideBySideFeaturizer(MeanColourFeaturizer):
     """A ParallelFeaturizer stand-in: its single-thread embedder meets a second call at a barrier, so it only
     returns if two batches really are embedded at the same time."""
