@@ -1,4 +1,4 @@
-"""Retrieval quality of cosine, L2, SVM, projection and Siamese on pretrained EfficientNet-Lite0 embeddings.
+"""Retrieval quality of cosine, L2, SVM and projection on pretrained EfficientNet-Lite0 embeddings.
 
 For the demo (``data/demo``) and the held-out sets of ``scripts/heldout_data.py`` (``heldout_scenes``: 57 scene
 photos in 4 labels; ``heldout_fashion_mnist``: 1,000 Fashion-MNIST product photos, 28x28 greyscale, in 10
@@ -10,8 +10,8 @@ demo. Learned rankers are fitted on the training split with their library defaul
 held-out sets are check sets). Embeddings are cached under ``--workdir``, keyed by the set's file list.
 
 ``--sets`` picks the sections to run; the others keep their last results in ``benchmarks/results/quality.json``.
-``--rankers`` picks rankers (the Siamese fit is the slow one: 15 min on the 1,000-image set, 2 busy cores); rows
-of rankers not rerun are kept from the last run of that set. Each row records ``git describe --dirty``.
+``--rankers`` picks rankers; rows of rankers not rerun are kept from the last run of that set. Each row records
+``git describe --dirty``.
 
 Usage::
 
@@ -43,14 +43,13 @@ from core.featurize import Featurizer, TorchFeaturizer, embed_files
 from core.metric_learning import ProjectionRanker
 from core.pipeline import PreparedData, prepare
 from core.rankers import CosineRanker, L2Ranker, Ranker, top_k
-from core.siamese import SiameseRanker
 from core.svm import SVMRanker
 
 HELDOUT = Path.home() / ".cache/workbench/heldout"
 RESULTS = Path("benchmarks/results/quality.json")
 #: section name -> dataset folder (relative to --heldout for held-out sets).
 SECTIONS = {"demo": "data/demo", "heldout_scenes": "scenes", "heldout_fashion_mnist": "fashion_mnist"}
-RANKERS = ("cosine", "l2", "svm", "projection", "siamese")
+RANKERS = ("cosine", "l2", "svm", "projection")
 COLUMNS = ("fit_s", "mean_rank", "top1", "top5", "recall@1", "map@r", "heldout_gallery_agreement")
 
 
@@ -91,7 +90,6 @@ def fit_rankers(
     fits: dict[str, Callable[[], Ranker]] = {
         "svm": lambda: SVMRanker().fit(train_embeddings, train_labels, local_sets),
         "projection": lambda: ProjectionRanker().fit(train_embeddings, train_labels, local_sets),
-        "siamese": lambda: SiameseRanker().fit(train_embeddings, train_labels, local_sets),
     }
     for name, fit in fits.items():
         if name not in names:
@@ -186,9 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/quality-work"))
     parser.add_argument("--heldout", type=Path, default=HELDOUT, help="scripts/heldout_data.py's --root")
     parser.add_argument("--sets", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
-    parser.add_argument(
-        "--rankers", nargs="+", choices=RANKERS, default=list(RANKERS), help="e.g. leave out siamese (slowest fit)"
-    )
+    parser.add_argument("--rankers", nargs="+", choices=RANKERS, default=list(RANKERS))
     args = parser.parse_args(argv)
     featurizer = TorchFeaturizer(build_backbone("efficientnet_lite0"))
     report: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

@@ -311,9 +311,6 @@ register_ranker(
         quick_fit=True,
     )
 )
-register_ranker(
-    _learned("siamese", "Siamese pair head over |u - v| and u * v, P(same)", "core.siamese", "SiameseRanker")
-)
 register_ranker(RankerSpec("l1", "negative Manhattan distance", lambda rng: L1Ranker()))
 register_ranker(RankerSpec("random", "uniform random scores: the chance baseline", RandomRanker))
 

@@ -18,7 +18,7 @@ def render() -> None:
             rankers,
             index=0,
             key="ranker",
-            help="learned rankers (svm, siamese) appear once fitted for this featurizer",
+            help="learned rankers (svm, projection) appear once fitted for this featurizer",
         )
         k = st.slider("Results", min_value=1, max_value=30, value=12, key="k")
 

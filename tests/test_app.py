@@ -173,7 +173,7 @@ def test_dataset_page_switches_folder_for_this_session_only_and_within_the_allow
 def test_evaluation_cache_follows_the_saved_ranker_files(app_env):
     run_app()
     ws = service.workspace()
-    for name in ("svm", "siamese"):
+    for name in ("svm", "projection"):
         service.fit(ws, name)
         assert service.evaluation(ws, (name,), "train")[0].ranker == name
         ws.ranker_path(name).unlink()

@@ -8,7 +8,7 @@ STATEMENTS = {
     "core": "import core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones, core.config, core.data",
     "cli": "import core, workbench.cli, core.rankers, core.evaluate, core.data",
     "core_all": "import core.pipeline, core.evaluate, core.rankers, core.featurize, core.backbones, core.config, "
-    "core.data, core.workdir, core.svm, core.siamese, core.train, core.index, core.dedup, core.ingest, core.explain",
+    "core.data, core.workdir, core.svm, core.train, core.index, core.dedup, core.ingest, core.explain",
     "export": "import export.onnx_export, export.onnx_featurizer, export.metadata",
 }
 

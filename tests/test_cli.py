@@ -156,12 +156,12 @@ def test_index_build_search_remove_add(tmp_path, tiny_dataset, capsys):
     assert main(["index", "search", str(query), "-k", "1", *common, "--run", "missing"]) == 2  # no such run
 
 
-def test_fit_siamese_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
+def test_fit_projection_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
-    assert main(["fit", "--ranker", "siamese", *common]) == 0
-    assert "siamese.npz" in capsys.readouterr().out
+    assert main(["fit", "--ranker", "projection", *common]) == 0
+    assert "projection.npz" in capsys.readouterr().out
     assert main(["evaluate", *common]) == 0
-    assert "\nsiamese " in capsys.readouterr().out
+    assert "\nprojection " in capsys.readouterr().out
 
 
 def test_serve_flags_reach_the_upload_limits_and_defaults_stay_the_configured_ones(tiny_dataset):

@@ -141,7 +141,7 @@ def test_ensure_learned_refuses_plain_and_unknown_rankers(ws):
         workflows.ensure_learned(ws, ("cosine",))
     with pytest.raises(WorkbenchError, match="unknown ranker 'lda'"):
         workflows.ensure_learned(ws, ("lda",))
-    assert workflows.READY_RANKERS == ("svm", "projection")  # siamese stays opt-in (minutes on CPU)
+    assert workflows.READY_RANKERS == ("svm", "projection")
 
 
 # --- full-gallery retrieval ---------------------------------------------------------------------------

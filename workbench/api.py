@@ -17,7 +17,7 @@ Input limits, each answered with ``{"error": {"code", "message"}}`` and never a 
 * costly images (over ``heavy_pixels`` once decoded) are decoded one at a time at low CPU priority, beside
   the ordinary slots; when too many wait: 503 ``server_busy`` with ``Retry-After``;
 * bad form fields (``k`` outside 1..100, an unknown ranker, a missing file): 422 ``invalid_request``;
-  a learned ranker (``svm``, ``siamese``) before it was fitted for this featurizer: 422 ``ranker_unavailable``.
+  a learned ranker (``svm``, ``projection``) before it was fitted for this featurizer: 422 ``ranker_unavailable``.
 
 ``/openapi.json`` works offline; the interactive ``/docs`` page loads Swagger UI's JavaScript and CSS from
 a CDN, so it renders only where the browser can reach one.

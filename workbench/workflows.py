@@ -62,7 +62,7 @@ def training_view(prepared: PreparedData, embeddings: np.ndarray) -> tuple[np.nd
     """The training split only: its embeddings, labels, and the training comparative sets re-indexed into them.
 
     A learned ranker never sees a test image, whatever it does with the rows it is given (the projection learns
-    from every row, the SVM and the Siamese head from the sets' pairs).
+    from every row, the SVM from the sets' pairs).
     """
     train = np.sort(prepared.split.train)
     sets = prepared.train_sets
@@ -123,7 +123,7 @@ def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
 
 
 #: Learned rankers fitted whenever they are missing: the registry's quick ones (on the 275-image demo, 2 busy CPU
-#: cores: svm 9 s, projection 34-49 s); Siamese stays opt-in (minutes).
+#: cores: svm 9 s, projection 34-49 s).
 READY_RANKERS: tuple[str, ...] = tuple(list_rankers(learned=True, quick_fit=True))
 
 #: ``progress(done, total, name)``: ``name`` is the ranker about to be fitted ("" once all are done).
