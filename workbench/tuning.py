@@ -271,8 +271,8 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
         def on_step(event: TrainProgress, run: str = run) -> None:
             if time.perf_counter() - started > config.budget_s:
                 raise _OverBudget
-            if progress is not None and event.step == event.steps:
-                phase(f"fine-tuning {run}: epoch {event.epoch}/{event.epochs}")
+            if event.metrics is not None:
+                phase(f"fine-tuning {run}: epoch {event.epoch}/{event.epochs} done in {event.metrics.seconds:.0f} s")
 
         run_spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, train=train_config))
         try:
