@@ -50,12 +50,16 @@ RESULTS = Path("benchmarks/results/quality.json")
 #: section name -> dataset folder (relative to --heldout for held-out sets).
 SECTIONS = {"demo": "data/demo", "heldout_scenes": "scenes", "heldout_fashion_mnist": "fashion_mnist"}
 RANKERS = ("cosine", "l2", "svm", "projection")
+DEFAULT_BACKBONE = "efficientnet_lite0"
 COLUMNS = ("fit_s", "mean_rank", "top1", "top5", "recall@1", "map@r", "heldout_gallery_agreement")
 
 
 def embeddings_for(paths: list[Path], workdir: Path, name: str, featurizer: Featurizer) -> np.ndarray:
     """Embeddings of ``paths``, cached in ``workdir`` under a name that changes with the file list."""
-    digest = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+    key = "\n".join(map(str, paths))
+    if not featurizer.fingerprint.startswith(f"{DEFAULT_BACKBONE}-"):
+        key += f"\n{featurizer.fingerprint}"  # other backbones get their own caches (Lite0's keep their old names)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     cache = workdir / f"{name}-{digest}.npy"
     if cache.exists():
         return np.load(cache)
@@ -185,8 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout", type=Path, default=HELDOUT, help="scripts/heldout_data.py's --root")
     parser.add_argument("--sets", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--rankers", nargs="+", choices=RANKERS, default=list(RANKERS))
+    parser.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help="pretrained backbone; sections of others are named set@backbone"
+    )
     args = parser.parse_args(argv)
-    featurizer = TorchFeaturizer(build_backbone("efficientnet_lite0"))
+    featurizer = TorchFeaturizer(build_backbone(args.backbone))
+    suffix = "" if args.backbone == DEFAULT_BACKBONE else f"@{args.backbone}"
     report: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     for name in args.sets:
@@ -198,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
             section = run(Path(SECTIONS[name]), args.workdir, featurizer, out_of_style, args.rankers)
         else:
             section = run(args.heldout / SECTIONS[name], args.workdir, featurizer, None, args.rankers)
-        report[name] = merge(report.get(name), section)
-        print("\n" + table(name, report[name], args.rankers) + "\n")
+        report[name + suffix] = merge(report.get(name + suffix), section)
+        print("\n" + table(name + suffix, report[name + suffix], args.rankers) + "\n")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     temp = RESULTS.with_suffix(".json.tmp")
     temp.write_text(json.dumps(report, indent=2) + "\n")
