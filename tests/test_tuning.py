@@ -10,6 +10,7 @@ import pytest
 
 from core.evaluate import evaluate_retrieval
 from core.featurize import Featurizer
+from core.metric_learning import ProjectionRanker
 from core.rankers import CosineRanker
 from core.workdir import PRETRAINED
 from workbench import cli, tuning
@@ -90,7 +91,7 @@ def test_score_featurizer_matches_a_naive_map_at_r_and_learning_beats_cosine_on_
     candidates = tuning.score_featurizer(
         "x", embeddings, labels, inner, ("cosine", "projection", "random"), sets, np.random.default_rng(0)
     )
-    by_name = {c.ranker: c for c in candidates}
+    by_name = {c.ranker: c for c, _ in candidates}
     # naive MAP@R of cosine: each validation image searches the others (every image here is train or validation)
     scores = CosineRanker().score(embeddings, embeddings)
     expected = []
@@ -100,14 +101,14 @@ def test_score_featurizer_matches_a_naive_map_at_r_and_learning_beats_cosine_on_
         r = sum(relevant)
         expected.append(sum(np.mean(relevant[: i + 1]) for i in range(r) if relevant[i]) / r)
     assert by_name["cosine"].map_at_r.value == pytest.approx(np.mean(expected), abs=1e-9)
-    for c in candidates:
+    for c, _ in candidates:
         assert c.map_at_r.low <= c.map_at_r.value <= c.map_at_r.high
     assert by_name["projection"].map_at_r.value > by_name["cosine"].map_at_r.value + 0.1
     assert by_name["random"].map_at_r.value < by_name["cosine"].map_at_r.value
 
 
 def test_tune_never_scores_on_test_images_and_makes_the_winner_the_apps_default(spec, fake_models, monkeypatch):
-    prepared, _, galleries = fake_models
+    prepared, embeddings, galleries = fake_models
 
     def no_training(*args, **kwargs):
         raise AssertionError("no recipe was asked for")
@@ -123,7 +124,10 @@ def test_tune_never_scores_on_test_images_and_makes_the_winner_the_apps_default(
     assert tuning.default_choice(spec.layout) == (PRETRAINED, report.winner.ranker)
     print([(c.ranker, c.map_at_r) for c in report.candidates])
     assert report.winner.ranker == "projection"  # the labels hide in quiet dimensions: learning finds them
-    assert spec.layout.ranker("projection", f"fake-{PRETRAINED}").is_file()  # refitted on the whole training split
+    served = ProjectionRanker.load(spec.layout.ranker("projection", f"fake-{PRETRAINED}"))
+    fit_only = tuning.validation_split(prepared, 0.25, np.random.default_rng(0)).train
+    validated = ProjectionRanker().fit(embeddings[PRETRAINED][fit_only], prepared.dataset.label_array[fit_only])
+    np.testing.assert_allclose(served.matrix, validated.matrix, atol=1e-6)  # the ranker validated is the one served
     spec.layout.default_choice.write_text("{not json")
     assert tuning.default_choice(spec.layout) is None
 

@@ -7,8 +7,8 @@ training split, itself excluded. MAP@R decides (recall@1 is reported beside it),
 
 Recipes are tried in order while the time budget lasts; one that would overrun it is stopped at the end of a step
 (its run keeps its last finished epoch and resumes if tuned again). The winner is written as the dataset's default
-choice, so the app opens with that featurizer and ranker, and its learned ranker is refitted on the whole training
-split. Recipe runs are ordinary runs named ``tune-<recipe>``, trained on the fit images only.
+choice, so the app opens with that featurizer and ranker; a learned ranker is saved as validated (fitted on the fit
+images), not refitted. Recipe runs are ordinary runs named ``tune-<recipe>``, trained on the fit images only.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from core.config import TrainConfig, WorkbenchConfig
 from core.data import ComparativeSets, Split, make_comparative_sets, stratified_split
 from core.errors import ArtifactError, WorkbenchError
 from core.evaluate import Estimate, evaluate_retrieval
-from core.rankers import LearnedRanker, make_ranker, ranker_spec
+from core.rankers import LearnedRanker, Ranker, make_ranker, ranker_spec
 from core.workdir import PRETRAINED, WorkDir
 from workbench.workflows import fit_ranker
 from workbench.workspace import WorkspaceSpec, open_workspace, prepared_data
@@ -186,7 +186,7 @@ def score_featurizer(
     sets: ComparativeSets,
     rng: np.random.Generator,
     settings: WorkbenchConfig | None = None,
-) -> list[Candidate]:
+) -> list[tuple[Candidate, Ranker]]:
     """Fit each ranker on the fit images, then let every validation image search the training split.
 
     Args:
@@ -198,6 +198,9 @@ def score_featurizer(
         sets: Comparative sets over the fit images (positions in ``split.train``), for rankers learning from pairs.
         rng: Draws the bootstrap intervals (and seeds the random baseline).
         settings: Learned rankers take their section of it (``[svm]``) when there is one.
+
+    Returns:
+        Each candidate with the ranker it scored (fitted on the fit images).
     """
     gallery = np.sort(np.concatenate([split.train, split.test]))
     queries = np.searchsorted(gallery, split.test)
@@ -213,16 +216,15 @@ def score_featurizer(
         if isinstance(ranker, LearnedRanker):
             ranker.fit(embeddings[split.train], labels[split.train], sets)
         result = evaluate_retrieval(ranker, embeddings[gallery], labels[gallery], queries)
-        candidates.append(
-            Candidate(
-                featurizer,
-                name,
-                result.interval("map@r", rng),
-                result.interval("recall@1", rng),
-                time.perf_counter() - start,
-            )
+        candidate = Candidate(
+            featurizer,
+            name,
+            result.interval("map@r", rng),
+            result.interval("recall@1", rng),
+            time.perf_counter() - start,
         )
-        log.info("tune: %s + %s: MAP@R %s", featurizer, name, candidates[-1].map_at_r)
+        candidates.append((candidate, ranker))
+        log.info("tune: %s + %s: MAP@R %s", featurizer, name, candidate.map_at_r)
     return candidates
 
 
@@ -287,14 +289,20 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
         tuned = open_workspace(run_spec.with_run(run))
         candidates += score_featurizer(run, tuned.embeddings, labels, split, config.rankers, sets, rng, spec.config)
 
-    winner = max(candidates, key=lambda candidate: candidate.map_at_r.value)  # first of equals: the cheaper
+    winner, winning_ranker = max(candidates, key=lambda pair: pair[0].map_at_r.value)  # first of equals: cheaper
     report = TuneReport(
-        tuple(candidates), tuple(outcomes), winner, len(split.train), len(split.test), time.perf_counter() - started
+        tuple(candidate for candidate, _ in candidates),
+        tuple(outcomes),
+        winner,
+        len(split.train),
+        len(split.test),
+        time.perf_counter() - started,
     )
     atomic_write_json(spec.layout.tune_report, report.to_dict())
-    if ranker_spec(winner.ranker).learned:
-        phase(f"fitting the {winner.ranker} ranker of {winner.featurizer} on the whole training split")
-        fit_ranker(open_workspace(spec.with_run(winner.featurizer)), winner.ranker)
+    if isinstance(winning_ranker, LearnedRanker):
+        # the ranker validated is the one served: refitted on all training images, a fine-tuned run's ranker would
+        # learn from images its network was trained on (near-perfect clusters), which the validation never saw
+        fit_ranker(open_workspace(spec.with_run(winner.featurizer)), winner.ranker, winning_ranker)
     atomic_write_json(spec.layout.default_choice, {"featurizer": winner.featurizer, "ranker": winner.ranker})
     phase(f"done: {winner.featurizer} + {winner.ranker}")
     return report

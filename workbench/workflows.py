@@ -74,10 +74,11 @@ def training_view(prepared: PreparedData, embeddings: np.ndarray) -> tuple[np.nd
     return embeddings[train], prepared.dataset.label_array[train], local
 
 
-def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
+def fit_ranker(ws: Workspace, name: str, fitted: LearnedRanker | None = None) -> FittedRanker:
     """Fit the learned ranker ``name`` on the workspace's training split and save it for its featurizer.
 
-    Its settings come from the config section of the same name when there is one (``[svm]``).
+    Its settings come from the config section of the same name when there is one (``[svm]``). A ranker ``fitted``
+    elsewhere on part of the training split (``tune`` keeps the one it validated) is saved as it is.
 
     Raises:
         WorkbenchError: ``name`` is not a learned ranker of the registry.
@@ -90,12 +91,13 @@ def fit_ranker(ws: Workspace, name: str) -> FittedRanker:
         raise WorkbenchError(f"ranker {name!r} has nothing to learn; learned rankers: {', '.join(list_rankers(True))}")
     start = time.perf_counter()
     section = getattr(ws.spec.config, name, None)
-    ranker = spec.build(section) if section is not None else spec.build()
+    ranker = fitted or (spec.build(section) if section is not None else spec.build())
     if not isinstance(ranker, LearnedRanker):
         raise WorkbenchError(f"ranker {name!r} cannot be fitted and saved")
     prepared = ws.prepared
     try:
-        ranker.fit(*training_view(prepared, ws.embeddings))
+        if fitted is None:
+            ranker.fit(*training_view(prepared, ws.embeddings))
     except ValueError as err:  # numpy's LinAlgError included: too few or degenerate training images
         raise RankerFitError(
             f"{name} ranker cannot be fitted on {ws.layout.root} ({len(prepared.split.train)} training images): "
