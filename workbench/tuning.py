@@ -242,7 +242,7 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
     started = time.perf_counter()
 
     def phase(text: str) -> None:
-        log.info("tune: %s", text)
+        log.debug("tune: %s", text)
         if progress is not None:
             progress(text, min(1.0, (time.perf_counter() - started) / max(config.budget_s, 1e-9)))
 
