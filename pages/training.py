@@ -66,7 +66,7 @@ def _tune_section() -> None:
         "supervised contrastive) with every ranker, scored on a validation share of the training images (the test images "
         "are never used); the best becomes the default featurizer and ranker."
     )
-    left, right = st.columns([1, 3])
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
     budget = left.number_input("Budget (minutes)", min_value=1, max_value=600, value=15, key="tune_budget")
     if right.button("Start tuning", key="tune_start"):
         st.session_state[_TUNE_SEEN] = False
@@ -79,7 +79,7 @@ def render() -> None:
     common.featurizer_picker()
     st.caption(
         "Fine-tunes the pretrained backbone on the training split (as a classifier, or directly on the embedding "
-        "with a triplet loss), featurizes with the refined body and fits the SVM-weighted L2 ranker. Runs in the "
+        "with a metric-learning loss), featurizes with the refined body and fits the SVM-weighted L2 ranker. Runs in the "
         "background; progress updates live."
     )
     st.caption(f"Dataset: `{service.data_folder()}` (switch it on the Dataset page).")
