@@ -301,13 +301,13 @@ register_ranker(
         quick_fit=True,
     )
 )
-# cosine after a matrix: an index could serve it once core.index.VectorSpace carries the matrix
 register_ranker(
     _learned(
         "projection",
         "cosine after a learned linear projection (metric learning on the cached embeddings)",
         "core.metric_learning",
         "ProjectionRanker",
+        index_servable=True,
         quick_fit=True,
     )
 )

@@ -303,6 +303,33 @@ def test_faiss_remove_save_load_and_model_check(tmp_path, kind: str) -> None:
         loaded.search(query, 10, L2Ranker())
 
 
+def test_faiss_serves_the_projection_as_a_loop_of_cosines_after_its_matrix_and_keeps_it_on_disk(tmp_path) -> None:
+    pytest.importorskip("faiss")
+    from core.index.faiss_backend import FaissConfig
+    from core.metric_learning import ProjectionRanker
+
+    rng = np.random.default_rng(12)
+    gallery, query = unit(rng, 300, 8), unit(rng, 6, 8)
+    matrix = rng.standard_normal((8, 8)).astype(np.float32)
+    ranker, ids = ProjectionRanker(matrix=matrix), np.arange(300) * 3
+
+    def projected_cosine(q: np.ndarray, g: np.ndarray) -> float:
+        a, b = q.astype(np.float64) @ matrix, g.astype(np.float64) @ matrix
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    expected_ids, expected_scores = naive_top_k(projected_cosine, query, gallery, ids, 10)
+    index = create_index(FaissConfig(kind="flat"), MODEL, 8, ranker)
+    index.add(ids, gallery)
+    assert_same_hits(index.search(query, 10, ranker), expected_ids, expected_scores)
+    index.save(tmp_path / "projection")
+    loaded = load_index(tmp_path / "projection", fingerprint=MODEL)
+    assert_same_hits(loaded.search(query, 10, ranker), expected_ids, expected_scores)
+    with pytest.raises(UnsupportedRankerError, match="serves projection"):
+        loaded.search(query, 10, ProjectionRanker(matrix=rng.standard_normal((8, 8)).astype(np.float32)))
+    with pytest.raises(UnsupportedRankerError, match="square projections"):
+        space_for(ProjectionRanker(matrix=matrix[:, :4]))
+
+
 @pytest.mark.parametrize("kind, threshold", [("ivf", 0.9), ("hnsw", 0.9)])
 def test_faiss_ann_recall_at_10_is_measured(kind: str, threshold: float) -> None:
     """Recall@10 vs the exact index on 5,000 clustered vectors (D = 32), 50 held-out queries.

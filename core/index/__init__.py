@@ -13,8 +13,9 @@ Back ends:
 * :class:`~core.index.milvus_backend.MilvusIndex` (``MilvusConfig``): Milvus Lite file or Milvus server by URI.
 
 The approximate back ends serve one *vector space* chosen when they are created (:class:`VectorSpace`):
-cosine, L2, or SVM-weighted L2 (plain L2 after scaling each dimension by ``sqrt(|w|)``, which is exact only when
-every SVM weight is ``<= 0``; see :func:`space_for`). L1 and random rankers need the exact index.
+cosine, L2, SVM-weighted L2 (plain L2 after scaling each dimension by ``sqrt(|w|)``, which is exact only when
+every SVM weight is ``<= 0``; see :func:`space_for`), or the learned projection (cosine after its matrix). L1 and
+random rankers need the exact index.
 
 A saved index is a folder of versions, switched atomically::
 
@@ -33,6 +34,7 @@ another model. Milvus keeps its data in Milvus itself (its ``.db`` file or serve
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import errno
 import hashlib
@@ -91,37 +93,54 @@ class VectorSpace:
     """What an approximate index measures.
 
     Attributes:
-        metric: ``"cosine"``, ``"l2"`` or ``"weighted_l2"`` (the SVM ranker).
+        metric: ``"cosine"``, ``"l2"``, ``"weighted_l2"`` (the SVM ranker) or ``"projection"`` (cosine after a
+            square matrix: the projection ranker).
         scale: ``sqrt(|w|)`` per dimension for ``"weighted_l2"``.
         bias: The SVM intercept, added back to the scores.
+        matrix: ``float32[D, D]`` for ``"projection"`` (kept in the manifest as base64 of its bytes).
     """
 
     metric: str
     scale: np.ndarray | None = None
     bias: float = 0.0
+    matrix: np.ndarray | None = None
+
+    @property
+    def inner_product(self) -> bool:
+        """Whether the back end searches by inner product (of unit vectors) rather than L2."""
+        return self.metric in ("cosine", "projection")
 
     def to_json(self) -> dict[str, Any]:
         scale = None if self.scale is None else [float(value) for value in self.scale]
-        return {"metric": self.metric, "scale": scale, "bias": self.bias}
+        payload: dict[str, Any] = {"metric": self.metric, "scale": scale, "bias": self.bias}
+        if self.matrix is not None:
+            matrix = np.ascontiguousarray(self.matrix, "<f4")
+            payload["matrix"] = {"shape": list(matrix.shape), "float32_base64": base64.b64encode(matrix).decode()}
+        return payload
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> VectorSpace:
-        scale = payload.get("scale")
+        scale, matrix = payload.get("scale"), payload.get("matrix")
         return cls(
-            payload["metric"], None if scale is None else np.asarray(scale, np.float32), float(payload.get("bias", 0.0))
+            payload["metric"],
+            None if scale is None else np.asarray(scale, np.float32),
+            float(payload.get("bias", 0.0)),
+            None
+            if matrix is None
+            else np.frombuffer(base64.b64decode(matrix["float32_base64"]), "<f4").reshape(matrix["shape"]),
         )
 
     def same_as(self, other: VectorSpace) -> bool:
         if self.metric != other.metric or self.bias != other.bias:
             return False
-        if self.scale is None or other.scale is None:
-            return self.scale is None and other.scale is None
-        return self.scale.shape == other.scale.shape and bool(np.array_equal(self.scale, other.scale))
+        return _same_array(self.scale, other.scale) and _same_array(self.matrix, other.matrix)
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Map embeddings into the space the back end searches with a plain inner product or L2."""
         vectors = np.asarray(vectors, np.float32)
-        if self.metric == "cosine":
+        if self.metric == "projection" and self.matrix is not None:
+            vectors = vectors @ self.matrix
+        if self.inner_product:
             return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         if self.metric == "weighted_l2":
             return vectors * self.scale
@@ -130,11 +149,17 @@ class VectorSpace:
     def scores_from_distances(self, distances: np.ndarray) -> np.ndarray:
         """Back-end output (inner product, or squared L2) -> the ranker's score, higher = more similar."""
         distances = np.asarray(distances, np.float32)
-        if self.metric == "cosine":
+        if self.inner_product:
             return distances
         if self.metric == "l2":
             return -np.sqrt(np.maximum(distances, 0.0))
         return (self.bias - np.maximum(distances, 0.0)).astype(np.float32)
+
+
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 def space_for(ranker: Ranker) -> VectorSpace:
@@ -144,11 +169,14 @@ def space_for(ranker: Ranker) -> VectorSpace:
     ``<= 0``, which :meth:`core.svm.SVMRanker.fit` guarantees: a plain L2 nearest-neighbour search after scaling
     both sides by ``s``. A hand-made SVM with a positive weight rewards distance along its dimension, so its score
     is no longer "minus a distance" and no nearest-neighbour index can rank by it; such rankers (and L1, random)
-    get :class:`UnsupportedRankerError`: use the exact index.
+    get :class:`UnsupportedRankerError`: use the exact index. The projection ranker's score is the cosine of
+    ``x M`` and ``y M``: an inner-product search of the projected unit vectors, for a square ``M`` (same dimension
+    as the index).
 
     Raises:
         UnsupportedRankerError: The ranker has no equivalent nearest-neighbour space.
     """
+    from core.metric_learning import ProjectionRanker
     from core.svm import SVMRanker
 
     if type(ranker) is CosineRanker:
@@ -164,8 +192,15 @@ def space_for(ranker: Ranker) -> VectorSpace:
                 "distance (sqrt(|w|) scaling needs every weight <= 0); use the exact index for this ranker"
             )
         return VectorSpace("weighted_l2", np.sqrt(-weights).astype(np.float32), float(ranker.bias))
+    if isinstance(ranker, ProjectionRanker) and ranker.matrix is not None:
+        if ranker.matrix.shape[0] != ranker.matrix.shape[1]:
+            raise UnsupportedRankerError(
+                f"projection to {ranker.matrix.shape[1]} of {ranker.matrix.shape[0]} dimensions: approximate "
+                "indexes serve square projections only; use the exact index for this ranker"
+            )
+        return VectorSpace("projection", matrix=np.asarray(ranker.matrix, np.float32))
     raise UnsupportedRankerError(
-        f"ranker {ranker.name!r} needs the exact index (approximate back ends serve cosine, l2 and svm)"
+        f"ranker {ranker.name!r} needs the exact index (approximate back ends serve cosine, l2, svm and projection)"
     )
 
 

@@ -73,7 +73,7 @@ def _faiss():
 
 
 class FaissIndex(VectorIndex):
-    """A faiss index serving one vector space (cosine, l2 or SVM-weighted l2)."""
+    """A faiss index serving one vector space (cosine, l2, SVM-weighted l2 or a projection)."""
 
     backend = "faiss"
 
@@ -90,12 +90,12 @@ class FaissIndex(VectorIndex):
 
     # -- construction -------------------------------------------------------------------------------------------
     def _metric(self) -> int:
-        return self._faiss.METRIC_INNER_PRODUCT if self.space.metric == "cosine" else self._faiss.METRIC_L2
+        return self._faiss.METRIC_INNER_PRODUCT if self.space.inner_product else self._faiss.METRIC_L2
 
     def _empty(self) -> Any:
         faiss = self._faiss
         if self.config.kind == "flat":
-            flat = faiss.IndexFlatIP(self.dim) if self.space.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+            flat = faiss.IndexFlatIP(self.dim) if self.space.inner_product else faiss.IndexFlatL2(self.dim)
             return faiss.IndexIDMap2(flat)
         if self.config.kind == "hnsw":
             hnsw = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, self._metric())
@@ -109,7 +109,7 @@ class FaissIndex(VectorIndex):
         n = len(vectors)
         nlist = self.config.nlist or round(4 * math.sqrt(n))
         nlist = max(1, min(nlist, n // 39 or 1))  # faiss wants >= 39 training points per centroid
-        quantizer = faiss.IndexFlatIP(self.dim) if self.space.metric == "cosine" else faiss.IndexFlatL2(self.dim)
+        quantizer = faiss.IndexFlatIP(self.dim) if self.space.inner_product else faiss.IndexFlatL2(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self._metric())
         rng = np.random.default_rng(self.config.seed)
         sample = (

@@ -60,7 +60,7 @@ def _pymilvus():
 
 
 class MilvusIndex(VectorIndex):
-    """A Milvus collection serving one vector space (cosine, l2 or SVM-weighted l2)."""
+    """A Milvus collection serving one vector space (cosine, l2, SVM-weighted l2 or a projection)."""
 
     backend = "milvus"
 
@@ -98,7 +98,7 @@ class MilvusIndex(VectorIndex):
         client.create_collection(name, schema=schema, index_params=params)
 
     def _metric(self) -> str:
-        return "IP" if self.space.metric == "cosine" else "L2"
+        return "IP" if self.space.inner_product else "L2"
 
     def close(self) -> None:
         """Release the connection (and, for Milvus Lite, the embedded server)."""
