@@ -115,7 +115,10 @@ class VectorSpace:
         payload: dict[str, Any] = {"metric": self.metric, "scale": scale, "bias": self.bias}
         if self.matrix is not None:
             matrix = np.ascontiguousarray(self.matrix, "<f4")
-            payload["matrix"] = {"shape": list(matrix.shape), "float32_base64": base64.b64encode(matrix.tobytes()).decode()}
+            payload["matrix"] = {
+                "shape": list(matrix.shape),
+                "float32_base64": base64.b64encode(matrix.tobytes()).decode(),
+            }
         return payload
 
     @classmethod
