@@ -63,8 +63,9 @@ def _tune_section() -> None:
     st.subheader("Tune")
     st.caption(
         "Tries the pretrained model and fine-tuning recipes (classification, triplet, multi-similarity, "
-        "supervised contrastive) with every ranker, scored on a validation share of the training images (the test images "
-        "are never used); the best becomes the default featurizer and ranker."
+        "supervised contrastive), then the best recipe with more epochs, a smaller input and a gentler learning rate, "
+        "each with every ranker, scored on a validation share of the training images (the test images are never "
+        "used); the best becomes the default featurizer and ranker."
     )
     left, right = st.columns([1, 3], vertical_alignment="bottom")
     budget = left.number_input("Budget (minutes)", min_value=1, max_value=600, value=15, key="tune_budget")

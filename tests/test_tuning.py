@@ -58,9 +58,8 @@ def fake_models(monkeypatch, spec):
     galleries: list[int] = []
 
     def open_workspace(run_spec, progress=None):
-        return Workspace(
-            run_spec, prepared, cast(Featurizer, FakeFeaturizer(f"fake-{run_spec.run}")), embeddings[run_spec.run]
-        )
+        run_embeddings = embeddings.get(run_spec.run, embeddings[PRETRAINED])  # a run not planted: no better
+        return Workspace(run_spec, prepared, cast(Featurizer, FakeFeaturizer(f"fake-{run_spec.run}")), run_embeddings)
 
     def recording_retrieval(ranker, gallery, gallery_labels, queries):
         galleries.append(len(gallery))
@@ -149,6 +148,32 @@ def test_budget_skips_recipes_that_cannot_start_and_stops_one_that_overruns(spec
     assert started == ["tune-first"]
     assert [(o.run, o.status) for o in report.recipes] == [("tune-first", "stopped"), ("tune-second", "skipped")]
     assert {c.featurizer for c in report.candidates} == {PRETRAINED}
+
+
+def test_after_the_recipes_tune_varies_the_best_ones_epochs_input_size_and_learning_rate(
+    spec, fake_models, monkeypatch
+):
+    prepared, embeddings, _ = fake_models
+    embeddings["tune-b"] = hidden_signal(prepared.dataset.label_array, np.random.default_rng(0), 0.05)  # b's run wins
+    trained = []
+
+    def instant_training(records, split, config, run_dir, progress=None, resume=True):
+        trained.append((run_dir.name, config.objective, config.epochs, config.input_size, config.learning_rate))
+
+    monkeypatch.setattr("core.train.fine_tune", instant_training)
+    recipes = (tuning.Recipe("a", epochs=1), tuning.Recipe("b", objective="triplet", epochs=2, learning_rate=3e-3))
+    report = tuning.tune(spec, tuning.TuneConfig(recipes=recipes, rankers=("cosine",)))
+    assert trained == [
+        ("tune-a", "classification", 1, 0, 3e-3),
+        ("tune-b", "triplet", 2, 0, 3e-3),
+        ("tune-b-long", "triplet", 4, 0, 3e-3),
+        ("tune-b-small", "triplet", 2, tuning.SMALL_INPUT, 3e-3),
+        ("tune-b-gentle", "triplet", 2, 0, pytest.approx(1e-3)),
+    ]
+    assert report.winner.featurizer == "tune-b" and [o.status for o in report.recipes] == ["trained"] * 5
+    assert len(report.candidates) == 6  # pretrained and five runs, one ranker each
+    without = tuning.tune(spec, tuning.TuneConfig(recipes=recipes, rankers=("cosine",), refine=False))
+    assert [o.run for o in without.recipes] == ["tune-a", "tune-b"]
 
 
 def test_cli_tune_rejects_unknown_recipes_and_budgets_in_one_line(capsys, caplog):
