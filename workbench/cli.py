@@ -558,10 +558,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     report = tune(workspace_spec(args), config, progress)
     print(f"validation: {report.n_validation} training images query all {report.n_fit + report.n_validation}")
-    print(f"{'featurizer':<24} {'ranker':<11} {'MAP@R [95% CI]':<22} {'recall@1 [95% CI]':<22} {'seconds':>7}")
+    print(f"{'featurizer':<28} {'ranker':<11} {'MAP@R [95% CI]':<22} {'recall@1 [95% CI]':<22} {'seconds':>7}")
     for c in report.candidates:
         mark = "  <- default" if c == report.winner else ""
-        print(f"{c.featurizer:<24} {c.ranker:<11} {c.map_at_r!s:<22} {c.recall_at_1!s:<22} {c.seconds:>7.1f}{mark}")
+        print(f"{c.featurizer:<28} {c.ranker:<11} {c.map_at_r!s:<22} {c.recall_at_1!s:<22} {c.seconds:>7.1f}{mark}")
     for outcome in report.recipes:
         timing = f", {outcome.seconds_per_epoch:.0f} s/epoch" if outcome.seconds_per_epoch else ""
         print(f"recipe {outcome.recipe.name}: {outcome.status} ({outcome.seconds:.0f} s{timing})")
