@@ -160,9 +160,11 @@ def embed_pixel_batches(
     """Embed ``uint8[n, S, S, 3]`` pixel batches, in order, pulling the next batch while one is embedded.
 
     A :class:`ParallelFeaturizer` (onnxruntime on a CPU) splits each batch over ``model_workers`` single-threaded
-    runs (default: the featurizer's ``runs``, one per core for onnxruntime's default threads) with the next batch queued behind them, so no core waits for the slowest
-    part, and about one batch of images is in the model at once (one part per run: at most
-    ``model_workers * ceil(batch / model_workers)`` images), as on the batch-at-a-time path. Other featurizers embed one batch at a time with their own threads, on the caller's thread.
+    runs (default: the featurizer's ``runs``, one per core for onnxruntime's default threads) with the next batch
+    queued behind them, so no core waits for the slowest part, and about one batch of images is in the model at
+    once (one part per run: at most ``model_workers * ceil(batch / model_workers)`` images), as on the
+    batch-at-a-time path. Other featurizers embed one batch at a time with their own threads, on the caller's
+    thread.
 
     Raises:
         Whatever ``batches`` raises, after the batches already submitted have been yielded.
@@ -227,8 +229,8 @@ def iter_embed_files(
     """Embed image files batch by batch, decoding in a thread pool that runs ahead of the model.
 
     Files are read, hashed, decoded and cropped to uint8 by ``workers`` threads (default: one per core), at most
-    two batches ahead of the batch being embedded, so memory stays bounded whatever the number of files. The model side is
-    :func:`embed_pixel_batches`: on onnxruntime on a CPU, ``model_workers`` single-threaded runs per batch.
+    two batches ahead of the batch being embedded, so memory stays bounded whatever the number of files. The model
+    side is :func:`embed_pixel_batches`: on onnxruntime on a CPU, ``model_workers`` single-threaded runs per batch.
     Batches come out in order.
 
     Raises:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -199,11 +198,6 @@ def validation_split(prepared: PreparedData, fraction: float, rng: np.random.Gen
     return Split(np.sort(train[inner.train]), np.sort(train[inner.test]))
 
 
-def _fit_sets(labels: np.ndarray, prepared: PreparedData, rng: np.random.Generator) -> ComparativeSets:
-    config = prepared.config
-    return make_comparative_sets(labels, config.train_queries_per_label, config.n_negatives, rng)
-
-
 def score_featurizer(
     featurizer: str,
     embeddings: np.ndarray,
@@ -279,20 +273,17 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
             f"{spec.config.data.root}: too few training images to hold out a validation split "
             f"({len(prepared.split.train)} training images)"
         )
-    sets = _fit_sets(labels[split.train], prepared, rng)
+    sets = make_comparative_sets(
+        labels[split.train], prepared.config.train_queries_per_label, prepared.config.n_negatives, rng
+    )
 
     phase("scoring the pretrained featurizer")
     base = open_workspace(spec.with_run(PRETRAINED))
     candidates = score_featurizer(PRETRAINED, base.embeddings, labels, split, config.rankers, sets, rng, spec.config)
     outcomes: list[RecipeOutcome] = []
-    pending = deque(config.recipes)
-    refined = not config.refine
-    while pending or not refined:
-        if not pending:  # every recipe tried: vary the best one's epochs, input size and learning rate
-            refined = True
-            pending.extend(_refinements(candidates, outcomes))
-            continue
-        recipe = pending.popleft()
+
+    def try_recipe(recipe: Recipe) -> None:
+        """Fine-tune ``recipe`` on the fit images if the budget allows, then score its run."""
         run = f"tune-{recipe.name}"
         train_config = recipe.train_config(spec.config.train)
         remaining = config.budget_s - (time.perf_counter() - started)
@@ -300,28 +291,36 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
         if remaining <= 0 or per_epoch * recipe.epochs > remaining:
             outcomes.append(RecipeOutcome(recipe, run, "skipped"))
             log.info("tune: %s skipped (%.0f s of the budget left)", run, max(remaining, 0.0))
-            continue
+            return
         phase(f"fine-tuning {run}")
         run_started = time.perf_counter()
 
-        def on_step(event: TrainProgress, run: str = run) -> None:
+        def on_step(event: TrainProgress) -> None:
             if time.perf_counter() - started > config.budget_s:
                 raise _OverBudget
             if event.metrics is not None:
                 phase(f"fine-tuning {run}: epoch {event.epoch}/{event.epochs} done in {event.metrics.seconds:.0f} s")
 
-        run_spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, train=train_config))
         try:
             fine_tune(prepared.dataset.records, split, train_config, spec.layout.run(run), on_step)
         except _OverBudget:
             outcomes.append(RecipeOutcome(recipe, run, "stopped", time.perf_counter() - run_started))
             log.info("tune: %s stopped, the budget ran out", run)
-            continue
+            return
         seconds = time.perf_counter() - run_started
         outcomes.append(RecipeOutcome(recipe, run, "trained", seconds, seconds / max(recipe.epochs, 1)))
         phase(f"scoring {run}")
+        run_spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, train=train_config))
         tuned = open_workspace(run_spec.with_run(run))
-        candidates += score_featurizer(run, tuned.embeddings, labels, split, config.rankers, sets, rng, spec.config)
+        candidates.extend(
+            score_featurizer(run, tuned.embeddings, labels, split, config.rankers, sets, rng, spec.config)
+        )
+
+    for recipe in config.recipes:
+        try_recipe(recipe)
+    if config.refine:  # every recipe tried: vary the best one's epochs, input size and learning rate
+        for recipe in _refinements(candidates, outcomes):
+            try_recipe(recipe)
 
     winner, winning_ranker = max(candidates, key=lambda pair: pair[0].map_at_r.value)  # first of equals: cheaper
     report = TuneReport(
