@@ -10,8 +10,8 @@ demo. Learned rankers are fitted on the training split with their library defaul
 held-out sets are check sets). Embeddings are cached under ``--workdir``, keyed by the set's file list.
 
 ``--sets`` picks the sections to run; the others keep their last results in ``benchmarks/results/quality.json``.
-``--rankers`` picks rankers; rows of rankers not rerun are kept from the last run of that set. Each row records
-``git describe --dirty``.
+``--rankers`` picks rankers; rows of rankers not rerun are kept from the last run of that set. ``--shrinkage``
+refits the projection with another LDA shrinkage (the sweep in the README). Each row records ``git describe --dirty``.
 
 Usage::
 
@@ -40,7 +40,7 @@ from core.config import DataConfig
 from core.data import ComparativeSets, scan_folder
 from core.evaluate import evaluate, evaluate_retrieval
 from core.featurize import Featurizer, TorchFeaturizer, embed_files
-from core.metric_learning import ProjectionRanker
+from core.metric_learning import ProjectionConfig, ProjectionRanker
 from core.pipeline import PreparedData, prepare
 from core.rankers import CosineRanker, L2Ranker, Ranker, top_k
 from core.svm import SVMRanker
@@ -80,9 +80,14 @@ def agreement(
 
 
 def fit_rankers(
-    embeddings: np.ndarray, labels: np.ndarray, prepared: PreparedData, names: Sequence[str] = RANKERS
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    prepared: PreparedData,
+    names: Sequence[str] = RANKERS,
+    projection: ProjectionConfig | None = None,
 ) -> dict[str, tuple[Ranker, float]]:
-    """Cosine, L2 and the learned rankers (library defaults) fitted on the training split, with fit seconds."""
+    """Cosine, L2 and the learned rankers (library defaults unless ``projection``) fitted on the training split,
+    with fit seconds."""
     plain: dict[str, tuple[Ranker, float]] = {"cosine": (CosineRanker(), 0.0), "l2": (L2Ranker(), 0.0)}
     out = {name: plain[name] for name in names if name in plain}
     train = prepared.split.train
@@ -93,7 +98,7 @@ def fit_rankers(
     train_embeddings, train_labels = embeddings[train], labels[train]
     fits: dict[str, Callable[[], Ranker]] = {
         "svm": lambda: SVMRanker().fit(train_embeddings, train_labels, local_sets),
-        "projection": lambda: ProjectionRanker().fit(train_embeddings, train_labels, local_sets),
+        "projection": lambda: ProjectionRanker(projection).fit(train_embeddings, train_labels, local_sets),
     }
     for name, fit in fits.items():
         if name not in names:
@@ -110,13 +115,14 @@ def run(
     featurizer: Featurizer,
     out_of_style: tuple[np.ndarray, np.ndarray] | None,
     rankers: Sequence[str] = RANKERS,
+    projection: ProjectionConfig | None = None,
 ) -> dict[str, Any]:
     """Every metric for every ranker on the dataset at ``root``."""
     prepared = prepare(DataConfig(root=root))
     paths = [record.path for record in prepared.dataset.records]
     embeddings = embeddings_for(paths, workdir, root.name, featurizer)
     labels = prepared.dataset.label_array.astype(str)
-    fitted = fit_rankers(embeddings, labels, prepared, rankers)
+    fitted = fit_rankers(embeddings, labels, prepared, rankers, projection)
     rows = {}
     train, test = prepared.split.train, prepared.split.test
     for name, (ranker, fit_s) in fitted.items():
@@ -192,9 +198,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backbone", default=DEFAULT_BACKBONE, help="pretrained backbone; sections of others are named set@backbone"
     )
+    parser.add_argument(
+        "--shrinkage",
+        type=float,
+        default=ProjectionConfig.shrinkage,
+        help="the projection's LDA shrinkage; sections of other values are named set@shrinkage-X",
+    )
     args = parser.parse_args(argv)
     featurizer = TorchFeaturizer(build_backbone(args.backbone))
+    projection = ProjectionConfig(shrinkage=args.shrinkage)
     suffix = "" if args.backbone == DEFAULT_BACKBONE else f"@{args.backbone}"
+    suffix += "" if args.shrinkage == ProjectionConfig.shrinkage else f"@shrinkage-{args.shrinkage:g}"
     report: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     for name in args.sets:
@@ -203,9 +217,9 @@ def main(argv: list[str] | None = None) -> None:
             style_paths = [record.path for record in style.records]
             style_embeddings = embeddings_for(style_paths, args.workdir, "out_of_style", featurizer)
             out_of_style = (style_embeddings, style.label_array.astype(str))
-            section = run(Path(SECTIONS[name]), args.workdir, featurizer, out_of_style, args.rankers)
+            section = run(Path(SECTIONS[name]), args.workdir, featurizer, out_of_style, args.rankers, projection)
         else:
-            section = run(args.heldout / SECTIONS[name], args.workdir, featurizer, None, args.rankers)
+            section = run(args.heldout / SECTIONS[name], args.workdir, featurizer, None, args.rankers, projection)
         report[name + suffix] = merge(report.get(name + suffix), section)
         print("\n" + table(name + suffix, report[name + suffix], args.rankers) + "\n")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
