@@ -12,6 +12,8 @@ import json
 import os
 import platform
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -121,6 +123,11 @@ def save_npz_with_header(path: str | Path, header: dict[str, Any], **arrays: np.
     atomic_save_npz(path, header=np.array(json.dumps(header, default=_json_default)), **arrays)
 
 
+#: What reading a damaged ``.npz`` raises: truncated or empty (``EOFError``, ``BadZipFile``), bad deflate data
+#: (``zlib.error``), a missing member (``KeyError``), an object array refused without pickle (``ValueError``).
+UNREADABLE_NPZ = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
 def load_npz_with_header(
     path: str | Path, what: str, schema_version: int, missing_hint: str
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -142,8 +149,10 @@ def load_npz_with_header(
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files if key != "header"}
             header = json.loads(str(archive["header"]))
-    except (OSError, KeyError, ValueError) as err:
-        raise ArtifactError(f"{path}: unreadable {what} ({err})") from err
+    except UNREADABLE_NPZ as err:  # the type only: numpy's own text may suggest unpickling the file
+        raise ArtifactError(
+            f"{path}: unreadable {what}, damaged or not written by this tool ({type(err).__name__}); {missing_hint}"
+        ) from err
     if not isinstance(header, dict) or header.get("schema_version") != schema_version:
         found = header.get("schema_version") if isinstance(header, dict) else None
         raise ArtifactError(f"{path}: schema version {found!r}, expected {schema_version}")

@@ -10,8 +10,6 @@ import logging
 import os
 import time
 import uuid
-import zipfile
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from core.artifacts import atomic_save_npz
+from core.artifacts import UNREADABLE_NPZ, atomic_save_npz
 from core.data import ImageRecord
 from core.images import content_hash, decode_image, printable, read_image_file
 from core.preprocessing import Preprocessing, fingerprint_of, normalize_pixels, resize_crop
@@ -293,9 +291,6 @@ def embed_files(
 
 
 #: Errors numpy raises on a truncated, corrupt or foreign ``.npz`` file.
-_UNREADABLE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error)
-
-
 class FeatureCache:
     """Embeddings on disk per featurizer fingerprint, keyed by the content hash of the bytes embedded.
 
@@ -338,7 +333,7 @@ class FeatureCache:
                 if hashes.ndim != 1 or embeddings.ndim != 2 or len(hashes) != len(embeddings):
                     raise ValueError(f"sha256 {hashes.shape} does not match embeddings {embeddings.shape}")
                 return dict(zip(hashes.tolist(), embeddings.astype(np.float32), strict=True))
-        except _UNREADABLE as err:
+        except UNREADABLE_NPZ as err:
             log.warning(
                 "%s: unreadable feature cache file, ignored: its images are embedded again (%s: %s)",
                 printable(str(path)),

@@ -32,6 +32,7 @@ Saved as ``.npz`` (the matrix + a JSON header), no pickle.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Self
@@ -107,7 +108,9 @@ def _lda_init(embeddings: np.ndarray, labels: np.ndarray, dims: int, shrinkage: 
     """
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(embeddings, labels)
+    with warnings.catch_warnings():  # a label with one image has no scatter of its own: nothing to warn about
+        warnings.filterwarnings("ignore", "Only one sample available", UserWarning)
+        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(embeddings, labels)
     n_directions = min(dims, len(np.unique(labels)) - 1, embeddings.shape[1])
     ratios = np.asarray(lda.explained_variance_ratio_, np.float64)[:n_directions]
     init = np.zeros((embeddings.shape[1], dims), np.float64)
@@ -241,7 +244,9 @@ class ProjectionRanker(Ranker):
         Raises:
             ArtifactError: Missing, unreadable, or another schema version.
         """
-        arrays, header = load_npz_with_header(path, "projection ranker", PROJECTION_SCHEMA_VERSION, "fit one first")
+        arrays, header = load_npz_with_header(
+            path, "projection ranker", PROJECTION_SCHEMA_VERSION, "run `python -m workbench fit --ranker projection`"
+        )
         try:
             matrix = arrays["matrix"]
             if matrix.ndim != 2 or not np.isfinite(matrix).all():

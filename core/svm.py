@@ -244,7 +244,7 @@ class SVMRanker(Ranker):
             ArtifactError: Missing, unreadable, or another schema version.
         """
         arrays, header = load_npz_with_header(
-            path, "SVM ranker", SVM_SCHEMA_VERSION, "run `python -m workbench fit --ranker svm` first"
+            path, "SVM ranker", SVM_SCHEMA_VERSION, "run `python -m workbench fit --ranker svm`"
         )
         try:
             weights = arrays["weights"]

@@ -114,3 +114,24 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
         ProjectionRanker(FAST).fit(np.eye(3, dtype=np.float32), np.array(["a", "a", "a"]))
     with pytest.raises(ValueError, match="identity_weights"):
         ProjectionConfig(identity_weights=(1.5,))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "object array"])
+def test_damaged_ranker_files_get_one_line_errors_that_never_suggest_unpickling(tmp_path, damage):
+    """Every way a saved ranker can be damaged reads as the same one-line ArtifactError (the CLI's exit 2)."""
+    from core.svm import SVMRanker
+
+    path = tmp_path / "projection.npz"
+    ProjectionRanker(FAST, np.eye(4, dtype=np.float32)).save(path)
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:  # a well-formed archive whose member needs pickle to load
+        np.savez(path, header=np.array([{"schema_version": 2}], dtype=object), matrix=np.eye(4))
+    for ranker in (ProjectionRanker, SVMRanker):
+        with pytest.raises(ArtifactError) as caught:
+            ranker.load(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: unreadable ") and "\n" not in message
+        assert "pickle" not in message and "python -m workbench fit --ranker" in message
