@@ -223,7 +223,7 @@ def test_cli_import_urls(tmp_path, server, capsys, caplog):
     capsys.readouterr()
     assert main(["import-urls", str(listing), "--out", str(out), "--workers", "0", "--quiet"]) == 2
     error = capsys.readouterr().err
-    assert "argument --workers: must be positive, got 0" in error and error.count("\n") == 1
+    assert "argument --workers: must be a finite positive number, got 0" in error and error.count("\n") == 1
     (tmp_path / "afile").write_text("x")
     assert main(["import-urls", str(listing), "--out", str(tmp_path / "afile"), "--quiet"]) == 2
     assert "afile: exists and is not a folder" in caplog.text

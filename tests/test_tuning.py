@@ -61,9 +61,9 @@ def fake_models(monkeypatch, spec):
         run_embeddings = embeddings.get(run_spec.run, embeddings[PRETRAINED])  # a run not planted: no better
         return Workspace(run_spec, prepared, cast(Featurizer, FakeFeaturizer(f"fake-{run_spec.run}")), run_embeddings)
 
-    def recording_retrieval(ranker, gallery, gallery_labels, queries):
+    def recording_retrieval(ranker, gallery, gallery_labels, queries, **options):
         galleries.append(len(gallery))
-        return evaluate_retrieval(ranker, gallery, gallery_labels, queries)
+        return evaluate_retrieval(ranker, gallery, gallery_labels, queries, **options)
 
     monkeypatch.setattr(tuning, "open_workspace", open_workspace)
     monkeypatch.setattr(tuning, "evaluate_retrieval", recording_retrieval)
@@ -176,9 +176,33 @@ def test_after_the_recipes_tune_varies_the_best_ones_epochs_input_size_and_learn
     assert [o.run for o in without.recipes] == ["tune-a", "tune-b"]
 
 
+def test_a_training_split_of_ten_images_or_fewer_is_still_tuned(tmp_path, tiny_dataset, monkeypatch):
+    """Eight training images: the validation gallery is too small for recall@10, which tune never reports."""
+    import shutil
+
+    for label in ("fish", "tools"):
+        shutil.copytree(tiny_dataset / label, tmp_path / "data" / label)
+    small = WorkspaceSpec(configure(data={"root": tmp_path / "data", "seed": 0}), tmp_path / "work", backend="torch")
+    prepared = prepared_data(small.config.data, small.layout)
+    assert len(prepared.split.train) <= 10
+    planted = hidden_signal(prepared.dataset.label_array, np.random.default_rng(0), 0.4)
+    fake = cast(Featurizer, FakeFeaturizer("fake"))
+    monkeypatch.setattr(
+        tuning, "open_workspace", lambda run_spec, progress=None: Workspace(run_spec, prepared, fake, planted)
+    )
+    report = tuning.tune(small, tuning.TuneConfig(recipes=(), rankers=("cosine", "projection")))
+    assert [c.ranker for c in report.candidates] == ["cosine", "projection"]
+    assert all(0.0 <= c.map_at_r.value <= 1.0 for c in report.candidates)
+
+
 def test_cli_tune_rejects_unknown_recipes_and_budgets_in_one_line(capsys, caplog):
     assert cli.main(["tune", "--recipe", "arcface", "--quiet"]) == 2
     assert "unknown recipe 'arcface'" in caplog.text
-    assert cli.main(["tune", "--budget-min", "0"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--budget-min" in err[0]
+    for budget in ("0", "nan", "inf", "-1"):  # NaN would pass every "over budget?" check: no budget at all
+        assert cli.main(["tune", "--budget-min", budget]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--budget-min" in err[0] and "finite positive number" in err[0], err
+    assert cli.main(["tune", "--epochs", "1.5"]) == 2
+    assert "expected an integer, got '1.5'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        tuning.TuneConfig(budget_s=float("nan"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,8 +104,8 @@ class TuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.budget_s < 0:
-            raise ValueError(f"tune budget must be >= 0 seconds, got {self.budget_s}")
+        if not 0 <= self.budget_s < math.inf:  # NaN fails this too: every budget check would pass
+            raise ValueError(f"tune budget must be a finite number of seconds >= 0, got {self.budget_s}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
         for name in self.rankers:
@@ -236,7 +237,7 @@ def score_featurizer(
             ranker = spec.build(section) if section is not None else spec.build()
         if isinstance(ranker, LearnedRanker):
             ranker.fit(embeddings[split.train], labels[split.train], sets)
-        result = evaluate_retrieval(ranker, embeddings[gallery], labels[gallery], queries)
+        result = evaluate_retrieval(ranker, embeddings[gallery], labels[gallery], queries, ks=(1,))  # MAP@R, r@1
         candidate = Candidate(
             featurizer,
             name,
