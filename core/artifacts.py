@@ -137,7 +137,7 @@ def load_npz_with_header(
         path: The ``.npz`` file.
         what: What it holds, for messages (``"SVM ranker"``).
         schema_version: The only version accepted.
-        missing_hint: What to do when the file is missing (``"fit one first"``).
+        missing_hint: How to write the file anew, for a missing or damaged one (``"run `... fit --ranker svm`"``).
 
     Raises:
         ArtifactError: Missing, unreadable, or another schema version; one line naming the file.

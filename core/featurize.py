@@ -290,7 +290,6 @@ def embed_files(
     return np.concatenate(outputs)
 
 
-#: Errors numpy raises on a truncated, corrupt or foreign ``.npz`` file.
 class FeatureCache:
     """Embeddings on disk per featurizer fingerprint, keyed by the content hash of the bytes embedded.
 

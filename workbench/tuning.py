@@ -311,8 +311,7 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
         seconds = time.perf_counter() - run_started
         outcomes.append(RecipeOutcome(recipe, run, "trained", seconds, seconds / max(recipe.epochs, 1)))
         phase(f"scoring {run}")
-        run_spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, train=train_config))
-        tuned = open_workspace(run_spec.with_run(run))
+        tuned = open_workspace(spec.with_run(run))  # the run's own manifest sets its input size
         candidates.extend(
             score_featurizer(run, tuned.embeddings, labels, split, config.rankers, sets, rng, spec.config)
         )
