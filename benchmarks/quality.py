@@ -48,7 +48,12 @@ from core.svm import SVMRanker
 HELDOUT = Path.home() / ".cache/workbench/heldout"
 RESULTS = Path("benchmarks/results/quality.json")
 #: section name -> dataset folder (relative to --heldout for held-out sets).
-SECTIONS = {"demo": "data/demo", "heldout_scenes": "scenes", "heldout_fashion_mnist": "fashion_mnist"}
+SECTIONS = {
+    "demo": "data/demo",
+    "heldout_scenes": "scenes",
+    "heldout_fashion_mnist": "fashion_mnist",
+    "heldout_digits": "digits",
+}
 RANKERS = ("cosine", "l2", "svm", "projection")
 DEFAULT_BACKBONE = "efficientnet_lite0"
 COLUMNS = ("fit_s", "mean_rank", "top1", "top5", "recall@1", "map@r", "heldout_gallery_agreement")

@@ -1,9 +1,13 @@
 """Bake a learned projection into an exported featurizer: ``embedding -> MatMul(M) -> L2 norm -> embedding``.
 
+With neighbour labels the graph also takes the vote: ``MatMul`` with the voters, ``Softmax`` of the cosines over
+the temperature, ``MatMul`` with the voters' one-hot labels, L2 norm, and concatenates the two parts weighted by
+``sqrt(1 - b)`` and ``sqrt(b)``.
+
 The input is a featurizer ``.onnx`` written by :func:`export.onnx_export.export_onnx` (uint8 pixels in, unit
 ``embedding`` out). The baked graph keeps the input, the output name, the opsets, the IR version (pinned to at
 most :data:`export.onnx_export.MAX_IR_VERSION`) and the metadata, and adds one ``projection`` metadata entry
-(dimension, mix weight, SHA-256 of ``M``), so its output is :meth:`core.metric_learning.ProjectionRanker.transform`
+(dimension, mix weight, label space, SHA-256 of ``M``), so its output is :meth:`core.metric_learning.ProjectionRanker.transform`
 of the plain graph's output and ranking is a dot product on it.
 """
 
@@ -55,22 +59,48 @@ def bake_projection(onnx_path: str | Path, ranker: ProjectionRanker, out_path: s
     for node in model.graph.node:
         node.output[:] = [plain if name == OUTPUT_NAME else name for name in node.output]
         node.input[:] = [plain if name == OUTPUT_NAME else name for name in node.input]
-    model.graph.initializer.append(numpy_helper.from_array(matrix.astype(np.float32), "projection_matrix"))
-    model.graph.node.extend(
-        [
-            helper.make_node("MatMul", [plain, "projection_matrix"], ["projected"], name="projection_matmul"),
-            helper.make_node("LpNormalization", ["projected"], [OUTPUT_NAME], axis=1, p=2, name="projection_norm"),
+    votes = ranker.neighbours
+    constants = {"projection_matrix": matrix}
+    unit_projection = "projected_unit" if votes is not None else OUTPUT_NAME
+    nodes = [
+        helper.make_node("MatMul", [plain, "projection_matrix"], ["projected"], name="projection_matmul"),
+        helper.make_node("LpNormalization", ["projected"], [unit_projection], axis=1, p=2, name="projection_norm"),
+    ]
+    if votes is not None:
+        constants |= {
+            "voters_t": np.ascontiguousarray(votes.references.T),
+            "inverse_temperature": np.array(1.0 / votes.temperature, np.float32),
+            "voter_labels_onehot": np.eye(votes.n_labels, dtype=np.float32)[votes.labels],
+            "projection_part_weight": np.array(np.sqrt(1.0 - votes.weight), np.float32),
+            "label_part_weight": np.array(np.sqrt(votes.weight), np.float32),
+        }
+        voting_space = unit_projection if votes.space == "projected" else "plain_unit"
+        if votes.space == "input":
+            nodes.append(helper.make_node("LpNormalization", [plain], ["plain_unit"], axis=1, p=2))
+        nodes += [
+            helper.make_node("MatMul", [voting_space, "voters_t"], ["voter_cosines"]),
+            helper.make_node("Mul", ["voter_cosines", "inverse_temperature"], ["voter_logits"]),
+            helper.make_node("Softmax", ["voter_logits"], ["voter_weights"], axis=1),
+            helper.make_node("MatMul", ["voter_weights", "voter_labels_onehot"], ["votes"]),
+            helper.make_node("LpNormalization", ["votes"], ["soft_labels"], axis=1, p=2),
+            helper.make_node("Mul", [unit_projection, "projection_part_weight"], ["projection_part"]),
+            helper.make_node("Mul", ["soft_labels", "label_part_weight"], ["label_part"]),
+            helper.make_node("Concat", ["projection_part", "label_part"], [OUTPUT_NAME], axis=1, name="projection_out"),
         ]
+    model.graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(value, np.float32), name) for name, value in constants.items()
     )
+    model.graph.node.extend(nodes)
     batch = dims[0] if len(dims) else None
-    new_output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, int(matrix.shape[1])])
+    new_output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, ranker.output_dim])
     if batch is not None:
         new_output.type.tensor_type.shape.dim[0].CopyFrom(batch)
     model.graph.output.remove(outputs[0])
     model.graph.output.append(new_output)
     info = {
-        "dims": int(matrix.shape[1]),
+        "dims": ranker.output_dim,
         "identity_weight": ranker.identity_weight,
+        "label_space": ranker.label_space,
         "matrix_sha256": hashlib.sha256(np.ascontiguousarray(matrix, np.float32).tobytes()).hexdigest(),
     }
     model.metadata_props.add(key=PROJECTION_KEY, value=json.dumps(info, sort_keys=True))

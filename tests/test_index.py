@@ -303,31 +303,47 @@ def test_faiss_remove_save_load_and_model_check(tmp_path, kind: str) -> None:
         loaded.search(query, 10, L2Ranker())
 
 
-def test_faiss_serves_the_projection_as_a_loop_of_cosines_after_its_matrix_and_keeps_it_on_disk(tmp_path) -> None:
+@pytest.mark.parametrize("dims", [8, 4])
+def test_faiss_serves_the_projection_and_its_neighbour_labels_as_a_loop_computes_them(tmp_path, dims: int) -> None:
+    """Score = 0.25 cos(xM, yM) + 0.75 cos(p(x), p(y)), p a softmax vote of labelled voters, naive loops."""
     pytest.importorskip("faiss")
     from core.index.faiss_backend import FaissConfig
-    from core.metric_learning import ProjectionRanker
+    from core.metric_learning import NeighbourLabels, ProjectionConfig, ProjectionRanker
 
     rng = np.random.default_rng(12)
-    gallery, query = unit(rng, 300, 8), unit(rng, 6, 8)
-    matrix = rng.standard_normal((8, 8)).astype(np.float32)
-    ranker, ids = ProjectionRanker(matrix=matrix), np.arange(300) * 3
+    gallery, query, voters = unit(rng, 300, 8), unit(rng, 6, 8), unit(rng, 20, 8)
+    matrix = rng.standard_normal((8, dims)).astype(np.float32)
+    voter_labels = rng.integers(0, 3, 20)
+    votes = NeighbourLabels("input", voters, voter_labels, 3, temperature=0.1, weight=0.75)
+    ranker = ProjectionRanker(ProjectionConfig(label_weight=0.75, temperature=0.1), matrix, 0.0, votes)
+    ids = np.arange(300) * 3
 
-    def projected_cosine(q: np.ndarray, g: np.ndarray) -> float:
-        a, b = q.astype(np.float64) @ matrix, g.astype(np.float64) @ matrix
+    def cosine(a: np.ndarray, b: np.ndarray) -> float:
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
-    expected_ids, expected_scores = naive_top_k(projected_cosine, query, gallery, ids, 10)
+    def soft_label(x: np.ndarray) -> np.ndarray:
+        return np.array(
+            [
+                sum(np.exp(cosine(x, v) / 0.1) for v, label in zip(voters, voter_labels, strict=True) if label == c)
+                for c in range(3)
+            ]
+        )
+
+    def expected_score(q: np.ndarray, g: np.ndarray) -> float:
+        q, g = q.astype(np.float64), g.astype(np.float64)
+        return 0.25 * cosine(q @ matrix, g @ matrix) + 0.75 * cosine(soft_label(q), soft_label(g))
+
+    expected_ids, expected_scores = naive_top_k(expected_score, query, gallery, ids, 10)
     index = create_index(FaissConfig(kind="flat"), MODEL, 8, ranker)
     index.add(ids, gallery)
     assert_same_hits(index.search(query, 10, ranker), expected_ids, expected_scores)
     index.save(tmp_path / "projection")
     loaded = load_index(tmp_path / "projection", fingerprint=MODEL)
     assert_same_hits(loaded.search(query, 10, ranker), expected_ids, expected_scores)
-    with pytest.raises(UnsupportedRankerError, match="serves projection"):
-        loaded.search(query, 10, ProjectionRanker(matrix=rng.standard_normal((8, 8)).astype(np.float32)))
-    with pytest.raises(UnsupportedRankerError, match="square projections"):
-        space_for(ProjectionRanker(matrix=matrix[:, :4]))
+    other_votes = NeighbourLabels("input", voters, (voter_labels + 1) % 3, 3, temperature=0.1, weight=0.75)
+    for other in (ProjectionRanker(matrix=matrix), ProjectionRanker(ranker.config, matrix, 0.0, other_votes)):
+        with pytest.raises(UnsupportedRankerError, match="serves projection"):
+            loaded.search(query, 10, other)
 
 
 @pytest.mark.parametrize("kind, threshold", [("ivf", 0.9), ("hnsw", 0.9)])

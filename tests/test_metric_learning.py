@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import ArtifactError
-from core.metric_learning import ProjectionConfig, ProjectionRanker
+from core.metric_learning import NeighbourLabels, ProjectionConfig, ProjectionRanker
 from core.rankers import CosineRanker
 
 
@@ -58,10 +58,12 @@ def test_photos_in_another_style_keep_their_neighbours_with_the_default_shrinkag
     cosine = top5_agreement(CosineRanker(), queries, query_labels, gallery, gallery_labels)
 
     def learned_alone(**config):
-        ranker = ProjectionRanker(ProjectionConfig(epochs=15, identity_weights=(0.0,), **config))
+        ranker = ProjectionRanker(ProjectionConfig(epochs=15, identity_weights=(0.0,), label_weight=0.0, **config))
         return top5_agreement(ranker.fit(gallery, gallery_labels), queries, query_labels, gallery, gallery_labels)
 
     assert learned_alone() >= 0.9 * cosine, (learned_alone(), cosine)
+    with_votes = ProjectionRanker(ProjectionConfig(epochs=15)).fit(gallery, gallery_labels)
+    assert top5_agreement(with_votes, queries, query_labels, gallery, gallery_labels) >= 0.9 * cosine
     # barely shrunk, whitening amplifies the style dimensions and the queries land next to arbitrary items
     assert learned_alone(shrinkage=1e-3) < 0.7 * cosine
     with pytest.raises(ValueError, match="shrinkage"):
@@ -70,7 +72,8 @@ def test_photos_in_another_style_keep_their_neighbours_with_the_default_shrinkag
 
 def test_identity_weight_one_is_exactly_cosine_and_transform_is_unit():
     train, labels = hidden_signal_data(np.random.default_rng(0))
-    ranker = ProjectionRanker(ProjectionConfig(epochs=1, identity_weights=(1.0,))).fit(train, labels)
+    config = ProjectionConfig(epochs=1, identity_weights=(1.0,), label_weight=0.0)
+    ranker = ProjectionRanker(config).fit(train, labels)
     np.testing.assert_allclose(ranker.score(train[:5], train), CosineRanker().score(train[:5], train), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(ranker.transform(train), axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(
@@ -90,7 +93,51 @@ def test_same_seed_same_matrix_other_seed_other_matrix():
 def test_reduced_dims_gives_d_columns():
     train, labels = hidden_signal_data(np.random.default_rng(0))
     ranker = ProjectionRanker(ProjectionConfig(dims=8, epochs=2, identity_weights=(0.0, 1.0))).fit(train, labels)
-    assert ranker.matrix.shape == (32, 8) and ranker.transform(train).shape == (len(train), 8)
+    votes = 0 if ranker.neighbours is None else 5  # one column per label when the labels vote
+    assert ranker.matrix.shape == (32, 8) and ranker.transform(train).shape == (len(train), 8 + votes)
+    assert ranker.output_dim == 8 + votes
+
+
+def test_soft_labels_match_a_hand_computed_vote():
+    # voters (1, 0) of label 0, (0, 1) and (0.6, 0.8) of label 1; T = 0.5; the query (1, 0) has cosines 1, 0, 0.6:
+    # votes [e^2, e^0 + e^1.2] = [7.389, 4.320], unit length [0.8633, 0.5047]
+    voters = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    votes = NeighbourLabels("input", voters, np.array([0, 1, 1]), 2, temperature=0.5, weight=0.75)
+    np.testing.assert_allclose(votes.soft_labels(np.array([[1, 0]], np.float32)), [[0.8633, 0.5047]], atol=1e-4)
+    # large cosines over a small temperature would overflow a plain exp: the vote is computed relative to the nearest
+    far = NeighbourLabels("input", voters, np.array([0, 1, 1]), 2, temperature=1e-3, weight=0.75)
+    np.testing.assert_allclose(far.soft_labels(np.array([[0, 1]], np.float32)), [[0, 1]], atol=1e-6)
+    ranker = ProjectionRanker(
+        ProjectionConfig(label_weight=0.75, temperature=0.5), np.eye(2, dtype=np.float32), 0, votes
+    )
+    # [sqrt(0.25) * unit(x M), sqrt(0.75) * p(x)]: (1, 0) -> [0.5, 0, 0.866 * 0.8633, 0.866 * 0.5047]
+    np.testing.assert_allclose(ranker.transform(np.array([[2, 0]], np.float32)), [[0.5, 0, 0.7476, 0.4371]], atol=1e-4)
+
+
+def two_look_data(rng, n_per_look):
+    """Label "a" has two opposite looks (+e0 and -e0), label "b" sits between them (+e1); small noise elsewhere."""
+    looks = np.array([[1, 0, 0, 0], [-1, 0, 0, 0], [0, 1, 0, 0]], np.float64)
+    which = np.repeat([0, 1, 2], n_per_look)
+    embeddings = looks[which] + rng.normal(scale=0.2, size=(len(which), 4))
+    labels = np.where(which < 2, "a", "b")
+    return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32), labels, which
+
+
+def test_a_label_of_two_looks_finds_its_other_look_through_its_neighbours_labels():
+    """No linear map brings x and -x together; the neighbours' labels do, and validation picks the input space."""
+    train, train_labels, _ = two_look_data(np.random.default_rng(0), 30)
+    test, _, looks = two_look_data(np.random.default_rng(1), 10)
+    voting = ProjectionRanker(ProjectionConfig(epochs=10)).fit(train, train_labels)
+    alone = ProjectionRanker(ProjectionConfig(epochs=10, label_weight=0.0)).fit(train, train_labels)
+    assert voting.label_space == "input" and alone.label_space == "none"
+
+    def other_look_first(ranker):  # queries of look +e0: is a photo of look -e0 scored above every "b" photo?
+        scores = ranker.score(test[looks == 0], test)
+        return float(np.mean(scores[:, looks == 1].max(1) > scores[:, looks == 2].max(1)))
+
+    assert other_look_first(voting) == 1.0
+    assert other_look_first(alone) <= 0.1
+    assert other_look_first(CosineRanker()) <= 0.1
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path):
@@ -114,6 +161,27 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
         ProjectionRanker(FAST).fit(np.eye(3, dtype=np.float32), np.array(["a", "a", "a"]))
     with pytest.raises(ValueError, match="identity_weights"):
         ProjectionConfig(identity_weights=(1.5,))
+    for bad in ({"label_weight": 1.0}, {"label_weight": -0.1}, {"temperature": 0.0}, {"max_references": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ProjectionConfig(**bad)
+
+
+def test_the_voters_are_saved_and_damaged_voters_are_refused(tmp_path):
+    train, labels, _ = two_look_data(np.random.default_rng(0), 30)
+    ranker = ProjectionRanker(ProjectionConfig(epochs=3, max_references=40)).fit(train, labels)
+    assert ranker.neighbours is not None and len(ranker.neighbours.references) == 40  # a sample of the 90
+    assert np.bincount(ranker.neighbours.labels).tolist() == [27, 13]  # stratified: 60 and 30 of 90
+    ranker.save(tmp_path / "p.npz")
+    loaded = ProjectionRanker.load(tmp_path / "p.npz")
+    assert loaded.same_scores_as(ranker) and loaded.label_space == ranker.label_space
+    np.testing.assert_array_equal(loaded.transform(train), ranker.transform(train))
+    header, arrays = ranker.state()
+    for name, bad in [
+        ("reference_labels", arrays["reference_labels"] + 5),
+        ("references", arrays["references"][:, :2]),
+    ]:
+        with pytest.raises(ValueError, match="voter"):
+            ProjectionRanker.from_state(header, {**arrays, name: bad})
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "object array"])

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from core.errors import ArtifactError
-from core.metric_learning import ProjectionRanker
+from core.metric_learning import NeighbourLabels, ProjectionConfig, ProjectionRanker
 from export.onnx_projection import bake_projection
 
 
@@ -52,6 +52,25 @@ def test_baked_graph_matches_the_python_projection(tmp_path):
     assert props["fingerprint"] == "abc" and '"dims": 3' in props["projection"]
     with pytest.raises(ArtifactError, match="already carries a projection"):
         bake_projection(baked, ranker, tmp_path / "twice.onnx")
+
+
+@pytest.mark.parametrize("space", ["input", "projected"])
+def test_baked_graph_takes_the_neighbour_vote_as_the_python_ranker_does(tmp_path, space):
+    plain = tiny_featurizer(tmp_path / "plain.onnx")
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(6, 4)).astype(np.float32)
+    voters = rng.normal(size=(30, 6 if space == "input" else 4)).astype(np.float32)
+    voters /= np.linalg.norm(voters, axis=1, keepdims=True)
+    votes = NeighbourLabels(space, voters, rng.integers(0, 5, 30), 5, temperature=0.03, weight=0.75)
+    ranker = ProjectionRanker(ProjectionConfig(temperature=0.03, label_weight=0.75), matrix, 0.0, votes)
+    baked = bake_projection(plain, ranker, tmp_path / "baked.onnx")
+    pixels = rng.integers(0, 256, size=(9, 5), dtype=np.uint8)
+    got, expected = run(baked, pixels), ranker.transform(run(plain, pixels))
+    assert got.shape == (9, 4 + 5)
+    assert np.abs(got - expected).max() < 1e-5
+    assert np.abs(got[:, 4:]).max() > 0.1  # the vote is really in the output
+    props = {p.key: p.value for p in onnx.load(str(baked)).metadata_props}
+    assert f'"label_space": "{space}"' in props["projection"] and '"dims": 9' in props["projection"]
 
 
 def test_bad_inputs_are_named(tmp_path):

@@ -43,8 +43,8 @@ def quick_projection(monkeypatch):
     original = metric_learning.ProjectionRanker.__init__
     quick = metric_learning.ProjectionConfig(epochs=3, identity_weights=(0.0,))
 
-    def init(self, config=None, matrix=None, identity_weight=1.0):
-        original(self, config or quick, matrix, identity_weight)
+    def init(self, config=None, matrix=None, identity_weight=1.0, neighbours=None):
+        original(self, config or quick, matrix, identity_weight, neighbours)
 
     monkeypatch.setattr(metric_learning.ProjectionRanker, "__init__", init)
 

@@ -48,13 +48,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from core.artifacts import atomic_write, atomic_write_json, environment_versions, read_json, write_problem
 from core.errors import ArtifactError, WorkbenchError
 from core.rankers import CosineRanker, L2Ranker, Ranker
+
+if TYPE_CHECKING:
+    from core.metric_learning import ProjectionRanker
 
 log = logging.getLogger(__name__)
 
@@ -93,56 +96,69 @@ class VectorSpace:
     """What an approximate index measures.
 
     Attributes:
-        metric: ``"cosine"``, ``"l2"``, ``"weighted_l2"`` (the SVM ranker) or ``"projection"`` (cosine after a
-            square matrix: the projection ranker).
+        metric: ``"cosine"``, ``"l2"``, ``"weighted_l2"`` (the SVM ranker) or ``"projection"`` (the inner product of
+            :meth:`core.metric_learning.ProjectionRanker.transform`).
         scale: ``sqrt(|w|)`` per dimension for ``"weighted_l2"``.
         bias: The SVM intercept, added back to the scores.
-        matrix: ``float32[D, D]`` for ``"projection"`` (kept in the manifest as base64 of its bytes).
+        projection: The projection ranker for ``"projection"`` (kept in the manifest: its header, and its arrays
+            as base64 of their bytes).
     """
 
     metric: str
     scale: np.ndarray | None = None
     bias: float = 0.0
-    matrix: np.ndarray | None = None
+    projection: ProjectionRanker | None = None
 
     @property
     def inner_product(self) -> bool:
         """Whether the back end searches by inner product (of unit vectors) rather than L2."""
         return self.metric in ("cosine", "projection")
 
+    def output_dim(self, dim: int) -> int:
+        """Length of the vectors the back end stores for embeddings of length ``dim``."""
+        return dim if self.projection is None else self.projection.output_dim
+
     def to_json(self) -> dict[str, Any]:
         scale = None if self.scale is None else [float(value) for value in self.scale]
         payload: dict[str, Any] = {"metric": self.metric, "scale": scale, "bias": self.bias}
-        if self.matrix is not None:
-            matrix = np.ascontiguousarray(self.matrix, "<f4")
-            payload["matrix"] = {
-                "shape": list(matrix.shape),
-                "float32_base64": base64.b64encode(matrix.tobytes()).decode(),
+        if self.projection is not None:
+            header, arrays = self.projection.state()
+            payload["projection"] = {
+                "header": header,
+                "arrays": {name: _array_to_json(array) for name, array in arrays.items()},
             }
         return payload
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> VectorSpace:
-        scale, matrix = payload.get("scale"), payload.get("matrix")
+        from core.metric_learning import ProjectionRanker
+
+        scale, stored = payload.get("scale"), payload.get("projection")
+        projection = None
+        if stored is not None:
+            arrays = {name: _array_from_json(array) for name, array in stored["arrays"].items()}
+            projection = ProjectionRanker.from_state(stored["header"], arrays)
+        elif payload.get("matrix") is not None:  # written before neighbour labels: the matrix alone
+            projection = ProjectionRanker(matrix=_array_from_json({"dtype": "<f4", **payload["matrix"]}))
         return cls(
             payload["metric"],
             None if scale is None else np.asarray(scale, np.float32),
             float(payload.get("bias", 0.0)),
-            None
-            if matrix is None
-            else np.frombuffer(base64.b64decode(matrix["float32_base64"]), "<f4").reshape(matrix["shape"]),
+            projection,
         )
 
     def same_as(self, other: VectorSpace) -> bool:
-        if self.metric != other.metric or self.bias != other.bias:
+        if self.metric != other.metric or self.bias != other.bias or not _same_array(self.scale, other.scale):
             return False
-        return _same_array(self.scale, other.scale) and _same_array(self.matrix, other.matrix)
+        if self.projection is None or other.projection is None:
+            return self.projection is None and other.projection is None
+        return self.projection.same_scores_as(other.projection)
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Map embeddings into the space the back end searches with a plain inner product or L2."""
         vectors = np.asarray(vectors, np.float32)
-        if self.metric == "projection" and self.matrix is not None:
-            vectors = vectors @ self.matrix
+        if self.projection is not None:
+            return self.projection.transform(vectors)
         if self.inner_product:
             return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         if self.metric == "weighted_l2":
@@ -159,6 +175,16 @@ class VectorSpace:
         return (self.bias - np.maximum(distances, 0.0)).astype(np.float32)
 
 
+def _array_to_json(array: np.ndarray) -> dict[str, Any]:
+    array = np.ascontiguousarray(array, np.asarray(array).dtype.newbyteorder("<"))
+    return {"shape": list(array.shape), "dtype": array.dtype.str, "base64": base64.b64encode(array.tobytes()).decode()}
+
+
+def _array_from_json(payload: dict[str, Any]) -> np.ndarray:
+    data = payload["base64"] if "base64" in payload else payload["float32_base64"]
+    return np.frombuffer(base64.b64decode(data), np.dtype(payload["dtype"])).reshape(payload["shape"])
+
+
 def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -173,8 +199,8 @@ def space_for(ranker: Ranker) -> VectorSpace:
     both sides by ``s``. A hand-made SVM with a positive weight rewards distance along its dimension, so its score
     is no longer "minus a distance" and no nearest-neighbour index can rank by it; such rankers (and L1, random)
     get :class:`UnsupportedRankerError`: use the exact index. The projection ranker's score is the cosine of
-    ``x M`` and ``y M``: an inner-product search of the projected unit vectors, for a square ``M`` (same dimension
-    as the index).
+    ``x M`` and ``y M`` (with neighbour labels, of the longer rows of its ``transform``): an inner-product search of
+    those unit vectors.
 
     Raises:
         UnsupportedRankerError: The ranker has no equivalent nearest-neighbour space.
@@ -196,12 +222,7 @@ def space_for(ranker: Ranker) -> VectorSpace:
             )
         return VectorSpace("weighted_l2", np.sqrt(-weights).astype(np.float32), float(ranker.bias))
     if isinstance(ranker, ProjectionRanker) and ranker.matrix is not None:
-        if ranker.matrix.shape[0] != ranker.matrix.shape[1]:
-            raise UnsupportedRankerError(
-                f"projection to {ranker.matrix.shape[1]} of {ranker.matrix.shape[0]} dimensions: approximate "
-                "indexes serve square projections only; use the exact index for this ranker"
-            )
-        return VectorSpace("projection", matrix=np.asarray(ranker.matrix, np.float32))
+        return VectorSpace("projection", projection=ranker)
     raise UnsupportedRankerError(
         f"ranker {ranker.name!r} needs the exact index (approximate back ends serve cosine, l2, svm and projection)"
     )

@@ -93,24 +93,24 @@ class FaissIndex(VectorIndex):
         return self._faiss.METRIC_INNER_PRODUCT if self.space.inner_product else self._faiss.METRIC_L2
 
     def _empty(self) -> Any:
-        faiss = self._faiss
+        faiss, width = self._faiss, self.space.output_dim(self.dim)
         if self.config.kind == "flat":
-            flat = faiss.IndexFlatIP(self.dim) if self.space.inner_product else faiss.IndexFlatL2(self.dim)
+            flat = faiss.IndexFlatIP(width) if self.space.inner_product else faiss.IndexFlatL2(width)
             return faiss.IndexIDMap2(flat)
         if self.config.kind == "hnsw":
-            hnsw = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, self._metric())
+            hnsw = faiss.IndexHNSWFlat(width, self.config.hnsw_m, self._metric())
             hnsw.hnsw.efConstruction = self.config.ef_construction
             hnsw.hnsw.efSearch = self.config.ef_search
             return faiss.IndexIDMap2(hnsw)
         return None  # IVF: built and trained on the first add
 
     def _train_ivf(self, vectors: np.ndarray) -> Any:
-        faiss = self._faiss
+        faiss, width = self._faiss, vectors.shape[1]
         n = len(vectors)
         nlist = self.config.nlist or round(4 * math.sqrt(n))
         nlist = max(1, min(nlist, n // 39 or 1))  # faiss wants >= 39 training points per centroid
-        quantizer = faiss.IndexFlatIP(self.dim) if self.space.inner_product else faiss.IndexFlatL2(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, self._metric())
+        quantizer = faiss.IndexFlatIP(width) if self.space.inner_product else faiss.IndexFlatL2(width)
+        index = faiss.IndexIVFFlat(quantizer, width, nlist, self._metric())
         rng = np.random.default_rng(self.config.seed)
         sample = (
             vectors

@@ -87,7 +87,7 @@ class MilvusIndex(VectorIndex):
             raise ValueError(f"{self.config.uri}: collection {name!r} exists already; load it or pick another name")
         schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", pymilvus.DataType.INT64, is_primary=True)
-        schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=self.space.output_dim(self.dim))
         params = client.prepare_index_params()
         params.add_index(
             field_name="vector",
