@@ -12,7 +12,8 @@ def render() -> None:
     st.title("Likely label errors")
     ws = common.workspace()
     with st.sidebar:
-        ranker = st.selectbox("Ranker", service.ranker_choices(ws), key="label_errors_ranker")
+        choices = service.label_error_ranker_choices(ws)
+        ranker = st.selectbox("Ranker", choices, key="label_errors_ranker")
         k = st.slider("Neighbours that vote", min_value=1, max_value=30, value=10, key="label_errors_k")
         min_share = st.slider(
             "Smallest share of the other label",
@@ -34,6 +35,12 @@ def render() -> None:
             else ""
         )
         + "Check these files: a wrong folder, an ambiguous photo, or a label the featurizer cannot tell apart."
+        + (
+            f" The {ranker} ranker learned from these labels, so it tends to agree with them: errors among its "
+            "training images can hide; a plain ranker (cosine) does not."
+            if service.is_learned_ranker(ranker)
+            else ""
+        )
     )
     if not report.errors:
         st.success("No likely label errors: every image's neighbours mostly share its label.")

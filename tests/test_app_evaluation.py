@@ -54,6 +54,26 @@ def test_label_errors_page_shows_the_misfiled_photo_with_its_neighbours(misfiled
     app.selectbox(key="label_errors_ranker").select("random").run()
     assert not app.exception
     assert any("random ranker" in caption.value for caption in app.caption)
+    assert not any("learned from these labels" in caption.value for caption in app.caption)
+
+
+def test_label_errors_page_offers_plain_rankers_first_even_when_tune_chose_a_learned_one(misfiled_env):
+    """A learned ranker agrees with the labels it was fitted on; the page starts from cosine and says why."""
+    from core.artifacts import atomic_write_json
+    from workbench import service
+
+    ws = service.workspace()
+    service.ensure_learned_rankers(ws)
+    atomic_write_json(ws.layout.default_choice, {"featurizer": ws.run, "ranker": "projection"})  # as tune writes
+    try:
+        assert service.ranker_choices(ws)[0] == "projection"
+        assert service.label_error_ranker_choices(ws)[:2] == ["cosine", "l2"]
+        app = open_page("pages/label_errors.py")
+        assert app.selectbox(key="label_errors_ranker").value == "cosine"
+        app.selectbox(key="label_errors_ranker").select("projection").run()
+        assert any("learned from these labels" in caption.value for caption in app.caption)
+    finally:
+        ws.layout.default_choice.unlink()
 
 
 @pytest.mark.slow  # about 22 s: fits the svm and projection rankers for the real featurizer

@@ -190,6 +190,21 @@ def ranker_choices(ws: Workspace) -> list[str]:
     return _first(on_offer, tuned[1]) if tuned and tuned[0] == ws.run else on_offer
 
 
+def is_learned_ranker(name: str) -> bool:
+    """Whether ``name`` is fitted on the dataset's labels (svm, projection)."""
+    from core.rankers import ranker_spec
+
+    return ranker_spec(name).learned
+
+
+def label_error_ranker_choices(ws: Workspace) -> list[str]:
+    """Rankers for the likely-label-errors search, plain ones first: a learned ranker was fitted on these very
+    labels (the projection's neighbour-label vote carries each training image's own label), so it vouches for
+    the labels it should question."""
+    on_offer = ws.rankers_on_offer()
+    return sorted(on_offer, key=is_learned_ranker)  # stable: menu order within each group
+
+
 def decode_upload(ws: Workspace, image_bytes: bytes, name: str) -> Image.Image:
     """Uploaded bytes as upright RGB, within the configured upload limits (``[uploads]``).
 
