@@ -119,6 +119,30 @@ def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, t
     onnx_hits = [line.split()[3] for line in capsys.readouterr().out.splitlines()[1:]]
     assert onnx_hits == torch_hits and len(torch_hits) == 10
 
+    # the projection ranker baked in: refused in one line before it is fitted, then the graph's output is its vector
+    baked = tmp_path / "baked.onnx"
+    capsys.readouterr()
+    assert main(["export", *common, "--workdir", str(onnx_work), "--with-projection", str(baked)]) == 2
+    assert not baked.exists()
+    assert main(["fit", *common, "--workdir", str(onnx_work), "--ranker", "projection"]) == 0
+    assert main(["export", *common, "--workdir", str(onnx_work), "--with-projection", str(baked)]) == 0
+    assert f"wrote {baked}: the projection ranker baked in" in capsys.readouterr().out
+    import onnxruntime as ort
+    from PIL import Image
+
+    from core.metric_learning import ProjectionRanker
+    from core.preprocessing import resize_crop
+    from export.onnx_featurizer import OnnxFeaturizer
+
+    plain = OnnxFeaturizer(layout(onnx_work, tiny_dataset).onnx_cache / f"{torch_file.stem}.onnx")
+    ranker = ProjectionRanker.load(layout(onnx_work, tiny_dataset).ranker("projection", torch_file.stem))
+    photos = [Image.open(path).convert("RGB") for path in sorted(tiny_dataset.glob("*/*.jpg"))[:5]]
+    pixels = np.stack([resize_crop(photo, plain.preprocessing) for photo in photos])
+    session = ort.InferenceSession(str(baked), providers=["CPUExecutionProvider"])
+    got = session.run(["embedding"], {"pixels": pixels})[0]
+    assert got.shape == (5, ranker.output_dim)
+    np.testing.assert_allclose(got, ranker.transform(plain.embed(photos)), atol=1e-5)
+
 
 @pytest.mark.slow  # long (real training, export or server): `make test-slow` runs it in CI
 def test_export_of_a_fine_tuned_run_is_keyed_by_its_weights(tmp_path, tiny_dataset, capsys):

@@ -145,6 +145,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     export = command("export", "export the featurizer to ONNX, validated against PyTorch", "featurizer")
     export.add_argument("--out", type=Path, help="target .onnx file (default: the workdir's export cache)")
+    export.add_argument(
+        "--with-projection",
+        type=Path,
+        metavar="FILE",
+        help="also write FILE: the model with the fitted projection ranker baked in (rank its output by dot product)",
+    )
     command(
         "experiment", "fine-tune, fit SVMs, evaluate every ranker, pretrained vs fine-tuned: one report",
         "featurizer", "training", "svm",
@@ -494,7 +500,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from workbench.workflows import export_featurizer
+    from workbench.workflows import bake_projection_into, export_featurizer
 
     result = export_featurizer(workspace_spec(args), args.out)
     print(
@@ -502,6 +508,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"validated on batch {result.validation.batch_size}: max |diff| vs PyTorch {result.validation.max_abs_diff:.2e}, "
         f"min cosine {result.validation.min_cosine:.6f}"
     )
+    if args.with_projection:
+        baked = bake_projection_into(workspace_spec(args), result, args.with_projection)
+        print(f"wrote {baked}: the projection ranker baked in (its output is the ranker's vector; rank by dot product)")
     return 0
 
 

@@ -30,7 +30,7 @@ from core.label_errors import LabelSuspect, likely_label_errors
 from core.pipeline import PreparedData
 from core.rankers import LearnedRanker, list_rankers, ranker_spec
 from core.workdir import PRETRAINED
-from workbench.workspace import Workspace, WorkspaceSpec, open_workspace, prepared_data
+from workbench.workspace import RankerUnavailableError, Workspace, WorkspaceSpec, open_workspace, prepared_data
 
 if TYPE_CHECKING:
     from core.data import ImageRecord
@@ -556,6 +556,26 @@ def export_featurizer(spec: WorkspaceSpec, out: Path | None = None) -> ExportRes
     featurizer = torch_featurizer(spec)
     target = out or exported_model(dataclasses.replace(spec, onnx=None), featurizer.fingerprint)
     return export_onnx(featurizer.backbone, target, training_run="" if spec.run == PRETRAINED else spec.run)
+
+
+def bake_projection_into(spec: WorkspaceSpec, exported: ExportResult, out: Path) -> Path:
+    """Write a copy of ``exported`` with the featurizer's fitted projection ranker (matrix and neighbour vote)
+    baked in: its ``embedding`` output is then that ranker's ``transform``, ranked by dot product.
+
+    Raises:
+        RankerUnavailableError: No projection ranker is fitted for this featurizer.
+        ArtifactError: The ranker file or the model is unreadable.
+    """
+    from core.metric_learning import ProjectionRanker
+    from export.onnx_projection import bake_projection
+
+    path = spec.layout.ranker("projection", exported.metadata.fingerprint)
+    if not path.is_file():
+        raise RankerUnavailableError(
+            f"ranker 'projection' is not fitted for featurizer {exported.metadata.fingerprint}; "
+            "run `python -m workbench fit --ranker projection` first"
+        )
+    return bake_projection(exported.path, ProjectionRanker.load(path), out)
 
 
 # --- the saved vector index -------------------------------------------------------------------------
