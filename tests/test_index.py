@@ -408,3 +408,20 @@ def test_milvus_lite_round_trip(tmp_path) -> None:
         with pytest.raises(ModelMismatchError):
             loaded.search(query, 3, ranker, fingerprint="another")
         loaded.close()
+
+
+def test_a_manifest_written_before_neighbour_labels_still_loads_its_matrix() -> None:
+    """Indexes saved with the matrix alone read back as that projection; a ranker with a vote is another space."""
+    import base64
+
+    from core.index import VectorSpace
+    from core.metric_learning import ProjectionRanker
+
+    matrix = np.arange(4, dtype="<f4").reshape(2, 2)
+    old = {"metric": "projection", "scale": None, "bias": 0.0}
+    old["matrix"] = {"shape": [2, 2], "float32_base64": base64.b64encode(matrix.tobytes()).decode()}
+    space = VectorSpace.from_json(old)
+    assert space.projection is not None and space.projection.label_space == "none"
+    np.testing.assert_array_equal(space.projection.matrix, matrix)
+    assert space.same_as(space_for(ProjectionRanker(matrix=matrix)))
+    assert VectorSpace.from_json(space.to_json()).same_as(space)
