@@ -51,6 +51,19 @@ def test_featurize_evaluate_search(workdir, tiny_dataset, capsys):
     assert top[0] == "1" and float(top[1]) == pytest.approx(0.0, abs=1e-3)  # the query itself, distance 0
     assert top[2] == query.parent.name and top[3].endswith(query.name)
 
+    def search(*extra):
+        assert main(["search", str(query), "-k", "8", *common, *extra]) == 0
+        return capsys.readouterr().out
+
+    cosine, random = search(), search("--ranker", "random")
+    assert cosine == search("--ranker", "cosine") and random != cosine
+    # after tune, search opens with tune's choice as the app does; --ranker and --run still override it
+    choice = layout(workdir, tiny_dataset).default_choice
+    choice.write_text('{"featurizer": "pretrained", "ranker": "random"}')
+    assert search() == random
+    assert search("--ranker", "cosine") == cosine and search("--run", "pretrained") == cosine
+    choice.unlink()  # the module's workdir is shared
+
 
 def test_user_errors_exit_2_with_a_clear_message(tmp_path, caplog):
     assert main(["prepare", "--data", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w"), "--quiet"]) == 2

@@ -127,7 +127,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     search = command("search", "top-k most similar dataset images for an image", "featurizer")
     search.add_argument("image", type=Path, help="query image file")
     search.add_argument("-k", type=_positive(int), default=15, help="how many results (default: %(default)s)")
-    search.add_argument("--ranker", choices=rankers, default="cosine", help="(default: %(default)s)")
+    search.add_argument(
+        "--ranker",
+        choices=rankers,
+        help="(default: the ranker tune chose when it ran and no --run is given, else cosine)",
+    )
     command(
         "train",
         "fine-tune the backbone on the training split, then fit the SVM ranker",
@@ -435,10 +439,15 @@ def _print_hits(rows: Sequence[tuple[int, float, str, str]]) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from core.images import load_image
+    from workbench.tuning import default_choice
 
     image = load_image(args.image)
-    ws = _open(args)
-    hits = ws.search(image, args.ranker, args.k)
+    spec, ranker = workspace_spec(args), args.ranker
+    tuned = default_choice(spec.layout) if args.run is None and ranker is None else None
+    if tuned is not None:  # as the app opens: the featurizer and ranker tune chose
+        spec, ranker = spec.with_run(tuned[0]), tuned[1]
+        log.info("searching with tune's choice, featurizer %s + %s ranker (--run / --ranker override it)", *tuned)
+    hits = _open(args, spec).search(image, ranker or "cosine", args.k)
     _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
     return 0
 
