@@ -560,6 +560,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     unknown = [name for name in chosen if name not in recipes and name != "none"]
     if unknown:
         raise WorkbenchError(f"unknown recipe {unknown[0]!r}; choose from {', '.join(recipes)} or none")
+    if "none" in chosen and len(set(chosen)) > 1:
+        raise WorkbenchError("--recipe none means the pretrained model only; it cannot be combined with other recipes")
     defaults = TuneConfig()
     config = TuneConfig(
         budget_s=args.budget_min * 60.0,
