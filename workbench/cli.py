@@ -579,7 +579,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             print(f"[{fraction:4.0%} of the budget] {text}", file=sys.stderr, flush=True)
 
     report = tune(workspace_spec(args), config, progress)
-    print(f"validation: {report.n_validation} training images query all {report.n_fit + report.n_validation}")
+    print(
+        f"validation: {report.n_validation} of the {report.n_fit + report.n_validation} training images were held out "
+        f"of fine-tuning and fitting; each searched all {report.n_fit + report.n_validation} (the test split is unread)"
+    )
     print(f"{'featurizer':<28} {'ranker':<11} {'MAP@R [95% CI]':<22} {'recall@1 [95% CI]':<22} {'seconds':>7}")
     for c in report.candidates:
         mark = "  <- default" if c == report.winner else ""
