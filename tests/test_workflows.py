@@ -11,6 +11,7 @@ from typing import cast
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.errors import WorkbenchError
 from core.featurize import Featurizer
@@ -290,3 +291,27 @@ def test_learned_rankers_are_fitted_on_the_training_split_only(tiny_dataset):
     np.testing.assert_array_equal(labels, prepared.dataset.label_array[train])
     np.testing.assert_array_equal(rows[sets.queries], embeddings[prepared.train_sets.queries])
     np.testing.assert_array_equal(rows[sets.references], embeddings[prepared.train_sets.references])
+
+
+def test_search_with_the_projection_transforms_the_gallery_once_and_ranks_as_the_ranker_does(
+    tmp_path, tiny_dataset, monkeypatch
+):
+    from core.metric_learning import ProjectionRanker
+    from core.rankers import top_k
+
+    ws = make_workspace(tiny_dataset, tmp_path)
+    workflows.ensure_learned(ws, ("projection",))
+    query = ws.embeddings[3:4]
+    ws.featurizer.embed = lambda images: query  # type: ignore[attr-defined]
+    rows_transformed: list[int] = []
+    original = ProjectionRanker.transform
+    monkeypatch.setattr(
+        ProjectionRanker, "transform", lambda self, x: rows_transformed.append(len(x)) or original(self, x)
+    )
+    hits = ws.search(Image.new("RGB", (8, 8)), "projection", 6)
+    again = ws.search(Image.new("RGB", (8, 8)), "projection", 6)
+    assert rows_transformed == [len(ws.embeddings), 1, 1]  # the gallery once, then only the queries
+    expected_rows, expected_scores = top_k(ws.ranker("projection"), query, ws.embeddings, 6)
+    for found in (hits, again):
+        assert [ws.dataset.records.index(hit.record) for hit in found] == expected_rows[0].tolist()
+        np.testing.assert_allclose([hit.score for hit in found], expected_scores[0], atol=1e-5)

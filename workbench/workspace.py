@@ -26,8 +26,9 @@ from core.errors import ArtifactError, WorkbenchError
 from core.evaluate import EvaluationResult
 from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
 from core.images import printable
+from core.metric_learning import ProjectionRanker
 from core.pipeline import PreparedData, SearchHit, evaluate_rankers, load_prepared, prepare, save_prepared
-from core.rankers import Ranker, list_rankers, make_ranker, ranker_spec, top_k
+from core.rankers import CosineRanker, Ranker, list_rankers, make_ranker, ranker_spec, top_k
 from core.workdir import PRETRAINED, WorkDir, check_run_name
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class Workspace:
     featurizer: Featurizer
     embeddings: np.ndarray
     _rankers: dict[tuple[str, float], Ranker] = field(default_factory=dict, repr=False, compare=False)
+    _transformed: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def layout(self) -> WorkDir:
@@ -277,7 +279,16 @@ class Workspace:
         if k < 1:
             raise WorkbenchError(f"k must be at least 1, got {k}")
         model = self.ranker(ranker)
-        indices, scores = top_k(model, self.embed([image]), self.embeddings, k)
+        query = self.embed([image])
+        if isinstance(model, ProjectionRanker):
+            # its score is the dot product of unit transforms: transform the gallery once, not on every search
+            key = (ranker, self.ranker_version(ranker))
+            if key not in self._transformed:
+                self._transformed.clear()  # one transformed gallery at a time: it is as large as the embeddings
+                self._transformed[key] = model.transform(self.embeddings)
+            indices, scores = top_k(CosineRanker(), model.transform(query), self._transformed[key], k)
+        else:
+            indices, scores = top_k(model, query, self.embeddings, k)
         records = self.dataset.records
         return [
             SearchHit(rank, records[i], float(s))
