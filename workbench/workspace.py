@@ -283,10 +283,12 @@ class Workspace:
         if isinstance(model, ProjectionRanker):
             # its score is the dot product of unit transforms: transform the gallery once, not on every search
             key = (ranker, self.ranker_version(ranker))
-            if key not in self._transformed:
+            gallery = self._transformed.get(key)  # read once: the API searches from several threads
+            if gallery is None:
+                gallery = model.transform(self.embeddings)
                 self._transformed.clear()  # one transformed gallery at a time: it is as large as the embeddings
-                self._transformed[key] = model.transform(self.embeddings)
-            indices, scores = top_k(CosineRanker(), model.transform(query), self._transformed[key], k)
+                self._transformed[key] = gallery
+            indices, scores = top_k(CosineRanker(), model.transform(query), gallery, k)
         else:
             indices, scores = top_k(model, query, self.embeddings, k)
         records = self.dataset.records
