@@ -304,7 +304,7 @@ register_ranker(
 register_ranker(
     _learned(
         "projection",
-        "cosine after a learned linear projection (metric learning on the cached embeddings)",
+        "cosine after a learned linear projection, plus the labels of each photo's nearest training images",
         "core.metric_learning",
         "ProjectionRanker",
         index_servable=True,
