@@ -53,6 +53,7 @@ SECTIONS = {
     "heldout_scenes": "scenes",
     "heldout_fashion_mnist": "fashion_mnist",
     "heldout_digits": "digits",
+    "heldout_stamps": "stamps",
 }
 RANKERS = ("cosine", "l2", "svm", "projection")
 DEFAULT_BACKBONE = "efficientnet_lite0"
