@@ -155,7 +155,9 @@ def load_npz_with_header(
         ) from err
     if not isinstance(header, dict) or header.get("schema_version") != schema_version:
         found = header.get("schema_version") if isinstance(header, dict) else None
-        raise ArtifactError(f"{path}: schema version {found!r}, expected {schema_version}")
+        raise ArtifactError(
+            f"{path}: {what} of schema version {found!r}, this version reads {schema_version}; {missing_hint}"
+        )
     return arrays, header
 
 

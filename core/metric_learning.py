@@ -108,8 +108,8 @@ class ProjectionConfig:
             raise ValueError(f"ProjectionConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 <= self.label_weight < 1.0:
             raise ValueError(f"ProjectionConfig.label_weight must be in [0, 1), got {self.label_weight}")
-        if not self.temperature > 0.0:
-            raise ValueError(f"ProjectionConfig.temperature must be > 0, got {self.temperature}")
+        if not 1e-3 <= self.temperature <= 10.0:  # below, cosines / T overflow float32 to NaN scores
+            raise ValueError(f"ProjectionConfig.temperature must be in [0.001, 10], got {self.temperature}")
         if self.max_references < 1:
             raise ValueError(f"ProjectionConfig.max_references must be >= 1, got {self.max_references}")
 
@@ -395,7 +395,7 @@ class ProjectionRanker(Ranker):
             neighbours = NeighbourLabels(
                 header["label_space"],
                 np.asarray(arrays["references"], np.float32),
-                np.asarray(arrays["reference_labels"], np.int64),
+                _integer_labels(np.asarray(arrays["reference_labels"])),
                 int(header["n_labels"]),
                 config.temperature,
                 config.label_weight,
@@ -441,13 +441,25 @@ class ProjectionRanker(Ranker):
             raise ArtifactError(f"{path}: unreadable projection ranker ({err})") from err
 
 
+def _integer_labels(values: np.ndarray) -> np.ndarray:
+    """Voter label ids as int64; refuses a float or other non-integer array rather than truncating it."""
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"voter labels must be integer ids, got dtype {values.dtype}")
+    return values.astype(np.int64)
+
+
 def _check_neighbours(votes: NeighbourLabels, matrix: np.ndarray) -> None:
     """Raise ValueError unless the vote's arrays fit each other and the matrix."""
     width = matrix.shape[1] if votes.space == "projected" else matrix.shape[0]
     if votes.space not in LABEL_SPACES[1:]:
         raise ValueError(f"label space {votes.space!r} is not one of {LABEL_SPACES[1:]}")
-    if votes.references.ndim != 2 or votes.references.shape[1] != width or not np.isfinite(votes.references).all():
-        raise ValueError(f"voters must be a finite (N, {width}) array, got shape {votes.references.shape}")
+    if (
+        votes.references.ndim != 2
+        or votes.references.shape[1] != width
+        or not len(votes.references)
+        or not np.isfinite(votes.references).all()
+    ):
+        raise ValueError(f"voters must be a finite (N >= 1, {width}) array, got shape {votes.references.shape}")
     if votes.labels.shape != (len(votes.references),) or not 0 <= votes.labels.min(initial=0) <= votes.labels.max(
         initial=0
     ) < max(votes.n_labels, 1):

@@ -20,6 +20,8 @@ SCHEMA = "1"
 INPUT_NAME = "pixels"
 #: Name of the graph output: L2-normalised embeddings.
 OUTPUT_NAME = "embedding"
+#: Metadata key of a model with the projection ranker baked in (``export.onnx_projection``): not a featurizer.
+PROJECTION_KEY = "projection"
 #: Name of the dynamic batch axis of both.
 BATCH_AXIS = "batch"
 _PREFIX = "workbench."

@@ -27,7 +27,7 @@ from PIL import Image
 from core.errors import ArtifactError
 from core.featurize import SingleThreadEmbedder, default_workers
 from core.preprocessing import Preprocessing, resize_crop
-from export.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from export.metadata import INPUT_NAME, OUTPUT_NAME, PROJECTION_KEY, ModelMetadata
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -114,7 +114,13 @@ class OnnxFeaturizer:
             log.warning(
                 "%s: CUDA requested but unavailable to onnxruntime (missing cuDNN/cuBLAS?); running on CPU", self.path
             )
-        self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        props = self.session.get_modelmeta().custom_metadata_map
+        if PROJECTION_KEY in props:
+            raise ArtifactError(
+                f"{self.path}: this model has the projection ranker baked in (its output ranks, it is not the "
+                "featurizer's embedding); featurize with the plain export"
+            )
+        self.metadata = ModelMetadata.from_props(props, str(self.path))
         names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         if names != ([INPUT_NAME], [OUTPUT_NAME]):
             raise ArtifactError(

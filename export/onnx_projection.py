@@ -22,9 +22,7 @@ import numpy as np
 from core.artifacts import atomic_path
 from core.errors import ArtifactError
 from core.metric_learning import ProjectionRanker
-from export.metadata import OUTPUT_NAME
-
-PROJECTION_KEY = "projection"
+from export.metadata import OUTPUT_NAME, PROJECTION_KEY
 
 
 def bake_projection(onnx_path: str | Path, ranker: ProjectionRanker, out_path: str | Path) -> Path:

@@ -140,6 +140,10 @@ def test_export_then_onnx_backend_gives_the_same_features_and_search(tmp_path, t
     assert main(["fit", *common, "--workdir", str(onnx_work), "--ranker", "projection"]) == 0
     assert main(["export", *common, "--workdir", str(onnx_work), "--with-projection", str(baked)]) == 0
     assert f"wrote {baked}: the projection ranker baked in" in capsys.readouterr().out
+    plain_file = layout(onnx_work, tiny_dataset).onnx_cache / f"{torch_file.stem}.onnx"
+    before = plain_file.read_bytes()
+    assert main(["export", *common, "--workdir", str(onnx_work), "--with-projection", str(plain_file)]) == 2
+    assert plain_file.read_bytes() == before  # the featurizer itself is never overwritten by its baked copy
     import onnxruntime as ort
     from PIL import Image
 

@@ -161,7 +161,7 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
         ProjectionRanker(FAST).fit(np.eye(3, dtype=np.float32), np.array(["a", "a", "a"]))
     with pytest.raises(ValueError, match="identity_weights"):
         ProjectionConfig(identity_weights=(1.5,))
-    for bad in ({"label_weight": 1.0}, {"label_weight": -0.1}, {"temperature": 0.0}, {"max_references": 0}):
+    for bad in ({"label_weight": 1.0}, {"label_weight": -0.1}, {"temperature": 1e-45}, {"max_references": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ProjectionConfig(**bad)
 
@@ -176,12 +176,23 @@ def test_the_voters_are_saved_and_damaged_voters_are_refused(tmp_path):
     assert loaded.same_scores_as(ranker) and loaded.label_space == ranker.label_space
     np.testing.assert_array_equal(loaded.transform(train), ranker.transform(train))
     header, arrays = ranker.state()
-    for name, bad in [
-        ("reference_labels", arrays["reference_labels"] + 5),
-        ("references", arrays["references"][:, :2]),
-    ]:
+    damaged = [
+        ("reference_labels", arrays["reference_labels"] + 5),  # a label id past the last label
+        ("reference_labels", arrays["reference_labels"] + 0.5),  # not ids at all: never truncated
+        ("references", arrays["references"][:, :2]),  # the wrong width
+        ("references", arrays["references"][:0]),  # nobody votes: the softmax has nothing to take the max of
+    ]
+    for name, bad in damaged:
         with pytest.raises(ValueError, match="voter"):
             ProjectionRanker.from_state(header, {**arrays, name: bad})
+    # a file of the previous schema says how to write it anew
+    old = tmp_path / "old.npz"
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as archive:
+        stored = {key: archive[key] for key in archive.files}
+    stored["header"] = np.array(json.dumps({**json.loads(str(stored["header"])), "schema_version": 2}))
+    np.savez(old, **stored)
+    with pytest.raises(ArtifactError, match=r"schema version 2, this version reads 3; run .*fit --ranker projection"):
+        ProjectionRanker.load(old)
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "object array"])

@@ -52,6 +52,10 @@ def test_baked_graph_matches_the_python_projection(tmp_path):
     assert props["fingerprint"] == "abc" and '"dims": 3' in props["projection"]
     with pytest.raises(ArtifactError, match="already carries a projection"):
         bake_projection(baked, ranker, tmp_path / "twice.onnx")
+    from export.onnx_featurizer import OnnxFeaturizer
+
+    with pytest.raises(ArtifactError, match="baked.onnx: this model has the projection ranker baked in"):
+        OnnxFeaturizer(baked)  # its output ranks; as a featurizer it would fill the cache with other vectors
 
 
 @pytest.mark.parametrize("space", ["input", "projected"])

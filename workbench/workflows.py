@@ -569,6 +569,10 @@ def bake_projection_into(spec: WorkspaceSpec, exported: ExportResult, out: Path)
     from core.metric_learning import ProjectionRanker
     from export.onnx_projection import bake_projection
 
+    if out.resolve() == exported.path.resolve():
+        raise WorkbenchError(
+            f"{out}: that is the plain featurizer's file; write the model with the projection elsewhere"
+        )
     path = spec.layout.ranker("projection", exported.metadata.fingerprint)
     if not path.is_file():
         raise RankerUnavailableError(
