@@ -11,6 +11,7 @@ NEIGHBOURS_SHOWN = 5
 def render() -> None:
     st.title("Likely label errors")
     ws = common.workspace()
+    common.learned_rankers_ready(ws)  # fitted, or refitted when stale, before the menu is built
     with st.sidebar:
         choices = service.label_error_ranker_choices(ws)
         ranker = st.selectbox("Ranker", choices, key="label_errors_ranker")

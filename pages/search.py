@@ -11,6 +11,7 @@ GRID_COLUMNS = 4
 def render() -> None:
     st.title("Search by image")
     ws = common.workspace()
+    common.learned_rankers_ready(ws)  # fitted, or refitted when stale, before the menu is built
     with st.sidebar:
         rankers = service.ranker_choices(ws)
         ranker = st.selectbox(

@@ -37,6 +37,8 @@ def test_search_page_shows_results_and_switching_ranker_changes_scores(app_env):
     app = run_app()
     assert app.title[0].value == "Search by image"
     assert any("cosine ranker · 12 results" in caption.value for caption in app.caption)
+    # a fresh workdir: the learned rankers are fitted on the first page load, not only once Evaluation is opened
+    assert {"svm", "projection"} <= set(app.selectbox(key="ranker").options)
     cosine = result_lines(app)
     assert len(cosine) == 12 and cosine[0].startswith("**1.** fish")  # the query itself (fish/gc_fish1.jpg) comes first
     app.selectbox(key="ranker").select("l2").run()
