@@ -217,6 +217,16 @@ def test_label_errors_find_the_planted_image_with_its_neighbours(tmp_path, tiny_
     assert error.record not in error.neighbours
 
 
+def test_a_label_of_one_image_does_not_shrink_every_neighbourhood(tmp_path, tiny_dataset):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    (data / "lonely").mkdir()
+    shutil.copy(next((data / "fish").glob("*.jpg")), data / "lonely" / "one.jpg")
+    shutil.rmtree(data / "fish")  # keep the copy's pixels unique: exact duplicates are dropped by the scan
+    report = workflows.label_errors(make_workspace(data, tmp_path / "work"), "cosine", k=10)
+    assert report.k == 5  # the smallest label of two or more images has 6 (was: 1, from the one-image label)
+
+
 def test_label_errors_bad_input(ws):
     with pytest.raises(WorkbenchError, match="k must be at least 1"):
         workflows.label_errors(ws, k=0)

@@ -421,7 +421,8 @@ def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: 
     """Images of the whole dataset whose ``k`` nearest other images mostly carry another label, worst first.
 
     ``k`` is capped at the size of the smallest label minus one, so that a small label's correctly labelled
-    images are not outvoted merely because the neighbourhood is larger than the label.
+    images are not outvoted merely because the neighbourhood is larger than the label (labels of a single image
+    do not count: they would cap every neighbourhood at one image).
 
     Raises:
         WorkbenchError: Unknown or unfitted ranker, ``k`` below 1, ``min_share`` outside (0, 1], or fewer than
@@ -431,6 +432,7 @@ def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: 
         raise WorkbenchError(f"k must be at least 1 and min_share in (0, 1], got {k} and {min_share}")
     labels = ws.dataset.label_array
     _, counts = np.unique(labels, return_counts=True)
+    counts = counts[counts >= 2]  # a label of one image has no neighbour of its own to cap anything
     k = max(1, min(k, int(counts.min()) - 1)) if len(counts) else k
     try:
         suspects: list[LabelSuspect] = likely_label_errors(ws.ranker(ranker), ws.embeddings, labels, k, min_share)
