@@ -49,6 +49,8 @@ def render() -> None:
     right.caption(
         f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.run} ({ws.backend})"
     )
+    if note := service.score_note(ws, ranker):
+        right.caption(note)
     strength = service.match_strength(ws, result.query)
     if not strength.close:
         right.warning(
@@ -78,7 +80,8 @@ def render() -> None:
         )
         explanation = service.explain(ws, data, name, result.hits[rank - 1].record)
         st.caption(
-            f"Cosine similarity {explanation.similarity:.3f}, split exactly over the regions of each image: "
+            f"Cosine similarity {explanation.similarity:.3f} of the two embeddings (explained as cosine whatever "
+            "the ranker), split exactly over the regions of each image: "
             "red regions contribute most, blue least. Each image is shown as the model sees it: resized and "
             "centre-cropped to its square input, so the edges of a wide or tall photo are not part of the match."
         )

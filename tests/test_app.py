@@ -39,6 +39,10 @@ def test_search_page_shows_results_and_switching_ranker_changes_scores(app_env):
     assert any("cosine ranker · 12 results" in caption.value for caption in app.caption)
     # a fresh workdir: the learned rankers are fitted on the first page load, not only once Evaluation is opened
     assert {"svm", "projection"} <= set(app.selectbox(key="ranker").options)
+    assert not any("neighbour labels" in caption.value for caption in app.caption)
+    app.selectbox(key="ranker").select("projection").run()
+    assert any("x agreement of the two photos' neighbour labels" in caption.value for caption in app.caption)
+    app.selectbox(key="ranker").select("cosine").run()
     cosine = result_lines(app)
     assert len(cosine) == 12 and cosine[0].startswith("**1.** fish")  # the query itself (fish/gc_fish1.jpg) comes first
     app.selectbox(key="ranker").select("l2").run()

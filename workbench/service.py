@@ -190,6 +190,21 @@ def ranker_choices(ws: Workspace) -> list[str]:
     return _first(on_offer, tuned[1]) if tuned and tuned[0] == ws.run else on_offer
 
 
+def score_note(ws: Workspace, ranker: str) -> str | None:
+    """What a ranker's score means, where a plain similarity reading would mislead (the projection's vote)."""
+    from core.metric_learning import ProjectionRanker
+
+    model = ws.ranker(ranker)
+    votes = model.neighbours if isinstance(model, ProjectionRanker) else None
+    if votes is None:
+        return None
+    return (
+        f"score = {1 - votes.weight:.2f} x cosine after the learned projection + {votes.weight:.2f} x agreement of "
+        "the two photos' neighbour labels (the labels of their nearest training images): photos of the query's "
+        "label score near 1, in the projection's order, not necessarily by look (cosine ranks by look)"
+    )
+
+
 def is_learned_ranker(name: str) -> bool:
     """Whether ``name`` is fitted on the dataset's labels (svm, projection)."""
     from core.rankers import ranker_spec
