@@ -62,6 +62,8 @@ def test_featurize_evaluate_search(workdir, tiny_dataset, capsys):
     choice.write_text('{"featurizer": "pretrained", "ranker": "random"}')
     assert search() == random
     assert search("--ranker", "cosine") == cosine and search("--run", "pretrained") == cosine
+    choice.write_text('{"featurizer": "deleted-run", "ranker": "random"}')  # a run removed since tune chose it
+    assert search() == cosine
     choice.unlink()  # the module's workdir is shared
 
 

@@ -32,7 +32,7 @@ from core.evaluate import Estimate, evaluate_retrieval
 from core.rankers import LearnedRanker, Ranker, make_ranker, ranker_spec
 from core.workdir import PRETRAINED, WorkDir
 from workbench.workflows import fit_ranker
-from workbench.workspace import WorkspaceSpec, open_workspace, prepared_data
+from workbench.workspace import WorkspaceSpec, completed_runs, open_workspace, prepared_data
 
 if TYPE_CHECKING:
     from core.pipeline import PreparedData
@@ -342,10 +342,14 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
 
 
 def default_choice(layout: WorkDir) -> tuple[str, str] | None:
-    """The ``(featurizer, ranker)`` that ``tune`` chose for this dataset, or None when it never ran (or its file
-    is unreadable)."""
+    """The ``(featurizer, ranker)`` that ``tune`` chose for this dataset, or None when it never ran, its file is
+    unreadable, or the run it chose is gone (deleted, or never completed)."""
     try:
         payload = read_json(layout.default_choice)
-        return str(payload["featurizer"]), str(payload["ranker"])
+        choice = str(payload["featurizer"]), str(payload["ranker"])
     except (ArtifactError, KeyError, TypeError):
         return None
+    if choice[0] != PRETRAINED and choice[0] not in completed_runs(layout):
+        log.warning("%s: tune chose run %r, which is gone; ignoring that choice", layout.default_choice, choice[0])
+        return None
+    return choice
