@@ -205,6 +205,16 @@ def test_fit_projection_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys
     assert "projection.npz" in capsys.readouterr().out
     assert main(["evaluate", *common]) == 0
     assert "\nprojection " in capsys.readouterr().out
+    # an approximate index built for the projection is searched with it unless told otherwise
+    pytest.importorskip("faiss")
+    query = str(tiny_dataset / "tools" / "gc_wrench.jpg")
+    assert main(["index", "build", "--kind", "faiss-flat", "--ranker", "projection", *common]) == 0
+    capsys.readouterr()
+    assert main(["index", "search", query, "-k", "5", *common]) == 0
+    default = capsys.readouterr().out
+    assert main(["index", "search", query, "-k", "5", "--ranker", "projection", *common]) == 0
+    assert capsys.readouterr().out == default
+    assert main(["index", "search", query, "-k", "5", "--ranker", "cosine", *common]) == 2  # it serves one ranker
 
 
 def test_serve_flags_reach_the_upload_limits_and_defaults_stay_the_configured_ones(tiny_dataset):

@@ -197,7 +197,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     index_search = index_command("search", "top-k indexed images for an image")
     index_search.add_argument("image", type=Path)
     index_search.add_argument("-k", type=_positive(int), default=15)
-    index_search.add_argument("--ranker", choices=rankers, default="cosine")
+    index_search.add_argument(
+        "--ranker", choices=rankers, help="(default: the ranker the index was built for; cosine for an exact index)"
+    )
     serve = command(
         "serve", "REST service: POST /search, POST /embed, GET /health (OpenAPI at /openapi.json)", "featurizer"
     )

@@ -665,14 +665,17 @@ class IndexHit:
     path: str | None
 
 
-def index_search(ws: Workspace, folder: Path, image_path: Path, k: int, ranker: str = "cosine") -> list[IndexHit]:
-    """The ``k`` indexed images most similar to an image file."""
+def index_search(ws: Workspace, folder: Path, image_path: Path, k: int, ranker: str | None = None) -> list[IndexHit]:
+    """The ``k`` indexed images most similar to an image file, by ``ranker`` (default: the one an approximate
+    index was built for, cosine for the exact index)."""
     from core.images import load_image
     from core.index import load_index
 
     if k < 1:
         raise WorkbenchError(f"-k must be at least 1, got {k}")
     index = load_index(folder, fingerprint=ws.fingerprint)
+    space = getattr(index, "space", None)
+    ranker = ranker or (space.ranker_name if space is not None else "cosine")
     hits: IndexHits = index.search(ws.embed([load_image(image_path)]), k, ws.ranker(ranker), fingerprint=ws.fingerprint)
     by_id = dict(zip(_content_ids(ws).tolist(), ws.dataset.records, strict=True))
     rows = []

@@ -114,6 +114,11 @@ class VectorSpace:
         """Whether the back end searches by inner product (of unit vectors) rather than L2."""
         return self.metric in ("cosine", "projection")
 
+    @property
+    def ranker_name(self) -> str:
+        """The registry name of the ranker this space serves."""
+        return {"weighted_l2": "svm"}.get(self.metric, self.metric)
+
     def output_dim(self, dim: int) -> int:
         """Length of the vectors the back end stores for embeddings of length ``dim``."""
         return dim if self.projection is None else self.projection.output_dim
