@@ -1,5 +1,6 @@
 """The Streamlit app, headless through AppTest, on the tiny real set with the real featurizer."""
 
+import shutil
 import time
 
 import pytest
@@ -10,13 +11,39 @@ from streamlit.testing.v1 import AppTest
 from workbench import service
 
 
-@pytest.fixture
-def app_env(monkeypatch, tmp_path_factory, tiny_dataset):
-    workdir = tmp_path_factory.mktemp("app-work")
+@pytest.fixture(scope="module")
+def ready_workdir(tmp_path_factory, tiny_dataset):
+    """A workdir with the tiny set featurized and the quick learned rankers fitted, as `make run` leaves it."""
+    from workbench.workflows import READY_RANKERS, ensure_learned
+    from workbench.workspace import open_workspace, spec_from_environment
+
+    template = tmp_path_factory.mktemp("app-ready")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBENCH_DATA", str(tiny_dataset))
+        patch.setenv("WORKBENCH_WORKDIR", str(template))
+        ensure_learned(open_workspace(spec_from_environment()), READY_RANKERS)
+    return template
+
+
+def use_workdir(monkeypatch, workdir, tiny_dataset):
     monkeypatch.setenv("WORKBENCH_DATA", str(tiny_dataset))
     monkeypatch.setenv("WORKBENCH_WORKDIR", str(workdir))
     monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
     return workdir
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path_factory, tiny_dataset, ready_workdir):
+    """A copy of the ready workdir per test (each page fits the learned rankers only when they are missing)."""
+    workdir = tmp_path_factory.mktemp("app-work") / "work"
+    shutil.copytree(ready_workdir, workdir)
+    return use_workdir(monkeypatch, workdir, tiny_dataset)
+
+
+@pytest.fixture
+def fresh_app_env(monkeypatch, tmp_path_factory, tiny_dataset):
+    """An empty workdir: the app featurizes and fits everything itself."""
+    return use_workdir(monkeypatch, tmp_path_factory.mktemp("app-fresh"), tiny_dataset)
 
 
 def run_app(page: str | None = None) -> AppTest:
@@ -33,7 +60,7 @@ def result_lines(app: AppTest) -> list[str]:
     return [md.value for md in app.markdown if md.value.startswith("**") and "·" in md.value]
 
 
-def test_search_page_shows_results_and_switching_ranker_changes_scores(app_env):
+def test_search_page_shows_results_and_switching_ranker_changes_scores(fresh_app_env):
     app = run_app()
     assert app.title[0].value == "Search by image"
     assert any("cosine ranker · 12 results" in caption.value for caption in app.caption)
