@@ -28,7 +28,8 @@ energy" label of dams, wind turbines, solar panels and geothermal plants): a dam
 geothermal plant that no linear map puts near it. So the transform also carries each photo's *soft label*: the
 labels of the training images nearest to it, weighted ``softmax(similarity / temperature)`` (a kernel
 nearest-neighbour vote; :class:`NeighbourLabels`). The score is ``(1 - b) cos(x M, y M) + b cos(p(x), p(y))`` with
-``b = ProjectionConfig.label_weight``, so among photos of the same soft label the projection still orders by look.
+``b = ProjectionConfig.label_weight``: photos of the same soft label come first, in the projection's order (which
+separates labels; it does not keep a label's looks apart, cosine does).
 Which space the vote is taken in is chosen on the same validation split by MAP@R: the input embedding (keeps the
 looks of a label apart, so a photo's nearest labelled neighbours are its own look), the projected one (better where
 the input metric is weak), or none. Measured on pretrained Lite0 embeddings (``benchmarks/quality.py``), MAP@R
@@ -39,7 +40,7 @@ agreement of out-of-style photos 45/65 -> 39/65 (cosine 41/65).
 Ranking is cosine on :meth:`ProjectionRanker.transform`, so every index back end serves it, and the ONNX
 export can bake it in (``export/onnx_projection.py``). Deterministic given ``ProjectionConfig.seed``.
 
-Saved as ``.npz`` (the matrix + a JSON header), no pickle.
+Saved as ``.npz`` (the matrix, the voters and their label ids, a JSON header), no pickle.
 """
 
 from __future__ import annotations
@@ -460,7 +461,5 @@ def _check_neighbours(votes: NeighbourLabels, matrix: np.ndarray) -> None:
         or not np.isfinite(votes.references).all()
     ):
         raise ValueError(f"voters must be a finite (N >= 1, {width}) array, got shape {votes.references.shape}")
-    if votes.labels.shape != (len(votes.references),) or not 0 <= votes.labels.min(initial=0) <= votes.labels.max(
-        initial=0
-    ) < max(votes.n_labels, 1):
+    if votes.labels.shape != (len(votes.references),) or votes.labels.min() < 0 or votes.labels.max() >= votes.n_labels:
         raise ValueError(f"voter labels must be {len(votes.references)} ids in [0, {votes.n_labels})")

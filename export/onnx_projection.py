@@ -7,8 +7,9 @@ the temperature, ``MatMul`` with the voters' one-hot labels, L2 norm, and concat
 The input is a featurizer ``.onnx`` written by :func:`export.onnx_export.export_onnx` (uint8 pixels in, unit
 ``embedding`` out). The baked graph keeps the input, the output name, the opsets, the IR version (pinned to at
 most :data:`export.onnx_export.MAX_IR_VERSION`) and the metadata, and adds one ``projection`` metadata entry
-(dimension, mix weight, label space, SHA-256 of ``M``), so its output is :meth:`core.metric_learning.ProjectionRanker.transform`
-of the plain graph's output and ranking is a dot product on it.
+(dimension, mix weight, label space, SHA-256 of ``M``), so its output is
+:meth:`core.metric_learning.ProjectionRanker.transform` of the plain graph's output and ranking is a dot product on
+it.
 """
 
 from __future__ import annotations

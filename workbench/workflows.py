@@ -30,7 +30,7 @@ from core.label_errors import LabelSuspect, likely_label_errors
 from core.pipeline import PreparedData
 from core.rankers import LearnedRanker, list_rankers, ranker_spec
 from core.workdir import PRETRAINED
-from workbench.workspace import RankerUnavailableError, Workspace, WorkspaceSpec, open_workspace, prepared_data
+from workbench.workspace import Workspace, WorkspaceSpec, fitted_ranker_path, open_workspace, prepared_data
 
 if TYPE_CHECKING:
     from core.data import ImageRecord
@@ -575,12 +575,7 @@ def bake_projection_into(spec: WorkspaceSpec, exported: ExportResult, out: Path)
         raise WorkbenchError(
             f"{out}: that is the plain featurizer's file; write the model with the projection elsewhere"
         )
-    path = spec.layout.ranker("projection", exported.metadata.fingerprint)
-    if not path.is_file():
-        raise RankerUnavailableError(
-            f"ranker 'projection' is not fitted for featurizer {exported.metadata.fingerprint}; "
-            "run `python -m workbench fit --ranker projection` first"
-        )
+    path = fitted_ranker_path(spec.layout, "projection", exported.metadata.fingerprint)
     return bake_projection(exported.path, ProjectionRanker.load(path), out)
 
 

@@ -44,6 +44,21 @@ class RankerUnavailableError(WorkbenchError):
     """A learned ranker was asked for before it was fitted for this featurizer."""
 
 
+def fitted_ranker_path(layout: WorkDir, name: str, fingerprint: str) -> Path:
+    """Where the learned ranker ``name`` of a featurizer is saved.
+
+    Raises:
+        RankerUnavailableError: It is not fitted yet (the message says how to fit it).
+    """
+    path = layout.ranker(name, fingerprint)
+    if not path.is_file():
+        raise RankerUnavailableError(
+            f"ranker {name!r} is not fitted for featurizer {fingerprint}; "
+            f"run `python -m workbench fit --ranker {name}` (or train on the Training page)"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class WorkspaceSpec:
     """Everything that identifies a workspace; every front end builds one of these and nothing else.
@@ -254,12 +269,7 @@ class Workspace:
             raise WorkbenchError(str(err)) from None
         if not spec.learned:
             return make_ranker(name, np.random.default_rng(self.seed))
-        path = self.ranker_path(name)
-        if not path.is_file():
-            raise RankerUnavailableError(
-                f"ranker {name!r} is not fitted for featurizer {self.fingerprint}; "
-                f"run `python -m workbench fit --ranker {name}` (or train on the Training page)"
-            )
+        path = fitted_ranker_path(self.layout, name, self.fingerprint)
         key = (name, path.stat().st_mtime)
         if key not in self._rankers:
             assert spec.load is not None  # learned specs always have a loader (checked by the registry)
