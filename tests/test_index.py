@@ -187,7 +187,9 @@ def test_save_load_round_trip(tmp_path, dtype: str) -> None:
     for ranker in (CosineRanker(), L2Ranker()):
         a, b = index.search(query, 7, ranker), loaded.search(query, 7, ranker)
         np.testing.assert_array_equal(a.ids, b.ids)
-        np.testing.assert_array_equal(a.scores, b.scores)
+        # same vectors, same order; the BLAS kernel may differ with the reloaded array's memory alignment, so a
+        # score may move by an ulp or so (seen on some machines of this kind): float32 tolerance, not bit identity
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
     assert loaded.manifest()["data_hash"] == manifest["data_hash"]
 
 
