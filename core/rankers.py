@@ -315,20 +315,48 @@ register_ranker(RankerSpec("l1", "negative Manhattan distance", lambda rng: L1Ra
 register_ranker(RankerSpec("random", "uniform random scores: the chance baseline", RandomRanker))
 
 
+#: Smallest query block :func:`top_k` uses (unless there are fewer queries), whatever ``k`` is.
+MIN_QUERY_BLOCK = 32
+
+
+def block_shape(n_query: int, n_gallery: int, k: int, budget: int = BLOCK_ELEMENTS) -> tuple[int, int]:
+    """Query and gallery rows scored at once by :func:`top_k`: about ``budget`` scores in all.
+
+    The gallery block is at least ``4 k`` rows (so merging a block into the running top-``k`` costs at most a
+    quarter more than scoring it) and at least 4,096; the query block takes the rest of the budget, never fewer
+    than :data:`MIN_QUERY_BLOCK` rows. When there are few queries, the gallery block grows to fill the budget.
+
+    Returns:
+        ``(query_rows, gallery_rows)``, each at least 1.
+    """
+    n_query, n_gallery = max(1, n_query), max(1, n_gallery)
+    gallery_rows = min(n_gallery, max(4 * k, 4096))
+    query_rows = min(n_query, max(MIN_QUERY_BLOCK, budget // (gallery_rows + k)))
+    gallery_rows = min(n_gallery, max(gallery_rows, budget // query_rows - k))
+    return query_rows, gallery_rows
+
+
 def top_k(
-    ranker: Ranker, query: np.ndarray, gallery: np.ndarray, k: int, block_rows: int | None = None
+    ranker: Ranker,
+    query: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    block_rows: int | None = None,
+    query_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices and scores of the ``k`` best gallery rows per query, best first.
 
-    Works through the gallery in blocks, merging running top-k lists, so memory is
-    ``O(Nq * (k + block))`` whatever the gallery size. Ties keep the lower gallery index first.
+    Works in blocks of queries x gallery rows under one budget (:func:`block_shape`, about 64 MB of scores),
+    merging each gallery block into running top-``k`` lists, so memory is ``O(query_rows * (k + block_rows))``
+    whatever the sizes. Ties keep the lower gallery index first.
 
     Args:
         ranker: Fitted ranker.
         query: ``(Nq, D)`` embeddings.
         gallery: ``(Ng, D)`` embeddings.
         k: How many results per query.
-        block_rows: Gallery rows scored at once (default: sized to about 64 MB).
+        block_rows: Gallery rows scored at once (default: from :func:`block_shape`).
+        query_rows: Query rows scored at once (default: from :func:`block_shape`).
 
     Returns:
         ``(indices int64[Nq, k'], scores float32[Nq, k'])`` with ``k' = min(k, Ng)``.
@@ -337,10 +365,30 @@ def top_k(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     k = min(k, len(gallery))
+    default_query_rows, default_gallery_rows = block_shape(len(query), len(gallery), k)
+    query_step = query_rows or default_query_rows
+    gallery_step = block_rows or default_gallery_rows
+    out_index = np.zeros((len(query), k), np.int64)
+    out_score = np.zeros((len(query), k), np.float32)
+    for rows in _row_blocks(len(query), 1, query_step):
+        out_index[rows], out_score[rows] = _top_k_block(ranker, query[rows], gallery, k, gallery_step)
+    return out_index, out_score
+
+
+def _top_k_block(
+    ranker: Ranker, query: np.ndarray, gallery: np.ndarray, k: int, gallery_step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of one query block, merging gallery blocks in index order."""
     best_index = np.zeros((len(query), 0), np.int64)
     best_score = np.zeros((len(query), 0), np.float32)
-    for block in _row_blocks(len(gallery), max(1, len(query)) * gallery.shape[1], block_rows):
-        scores = np.concatenate([best_score, ranker.score(query, gallery[block])], axis=1)
+    for block in _row_blocks(len(gallery), 1, gallery_step):
+        block_scores = np.asarray(ranker.score(query, gallery[block]), np.float32)
+        if best_score.shape[1] == k:
+            # a row not above every query's k-th best cannot enter (a tie loses to the lower index): skip the merge
+            kth = best_score[:, -1]
+            if not (block_scores > kth[:, None]).any():
+                continue
+        scores = np.concatenate([best_score, block_scores], axis=1)
         indices = np.concatenate(
             [best_index, np.broadcast_to(np.arange(block.start, block.stop), (len(query), block.stop - block.start))],
             axis=1,

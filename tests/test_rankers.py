@@ -96,3 +96,40 @@ def test_top_k_ties_at_the_cut_go_to_the_lower_index(block_rows):
         scores = ranker.score(query, gallery)
         expected = sorted(range(len(gallery)), key=lambda j: (-scores[0, j], j))[:5]  # reference: a plain sort
         assert indices[0].tolist() == expected
+
+
+def naive_top_k_loop(scores: np.ndarray, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Reference: per query, sort every gallery row by (score descending, index ascending)."""
+    indices, values = [], []
+    for row in scores:
+        order = sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+        indices.append(order)
+        values.append([float(row[j]) for j in order])
+    return indices, values
+
+
+@pytest.mark.parametrize(("query_rows", "block_rows"), [(1, 1), (2, 5), (7, 3), (3, 64), (None, None)])
+@pytest.mark.parametrize("k", [1, 6, 25, 40])
+def test_top_k_blocked_over_queries_and_gallery_equals_a_naive_loop(query_rows, block_rows, k):
+    """Scores rounded to a coarse grid make many ties, across block borders of both dimensions."""
+    rng = np.random.default_rng(4)
+    query = np.round(rng.normal(size=(9, 3)), 0).astype(np.float32)
+    gallery = np.round(rng.normal(size=(40, 3)), 0).astype(np.float32)
+    ranker = L2Ranker()
+    indices, scores = top_k(ranker, query, gallery, k, block_rows=block_rows, query_rows=query_rows)
+    expected_indices, expected_scores = naive_top_k_loop(ranker.score(query, gallery), k)
+    assert indices.tolist() == expected_indices
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+    assert indices.dtype == np.int64 and scores.dtype == np.float32
+
+
+def test_block_shape_stays_wide_for_a_large_k_and_keeps_the_budget():
+    """MAP@R at 20k photos asks k = 2,000: the old gallery block (budget / (Nq * D)) was 2 rows."""
+    from core.rankers import BLOCK_ELEMENTS, MIN_QUERY_BLOCK, block_shape
+
+    for n_query, n_gallery, k in [(20_000, 20_000, 2_000), (2_000, 1_000_000, 1_000), (1_000_000, 1_000_000, 11)]:
+        query_rows, gallery_rows = block_shape(n_query, n_gallery, k)
+        assert query_rows >= MIN_QUERY_BLOCK and gallery_rows >= 4 * k
+        assert query_rows * (gallery_rows + k) <= BLOCK_ELEMENTS
+    assert block_shape(1, 10**6, 10) == (1, min(10**6, BLOCK_ELEMENTS - 10))  # one query: the widest gallery block
+    assert block_shape(5, 3, 2) == (5, 3)  # never more rows than there are
