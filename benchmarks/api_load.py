@@ -7,12 +7,22 @@ request when the last one is answered), cycling through demo photos. Stops the s
 a table and writes JSON (default ``benchmarks/results/api_load.json``). Nothing leaves 127.0.0.1.
 
     .venv/bin/python benchmarks/api_load.py [--seconds 60] [--concurrency 1 4 16] [--k 10]
+
+With ``--hostile N`` each level also runs beside N hostile clients, and the table gives the good clients'
+throughput as a share of the quiet run. ``--hostile-kind decode`` sends the costliest accepted image (a 4000x4000
+PNG of a few kB); ``--hostile-kind refused`` floods a refused upload: a request head declaring a body over the
+upload limit plus its first 64 kB, answered 413 (sent with raw sockets, so the client side stays cheap and the
+figure measures the server). Hostile clients connect from another loopback address (``--hostile-address``,
+default 127.0.0.2), as another machine would: the service's per-client refusal budget is keyed by address.
+
+    .venv/bin/python benchmarks/api_load.py --concurrency 8 --hostile 8 --hostile-kind refused --seconds 30
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -49,6 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also run each level beside this many clients sending the costliest accepted image (a 4000x4000 PNG "
         "of a few kB) and report normal throughput with them as a share of without (default: %(default)s)",
     )
+    parser.add_argument(
+        "--hostile-kind",
+        choices=("decode", "refused"),
+        default="decode",
+        help="decode: a costly accepted image; refused: an upload over the size limit, 413 (default: %(default)s)",
+    )
+    parser.add_argument("--hostile-address", default="127.0.0.2", help="loopback address of the hostile clients")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "api_load.json")
     return parser
 
@@ -107,6 +124,40 @@ def hostile_payload() -> bytes:
     return buffer.getvalue()
 
 
+#: What a refused-upload client declares: just over the default 20 MiB upload limit (plus multipart slack).
+REFUSED_DECLARED_BYTES = 21 * 1024 * 1024 + 128 * 1024
+
+
+async def refused_upload(port: int, local_address: str) -> str:
+    """One oversize upload from ``local_address``: the head and the first 64 kB of the body; returns the answer's
+    kind (``"http 413"``, ``"http 429"``...) or the error's name."""
+    boundary = "hostileboundary"
+    first = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + b"\xff" * 65536
+    head = (
+        f"POST /search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {REFUSED_DECLARED_BYTES}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    writer = None
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local_address, 0))
+        writer.write(head + first)
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 30)
+        parts = status.split()
+        return f"http {parts[1].decode()}" if len(parts) > 1 else "no answer"
+    except (TimeoutError, OSError) as err:
+        return type(err).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
 async def run_level(
     url: str,
     payloads: list[tuple[str, bytes]],
@@ -115,6 +166,8 @@ async def run_level(
     warmup: float,
     k: int,
     hostile: int = 0,
+    hostile_kind: str = "decode",
+    hostile_address: str = "127.0.0.2",
 ) -> dict:
     import httpx
 
@@ -129,7 +182,12 @@ async def run_level(
     ):
 
         async def hostile_worker(until: float) -> None:
+            port = int(url.rsplit(":", 1)[1])
             while time.perf_counter() < until:
+                if hostile_kind == "refused":
+                    kind = await refused_upload(port, hostile_address)
+                    hostile_counts[kind] = hostile_counts.get(kind, 0) + 1
+                    continue
                 try:
                     response = await attacker.post("/search", files={"file": ("big.png", bomb, "image/png")})
                     kind = f"http {response.status_code}"
@@ -175,6 +233,7 @@ async def run_level(
     return {
         "concurrency": concurrency,
         "hostile_clients": hostile,
+        "hostile_kind": hostile_kind if hostile else None,
         "hostile_answers": hostile_counts,
         "seconds": round(elapsed, 2),
         "requests": len(latencies),
@@ -195,6 +254,7 @@ def main(args: argparse.Namespace) -> int:
     ]
     payloads = [(path.name, path.read_bytes()) for path in photos]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     port = free_port()
     server, startup = start_server(args, port)
     url = f"http://127.0.0.1:{port}"
@@ -206,7 +266,19 @@ def main(args: argparse.Namespace) -> int:
         levels = []
         for concurrency in args.concurrency:
             for hostile in sorted({0, args.hostile}):
-                result = asyncio.run(run_level(url, payloads, concurrency, args.seconds, args.warmup, args.k, hostile))
+                result = asyncio.run(
+                    run_level(
+                        url,
+                        payloads,
+                        concurrency,
+                        args.seconds,
+                        args.warmup,
+                        args.k,
+                        hostile,
+                        args.hostile_kind,
+                        args.hostile_address,
+                    )
+                )
                 levels.append(result)
                 print(
                     f"  concurrency {concurrency:>2} + {hostile} hostile: {result['requests_per_second']:7.1f} req/s, "
@@ -230,6 +302,8 @@ def main(args: argparse.Namespace) -> int:
         "health": health,
         "levels": levels,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "note": "client and server share the machine's cores; closed loop, one uvicorn process",
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -244,6 +318,7 @@ def main(args: argparse.Namespace) -> int:
             f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
         )
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"load average before {load_before}, after {report['load_average_after']}")
     print(f"\nwrote {args.out}")
     return 0 if all(r["errors"] == 0 for r in levels) else 1
 
