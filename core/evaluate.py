@@ -218,6 +218,43 @@ def format_table(results: Sequence[EvaluationResult]) -> str:
 #: Full-gallery metric names, in report order.
 RETRIEVAL_METRICS = ("recall_at_k", "precision_at_k", "r_precision", "map_at_r", "mrr")
 
+#: Results retrieved per query at most, by default, in full-gallery retrieval (pytorch-metric-learning's k
+#: defaults to the largest label and runs out of memory on large sets: its issues #353, #566).
+MAX_K = 1_000
+#: Queries sampled (stratified by label, seeded) when a split holds more.
+MAX_QUERIES = 2_000
+
+
+def sample_queries(queries: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``n`` of ``queries`` (record indices), stratified by label, in ascending order.
+
+    Each label keeps its share of the queries (largest remainders round; every label with a query keeps at
+    least one while ``n`` allows), drawn without replacement by ``rng``. Fewer than ``n`` queries are returned
+    unchanged (sorted).
+
+    Raises:
+        ValueError: ``n < 1``.
+    """
+    queries = np.sort(np.asarray(queries, np.int64))
+    if n < 1:
+        raise ValueError(f"a query sample needs n >= 1, got {n}")
+    if len(queries) <= n:
+        return queries
+    names, codes = np.unique(np.asarray(labels)[queries], return_inverse=True)
+    counts = np.bincount(codes, minlength=len(names))
+    exact = counts * n / len(queries)
+    take = np.floor(exact).astype(np.int64)
+    if n >= len(names):
+        take = np.maximum(take, 1)
+    remainder = n - int(take.sum())
+    if remainder > 0:
+        take[np.argsort(-(exact - take), kind="stable")[:remainder]] += 1
+    elif remainder < 0:  # the at-least-one rule overshot: trim the largest labels
+        for label in np.argsort(-take, kind="stable")[:-remainder]:
+            take[label] -= 1
+    chosen = [rng.choice(queries[codes == label], int(take[label]), replace=False) for label in range(len(names))]
+    return np.sort(np.concatenate(chosen))
+
 
 @dataclass(frozen=True)
 class RetrievalResult:
@@ -235,7 +272,12 @@ class RetrievalResult:
         ranker: The ranker's name.
         n_queries: Queries evaluated.
         n_dropped: Queries dropped because no other gallery item carries their label.
-        k_searched: Results retrieved per query (the largest ``R`` or ``k``, whichever is larger).
+        k_searched: Results retrieved per query (the largest ``R`` or ``k``, whichever is larger, at most ``k_cap``).
+        k_cap: The cap on results per query (None: none). A query whose ``R`` exceeds it has its R-precision and
+            MAP@R computed from the first ``k_cap`` results only, still divided by ``R``: a lower bound.
+        n_truncated: Queries whose ``R`` exceeded ``k_cap`` (their R-precision and MAP@R are lower bounds).
+        query_pool: Queries the evaluated ones were sampled from (stratified by label, seeded); 0 when every
+            query of the split was evaluated.
         metrics: ``name -> value`` over queries (``recall@1``, ``precision@5``, ``r_precision``, ``map@r``, ``mrr``).
         class_averaged: The same names, averaged per label first.
         per_category: ``label -> (n_queries, metrics)``.
@@ -250,6 +292,25 @@ class RetrievalResult:
     class_averaged: dict[str, float]
     per_category: dict[str, tuple[int, dict[str, float]]]
     per_query: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False)
+    k_cap: int | None = None
+    n_truncated: int = 0
+    query_pool: int = 0
+
+    @property
+    def note(self) -> str:
+        """What was sampled and capped, in one plain sentence ("" when every query and every ``R`` fit)."""
+        parts = []
+        if self.query_pool:
+            parts.append(
+                f"{self.n_queries + self.n_dropped} of {self.query_pool} queries sampled (stratified by label, "
+                "seeded), each against the whole gallery"
+            )
+        if self.n_truncated:
+            parts.append(
+                f"{self.n_truncated} queries have more same-label images (R) than the {self.k_cap} results "
+                "retrieved: their MAP@R and R-precision count the first results only (lower bounds)"
+            )
+        return "; ".join(parts)
 
     def interval(self, metric: str, rng: np.random.Generator, n_resamples: int = 1000) -> Estimate:
         """``metric``'s mean over queries with a bootstrap 95 % confidence interval (queries resampled)."""
@@ -262,6 +323,10 @@ class RetrievalResult:
             "n_queries": self.n_queries,
             "n_dropped": self.n_dropped,
             "k_searched": self.k_searched,
+            "k_cap": self.k_cap,
+            "n_truncated": self.n_truncated,
+            "query_pool": self.query_pool,
+            "note": self.note,
             "metrics": dict(self.metrics),
             "class_averaged": dict(self.class_averaged),
             "per_category": {
@@ -275,7 +340,8 @@ def retrieval_metrics(relevant: np.ndarray, n_relevant: np.ndarray, ks: Sequence
 
     Args:
         relevant: ``bool[Q, K]``, whether each query's ``i``-th result shares its label (best first).
-        n_relevant: ``R`` per query: same-label items in the gallery, the query excluded (all ``>= 1``).
+        n_relevant: ``R`` per query: same-label items in the gallery, the query excluded (all ``>= 1``). Where
+            ``R > K``, R-precision and MAP@R count the ``K`` results there are (lower bounds).
         ks: Cut-offs for recall@k and precision@k (each ``<= K``).
 
     Returns:
@@ -304,11 +370,14 @@ def evaluate_retrieval(
     queries: np.ndarray,
     ks: Sequence[int] = (1, 5, 10),
     block_rows: int | None = None,
+    max_k: int | None = MAX_K,
 ) -> RetrievalResult:
     """Each of ``queries`` (record indices) searches all of ``embeddings`` (itself excluded).
 
     One blockwise kNN search (:func:`core.rankers.top_k`) is shared by every metric. Queries whose label has no
-    other gallery item are dropped and counted in ``n_dropped``.
+    other gallery item are dropped and counted in ``n_dropped``. At most ``max_k`` results are retrieved per query
+    (None: as many as the largest label needs); queries with more same-label items than that are counted in
+    ``n_truncated`` and their R-precision and MAP@R are lower bounds (see :class:`RetrievalResult`).
 
     Raises:
         ValueError: Misaligned inputs, query indices out of range, or a cut-off larger than the gallery allows.
@@ -330,7 +399,11 @@ def evaluate_retrieval(
         raise ValueError("no query has another gallery item with its label")
     if max(ks) > len(embeddings) - 1:
         raise ValueError(f"k up to {max(ks)} needs a gallery of more than {max(ks)} items, got {len(embeddings)}")
+    if max_k is not None and max_k < max(ks):
+        raise ValueError(f"max_k {max_k} is below the largest cut-off {max(ks)}")
     k_searched = int(min(len(embeddings) - 1, max(int(n_relevant.max()), max(ks))))
+    if max_k is not None:
+        k_searched = min(k_searched, max_k)
     found, _ = top_k(ranker, embeddings[kept], embeddings, k_searched + 1, block_rows)
     # drop each query itself; where a tie pushed it out of the list, drop the last result instead
     is_self = found == kept[:, None]
@@ -354,4 +427,6 @@ def evaluate_retrieval(
         },
         per_category=per_category,
         per_query=per_query,
+        k_cap=max_k,
+        n_truncated=int((n_relevant > k_searched).sum()),
     )

@@ -1,8 +1,9 @@
 """Likely label errors: images whose nearest neighbours mostly carry another label.
 
-For each image, its ``k`` nearest other images (by a ranker, one blockwise kNN search) vote; an image is a suspect
-when the most common neighbour label differs from its own and holds at least ``min_share`` of the votes. Suspects
-are ranked by that share, then by how few neighbours agree with the image's own label.
+For each image, its ``k`` nearest other images vote (the shared k-NN graph of :mod:`core.knn`: exact up to
+:data:`core.knn.EXACT_MAX_ROWS` images, clustered above); an image is a suspect when the most common neighbour label
+differs from its own and holds at least ``min_share`` of the votes. Suspects are ranked by that share, then by how
+few neighbours agree with the image's own label.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.rankers import Ranker, top_k
+from core.knn import KnnGraph, knn_graph
+from core.rankers import Ranker
 
 
 @dataclass(frozen=True)
@@ -42,20 +44,22 @@ def likely_label_errors(
     labels: Sequence[str] | np.ndarray,
     k: int = 10,
     min_share: float = 0.5,
-    block_rows: int | None = None,
+    graph: KnnGraph | None = None,
 ) -> list[LabelSuspect]:
     """Images whose ``k`` nearest neighbours mostly carry another label, most suspicious first.
 
     Args:
-        ranker: Fitted ranker (higher = more similar).
+        ranker: Fitted ranker (higher = more similar); unused when ``graph`` is given.
         embeddings: One row per image.
         labels: Label of each image.
         k: Neighbours that vote.
         min_share: Smallest share of the majority other label for an image to be listed.
-        block_rows: Gallery rows scored at once.
+        graph: The k-NN graph of ``embeddings`` by ``ranker`` with at least ``k`` neighbours (built here when
+            None: :func:`core.knn.knn_graph`).
 
     Raises:
-        ValueError: Misaligned inputs, fewer than two images, or ``k`` / ``min_share`` out of range.
+        ValueError: Misaligned inputs, fewer than two images, ``k`` / ``min_share`` out of range, or a graph of
+            other rows or fewer neighbours.
     """
     embeddings = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels).astype(str)
@@ -64,10 +68,11 @@ def likely_label_errors(
     if k < 1 or not 0.0 < min_share <= 1.0:
         raise ValueError(f"k must be >= 1 and min_share in (0, 1], got {k} and {min_share}")
     k = min(k, len(labels) - 1)
-    found, _ = top_k(ranker, embeddings, embeddings, k + 1, block_rows)
-    is_self = found == np.arange(len(labels))[:, None]
-    is_self[~is_self.any(axis=1), -1] = True
-    neighbours = found[~is_self].reshape(len(labels), k)
+    if graph is None:
+        graph = knn_graph(embeddings, k, ranker)
+    if len(graph.indices) != len(labels) or graph.k < k:
+        raise ValueError(f"k-NN graph of {graph.indices.shape} does not serve {len(labels)} images with k={k}")
+    neighbours = graph.indices[:, :k]
     names, codes = np.unique(labels, return_inverse=True)
     votes = np.zeros((len(labels), len(names)), np.int64)
     np.add.at(votes, (np.repeat(np.arange(len(labels)), k), codes[neighbours].reshape(-1)), 1)

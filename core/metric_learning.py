@@ -83,7 +83,13 @@ class ProjectionConfig:
         label_weight: ``b``, the share of the score given to the neighbour-label vote (0 turns it off).
         temperature: Softmax temperature of the vote over cosine similarities (smaller: fewer, nearer voters).
         max_references: Training images kept as voters (a stratified sample above this; bounds memory and time).
-        seed: Seeds the validation split, initialisation order, batches and the voters' sample.
+        max_train_rows: Training images the fit uses at most: above this, a stratified sample (seeded), so the fit
+            costs the same at 10^4 and 10^6 images (None: all; see ``docs/scale.md`` for the measured cost).
+        max_steps: Optimisation steps per training run at most (None: ``epochs`` full passes). A fit trains twice
+            (on the validation split's training side, then on all rows).
+        threads: Torch CPU threads while training. 1 by default: on a busy 2-core machine one thread took
+            0.056 s per step against 0.33 s with two (``docs/scale.md``).
+        seed: Seeds the validation split, initialisation order, batches and the voters' and rows' samples.
     """
 
     dims: int | None = None
@@ -96,6 +102,9 @@ class ProjectionConfig:
     label_weight: float = 0.75
     temperature: float = 0.03
     max_references: int = 1024
+    max_train_rows: int | None = 20_000
+    max_steps: int | None = 500
+    threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -113,6 +122,12 @@ class ProjectionConfig:
             raise ValueError(f"ProjectionConfig.temperature must be in [0.001, 10], got {self.temperature}")
         if self.max_references < 1:
             raise ValueError(f"ProjectionConfig.max_references must be >= 1, got {self.max_references}")
+        for name in ("max_train_rows", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"ProjectionConfig.{name} must be >= 1 or None, got {value}")
+        if self.threads < 1:
+            raise ValueError(f"ProjectionConfig.threads must be >= 1, got {self.threads}")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -180,11 +195,12 @@ class NeighbourLabels:
 
 
 def _recall_at_1(projected: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> float:
-    """Share of ``queries`` whose nearest other row (cosine) carries their label."""
-    unit = _unit(projected)
-    scores = unit[queries] @ unit.T
-    scores[np.arange(len(queries)), queries] = -np.inf
-    return float(np.mean(labels[scores.argmax(axis=1)] == labels[queries]))
+    """Share of ``queries`` whose nearest other row (cosine; ties to the lower index) carries their label."""
+    from core.rankers import CosineRanker, top_k
+
+    found, _ = top_k(CosineRanker(), projected[queries], projected, 2)  # blockwise: never a queries x rows matrix
+    nearest = np.where(found[:, 0] == queries, found[:, -1], found[:, 0])
+    return float(np.mean(labels[nearest] == labels[queries]))
 
 
 class ProjectionRanker(Ranker):
@@ -253,6 +269,8 @@ class ProjectionRanker(Ranker):
     def fit(self, embeddings: np.ndarray, labels: np.ndarray, sets: ComparativeSets | None = None) -> Self:
         """Choose the mix weight and the label space on a validation split of these embeddings, then fit on all.
 
+        Above :attr:`ProjectionConfig.max_train_rows` rows, a stratified sample of that many (seeded) is used.
+
         Args:
             embeddings: Training embeddings, one row per image.
             labels: Label of each row.
@@ -267,6 +285,13 @@ class ProjectionRanker(Ranker):
             raise ValueError(f"expected (N, D) embeddings and N labels, got {embeddings.shape} and {len(labels)}")
         if len(np.unique(labels)) < 2:
             raise ValueError("the projection ranker needs at least two labels")
+        cap = self.config.max_train_rows
+        if cap is not None and len(embeddings) > cap:
+            from core.evaluate import sample_queries
+
+            rows = sample_queries(np.arange(len(embeddings)), labels, cap, np.random.default_rng(self.config.seed))
+            log.info("projection: fitting on a stratified sample of %d of %d training images", cap, len(embeddings))
+            embeddings, labels = embeddings[rows], labels[rows]
         dims = min(self.config.dims or embeddings.shape[1], embeddings.shape[1])
         candidates = sorted(set(self.config.identity_weights))
         split = stratified_split(labels, 1.0 - self.config.validation_fraction, np.random.default_rng(self.config.seed))
@@ -349,15 +374,27 @@ class ProjectionRanker(Ranker):
         targets = torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64))
         optimizer = torch.optim.Adam([weight], lr=self.config.learning_rate)
         loss_fn = MultiSimilarityLoss()
-        for _ in range(self.config.epochs):
-            order = torch.randperm(len(inputs), generator=generator)
-            for start in range(0, len(order), self.config.batch_size):
-                batch = order[start : start + self.config.batch_size]
-                projected = torch.nn.functional.normalize(inputs[batch] @ weight, dim=1)
-                loss = loss_fn(projected, targets[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        steps = self.config.epochs * -(-len(inputs) // self.config.batch_size)
+        if self.config.max_steps is not None:
+            steps = min(steps, self.config.max_steps)
+        done = 0
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.config.threads)
+        try:
+            while done < steps:  # whole epochs, the last one cut short at ``steps``
+                order = torch.randperm(len(inputs), generator=generator)
+                for start in range(0, len(order), self.config.batch_size):
+                    batch = order[start : start + self.config.batch_size]
+                    projected = torch.nn.functional.normalize(inputs[batch] @ weight, dim=1)
+                    loss = loss_fn(projected, targets[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    done += 1
+                    if done == steps:
+                        break
+        finally:
+            torch.set_num_threads(threads)
         learned = weight.detach().numpy().astype(np.float64)
         scale = np.linalg.norm(embeddings @ base, axis=1).mean() / max(
             np.linalg.norm(embeddings @ learned, axis=1).mean(), 1e-12

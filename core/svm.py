@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: 2: weights constrained to ``<= 0`` (version-1 files may hold positive weights; refit them).
 SVM_SCHEMA_VERSION = 2
+#: Comparative sets (one query with its references each) the fit uses at most: above, a stratified sample. The
+#: pairs, their features and the hard-negative search grow with the sets, not with the images (100 per label by
+#: default), so this only binds with many labels: 1,000 sets of 100 references at 1280-d are 1 GB of float64
+#: features.
+MAX_TRAIN_SETS = 1_000
 
 
 @dataclass(frozen=True)
@@ -124,11 +129,17 @@ class SVMRanker(Ranker):
             rng: Draws comparative sets when ``sets`` is None.
         """
         from core.data import make_comparative_sets
+        from core.evaluate import sample_queries
 
         embeddings = np.asarray(embeddings, np.float32)
         labels = np.asarray(labels, dtype=object)
+        rng = rng if rng is not None else np.random.default_rng(0)
         if sets is None:
-            sets = make_comparative_sets(labels, 100, 99, rng if rng is not None else np.random.default_rng(0))
+            sets = make_comparative_sets(labels, 100, 99, rng)
+        if len(sets) > MAX_TRAIN_SETS:
+            keep = sample_queries(np.arange(len(sets)), labels[sets.queries].astype(str), MAX_TRAIN_SETS, rng)
+            log.info("SVM: fitting on a stratified sample of %d of %d comparative sets", len(keep), len(sets))
+            sets = ComparativeSets(sets.queries[keep], sets.references[keep])
         left, right, same = _pairs_from_sets(sets)
         universe = np.unique(np.concatenate([sets.queries, sets.references.reshape(-1)]))
         for round_ in range(self.config.hard_negative_rounds):

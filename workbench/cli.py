@@ -428,6 +428,7 @@ def _retrieval_table(results: Sequence[RetrievalResult]) -> str:
     dropped = max((result.n_dropped for result in results), default=0)
     if dropped:
         lines.append(f"({dropped} queries dropped: no other image carries their label)")
+    lines.extend(f"({note})" for note in dict.fromkeys(result.note for result in results if result.note))
     return "\n".join(lines)
 
 

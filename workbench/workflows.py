@@ -24,8 +24,9 @@ import numpy as np
 from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions
 from core.data import ComparativeSets
 from core.errors import WorkbenchError
-from core.evaluate import EvaluationResult, RetrievalResult, evaluate_retrieval
+from core.evaluate import MAX_K, MAX_QUERIES, EvaluationResult, RetrievalResult, evaluate_retrieval, sample_queries
 from core.featurize import ProgressFn
+from core.knn import KnnGraph, cached_knn_graph
 from core.label_errors import LabelSuspect, likely_label_errors
 from core.pipeline import PreparedData
 from core.rankers import LearnedRanker, list_rankers, ranker_spec
@@ -360,18 +361,32 @@ def _split_queries(ws: Workspace, split: str) -> np.ndarray:
 
 
 def retrieval(
-    ws: Workspace, names: Sequence[str], split: str = "test", ks: Sequence[int] = (1, 5, 10)
+    ws: Workspace,
+    names: Sequence[str],
+    split: str = "test",
+    ks: Sequence[int] = (1, 5, 10),
+    max_queries: int | None = MAX_QUERIES,
+    max_k: int | None = MAX_K,
 ) -> list[RetrievalResult]:
-    """Full-gallery retrieval per ranker: every image of ``split`` queries the whole gallery, itself excluded.
+    """Full-gallery retrieval per ranker: images of ``split`` query the whole gallery, itself excluded.
 
     Recall@k, precision@k, R-precision, MAP@R and MRR, overall, class-averaged and per label
     (:func:`core.evaluate.evaluate_retrieval`); queries whose label has no other image are dropped and counted.
+    A split of more than ``max_queries`` images is sampled (stratified by label, seeded with the workspace's
+    seed, the same sample for every ranker); at most ``max_k`` results are retrieved per query, and a query with
+    more same-label images has lower-bound MAP@R and R-precision. Each result's ``note`` says so. None lifts
+    either limit.
 
     Raises:
         WorkbenchError: Unknown or unfitted ranker, a bad split, or a gallery too small for the cut-offs.
     """
     queries = _split_queries(ws, split)
     labels = ws.dataset.label_array
+    pool = 0
+    if max_queries is not None and len(queries) > max_queries:
+        pool = len(queries)
+        queries = sample_queries(queries, labels, max_queries, np.random.default_rng(ws.seed))
+        log.info("full-gallery retrieval: %d of %d %s queries sampled", len(queries), pool, split)
     usable = tuple(k for k in ks if k < len(labels))  # a small gallery cannot serve every cut-off
     if len(usable) < len(ks):
         log.info("gallery of %d images: recall@k and precision@k for k in %s only", len(labels), usable)
@@ -379,10 +394,25 @@ def retrieval(
     results = []
     for name in names:
         try:
-            results.append(evaluate_retrieval(ws.ranker(name), ws.embeddings, labels, queries, ks))
+            result = evaluate_retrieval(ws.ranker(name), ws.embeddings, labels, queries, ks, max_k=max_k)
         except ValueError as err:
             raise WorkbenchError(f"full-gallery retrieval of {ws.layout.root}: {err}") from err
+        results.append(dataclasses.replace(result, query_pool=pool))
     return results
+
+
+def knn(ws: Workspace, k: int, ranker: str = "cosine") -> KnnGraph:
+    """The workspace's k-NN graph by ``ranker`` (each image's ``k`` nearest other images, best first).
+
+    Built once per featurizer, ranker (and its fitted state) and set of images, and cached under the dataset's
+    folder (``<dataset>/knn/``, shared by its conditions); a cached graph of more neighbours serves a smaller
+    ``k``. Exact up to :data:`core.knn.EXACT_MAX_ROWS` images, clustered (approximate) above.
+
+    Raises:
+        WorkbenchError: Unknown or unfitted ranker.
+        ValueError: Fewer than two images or ``k < 1``.
+    """
+    return cached_knn_graph(ws.embeddings, k, ws.layout.dataset_dir / "knn", ws.fingerprint, ws.ranker(ranker))
 
 
 @dataclass(frozen=True)
@@ -435,7 +465,10 @@ def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: 
     counts = counts[counts >= 2]  # a label of one image has no neighbour of its own to cap anything
     k = max(1, min(k, int(counts.min()) - 1)) if len(counts) else k
     try:
-        suspects: list[LabelSuspect] = likely_label_errors(ws.ranker(ranker), ws.embeddings, labels, k, min_share)
+        graph = knn(ws, min(k, len(labels) - 1), ranker) if len(labels) >= 2 else None
+        suspects: list[LabelSuspect] = likely_label_errors(
+            ws.ranker(ranker), ws.embeddings, labels, k, min_share, graph=graph
+        )
     except ValueError as err:
         raise WorkbenchError(f"label errors of {ws.layout.root}: {err}") from err
     records = ws.dataset.records
