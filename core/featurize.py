@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import time
 import uuid
@@ -301,7 +302,8 @@ class FeatureCache:
 
     Args:
         directory: Folder of the cache.
-        save_every_s: Save a part at most this often while embedding (0: after every batch).
+        save_every_s: Save a part after the first batch, then at most this often while embedding (0: after every
+            batch), so a run killed (even by SIGKILL) after its first batch resumes from what it saved.
     """
 
     def __init__(self, directory: str | Path, save_every_s: float = 10.0) -> None:
@@ -316,10 +318,29 @@ class FeatureCache:
         return sorted(self.directory.glob(f"{glob.escape(fingerprint)}.part-*.npz"))
 
     def load(self, fingerprint: str) -> dict[str, np.ndarray]:
-        """All cached embeddings for a featurizer, by sha256 (empty when none); unreadable files are skipped."""
+        """All cached embeddings for a featurizer, by sha256 (empty when none).
+
+        Unreadable files are skipped, and so are files holding NaN or infinite values, or vectors of another width
+        than the first readable file (the main one when it is readable): each is one warning naming the file, and
+        its images are embedded again.
+        """
         cached: dict[str, np.ndarray] = {}
+        width: int | None = None
         for path in [self.path_for(fingerprint), *self.part_paths(fingerprint)]:
-            cached.update(self._read(path))
+            found = self._read(path)
+            if not found:
+                continue
+            found_width = len(next(iter(found.values())))
+            if width is not None and found_width != width:
+                log.warning(
+                    "%s: feature cache file of %d-d vectors beside %d-d ones, ignored: its images are embedded again",
+                    printable(str(path)),
+                    found_width,
+                    width,
+                )
+                continue
+            width = found_width
+            cached.update(found)
         return cached
 
     @staticmethod
@@ -331,6 +352,8 @@ class FeatureCache:
                 hashes, embeddings = archive["sha256"], archive["embeddings"]
                 if hashes.ndim != 1 or embeddings.ndim != 2 or len(hashes) != len(embeddings):
                     raise ValueError(f"sha256 {hashes.shape} does not match embeddings {embeddings.shape}")
+                if not np.isfinite(embeddings).all():
+                    raise ValueError("embeddings hold NaN or infinite values")
                 return dict(zip(hashes.tolist(), embeddings.astype(np.float32), strict=True))
         except UNREADABLE_NPZ as err:
             log.warning(
@@ -383,7 +406,7 @@ class FeatureCache:
         if missing:
             log.info("featurizing %d of %d images (%d cached)", len(missing), len(records), len(records) - len(missing))
             unsaved: dict[str, np.ndarray] = {}
-            last_save = time.monotonic()
+            last_save = -math.inf  # the first batch is saved at once: a run killed early still keeps it
             listed = {path: sha256 for sha256, path in missing.items()}
             paths = list(listed)
             try:

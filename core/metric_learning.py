@@ -439,7 +439,10 @@ class ProjectionRanker(Ranker):
                 config.label_weight,
             )
             _check_neighbours(neighbours, matrix)
-        return cls(config, matrix, float(header["identity_weight"]), neighbours)
+        identity_weight = float(header["identity_weight"])
+        if not np.isfinite(identity_weight) or not 0.0 <= identity_weight <= 1.0:
+            raise ValueError(f"identity weight must be in [0, 1], got {identity_weight}")
+        return cls(config, matrix, identity_weight, neighbours)
 
     def same_scores_as(self, other: ProjectionRanker) -> bool:
         """Whether ``other`` scores every pair as this ranker does (same arrays and settings)."""
@@ -470,13 +473,17 @@ class ProjectionRanker(Ranker):
         Raises:
             ArtifactError: Missing, unreadable, or another schema version.
         """
-        arrays, header = load_npz_with_header(
-            path, "projection ranker", PROJECTION_SCHEMA_VERSION, "run `python -m workbench fit --ranker projection`"
-        )
+        hint = "run `python -m workbench fit --ranker projection`"
+        arrays, header = load_npz_with_header(path, "projection ranker", PROJECTION_SCHEMA_VERSION, hint)
         try:
             return cls.from_state(header, arrays)
         except (KeyError, TypeError, ValueError) as err:
-            raise ArtifactError(f"{path}: unreadable projection ranker ({err})") from err
+            raise ArtifactError(f"{path}: unreadable projection ranker ({err}); {hint}") from err
+
+    @property
+    def input_dim(self) -> int:
+        """Length of the embeddings this ranker scores (the matrix's rows)."""
+        return int(self._matrix().shape[0])
 
 
 def _integer_labels(values: np.ndarray) -> np.ndarray:

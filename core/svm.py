@@ -30,7 +30,7 @@ from typing import Self
 
 import numpy as np
 
-from core.artifacts import load_npz_with_header, save_npz_with_header
+from core.artifacts import check_finite, load_npz_with_header, save_npz_with_header
 from core.config import SVMConfig
 from core.data import ComparativeSets
 from core.errors import ArtifactError
@@ -254,13 +254,24 @@ class SVMRanker(Ranker):
         Raises:
             ArtifactError: Missing, unreadable, or another schema version.
         """
-        arrays, header = load_npz_with_header(
-            path, "SVM ranker", SVM_SCHEMA_VERSION, "run `python -m workbench fit --ranker svm`"
-        )
+        hint = "run `python -m workbench fit --ranker svm`"
+        arrays, header = load_npz_with_header(path, "SVM ranker", SVM_SCHEMA_VERSION, hint)
         try:
             weights = arrays["weights"]
+            if weights.ndim != 1 or not weights.size or not np.issubdtype(weights.dtype, np.floating):
+                raise ArtifactError(
+                    f"{path}: SVM weights must be a non-empty 1-D float array, got shape {weights.shape} "
+                    f"dtype {weights.dtype}; {hint}"
+                )
+            platt = tuple(header["platt"])
+            check_finite(path, "SVM ranker", hint, weights=weights, bias=header["bias"], platt=platt)
             if (weights > 0).any():
-                raise ArtifactError(f"{path}: SVM weights must be <= 0 (more distance never more similar); refit")
-            return cls(SVMConfig(**header["config"]), weights, header["bias"], tuple(header["platt"]))
+                raise ArtifactError(f"{path}: SVM weights must be <= 0 (more distance never more similar); {hint}")
+            return cls(SVMConfig(**header["config"]), weights, header["bias"], platt)
         except (KeyError, TypeError, ValueError) as err:
-            raise ArtifactError(f"{path}: unreadable SVM ranker ({err})") from err
+            raise ArtifactError(f"{path}: unreadable SVM ranker ({err}); {hint}") from err
+
+    @property
+    def input_dim(self) -> int:
+        """Length of the embeddings this ranker scores (the number of weights)."""
+        return int(self._weights().shape[0])

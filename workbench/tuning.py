@@ -343,12 +343,31 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
 
 def default_choice(layout: WorkDir) -> tuple[str, str] | None:
     """The ``(featurizer, ranker)`` that ``tune`` chose for this dataset, or None when it never ran, its file is
-    unreadable, or the run it chose is gone (deleted, or never completed)."""
-    try:
-        payload = read_json(layout.default_choice)
-        choice = str(payload["featurizer"]), str(payload["ranker"])
-    except (ArtifactError, KeyError, TypeError):
+    unreadable or not a choice (garbage, an unknown ranker), or the run it chose is gone (deleted, or never
+    completed); each of those is one warning naming the file. A chosen ranker that is not fitted (or whose file is
+    damaged) is the caller's to check: the CLI and the app fall back to cosine."""
+    from core.rankers import list_rankers
+
+    path = layout.default_choice
+    if not path.exists():
         return None
+    hint = "ignoring it (run `python -m workbench tune` to choose again, or delete it)"
+    try:
+        payload = read_json(path)
+    except ArtifactError as err:
+        log.warning("%s; %s", err, hint)
+        return None
+    featurizer = payload.get("featurizer") if isinstance(payload, dict) else None
+    ranker = payload.get("ranker") if isinstance(payload, dict) else None
+    if not isinstance(featurizer, str) or not featurizer or ranker not in list_rankers():
+        log.warning(
+            '%s: not a choice of tune (expected {"featurizer": <run or pretrained>, "ranker": one of %s}); %s',
+            path,
+            ", ".join(list_rankers()),
+            hint,
+        )
+        return None
+    choice = featurizer, str(ranker)
     if choice[0] != PRETRAINED and choice[0] not in completed_runs(layout):
         log.warning("%s: tune chose run %r, which is gone; ignoring that choice", layout.default_choice, choice[0])
         return None

@@ -19,15 +19,19 @@ random rankers need the exact index.
 
 A saved index is a folder of versions, switched atomically::
 
-    <folder>/CURRENT              one line: the name of the live version (replaced with os.replace)
-    <folder>/v-<time>-<random>/   manifest.json (back end, model id, dimension, vector space, data hash, count,
-                                  config, schema version, SHA-256 and size of every file) + the back end's files
+    <folder>/CURRENT              the name of the live version, then ``manifest-sha256 <hex>``: the checksum of
+                                  its manifest (replaced with os.replace)
+    <folder>/v-<time>-p<pid>-<random>/   manifest.json (back end, model id, dimension, vector space, ranker,
+                                  data hash, count, config, schema version, SHA-256 and size of every file) + the
+                                  back end's files
 
 :meth:`VectorIndex.save` writes a complete new version folder, fsyncs it, then replaces ``CURRENT``; only after
 that switch are older versions removed. A crash, SIGKILL or full disk at any point leaves the previous index
-loadable (a full disk is a one-line :class:`~core.errors.ArtifactError`). :func:`load_index` follows ``CURRENT``
-and verifies the manifest's checksums and counts before use, refusing a damaged index with one line naming the
-folder. A folder saved before versions existed (``manifest.json`` at its top) still loads. Loading with
+loadable (a full disk is a one-line :class:`~core.errors.ArtifactError`). :func:`load_index` follows ``CURRENT``,
+checks the manifest against its checksum there and its fields against what they must be (types, a dimension the
+files hold), and verifies the files' checksums and counts before use, refusing a damaged index with one line naming
+the folder and ``index build``. Version folders left by a killed save (their process gone) are removed by the next
+load or save. A folder saved before versions existed (``manifest.json`` at its top) still loads. Loading with
 ``fingerprint=`` refuses another model's index, and ``add``/``search`` with ``fingerprint=`` refuse embeddings of
 another model. Milvus keeps its data in Milvus itself (its ``.db`` file or server): only its manifest is versioned.
 """
@@ -46,6 +50,7 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -159,6 +164,16 @@ class VectorSpace:
             return self.projection is None and other.projection is None
         return self.projection.same_scores_as(other.projection)
 
+    def inconsistency(self, dim: int) -> str | None:
+        """What does not fit embeddings of length ``dim`` (scale length, projection width, finite values), or None."""
+        if self.scale is not None and (self.scale.shape != (dim,) or not np.isfinite(self.scale).all()):
+            return f"the space's scale has shape {self.scale.shape}, expected ({dim},) finite values"
+        if not np.isfinite(self.bias):
+            return "the space's bias is not finite"
+        if self.projection is not None and self.projection.input_dim != dim:
+            return f"the space's projection takes {self.projection.input_dim}-d embeddings, the index holds {dim}-d"
+        return None
+
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Map embeddings into the space the back end searches with a plain inner product or L2."""
         vectors = np.asarray(vectors, np.float32)
@@ -265,9 +280,13 @@ class VectorIndex(ABC):
     Args:
         fingerprint: Featurizer fingerprint of the embeddings this index holds.
         dim: Embedding dimension.
+
+    Attributes:
+        ranker_name: The ranker it was built for: what a search uses when none is named (saved in the manifest).
     """
 
     backend: str = "index"
+    ranker_name: str = "cosine"
 
     def __init__(self, fingerprint: str, dim: int) -> None:
         if not fingerprint:
@@ -352,6 +371,10 @@ class VectorIndex(ABC):
             return IndexHits(np.zeros((len(queries), k), np.int64), np.zeros((len(queries), k), np.float32))
         return self._search(queries, k, ranker)
 
+    def inconsistency(self) -> str | None:
+        """What in a loaded index does not fit together (vector width, space, dimension), or None."""
+        return None
+
     def manifest(self) -> dict[str, Any]:
         """What identifies this index: back end, model, dimension, data hash and count."""
         return {
@@ -360,6 +383,7 @@ class VectorIndex(ABC):
             "fingerprint": self.fingerprint,
             "dim": self.dim,
             "count": len(self),
+            "ranker": self.ranker_name,
             "data_hash": ids_hash(self.ids()),
             "versions": environment_versions(),
         }
@@ -375,10 +399,11 @@ class VectorIndex(ABC):
             ArtifactError: The index could not be written (disk full...); one line naming the folder.
         """
         folder = Path(path)
-        version = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+        version = f"{VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-p{os.getpid()}-{secrets.token_hex(4)}"
         staging = folder / version
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            remove_orphans(folder)
             staging.mkdir()
             extra = self._save_files(staging)
             checksums = {
@@ -387,8 +412,9 @@ class VectorIndex(ABC):
                 if _is_plain_name(name)
             }
             atomic_write_json(staging / MANIFEST_NAME, {**self.manifest(), **extra, "checksums": checksums})
+            pointer = f"{version}\n{_MANIFEST_SUM} {_file_sha256(staging / MANIFEST_NAME)}\n"
             _fsync_folder(staging)
-            atomic_write(folder / CURRENT_NAME, lambda handle: handle.write(f"{version}\n".encode("ascii")))
+            atomic_write(folder / CURRENT_NAME, lambda handle: handle.write(pointer.encode("ascii")))
             _fsync_folder(folder)
         except (OSError, ArtifactError) as err:
             shutil.rmtree(staging, ignore_errors=True)
@@ -458,6 +484,39 @@ def _remove_superseded(folder: Path, live: str) -> None:
                 (folder / name).unlink(missing_ok=True)
 
 
+#: The word before the manifest's SHA-256 on the second line of ``CURRENT``.
+_MANIFEST_SUM = "manifest-sha256"
+#: The creator's process id in a version name (``v-<time>-p<pid>-<random>``).
+_VERSION_PID = re.compile(r"v-[0-9T]+-p([0-9]{1,10})-[0-9a-f]+")
+REBUILD_HINT = "run `python -m workbench index build` to rebuild it"
+
+
+def _read_pointer(folder: Path) -> tuple[Path, str | None]:
+    """The live version folder and the manifest checksum ``CURRENT`` records (None: saved before checksums, or
+    before versions existed)."""
+    try:
+        lines = (folder / CURRENT_NAME).read_text(encoding="ascii").splitlines()
+    except FileNotFoundError:
+        if (folder / MANIFEST_NAME).is_file():
+            return folder, None
+        raise ArtifactError(f"{_shown(folder)}: no index saved here; run `index build` first") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(
+            f"{_shown(folder)}: damaged index (unreadable {CURRENT_NAME}: {err}); {REBUILD_HINT}"
+        ) from err
+    name = lines[0].strip() if lines else ""
+    if not _VERSION_NAME.fullmatch(name) or not (folder / name).is_dir():
+        raise ArtifactError(
+            f"{_shown(folder)}: damaged index ({CURRENT_NAME} names a missing version {name[:90]!r}); {REBUILD_HINT}"
+        )
+    checksum = None
+    for line in lines[1:]:
+        key, _, value = line.strip().partition(" ")
+        if key == _MANIFEST_SUM:
+            checksum = value.strip()
+    return folder / name, checksum
+
+
 def current_version(path: str | Path) -> Path:
     """The folder holding the live version of the index saved in ``path`` (``path`` itself for an index saved
     before versions existed).
@@ -465,19 +524,44 @@ def current_version(path: str | Path) -> Path:
     Raises:
         ArtifactError: No index there, or ``CURRENT`` names a missing or invalid version.
     """
+    return _read_pointer(Path(path))[0]
+
+
+def remove_orphans(path: str | Path) -> list[str]:
+    """Remove version folders left by a killed save: not the live one, and made by a process that is gone.
+
+    A version being written by a running save (its process alive) is left alone, and so are versions named
+    before process ids were part of the name (the next save removes those). Returns the names removed.
+    """
     folder = Path(path)
-    pointer = folder / CURRENT_NAME
     try:
-        name = pointer.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        if (folder / MANIFEST_NAME).is_file():
-            return folder
-        raise ArtifactError(f"{_shown(folder)}: no index saved here; run `index build` first") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{_shown(folder)}: damaged index (unreadable {CURRENT_NAME}: {err})") from err
-    if not _VERSION_NAME.fullmatch(name) or not (folder / name).is_dir():
-        raise ArtifactError(f"{_shown(folder)}: damaged index ({CURRENT_NAME} names a missing version {name[:90]!r})")
-    return folder / name
+        live = current_version(folder).name
+    except ArtifactError:
+        live = ""
+    removed = []
+    with suppress(OSError):
+        for entry in folder.iterdir():
+            match = _VERSION_PID.fullmatch(entry.name)
+            if entry.name == live or match is None or entry.is_symlink() or not entry.is_dir():
+                continue
+            if not _process_alive(int(match.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    if removed:
+        log.info("%s: removed %d version(s) left by killed saves", _shown(folder), len(removed))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -486,14 +570,51 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     Raises:
         ArtifactError: Missing, unreadable or another schema version.
     """
-    file = current_version(path) / MANIFEST_NAME
+    version, checksum = _read_pointer(Path(path))
+    file = version / MANIFEST_NAME
     if not file.exists():
-        raise ArtifactError(f"{_shown(Path(path))}: damaged index ({MANIFEST_NAME} missing from {file.parent.name})")
+        raise ArtifactError(
+            f"{_shown(Path(path))}: damaged index ({MANIFEST_NAME} missing from {file.parent.name}); {REBUILD_HINT}"
+        )
+    if checksum is not None and _file_sha256(file) != checksum:
+        raise ArtifactError(
+            f"{_shown(file)}: damaged index (the manifest was changed after it was saved: its SHA-256 is not the one "
+            f"{CURRENT_NAME} records); {REBUILD_HINT}"
+        )
     manifest = read_json(file)
     if not isinstance(manifest, dict) or manifest.get("schema_version") != INDEX_SCHEMA_VERSION:
-        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        raise ArtifactError(f"{_shown(file)}: schema version {version!r}, expected {INDEX_SCHEMA_VERSION}")
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(
+            f"{_shown(file)}: schema version {found!r}, expected {INDEX_SCHEMA_VERSION}; {REBUILD_HINT}"
+        )
+    _check_manifest(file, manifest)
     return manifest
+
+
+def _check_manifest(file: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest whose fields are not what :meth:`VectorIndex.save` writes (types and ranges)."""
+    from core.rankers import list_rankers
+
+    def positive_int(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    problems = []
+    if not isinstance(manifest.get("fingerprint"), str) or not manifest["fingerprint"]:
+        problems.append("fingerprint must be a non-empty string")
+    if not isinstance(manifest.get("backend"), str):
+        problems.append("backend must be a string")
+    if not positive_int(manifest.get("dim"), 1):
+        problems.append(f"dim must be a positive integer, got {manifest.get('dim')!r}"[:120])
+    if not positive_int(manifest.get("count"), 0):
+        problems.append(f"count must be a non-negative integer, got {manifest.get('count')!r}"[:120])
+    if "config" in manifest and not isinstance(manifest["config"], dict):
+        problems.append("config must be a table")
+    if "space" in manifest and not isinstance(manifest["space"], dict):
+        problems.append("space must be a table")
+    if "ranker" in manifest and manifest["ranker"] not in list_rankers():
+        problems.append(f"ranker {str(manifest['ranker'])[:40]!r} is not a ranker of this version")
+    if problems:
+        raise ArtifactError(f"{_shown(file)}: damaged index ({'; '.join(problems)}); {REBUILD_HINT}")
 
 
 def verify_files(path: str | Path, manifest: dict[str, Any] | None = None) -> None:
@@ -547,7 +668,9 @@ def load_index(path: str | Path, fingerprint: str | None = None, verify: bool = 
     for attempt in range(3):
         version = current_version(folder)
         try:
-            return _load_version(folder, version, fingerprint, verify)
+            index = _load_version(folder, version, fingerprint, verify)
+            remove_orphans(folder)
+            return index
         except ArtifactError:
             if attempt == 2 or current_version(folder) == version:
                 raise
@@ -571,13 +694,17 @@ def _load_version(folder: Path, version: Path, fingerprint: str | None, verify: 
     except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
         detail = " ".join(str(err).split())[:300]
         raise ArtifactError(
-            f"{_shown(folder)}: damaged index (unreadable {manifest.get('backend')} files: {detail})"
+            f"{_shown(folder)}: damaged index (unreadable {manifest.get('backend')} files: {detail}); {REBUILD_HINT}"
         ) from err
     if len(index) != manifest.get("count") or index.dim != manifest.get("dim"):
         raise ArtifactError(
             f"{_shown(folder)}: damaged index (files hold {len(index)} x {index.dim}, "
-            f"manifest says {manifest.get('count')} x {manifest.get('dim')})"
+            f"manifest says {manifest.get('count')} x {manifest.get('dim')}); {REBUILD_HINT}"
         )
+    problem = index.inconsistency()
+    if problem:
+        raise ArtifactError(f"{_shown(folder)}: damaged index ({problem}); {REBUILD_HINT}")
+    index.ranker_name = str(manifest.get("ranker") or index.ranker_name)
     return index
 
 
@@ -599,14 +726,21 @@ def create_index(config: Any, fingerprint: str, dim: int, ranker: Ranker | None 
     from core.index.faiss_backend import FaissConfig, FaissIndex
     from core.index.milvus_backend import MilvusConfig, MilvusIndex
 
-    if isinstance(config, ExactConfig):
-        return ExactIndex(fingerprint, dim, config)
-    space = space_for(ranker if ranker is not None else CosineRanker())
-    if isinstance(config, FaissConfig):
-        return FaissIndex(fingerprint, dim, space, config)
-    if isinstance(config, MilvusConfig):
-        return MilvusIndex(fingerprint, dim, space, config)
-    raise TypeError(f"unknown index config {type(config).__name__}")
+    ranker = ranker if ranker is not None else CosineRanker()
+    index: VectorIndex
+    if isinstance(config, ExactConfig):  # serves every ranker; remembers which one it was built for
+        index = ExactIndex(fingerprint, dim, config)
+    elif isinstance(config, FaissConfig):
+        index = FaissIndex(fingerprint, dim, space_for(ranker), config)
+    elif isinstance(config, MilvusConfig):
+        index = MilvusIndex(fingerprint, dim, space_for(ranker), config)
+    else:
+        raise TypeError(f"unknown index config {type(config).__name__}")
+    index.ranker_name = ranker.name
+    input_dim = getattr(ranker, "input_dim", dim)
+    if input_dim != dim:
+        raise ModelMismatchError(f"ranker {ranker.name!r} scores {input_dim}-d embeddings, the index holds {dim}-d")
+    return index
 
 
 def default_config(n_vectors: int) -> Any:
@@ -621,6 +755,7 @@ __all__ = [
     "CURRENT_NAME",
     "EXACT_DEFAULT_MAX",
     "INDEX_SCHEMA_VERSION",
+    "REBUILD_HINT",
     "IndexHits",
     "ModelMismatchError",
     "UnsupportedRankerError",
@@ -634,6 +769,7 @@ __all__ = [
     "ids_hash",
     "load_index",
     "read_manifest",
+    "remove_orphans",
     "space_for",
     "verify_files",
 ]

@@ -213,10 +213,14 @@ class ExactIndex(VectorIndex):
         index = cls(manifest["fingerprint"], manifest["dim"], config)
         vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         ids = np.load(folder / "ids.npy", allow_pickle=False)
-        if vectors.dtype != np.dtype(config.dtype) or len(vectors) != len(ids):
+        if vectors.dtype != np.dtype(config.dtype) or vectors.ndim != 2 or len(vectors) != len(ids):
             raise ValueError(
                 f"vectors {vectors.shape} {vectors.dtype} do not match ids {ids.shape} / dtype {config.dtype}"
             )
+        if vectors.shape[1] != index.dim:
+            raise ValueError(f"vectors.npy holds {vectors.shape[1]}-d vectors, the manifest says {index.dim}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors.npy holds NaN or infinite values")
         if len(ids):
             index._add(ids.astype(np.int64), vectors)
         return index

@@ -82,6 +82,7 @@ class FaissIndex(VectorIndex):
     ) -> None:
         super().__init__(fingerprint, dim)
         self.space = space
+        self.ranker_name = space.ranker_name
         self.config = config
         self._faiss = _faiss()
         self._index = index if index is not None else self._empty()
@@ -231,6 +232,13 @@ class FaissIndex(VectorIndex):
         if ef_search is not None:
             self.config = dataclasses.replace(self.config, ef_search=ef_search)  # passed with every HNSW search
         self._gpu_index = None
+
+    def inconsistency(self) -> str | None:
+        problem = self.space.inconsistency(self.dim)
+        width = self.space.output_dim(self.dim)
+        if problem is None and self._index is not None and self._index.d != width:
+            problem = f"index.faiss holds {self._index.d}-d vectors, the manifest's dim and space give {width}-d"
+        return problem
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def _save_files(self, folder: Path) -> dict[str, Any]:

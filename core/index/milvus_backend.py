@@ -69,6 +69,7 @@ class MilvusIndex(VectorIndex):
     ) -> None:
         super().__init__(fingerprint, dim)
         self.space = space
+        self.ranker_name = space.ranker_name
         self.config = config
         pymilvus = _pymilvus()
         if config.is_lite:
@@ -175,6 +176,9 @@ class MilvusIndex(VectorIndex):
         uri = str(Path(self.config.uri).resolve()) if self.config.is_lite else self.config.uri
         config = {**config_dict(self.config), "uri": uri, "token": ""}  # never persist credentials
         return {"config": config, "space": self.space.to_json(), "files": [uri] if self.config.is_lite else []}
+
+    def inconsistency(self) -> str | None:
+        return self.space.inconsistency(self.dim)
 
     @classmethod
     def _load_files(cls, folder: Path, manifest: dict[str, Any], token: str = "") -> MilvusIndex:
