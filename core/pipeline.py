@@ -28,7 +28,7 @@ from core.data import (
     scan_folder,
     stratified_split,
 )
-from core.dedup import Leak
+from core.dedup import NO_LEAKS, LeakReport, leaks_from_json, leaks_to_json
 from core.errors import ArtifactError
 from core.evaluate import EvaluationResult, evaluate
 from core.images import printable
@@ -47,7 +47,7 @@ class PreparedData:
     train_sets: ComparativeSets
     test_sets: ComparativeSets
     skipped: tuple[SkippedFile, ...] = ()
-    leaks: tuple[Leak, ...] = ()
+    leaks: LeakReport = NO_LEAKS
 
 
 def prepare(config: DataConfig) -> PreparedData:
@@ -93,8 +93,11 @@ def prepare(config: DataConfig) -> PreparedData:
 
 def near_duplicate_leaks(
     dataset: ImageDataset, split: Split, dhashes: np.ndarray | None, threshold: int | None = None
-) -> tuple[Leak, ...]:
-    """Near-duplicate pairs straddling ``split``, summarised in one warning (count, closest pair, where to read all).
+) -> LeakReport:
+    """Near-duplicate pairs straddling ``split`` (count and closest few), summarised in one warning.
+
+    Each test photo is compared with its nearest training photos only (:func:`core.dedup.find_leaks`), never with
+    every training photo: the count grows with the test split, not with train x test.
 
     Args:
         dataset: The scanned records.
@@ -105,16 +108,17 @@ def near_duplicate_leaks(
     from core.dedup import DEFAULT_THRESHOLD, find_leaks
 
     if dhashes is None:
-        return ()
+        return NO_LEAKS
     limit = DEFAULT_THRESHOLD if threshold is None else threshold
     leaks = find_leaks(dataset, split, dhashes, limit)
     if leaks:
-        closest = min(leaks, key=lambda leak: leak.distance)
+        closest = leaks.sample[0]
         log.warning(
             "possible train/test leakage: %d near-duplicate pair(s) straddle the split (dhash distance "
-            '<= %d; closest: %s (test) ~ %s (train)); every pair is listed under "leaks" in prepared.json and on '
-            "the app's Dataset page; `python -m workbench dedup` removes near-duplicates",
-            len(leaks),
+            '<= %d; closest: %s (test) ~ %s (train)); the closest are listed under "leaks" in prepared.json and on '
+            "the app's Dataset page, all of them by `python -m workbench dedup --leaks`; `dedup` removes "
+            "near-duplicates",
+            leaks.count,
             limit,
             printable(str(closest.test_path)),
             printable(str(closest.train_path)),
@@ -134,10 +138,7 @@ def save_prepared(prepared: PreparedData, workdir: Path) -> Path:
         "train_sets": {"queries": prepared.train_sets.queries, "references": prepared.train_sets.references},
         "test_sets": {"queries": prepared.test_sets.queries, "references": prepared.test_sets.references},
         "skipped": [[str(item.path), item.reason] for item in prepared.skipped],
-        "leaks": [
-            [str(leak.train_path.relative_to(root)), str(leak.test_path.relative_to(root)), leak.distance]
-            for leak in prepared.leaks
-        ],
+        "leaks": leaks_to_json(prepared.leaks, root),
     }
     path = Path(workdir) / "prepared.json"
     atomic_write_json(path, payload)
@@ -173,7 +174,7 @@ def load_prepared(workdir: Path) -> PreparedData:
             sets("train_sets"),
             sets("test_sets"),
             tuple(SkippedFile(Path(p), reason) for p, reason in payload.get("skipped", [])),
-            tuple(Leak(root / train, root / test, int(distance)) for train, test, distance in payload.get("leaks", [])),
+            leaks_from_json(payload.get("leaks"), root),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path}: malformed ({err!r})") from err

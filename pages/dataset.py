@@ -48,11 +48,11 @@ def render() -> None:
     if summary.skipped:
         with st.expander(f"{len(summary.skipped)} file(s) skipped while scanning"):
             st.write("\n".join(f"- {reason}" for reason in summary.skipped))
-    if summary.leaks:
+    if summary.n_leaks:
         st.warning(
-            f"{len(summary.leaks)} near-duplicate pair(s) straddle the train/test split; `python -m workbench dedup` removes them."
+            f"{summary.n_leaks} near-duplicate pair(s) straddle the train/test split; `python -m workbench dedup` removes them."
         )
-        with st.expander("Near-duplicates across the split"):
+        with st.expander(f"Near-duplicates across the split (the closest {len(summary.leaks)})"):
             st.write("\n".join(f"- {leak}" for leak in summary.leaks))
     for label, paths in summary.samples.items():
         train, test = summary.counts[label]

@@ -1,8 +1,16 @@
 """Planted near-duplicates for dedup tests and benchmarks/dedup.py: known copies of real photos.
 
-Each variant turns an original photo into the bytes of a copy; ``EASY`` variants are what the
-near-duplicate check must find, ``HARD`` ones (crops, brightness) are edits it may miss, reported
-separately.
+Each variant turns an original photo into the bytes of a copy. ``EASY`` variants (re-encoding, rescaling) are what
+the hash check must find; ``HARD`` ones are the edits of copy-detection benchmarks (Copydays, DISC21) that a
+perceptual hash may miss and an embedding should find, reported separately:
+
+* ``crop_3pct`` / ``crop_10pct``: a border of 3 % / 10 % of each side cut off, JPEG q=90;
+* ``brighter_20pct``: brightness x1.2, JPEG q=90;
+* ``colour_shift``: saturation x1.4 and contrast x0.85 (a re-shoot under other light), JPEG q=90;
+* ``mirror``: flipped left-right (the same product shot facing the other way), PNG;
+* ``crop_rescale_q50``: 8 % crop, scaled to 80 %, JPEG q=50 (a re-posted thumbnail).
+
+Every edit is deterministic; which photos get which edit is drawn with a ``numpy.random.Generator``.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -47,6 +55,14 @@ HARD: dict[str, tuple[str, Callable[[bytes, Image.Image], bytes]]] = {
         "jpg",
         lambda data, image: _encode(ImageEnhance.Brightness(image).enhance(1.2), "JPEG", quality=90),
     ),
+    "colour_shift": (
+        "jpg",
+        lambda data, image: _encode(
+            ImageEnhance.Contrast(ImageEnhance.Color(image).enhance(1.4)).enhance(0.85), "JPEG", quality=90
+        ),
+    ),
+    "mirror": ("png", lambda data, image: _encode(ImageOps.mirror(image), "PNG")),
+    "crop_rescale_q50": ("jpg", lambda data, image: _encode(_resized(_cropped(image, 0.08), 0.8), "JPEG", quality=50)),
 }
 VARIANTS = {**EASY, **HARD}
 

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.config import OBJECTIVES
+from core.dedup import DEFAULT_COSINE as DEDUP_COSINE
+from core.dedup import DEFAULT_MAX_SHARE as DEDUP_MAX_SHARE
+from core.dedup import DEFAULT_NEIGHBOURS as DEDUP_NEIGHBOURS
+from core.dedup import DEFAULT_THRESHOLD as DEDUP_THRESHOLD
+from core.dedup import METHODS as DEDUP_METHODS
 from core.errors import WorkbenchError
 from core.rankers import list_rankers, ranker_spec
 from core.workdir import PRETRAINED
@@ -243,10 +248,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     imports.add_argument(
         "--max-bytes", type=_positive(int), default=20 * 1024 * 1024, help="largest download (default: %(default)s)"
     )
-    dedup = command("dedup", "find near-duplicate images (dhash); --apply moves them aside", "data")
-    dedup.add_argument("--threshold", type=int, help="largest Hamming distance in bits out of 256 (default: 32)")
+    dedup = command(
+        "dedup", "find near-duplicate photos (hash, embedding or both); --apply moves them aside", "featurizer"
+    )
+    dedup.add_argument(
+        "--method",
+        choices=DEDUP_METHODS,
+        default="hash",
+        help="hash: dhash distance (folder only); embedding: cosine over the k-NN graph (featurizes); both: either "
+        "flags a pair (default: %(default)s)",
+    )
+    dedup.add_argument(
+        "--threshold", type=int, help=f"largest dhash distance in bits out of 256 (default: {DEDUP_THRESHOLD})"
+    )
+    dedup.add_argument("--cosine", type=float, help=f"smallest embedding cosine (default: {DEDUP_COSINE})")
+    dedup.add_argument(
+        "--neighbours",
+        type=_positive(int),
+        default=DEDUP_NEIGHBOURS,
+        help="nearest photos each photo is compared with (default: %(default)s)",
+    )
     dedup.add_argument(
         "--apply", action="store_true", help="move removed images to <data>/_duplicates/ (default: report only)"
+    )
+    dedup.add_argument(
+        "--max-share",
+        type=float,
+        default=DEDUP_MAX_SHARE,
+        help="--apply refuses to move more than this share of the photos (default: %(default)s)",
+    )
+    dedup.add_argument(
+        "--allow-cross-label",
+        action="store_true",
+        help="--apply also moves a photo whose kept copy carries another label (refused by default)",
+    )
+    dedup.add_argument(
+        "--leaks", action="store_true", help="also write every near-duplicate pair across the split to leaks.json"
     )
     return parser
 
@@ -371,7 +408,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         print(f"  skipped {item.reason}")
     if prepared.leaks:
         print(
-            f"{len(prepared.leaks)} near-duplicate pair(s) straddle the split (listed in {spec.layout.prepared}; `dedup` removes them)"
+            f"{prepared.leaks.count} near-duplicate pair(s) straddle the split (the closest in {spec.layout.prepared}; "
+            "`dedup --leaks` lists all, `dedup` removes them)"
         )
     print(f"wrote {spec.layout.prepared}")
     return 0
@@ -629,23 +667,59 @@ def _cmd_import_urls(args: argparse.Namespace) -> int:
 
 def _cmd_dedup(args: argparse.Namespace) -> int:
     from core.data import DUPLICATES_DIR
+    from core.dedup import DedupConfig
     from workbench.workflows import dedup
 
     spec = workspace_spec(args)
-    outcome = dedup(spec, args.threshold, args.apply)
+    try:
+        config = DedupConfig(
+            args.method,
+            DEDUP_THRESHOLD if args.threshold is None else args.threshold,
+            DEDUP_COSINE if args.cosine is None else args.cosine,
+            args.neighbours,
+        )
+    except ValueError as err:
+        raise WorkbenchError(str(err)) from None
+    update, close = _progress(f"featurize ({spec.run})", args.quiet)
+    try:
+        outcome = dedup(spec, config, args.apply, args.max_share, args.allow_cross_label, args.leaks, update)
+    finally:
+        close()
     report = outcome.report
+    rule = {
+        "hash": f"dhash distance <= {config.hash_threshold}/256 bits",
+        "embedding": f"cosine >= {config.cosine_threshold}",
+        "both": f"dhash distance <= {config.hash_threshold}/256 bits or cosine >= {config.cosine_threshold}",
+    }[config.method]
     print(
-        f"{report.n_images} images: {len(report.removed)} near-duplicate(s) in {report.n_groups} group(s) at threshold "
-        f"{report.threshold}/256 bits; {len(outcome.exact_duplicates)} exact duplicate(s) already left out by the scan"
+        f"{report.n_images} images: {len(report.removed)} near-duplicate(s) ({report.removed_share:.1%}) in "
+        f"{report.n_groups} group(s), largest {report.largest_group}, {rule}; {len(report.cross_label)} across labels; "
+        f"{len(outcome.exact_duplicates)} exact duplicate(s) already left out by the scan"
     )
-    for row in report.to_dict()["removed"]:
-        print(f"  {row['distance']:>3}  {row['removed']}  (keeps {row['kept']})")
+    shown = 20
+    for row in report.to_dict(max_removed=shown)["removed"]:
+        evidence = " ".join(
+            part
+            for part in (
+                f"{row['distance']:>3} bits" if row["distance"] is not None else "",
+                f"cos {row['cosine']:.3f}" if row["cosine"] is not None else "",
+            )
+            if part
+        )
+        crossing = (
+            f"  [{row['removed_label']} ~ {row['kept_label']}]" if row["removed_label"] != row["kept_label"] else ""
+        )
+        print(f"  {evidence}  {row['removed']}  (keeps {row['kept']}){crossing}")
+    if len(report.removed) > shown:
+        print(f"  ... {len(report.removed) - shown} more in the report")
     if outcome.moved:
         print(f"moved {len(outcome.moved)} file(s) to {spec.config.data.root / DUPLICATES_DIR}")
         if outcome.reprepared:
             print("prepared.json rebuilt without them")
     elif report.removed:
         print("nothing moved (report only); add --apply to move them aside")
+    if outcome.leaks is not None:
+        print(f"{outcome.leaks.count} near-duplicate pair(s) across the train/test split: {outcome.leaks_path}")
     print(f"report: {outcome.path}")
     return 0
 

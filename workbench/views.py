@@ -90,6 +90,8 @@ class DatasetSummary:
     leaks: list[str]
     n_test_queries: int
     n_negatives: int
+    #: Near-duplicate pairs across the split; ``leaks`` shows the closest few of them.
+    n_leaks: int = 0
 
 
 def dataset_summary(prepared: PreparedData, samples_per_label: int = 6) -> DatasetSummary:
@@ -109,10 +111,11 @@ def dataset_summary(prepared: PreparedData, samples_per_label: int = 6) -> Datas
         [printable(item.reason) for item in prepared.skipped],
         [
             f"{printable(str(leak.test_path))} (test) ~ {printable(str(leak.train_path))} (train), distance {leak.distance}"
-            for leak in prepared.leaks
+            for leak in prepared.leaks.sample
         ],
         len(prepared.test_sets),
         prepared.test_sets.n_negatives,
+        prepared.leaks.count,
     )
 
 

@@ -35,7 +35,7 @@ from workbench.workspace import Workspace, WorkspaceSpec, fitted_ranker_path, op
 
 if TYPE_CHECKING:
     from core.data import ImageRecord
-    from core.dedup import DedupReport
+    from core.dedup import DedupConfig, DedupReport, LeakReport
     from core.index import IndexHits, VectorIndex
     from core.svm import PairAccuracy
     from core.train import TrainProgress, TrainResult
@@ -540,39 +540,135 @@ def save_report(
     return path
 
 
+class DedupRefused(WorkbenchError):
+    """``dedup --apply`` would move too many photos, or photos across labels: nothing was moved."""
+
+
 @dataclass(frozen=True)
 class DedupOutcome:
-    """What ``dedup`` found (and moved, with ``apply``)."""
+    """What ``dedup`` found (and moved, with ``apply``).
+
+    Attributes:
+        report: The groups and removals.
+        exact_duplicates: What the scan left out as exact copies (one line each).
+        moved: Where the removed files went (with ``apply``).
+        reprepared: Whether ``prepared.json`` was rebuilt without them.
+        path: The report file (JSON, every removal).
+        leaks: The train/test leak check, when asked for.
+        leaks_path: The file listing every leak pair, when asked for.
+    """
 
     report: DedupReport
     exact_duplicates: tuple[str, ...]
     moved: tuple[Path, ...]
     reprepared: bool
     path: Path
+    leaks: LeakReport | None = None
+    leaks_path: Path | None = None
 
 
-def dedup(spec: WorkspaceSpec, threshold: int | None = None, apply: bool = False) -> DedupOutcome:
-    """Near-duplicates of the dataset folder (dhash); ``apply`` moves them to ``<data>/_duplicates/``.
+def _aligned_hashes(
+    records: Sequence[ImageRecord], scan_records: Sequence[ImageRecord], hashes: np.ndarray
+) -> np.ndarray:
+    """The scan's hashes in the order of ``records`` (matched by path)."""
+    row_of = {record.path: row for row, record in enumerate(scan_records)}
+    missing = [record.path for record in records if record.path not in row_of]
+    if missing:
+        raise WorkbenchError(f"{missing[0]}: in the prepared data but not in the folder; run `prepare` again")
+    return hashes[[row_of[record.path] for record in records]]
 
-    A prepared split of this dataset and condition is prepared again after files were moved.
+
+def dedup(
+    spec: WorkspaceSpec,
+    config: DedupConfig | None = None,
+    apply: bool = False,
+    max_share: float | None = None,
+    allow_cross_label: bool = False,
+    leaks: bool = False,
+    progress: ProgressFn | None = None,
+) -> DedupOutcome:
+    """Near-duplicates of the dataset folder; ``apply`` moves them to ``<data>/_duplicates/``.
+
+    The hash method needs only the folder. The embedding (and both) methods open the workspace: the prepared data
+    and every photo's embedding (featurized on first use). The report (every removal) is written before anything
+    moves. A prepared split of this dataset and condition is prepared again after files were moved.
+
+    Args:
+        spec: The workspace (dataset folder, workdir, featurizer).
+        config: What counts as a near-duplicate (default: :class:`core.dedup.DedupConfig`).
+        apply: Move the removed photos aside.
+        max_share: Refuse to move more than this share of the photos (default
+            :data:`core.dedup.DEFAULT_MAX_SHARE`).
+        allow_cross_label: Move a photo even when the photo kept for it carries another label.
+        leaks: Also write every near-duplicate pair across the train/test split to ``reports/leaks.json``.
+        progress: Called as ``progress(done, total)`` while photos are featurized.
 
     Raises:
-        WorkbenchError: Threshold outside 0..256, or an unusable dataset folder.
+        DedupRefused: ``apply`` would move more than ``max_share`` or across labels (the report is written).
+        WorkbenchError: A setting out of range, or an unusable dataset folder.
     """
     from core.data import scan_folder
-    from core.dedup import DEFAULT_THRESHOLD, find_near_duplicates, move_duplicates
+    from core.dedup import (
+        DEFAULT_MAX_SHARE,
+        DedupConfig,
+        apply_refusal,
+        find_leaks,
+        find_near_duplicates,
+        move_duplicates,
+    )
+    from core.images import printable
 
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    if not 0 <= threshold <= 256:
-        raise WorkbenchError(f"--threshold must be between 0 and 256 bits, got {threshold}")
+    config = config or DedupConfig()
+    max_share = DEFAULT_MAX_SHARE if max_share is None else max_share
+    if not 0.0 <= max_share <= 1.0:
+        raise WorkbenchError(f"--max-share must be between 0 and 1, got {max_share}")
     root = spec.config.data.root
     scan = scan_folder(root)
     if scan.dhashes is None:
         raise WorkbenchError(f"{root}: no image hashes from the scan")
-    report = find_near_duplicates(scan.dataset, scan.dhashes, threshold)
+    embeddings = None
+    dataset = scan.dataset
+    hashes = scan.dhashes
+    prepared = None
+    if config.uses_embedding:
+        ws = open_workspace(spec, progress)
+        prepared, dataset, embeddings = ws.prepared, ws.dataset, ws.embeddings
+        hashes = _aligned_hashes(dataset.records, scan.dataset.records, scan.dhashes)
+    report = find_near_duplicates(dataset, hashes, config, embeddings)
     exact = tuple(item.reason for item in scan.skipped if "exact duplicate of" in item.reason)
+    refusal = apply_refusal(report, max_share, allow_cross_label) if apply else ""
     path = spec.layout.dedup_report
-    atomic_write_json(path, {**report.to_dict(), "exact_duplicates": list(exact), "applied": apply})
+    atomic_write_json(
+        path,
+        {**report.to_dict(), "exact_duplicates": list(exact), "applied": apply and not refusal, "refused": refusal},
+    )
+    leak_report, leaks_path = None, None
+    if leaks:
+        prepared = prepared or prepared_data(spec.config.data, spec.layout)
+        leak_hashes = _aligned_hashes(prepared.dataset.records, scan.dataset.records, scan.dhashes)
+        leak_report = find_leaks(
+            prepared.dataset, prepared.split, leak_hashes, config.hash_threshold, config.neighbours, sample_size=None
+        )
+        leaks_path = path.with_name("leaks.json")
+        root_of = prepared.dataset.root or Path(".")
+        atomic_write_json(
+            leaks_path,
+            {
+                "threshold": leak_report.threshold,
+                "neighbours": config.neighbours,
+                "count": leak_report.count,
+                "pairs": [
+                    {
+                        "test": printable(str(leak.test_path.relative_to(root_of))),
+                        "train": printable(str(leak.train_path.relative_to(root_of))),
+                        "distance": leak.distance,
+                    }
+                    for leak in leak_report.sample
+                ],
+            },
+        )
+    if refusal:
+        raise DedupRefused(f"not moved: {refusal}; report: {path}")
     moved: tuple[Path, ...] = ()
     reprepared = False
     if apply and report.removed:
@@ -580,7 +676,7 @@ def dedup(spec: WorkspaceSpec, threshold: int | None = None, apply: bool = False
         if spec.layout.prepared.exists():
             prepared_data(spec.config.data, spec.layout, force=True)
             reprepared = True
-    return DedupOutcome(report, exact, moved, reprepared, path)
+    return DedupOutcome(report, exact, moved, reprepared, path, leak_report, leaks_path)
 
 
 def export_featurizer(spec: WorkspaceSpec, out: Path | None = None) -> ExportResult:
