@@ -118,6 +118,11 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]  # numpy stubs
 
 
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Save one array to ``.npy`` atomically (no pickled objects)."""
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
 def save_npz_with_header(path: str | Path, header: dict[str, Any], **arrays: np.ndarray) -> None:
     """Save arrays plus a JSON header (schema version, config, metadata) to ``.npz`` atomically, no pickle."""
     atomic_save_npz(path, header=np.array(json.dumps(header, default=_json_default)), **arrays)
@@ -159,6 +164,56 @@ def load_npz_with_header(
             f"{path}: {what} of schema version {found!r}, this version reads {schema_version}; {missing_hint}"
         )
     return arrays, header
+
+
+def read_npz_header(path: str | Path, what: str, rebuild_hint: str) -> dict[str, Any]:
+    """The JSON header of a file written by :func:`save_npz_with_header`, without loading its arrays.
+
+    Reads through :data:`UNREADABLE_NPZ`, the one list of what a damaged ``.npz`` raises.
+
+    Raises:
+        ArtifactError: Missing, truncated, damaged, or a header that is not a JSON object; one line naming the
+            file and ``rebuild_hint``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{_shown(path)}: no {what} saved here; {rebuild_hint}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            header = json.loads(str(archive["header"]))
+    except UNREADABLE_NPZ as err:
+        raise ArtifactError(
+            f"{_shown(path)}: unreadable {what}, damaged or not written by this tool ({type(err).__name__}); "
+            f"{rebuild_hint}"
+        ) from err
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{_shown(path)}: {what} header is not a JSON object; {rebuild_hint}")
+    return header
+
+
+def check_finite(path: str | Path, what: str, rebuild_hint: str, **values: Any) -> None:
+    """Refuse NaN or infinite values read from an artifact: one line naming the file, the value and the fix.
+
+    Args:
+        path: The artifact.
+        what: What it holds (``"SVM ranker"``).
+        rebuild_hint: How to write it anew.
+        values: Arrays or numbers by name (``weights=..., bias=...``).
+
+    Raises:
+        ArtifactError: Some value is not a finite number.
+    """
+    for name, value in values.items():
+        try:
+            array = np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            raise ArtifactError(f"{_shown(Path(path))}: {what} {name} is not numeric; {rebuild_hint}") from None
+        bad = int(array.size - np.isfinite(array).sum())
+        if bad:
+            raise ArtifactError(
+                f"{_shown(Path(path))}: {what} {name} holds {bad} NaN or infinite value(s) of {array.size}; "
+                f"{rebuild_hint}"
+            )
 
 
 def read_json(path: str | Path) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,11 +98,98 @@ def _inspect_file(path: Path, with_hash: bool, limits: ImageLimits) -> tuple[str
 
 
 def label_of(folder_name: str) -> str:
-    """The label of a label folder: its name, with undecodable bytes and control characters escaped.
+    """The label of a label folder: its name in Unicode NFC, with undecodable bytes and control characters escaped.
 
-    Two folders whose names differ only in invalid UTF-8 bytes (``caf\\xe9`` and ``caf\\xff``) keep two labels.
+    Two folders whose names differ only in invalid UTF-8 bytes (``caf\\xe9`` and ``caf\\xff``) keep two labels;
+    two whose names differ only in Unicode normalisation (``café`` typed on Linux, NFC, and on macOS, NFD) print
+    identically, so they get the same label here and :func:`scan_folder` refuses the pair in one line.
     """
-    return printable(folder_name)
+    return printable(unicodedata.normalize("NFC", folder_name))
+
+
+def check_within_roots(path: str | Path, roots: Sequence[str | Path]) -> Path:
+    """The real location of ``path`` (every symbolic link resolved), which must lie inside one of ``roots``.
+
+    Links are resolved before the check, on both sides, so a link inside an allowed folder that leads out of it
+    is refused, and an allowed folder reached through a link is still allowed.
+
+    Raises:
+        DatasetError: ``path`` resolves outside every root; one line naming the path, where it leads and the roots.
+    """
+    real = Path(os.path.realpath(path))
+    allowed = [Path(os.path.realpath(root)) for root in roots]
+    if any(real == root or root in real.parents for root in allowed):
+        return real
+    where = ", ".join(printable(str(root)) for root in allowed)
+    if real == Path(os.path.abspath(path)):
+        raise DatasetError(f"{printable(str(path))}: outside the folders that may be opened ({where})")
+    raise DatasetError(
+        f"{printable(str(path))}: a link to {printable(str(real))}, outside the folders that may be opened "
+        f"({where}); a link may not leave them: copy the photos in or remove the link"
+    )
+
+
+def _same_label_problem(label_dir: Path, other: Path, label: str) -> str:
+    if label_dir.name != other.name and label_of(label_dir.name) == label_of(other.name):
+
+        def form(name: str) -> str:
+            return next((f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, name)), "mixed")
+
+        return (
+            f"{printable(str(label_dir))} ({form(label_dir.name)}) and {printable(str(other))} "
+            f"({form(other.name)}): two folders whose names differ only in Unicode normalisation, both label "
+            f"{label!r}; merge them into one folder"
+        )
+    return (
+        f"{printable(str(label_dir))}: label {label!r} is also the label of {printable(str(other))}; "
+        "rename one of the folders"
+    )
+
+
+def label_folders(root: str | Path) -> tuple[list[Path], list[SkippedFile]]:
+    """The label folders of a dataset, sorted, and the folders left out because they link out of ``root``.
+
+    Hidden folders and :data:`DUPLICATES_DIR` are not labels. A label folder that is a symbolic link leading out
+    of ``root`` is left out (:func:`check_within_roots`). Labels come from :func:`label_of`.
+
+    Raises:
+        DatasetError: ``root`` is missing, has no label folders, or two folders get the same label (names that
+            differ only in Unicode normalisation included); one line naming both folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{printable(str(root))}: dataset folder not found")
+    folders: list[Path] = []
+    left_out: list[SkippedFile] = []
+    for path in sorted(root.iterdir()):
+        if path.is_dir() and not path.name.startswith(".") and path.name != DUPLICATES_DIR:
+            outside = link_out_of(path, root)
+            if outside is None:
+                folders.append(path)
+            else:
+                left_out.append(outside)
+    if not folders:
+        shown = printable(str(root))
+        raise DatasetError(f"{shown}: no label folders (expected {shown}/<label>/<image files>)")
+    folder_of: dict[str, Path] = {}
+    for folder in folders:
+        label = label_of(folder.name)
+        if label in folder_of:
+            raise DatasetError(_same_label_problem(folder, folder_of[label], label))
+        folder_of[label] = folder
+    return folders, left_out
+
+
+def link_out_of(path: str | Path, root: str | Path) -> SkippedFile | None:
+    """``path`` as a skipped entry when it is a symbolic link leading out of ``root``, else None (one ``lstat``
+    for entries that are not links)."""
+    if not os.path.islink(path):
+        return None
+    try:
+        check_within_roots(path, [root])
+    except DatasetError as err:
+        return SkippedFile(Path(path), str(err))
+    return None
 
 
 def scan_folder(
@@ -116,7 +205,8 @@ def scan_folder(
     halfway through featurizing. Exact duplicates (same bytes) keep their first occurrence only, so
     one picture can never land on both sides of a split. Label folders whose names are not valid
     UTF-8 get a printable label (undecodable bytes shown as ``\\xNN``, see :func:`label_of`);
-    ``DUPLICATES_DIR`` is not a label. Entries that are not regular files (a FIFO, a device, a link to
+    ``DUPLICATES_DIR`` is not a label. Symbolic links (label folders or files) that lead out of ``root`` are
+    skipped and reported (:func:`check_within_roots`): a dataset is what lies inside its folder. Entries that are not regular files (a FIFO, a device, a link to
     one) or are larger than ``limits.max_file_bytes`` are skipped and reported without being read.
 
     Args:
@@ -128,36 +218,25 @@ def scan_folder(
         limits: Size and pixel ceilings for each file.
 
     Raises:
-        DatasetError: ``root`` is missing, has no label folders, two folders would get the same label, or
-            there is no usable image.
+        DatasetError: ``root`` is missing, has no label folders, two folders would get the same label (names
+            that differ only in Unicode normalisation included), or there is no usable image.
         ImageLoadError: With ``on_error="raise"``, the first bad file.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{printable(str(root))}: dataset folder not found")
-    label_dirs = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != DUPLICATES_DIR
-    )
-    if not label_dirs:
-        shown = printable(str(root))
-        raise DatasetError(f"{shown}: no label folders (expected {shown}/<label>/<image files>)")
-    folder_of: dict[str, Path] = {}
-    for label_dir in label_dirs:
-        label = label_of(label_dir.name)
-        if label in folder_of:
-            raise DatasetError(
-                f"{printable(str(label_dir))}: label {label!r} is also the label of {printable(str(folder_of[label]))}; "
-                "rename one of the folders"
-            )
-        folder_of[label] = label_dir
+    label_dirs, skipped = label_folders(root)
     candidates: list[tuple[Path, str]] = []
-    skipped: list[SkippedFile] = []
     for label_dir in label_dirs:
         files = sorted(p for p in label_dir.rglob("*") if not p.name.startswith(".") and not p.is_dir())
         if not files:
             log.warning("%s: empty label folder, ignored", printable(str(label_dir)))
         label = label_of(label_dir.name)
         for path in files:
+            outside = link_out_of(path, root)
+            if outside is not None:
+                skipped.append(outside)
+                continue
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 candidates.append((path, label))
             else:
@@ -228,6 +307,57 @@ def stratified_split(labels: Sequence[str] | np.ndarray, train_fraction: float, 
         np.sort(np.concatenate(train_parts or [np.zeros(0, np.int64)])),
         np.sort(np.concatenate(test_parts or [np.zeros(0, np.int64)])),
     )
+
+
+def content_split(
+    sha256s: Sequence[str], labels: Sequence[str] | np.ndarray, train_fraction: float, seed: int
+) -> Split:
+    """Split by content: each image goes to train when a seeded hash of its content falls below ``train_fraction``.
+
+    Unlike :func:`stratified_split`, an image's side depends on nothing but its own content, the seed and the
+    fraction, so photos added to a folder join a side without moving any other photo: earlier reports of the test
+    split stay comparable. Per label the share is ``train_fraction`` on average, not exactly. Small labels get
+    :func:`stratified_split`'s guarantees by moving the photos nearest the cut: a label of two or more images keeps
+    at least one on each side, and each side keeps a label with two or more images where the data allow.
+
+    Args:
+        sha256s: Content hash (hex) of each record.
+        labels: Label of each record.
+        train_fraction: Expected share of training images, in (0, 1).
+        seed: Salts the hash (another seed, another split).
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    labels = np.asarray(labels, dtype=object)
+    if len(sha256s) != len(labels):
+        raise ValueError(f"{len(sha256s)} content hashes but {len(labels)} labels")
+    position = _content_positions(sha256s, seed)
+    names, codes = np.unique(labels.astype(str), return_inverse=True)
+    sizes = np.bincount(codes, minlength=len(names)).astype(np.int64)
+    n_train = np.bincount(codes, weights=position < train_fraction, minlength=len(names)).astype(np.int64)
+    n_train = np.where(sizes >= 2, np.clip(n_train, 1, np.maximum(sizes - 1, 1)), sizes)
+    n_train = _queryable_sides(sizes, n_train)
+    # within a label, the n_train images of lowest position train: the hash rule itself unless a guarantee moved
+    # the cut, and then only the images nearest it move
+    order = np.lexsort((position, codes))
+    rank_in_label = np.empty(len(labels), np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank_in_label[order] = np.arange(len(labels)) - np.repeat(starts, sizes)
+    is_train = rank_in_label < n_train[codes]
+    return Split(np.flatnonzero(is_train).astype(np.int64), np.flatnonzero(~is_train).astype(np.int64))
+
+
+def _content_positions(sha256s: Sequence[str], seed: int) -> np.ndarray:
+    """A uniform position in [0, 1) per content hash and seed (splitmix64 of the hash's first 64 bits)."""
+    with np.errstate(over="ignore"):
+        x = np.array([int(sha[:16], 16) for sha in sha256s], dtype=np.uint64)
+        x ^= np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def _queryable_sides(sizes: np.ndarray, n_train: np.ndarray) -> np.ndarray:

@@ -17,7 +17,14 @@ Input limits, each answered with ``{"error": {"code", "message"}}`` and never a 
 * costly images (over ``heavy_pixels`` once decoded) are decoded one at a time at low CPU priority, beside
   the ordinary slots; when too many wait: 503 ``server_busy`` with ``Retry-After``;
 * bad form fields (``k`` outside 1..100, an unknown ranker, a missing file): 422 ``invalid_request``;
-  a learned ranker (``svm``, ``projection``) before it was fitted for this featurizer: 422 ``ranker_unavailable``.
+  a learned ranker (``svm``, ``projection``) before it was fitted for this featurizer, or whose saved file is
+  damaged or does not fit the featurizer (checked before the upload is decoded): 422 ``ranker_unavailable`` (the
+  server log names the file and the command that refits it);
+* any other unusable saved artifact: 503 ``artifact_unavailable``; no library error is ever a 500;
+* a client (by address) that earned more than ``refusal_burst`` refusals (4xx answers) at more than
+  ``refusals_per_s``: 429 ``too_many_refusals`` with ``Retry-After``, answered after ``refusal_delay_s`` without
+  reading the body, so a flood of refused uploads cannot starve the good clients. A body declared over the upload
+  limit is refused (413) before any routing, and its connection closed.
 
 ``/openapi.json`` works offline; the interactive ``/docs`` page loads Swagger UI's JavaScript and CSS from
 a CDN, so it renders only where the browser can reach one.
@@ -47,10 +54,11 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.config import ImageLimits
-from core.errors import ImageLoadError, ImageTooLargeError, UnsupportedImageError
-from core.images import ImageHeader, decode_image, probe_image
-from core.rankers import list_rankers
-from workbench.workspace import Workspace, WorkspaceSpec, open_workspace
+from core.errors import ArtifactError, ImageLoadError, ImageTooLargeError, UnsupportedImageError, WorkbenchError
+from core.images import ImageHeader, decode_image, printable, probe_image
+from core.rankers import Ranker, list_rankers
+from workbench.workflows import since_fit
+from workbench.workspace import RankerUnavailableError, Workspace, WorkspaceSpec, open_workspace
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,10 @@ class ServeSettings:
         header_timeout_s: A connection must deliver its request line and headers within this time.
         body_timeout_s: A request must deliver its whole body within this time (408 otherwise).
         max_connections: Concurrent connections and requests; more are answered 503 by the server.
+        refusal_burst: Refusals (4xx answers) one client address may earn at once before it is answered 429.
+        refusals_per_s: How fast a client's refusal budget refills.
+        refusal_delay_s: How long a 429 waits before it is sent (an idle wait: it slows a flooding client that
+            ignores ``Retry-After`` down to one request per delay per connection, at no CPU cost).
     """
 
     workspace: WorkspaceSpec = field(default_factory=WorkspaceSpec)
@@ -86,6 +98,18 @@ class ServeSettings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 200
+    refusal_burst: int = 20
+    refusals_per_s: float = 2.0
+    refusal_delay_s: float = 1.0
+    #: How often (at most) a request checks the dataset folder for changes (seconds).
+    folder_check_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.refusal_burst < 1 or not self.refusals_per_s > 0 or not self.refusal_delay_s >= 0:
+            raise ValueError(
+                "ServeSettings: refusal_burst must be >= 1, refusals_per_s > 0 and refusal_delay_s >= 0, got "
+                f"{self.refusal_burst}, {self.refusals_per_s}, {self.refusal_delay_s}"
+            )
 
     @property
     def limits(self) -> ImageLimits:
@@ -142,6 +166,11 @@ class Health(BaseModel):
     gallery_size: int
     embedding_dim: int
     rankers: list[str]
+    since_fit: str | None = Field(
+        default=None,
+        description="what changed in the dataset since the learned rankers were fitted, and which are stale; "
+        "null when they are current",
+    )
 
 
 class Embedding(BaseModel):
@@ -253,7 +282,7 @@ def _upload_name(filename: str | None) -> str:
 def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The FastAPI app for ``settings``; the workspace loads when the app starts (lifespan)."""
     errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorResponse} for status in (400, 408, 413, 415, 422, 500, 503)
+        status: {"model": ErrorResponse} for status in (400, 408, 413, 415, 422, 429, 500, 503)
     }
     limiter = anyio.CapacityLimiter(max(1, settings.inference_threads))
     heavy_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heavy-decode", initializer=_low_priority_thread)
@@ -273,6 +302,12 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
     )
     app.add_middleware(
         _BodyLimit, max_bytes=settings.limits.max_file_bytes + MULTIPART_SLACK_BYTES, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(  # outermost: a client over its refusal budget never reaches routing or the body
+        _RefusalBudget,
+        burst=settings.refusal_burst,
+        per_second=settings.refusals_per_s,
+        delay_s=settings.refusal_delay_s,
     )
 
     def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -306,6 +341,15 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         )
         response.headers.update(err.headers or {})
         return response
+
+    @app.exception_handler(WorkbenchError)
+    async def workbench_error(request: Request, err: WorkbenchError) -> JSONResponse:
+        """A library error that escaped a route: never a 500 (nor a dropped keep-alive connection)."""
+        log.warning("%s %s: %s", request.method, request.url.path, err)
+        if isinstance(err, ArtifactError):
+            message = "a saved artifact of this server is unusable (the server log names it and how to rebuild it)"
+            return error_response(503, "artifact_unavailable", message)
+        return error_response(422, "invalid_request", printable(str(err))[:300])
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -341,14 +385,49 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         finally:
             heavy_waiting -= 1
 
-    def workspace(request: Request) -> Workspace:
+    reopening = asyncio.Lock()
+    last_check = [time.monotonic()]
+
+    async def workspace(request: Request) -> Workspace:
+        """The served workspace, opened again (in a worker thread) when its dataset folder changed: photos added,
+        removed or replaced are in the gallery of the next request. The folder is checked at most once a second."""
         ws: Workspace = request.app.state.workspace
-        return ws
+        if time.monotonic() - last_check[0] < settings.folder_check_s:
+            return ws
+        last_check[0] = time.monotonic()
+        if not await anyio.to_thread.run_sync(ws.folder_changed, limiter=limiter):
+            return ws
+        async with reopening:
+            if request.app.state.workspace is ws:
+                log.info("dataset folder changed: opening the workspace again")
+                request.app.state.workspace = await anyio.to_thread.run_sync(load_workspace, settings)
+        reopened: Workspace = request.app.state.workspace
+        return reopened
+
+    async def usable_ranker(ws: Workspace, name: str) -> Ranker:
+        """The ranker ``name``, loaded and checked against the featurizer, before the upload is decoded.
+
+        Raises:
+            ApiError: 422 ``ranker_unavailable``: not fitted, or its file is damaged or fits another featurizer.
+        """
+        if name not in ws.rankers_on_offer():
+            raise ApiError(422, "ranker_unavailable", f"ranker {name!r} is not fitted for {ws.fingerprint}")
+        try:
+            return await anyio.to_thread.run_sync(ws.ranker, name, limiter=limiter)
+        except (ArtifactError, RankerUnavailableError) as err:
+            log.warning("ranker %s refused: %s", name, err)
+            raise ApiError(
+                422,
+                "ranker_unavailable",
+                f"ranker {name!r} cannot be used: its saved file is missing, damaged or fits another featurizer "
+                f"than {ws.fingerprint}; refit it (`python -m workbench fit --ranker {name}`); the server log "
+                "names the file",
+            ) from err
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health(request: Request) -> Health:
         """Liveness and what is being served."""
-        ws = workspace(request)
+        ws = await workspace(request)
         return Health(
             status="ok",
             fingerprint=ws.fingerprint,
@@ -356,6 +435,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             gallery_size=len(ws.embeddings),
             embedding_dim=int(ws.embeddings.shape[1]),
             rankers=ws.rankers_on_offer(),
+            since_fit=since_fit(ws).line(),
         )
 
     @app.post("/embed", response_model=Embedding, responses=errors, tags=["search"])
@@ -363,7 +443,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         request: Request, file: Annotated[UploadFile, File(description="an image (JPEG, PNG, WebP...)")]
     ) -> Embedding:
         """The L2-normalised embedding of an uploaded image."""
-        ws = workspace(request)
+        ws = await workspace(request)
         data, name = await read_upload(file)
 
         image = await decode(ws, data, name)
@@ -380,27 +460,105 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         ] = DEFAULT_RANKER,
     ) -> SearchResponse:
         """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
-        ws = workspace(request)
-        if ranker.value not in ws.rankers_on_offer():
-            raise ApiError(422, "ranker_unavailable", f"ranker {ranker.value!r} is not fitted for {ws.fingerprint}")
+        ws = await workspace(request)
+        await usable_ranker(ws, ranker.value)
         data, name = await read_upload(file)
 
         start = time.perf_counter()
         image = await decode(ws, data, name)
         decode_s = time.perf_counter() - start
-        hits = await anyio.to_thread.run_sync(ws.search, image, ranker.value, k, limiter=limiter)
+        try:
+            hits = await anyio.to_thread.run_sync(ws.search, image, ranker.value, k, limiter=limiter)
+        except (ArtifactError, RankerUnavailableError) as err:  # replaced or removed since the check above
+            await usable_ranker(ws, ranker.value)
+            raise ApiError(503, "artifact_unavailable", "the ranker changed during the search; retry") from err
         search_s = time.perf_counter() - start - decode_s
         return SearchResponse(
             fingerprint=ws.fingerprint,
             ranker=ranker.value,
             k=k,
-            hits=[Hit(rank=h.rank, label=h.record.label, path=ws.relative_path(h.record), score=h.score) for h in hits],
+            hits=[
+                Hit(
+                    rank=h.rank,
+                    label=printable(h.record.label),
+                    path=printable(ws.relative_path(h.record)),
+                    score=h.score,
+                )
+                for h in hits
+            ],
             timing=Timing(
                 decode_ms=decode_s * 1e3, search_ms=search_s * 1e3, total_ms=(time.perf_counter() - start) * 1e3
             ),
         )
 
     return app
+
+
+class _RefusalBudget:
+    """ASGI middleware: a token bucket of refusals per client address.
+
+    Every 4xx answer (but 429 itself) spends one of ``burst`` tokens, refilled at ``per_second``. A client with
+    no token left is answered 429 ``too_many_refusals`` with ``Retry-After`` and ``Connection: close``, after
+    ``delay_s`` of idle waiting, before routing and without reading its body: a flood of refused uploads costs the
+    server a sleeping coroutine per connection instead of a parse and an answer each, and good clients (another
+    address, or the same one asking sensibly) are not slowed. The table forgets full buckets when it grows.
+    """
+
+    _MAX_CLIENTS = 10_000
+
+    def __init__(self, app: Any, burst: int, per_second: float, delay_s: float) -> None:
+        self.app = app
+        self.burst = float(burst)
+        self.per_second = per_second
+        self.delay_s = delay_s
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, time of the last update)
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, then = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, tokens + (now - then) * self.per_second)
+
+    def _spend(self, client: str) -> None:
+        now = time.monotonic()
+        self._buckets[client] = (self._tokens(client, now) - 1.0, now)
+        if len(self._buckets) > self._MAX_CLIENTS:
+            full = [key for key in self._buckets if self._tokens(key, now) >= self.burst]
+            for key in full or list(self._buckets)[: len(self._buckets) // 2]:
+                self._buckets.pop(key, None)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = str((scope.get("client") or ("unknown",))[0])
+        if self._tokens(client, time.monotonic()) < 1.0:
+            wait = max(1, round((1.0 - self._tokens(client, time.monotonic())) / self.per_second + 0.5))
+            await anyio.sleep(self.delay_s)
+            await _send_error(
+                send,
+                429,
+                "too_many_refusals",
+                f"too many refused requests from this client; retry in {wait} s",
+                {"retry-after": str(wait), "connection": "close"},
+            )
+            return
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                self._spend(client)
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+async def _send_error(send: Any, status: int, code: str, message: str, headers: dict[str, str]) -> None:
+    """Answer ``{"error": {"code", "message"}}`` straight from ASGI middleware (no routing, body unread)."""
+    import json
+
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(key.encode(), value.encode()) for key, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _BodyLimit:
@@ -422,6 +580,10 @@ class _BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_large = f"request body over {self.max_bytes} bytes"
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            # refused from the head alone, before routing: the body is never read, the connection closed
+            await _send_error(send, 413, "upload_too_large", too_large, {"connection": "close"})
+            return
         deadline = anyio.current_time() + self.timeout_s
         received = 0
 

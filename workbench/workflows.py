@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions
+from core.artifacts import SCHEMA_VERSION, atomic_save_npy, atomic_write_json, environment_versions
 from core.data import ComparativeSets
-from core.errors import WorkbenchError
+from core.errors import ArtifactError, WorkbenchError
 from core.evaluate import MAX_K, MAX_QUERIES, EvaluationResult, RetrievalResult, evaluate_retrieval, sample_queries
 from core.featurize import ProgressFn
 from core.knn import KnnGraph, cached_knn_graph
@@ -120,9 +120,20 @@ def fit_ranker(ws: Workspace, name: str, fitted: LearnedRanker | None = None) ->
         metadata |= {"train_pairs": dataclasses.asdict(train_pairs), "test_pairs": dataclasses.asdict(test_pairs)}
     path = ws.ranker_path(name)
     ranker.save(path, metadata)
+    atomic_save_npy(fitted_on_path(path), content_ids(prepared))
     seconds = time.perf_counter() - start
     log.info("fitted %s ranker for %s in %.1f s: %s", name, ws.fingerprint, seconds, path)
     return FittedRanker(name, path, seconds, train_pairs, test_pairs)
+
+
+def content_ids(prepared: PreparedData) -> np.ndarray:
+    """The content hashes of a prepared dataset's images, sorted (``S64``): what a learned ranker saw."""
+    return np.sort(np.array([record.sha256 for record in prepared.dataset.records], dtype="S64"))
+
+
+def fitted_on_path(ranker_path: Path) -> Path:
+    """Where the content hashes of the images a learned ranker was fitted on are kept, beside it."""
+    return ranker_path.with_name(ranker_path.stem + ".fitted-on.npy")
 
 
 #: Learned rankers fitted whenever they are missing: the registry's quick ones (on the 275-image demo, 2 busy CPU
@@ -147,10 +158,11 @@ def data_signature(prepared: PreparedData) -> str:
 
 def saved_metadata(path: Path) -> dict[str, Any] | None:
     """The metadata a learned ranker was saved with (``header.metadata`` of its ``.npz``); None when unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            metadata = json.loads(str(archive["header"])).get("metadata")
-    except (OSError, KeyError, ValueError, TypeError, AttributeError):
+    from core.artifacts import read_npz_header
+
+    try:  # the one list of damaged-npz errors (a truncated file raises BadZipFile)
+        metadata = read_npz_header(path, "learned ranker", "refit it").get("metadata")
+    except ArtifactError:
         return None
     return metadata if isinstance(metadata, dict) else None
 
@@ -173,6 +185,57 @@ def stale_rankers(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> list[s
         except WorkbenchError:
             stale.append(name)
     return stale
+
+
+@dataclass(frozen=True)
+class SinceFit:
+    """How the dataset differs from what the learned rankers of a featurizer were last fitted on.
+
+    Attributes:
+        new: Images (by content) in the dataset now that the last fit did not see.
+        removed: Images the last fit saw that are gone.
+        stale: Learned rankers that need a fit (:func:`stale_rankers`).
+        fitted: Whether any learned ranker was ever fitted for this featurizer.
+    """
+
+    new: int
+    removed: int
+    stale: tuple[str, ...]
+    fitted: bool
+
+    def line(self) -> str | None:
+        """The one line every front end shows, e.g. ``3 new, 1 removed since the last fit: svm, projection are
+        stale; run `python -m workbench fit --missing` (the app refits them on its pages)``; None when current."""
+        if not self.fitted or not (self.new or self.removed or self.stale):
+            return None
+        changed = f"{self.new} new, {self.removed} removed since the last fit"
+        if not self.stale:
+            return changed
+        return (
+            f"{changed}: {', '.join(self.stale)} {'is' if len(self.stale) == 1 else 'are'} stale; run "
+            "`python -m workbench fit --missing` (the app refits them on its pages)"
+        )
+
+
+def since_fit(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> SinceFit:
+    """What changed in the dataset since the newest fit of the learned rankers ``names`` for this featurizer."""
+    snapshots = [fitted_on_path(ws.ranker_path(name)) for name in names]
+    existing = [path for path in snapshots if path.is_file()]
+    fitted = any(ws.ranker_path(name).is_file() for name in names)
+    if not existing:
+        return SinceFit(0, 0, tuple(stale_rankers(ws, names)) if fitted else (), fitted)
+    newest = max(existing, key=lambda path: path.stat().st_mtime_ns)
+    try:
+        seen = np.load(newest, allow_pickle=False)
+        if seen.ndim != 1 or seen.dtype != np.dtype("S64"):
+            raise ValueError(f"{seen.dtype} array of shape {seen.shape}")
+    except (OSError, ValueError, EOFError) as err:
+        log.warning("%s: unreadable (%s); counting every image as new", newest, err)
+        seen = np.zeros(0, "S64")
+    now = content_ids(ws.prepared)
+    new = int((~np.isin(now, seen, assume_unique=True)).sum())
+    removed = int((~np.isin(seen, now, assume_unique=True)).sum())
+    return SinceFit(new, removed, tuple(stale_rankers(ws, names)), True)
 
 
 @dataclass(frozen=True)
@@ -738,12 +801,17 @@ def _content_ids(ws: Workspace) -> np.ndarray:
 
 
 def index_build(ws: Workspace, folder: Path, config: Any, ranker: str = "cosine") -> VectorIndex:
-    """Index every image of the workspace and save it to ``folder`` (replacing what was there)."""
-    from core.index import create_index
-    from core.index.exact import ExactConfig
+    """Index every image of the workspace for ``ranker`` and save it to ``folder`` (replacing what was there).
 
-    model = None if isinstance(config, ExactConfig) else ws.ranker(ranker)
-    index = create_index(config, ws.fingerprint, ws.embeddings.shape[1], model)
+    An approximate index stores the ranker's vector space; the exact one serves every ranker and records this one
+    as what its searches use by default. Either way the ranker must be usable here (fitted, a valid file).
+
+    Raises:
+        WorkbenchError: The ranker is unknown, not fitted, damaged, or one the back end cannot serve.
+    """
+    from core.index import create_index
+
+    index = create_index(config, ws.fingerprint, ws.embeddings.shape[1], ws.ranker(ranker))
     index.add(_content_ids(ws), ws.embeddings, fingerprint=ws.fingerprint)
     index.save(folder)
     return index
@@ -790,16 +858,25 @@ class IndexHit:
 
 
 def index_search(ws: Workspace, folder: Path, image_path: Path, k: int, ranker: str | None = None) -> list[IndexHit]:
-    """The ``k`` indexed images most similar to an image file, by ``ranker`` (default: the one an approximate
-    index was built for, cosine for the exact index)."""
+    """The ``k`` indexed images most similar to an image file, by ``ranker`` (default: the one the index was built
+    for; cosine for an exact index saved before indexes recorded it).
+
+    Raises:
+        WorkbenchError: Bad ``k``, an unusable image, an index that is damaged or holds another width of vectors,
+            or a ranker that cannot be used.
+    """
     from core.images import load_image
-    from core.index import load_index
+    from core.index import REBUILD_HINT, load_index
 
     if k < 1:
         raise WorkbenchError(f"-k must be at least 1, got {k}")
     index = load_index(folder, fingerprint=ws.fingerprint)
-    space = getattr(index, "space", None)
-    ranker = ranker or (space.ranker_name if space is not None else "cosine")
+    if index.dim != ws.embeddings.shape[1]:
+        raise ArtifactError(
+            f"{folder}: index holds {index.dim}-d vectors, featurizer {ws.fingerprint} gives "
+            f"{ws.embeddings.shape[1]}-d; {REBUILD_HINT}"
+        )
+    ranker = ranker or index.ranker_name
     hits: IndexHits = index.search(ws.embed([load_image(image_path)]), k, ws.ranker(ranker), fingerprint=ws.fingerprint)
     by_id = dict(zip(_content_ids(ws).tolist(), ws.dataset.records, strict=True))
     rows = []
