@@ -9,7 +9,6 @@ from workbench import service
 def render() -> None:
     st.title("Explore")
     ws = common.workspace()
-    common.folder_status(ws)
     methods = service.projection_methods()
     method = st.sidebar.radio(
         "Projection",
