@@ -118,6 +118,11 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]  # numpy stubs
 
 
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Save one array to ``.npy`` atomically (no pickled objects)."""
+    atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
 def save_npz_with_header(path: str | Path, header: dict[str, Any], **arrays: np.ndarray) -> None:
     """Save arrays plus a JSON header (schema version, config, metadata) to ``.npz`` atomically, no pickle."""
     atomic_save_npz(path, header=np.array(json.dumps(header, default=_json_default)), **arrays)

@@ -309,6 +309,57 @@ def stratified_split(labels: Sequence[str] | np.ndarray, train_fraction: float, 
     )
 
 
+def content_split(
+    sha256s: Sequence[str], labels: Sequence[str] | np.ndarray, train_fraction: float, seed: int
+) -> Split:
+    """Split by content: each image goes to train when a seeded hash of its content falls below ``train_fraction``.
+
+    Unlike :func:`stratified_split`, an image's side depends on nothing but its own content, the seed and the
+    fraction, so photos added to a folder join a side without moving any other photo: earlier reports of the test
+    split stay comparable. Per label the share is ``train_fraction`` on average, not exactly. Small labels get
+    :func:`stratified_split`'s guarantees by moving the photos nearest the cut: a label of two or more images keeps
+    at least one on each side, and each side keeps a label with two or more images where the data allow.
+
+    Args:
+        sha256s: Content hash (hex) of each record.
+        labels: Label of each record.
+        train_fraction: Expected share of training images, in (0, 1).
+        seed: Salts the hash (another seed, another split).
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    labels = np.asarray(labels, dtype=object)
+    if len(sha256s) != len(labels):
+        raise ValueError(f"{len(sha256s)} content hashes but {len(labels)} labels")
+    position = _content_positions(sha256s, seed)
+    names, codes = np.unique(labels.astype(str), return_inverse=True)
+    sizes = np.bincount(codes, minlength=len(names)).astype(np.int64)
+    n_train = np.bincount(codes, weights=position < train_fraction, minlength=len(names)).astype(np.int64)
+    n_train = np.where(sizes >= 2, np.clip(n_train, 1, np.maximum(sizes - 1, 1)), sizes)
+    n_train = _queryable_sides(sizes, n_train)
+    # within a label, the n_train images of lowest position train: the hash rule itself unless a guarantee moved
+    # the cut, and then only the images nearest it move
+    order = np.lexsort((position, codes))
+    rank_in_label = np.empty(len(labels), np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank_in_label[order] = np.arange(len(labels)) - np.repeat(starts, sizes)
+    is_train = rank_in_label < n_train[codes]
+    return Split(np.flatnonzero(is_train).astype(np.int64), np.flatnonzero(~is_train).astype(np.int64))
+
+
+def _content_positions(sha256s: Sequence[str], seed: int) -> np.ndarray:
+    """A uniform position in [0, 1) per content hash and seed (splitmix64 of the hash's first 64 bits)."""
+    with np.errstate(over="ignore"):
+        x = np.array([int(sha[:16], 16) for sha in sha256s], dtype=np.uint64)
+        x ^= np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 def _queryable_sides(sizes: np.ndarray, n_train: np.ndarray) -> np.ndarray:
     """Move images between sides so that each side has a label with 2 or more images, where possible.
 

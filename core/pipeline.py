@@ -8,7 +8,9 @@ embeddings, rankers) is ``workbench.workspace``'s.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +19,18 @@ import numpy as np
 from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions, read_json
 from core.config import DataConfig
 from core.data import (
+    ATTRIBUTES_FILE,
     ComparativeSets,
     ImageDataset,
     ImageRecord,
+    ScanReport,
     SkippedFile,
     Split,
     apply_condition,
     check_disjoint,
+    content_split,
     make_comparative_sets,
     scan_folder,
-    stratified_split,
 )
 from core.dedup import NO_LEAKS, LeakReport, leaks_from_json, leaks_to_json
 from core.errors import ArtifactError
@@ -48,21 +52,31 @@ class PreparedData:
     test_sets: ComparativeSets
     skipped: tuple[SkippedFile, ...] = ()
     leaks: LeakReport = NO_LEAKS
+    #: :func:`scan_signature` of the folder scan it was prepared from ("" when unknown).
+    source: str = ""
 
 
-def prepare(config: DataConfig) -> PreparedData:
-    """Scan ``config.root``, split it and draw comparative sets, all seeded by ``config.seed``.
+def prepare(config: DataConfig, scan: ScanReport | None = None) -> PreparedData:
+    """Split the images of ``config.root`` and draw comparative sets, all seeded by ``config.seed``.
 
-    Exact duplicates are dropped by the scan; near-duplicates (perceptual hash) that land on both
-    sides of the split are logged as warnings naming both files (see :func:`near_duplicate_leaks`).
+    Each image's side of the split follows from its content (:func:`core.data.content_split`), so photos added
+    later join a side without moving the others. Exact duplicates are dropped by the scan; near-duplicates
+    (perceptual hash) that land on both sides of the split are logged as warnings naming both files (see
+    :func:`near_duplicate_leaks`).
+
+    Args:
+        config: Data settings.
+        scan: The folder as scanned already (e.g. :meth:`core.catalogue.Catalogue.scan_report`); default: scan
+            ``config.root`` now.
     """
-    report = scan_folder(config.root)
+    report = scan if scan is not None else scan_folder(config.root)
+    source = scan_signature(report, config)
     if config.condition:
         report = apply_condition(report, config.condition, Path(config.attributes) if config.attributes else None)
     dataset = report.dataset
     rng = np.random.default_rng(config.seed)
     labels = dataset.label_array
-    split = stratified_split(labels, config.train_fraction, rng)
+    split = content_split([record.sha256 for record in dataset.records], labels, config.train_fraction, config.seed)
     check_disjoint(dataset, split)
     leaks = near_duplicate_leaks(dataset, split, report.dhashes, config.near_duplicate_threshold)
 
@@ -78,6 +92,7 @@ def prepare(config: DataConfig) -> PreparedData:
         sets_for(split.test, config.test_queries_per_label),
         report.skipped,
         leaks,
+        source,
     )
     log.info(
         "%d images, %d labels; train %d, test %d; %d test queries x (1 + %d)",
@@ -89,6 +104,24 @@ def prepare(config: DataConfig) -> PreparedData:
         prepared.test_sets.n_negatives,
     )
     return prepared
+
+
+def scan_signature(scan: ScanReport, config: DataConfig) -> str:
+    """A hash of what :func:`prepare` reads from a folder scan: every kept image's path, label and content, and
+    (under a condition) the attributes file's size and time. Equal signatures give the same prepared data."""
+    digest = hashlib.sha256()
+    root = scan.dataset.root or Path(".")
+    for record in scan.dataset.records:
+        digest.update(os.fsencode(str(record.path.relative_to(root))))
+        digest.update(f"\0{record.label}\0{record.sha256}\n".encode("utf-8", "surrogateescape"))
+    if config.condition:
+        attributes = Path(config.attributes) if config.attributes else root / ATTRIBUTES_FILE
+        try:
+            stat = attributes.stat()
+            digest.update(f"{attributes.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(b"no attributes file")
+    return digest.hexdigest()[:16]
 
 
 def near_duplicate_leaks(
@@ -137,6 +170,7 @@ def save_prepared(prepared: PreparedData, workdir: Path) -> Path:
         "split": {"train": prepared.split.train, "test": prepared.split.test},
         "train_sets": {"queries": prepared.train_sets.queries, "references": prepared.train_sets.references},
         "test_sets": {"queries": prepared.test_sets.queries, "references": prepared.test_sets.references},
+        "source": prepared.source,
         "skipped": [[str(item.path), item.reason] for item in prepared.skipped],
         "leaks": leaks_to_json(prepared.leaks, root),
     }
@@ -175,6 +209,7 @@ def load_prepared(workdir: Path) -> PreparedData:
             sets("test_sets"),
             tuple(SkippedFile(Path(p), reason) for p, reason in payload.get("skipped", [])),
             leaks_from_json(payload.get("leaks"), root),
+            str(payload.get("source", "")),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path}: malformed ({err!r})") from err

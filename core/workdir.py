@@ -6,6 +6,7 @@ another. Features depend only on the images, so the conditions of a dataset shar
 depend only on the weights, so every workdir of the machine shares them::
 
     <cache>/onnx/<fingerprint>.onnx                        exported featurizers (one per fingerprint)
+    <base>/<dataset>-<hash>/catalogue.npz                  the folder's files: stat, content hash, dhash
     <base>/<dataset>-<hash>/features/<fingerprint>.npz     feature cache (content-hash keyed)
     <base>/<dataset>-<hash>/reports/dedup.json             near-duplicate report
     <base>/<dataset>-<hash>/<labels | by-<attribute>>/
@@ -94,6 +95,11 @@ class WorkDir:
     def prepared(self) -> Path:
         """The prepared dataset: records, split and comparative sets."""
         return self.root / "prepared.json"
+
+    @property
+    def catalogue(self) -> Path:
+        """The catalogue of the dataset folder (shared by the conditions): see :mod:`core.catalogue`."""
+        return self.dataset_dir / "catalogue.npz"
 
     @property
     def features(self) -> Path:

@@ -52,3 +52,14 @@ def learned_rankers_ready(ws: service.Workspace) -> None:
     bar.empty()
     for name, reason in ready.failed:
         st.warning(f"No {name} ranker for this dataset: {reason}")
+    folder_status(ws)
+
+
+def folder_status(ws: service.Workspace) -> None:
+    """Sidebar lines: what changed in the dataset folder when it was last opened, and what changed since the
+    learned rankers were fitted (the same line the CLI and the REST service give)."""
+    if ws.changes and not ws.changes.first:
+        st.sidebar.info(f"Dataset folder: {ws.changes.summary()} since it was last opened.")
+    line = service.since_fit_line(ws)
+    if line:
+        st.sidebar.warning(line)

@@ -9,6 +9,7 @@ from workbench import service
 def render() -> None:
     st.title("Explore")
     ws = common.workspace()
+    common.folder_status(ws)
     methods = service.projection_methods()
     method = st.sidebar.radio(
         "Projection",

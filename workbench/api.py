@@ -57,6 +57,7 @@ from core.config import ImageLimits
 from core.errors import ArtifactError, ImageLoadError, ImageTooLargeError, UnsupportedImageError, WorkbenchError
 from core.images import ImageHeader, decode_image, printable, probe_image
 from core.rankers import Ranker, list_rankers
+from workbench.workflows import since_fit
 from workbench.workspace import RankerUnavailableError, Workspace, WorkspaceSpec, open_workspace
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class ServeSettings:
     refusal_burst: int = 20
     refusals_per_s: float = 2.0
     refusal_delay_s: float = 1.0
+    #: How often (at most) a request checks the dataset folder for changes (seconds).
+    folder_check_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.refusal_burst < 1 or not self.refusals_per_s > 0 or not self.refusal_delay_s >= 0:
@@ -163,6 +166,11 @@ class Health(BaseModel):
     gallery_size: int
     embedding_dim: int
     rankers: list[str]
+    since_fit: str | None = Field(
+        default=None,
+        description="what changed in the dataset since the learned rankers were fitted, and which are stale; "
+        "null when they are current",
+    )
 
 
 class Embedding(BaseModel):
@@ -377,9 +385,24 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         finally:
             heavy_waiting -= 1
 
-    def workspace(request: Request) -> Workspace:
+    reopening = asyncio.Lock()
+    last_check = [time.monotonic()]
+
+    async def workspace(request: Request) -> Workspace:
+        """The served workspace, opened again (in a worker thread) when its dataset folder changed: photos added,
+        removed or replaced are in the gallery of the next request. The folder is checked at most once a second."""
         ws: Workspace = request.app.state.workspace
-        return ws
+        if time.monotonic() - last_check[0] < settings.folder_check_s:
+            return ws
+        last_check[0] = time.monotonic()
+        if not await anyio.to_thread.run_sync(ws.folder_changed, limiter=limiter):
+            return ws
+        async with reopening:
+            if request.app.state.workspace is ws:
+                log.info("dataset folder changed: opening the workspace again")
+                request.app.state.workspace = await anyio.to_thread.run_sync(load_workspace, settings)
+        reopened: Workspace = request.app.state.workspace
+        return reopened
 
     async def usable_ranker(ws: Workspace, name: str) -> Ranker:
         """The ranker ``name``, loaded and checked against the featurizer, before the upload is decoded.
@@ -404,7 +427,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
     @app.get("/health", response_model=Health, tags=["service"])
     async def health(request: Request) -> Health:
         """Liveness and what is being served."""
-        ws = workspace(request)
+        ws = await workspace(request)
         return Health(
             status="ok",
             fingerprint=ws.fingerprint,
@@ -412,6 +435,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             gallery_size=len(ws.embeddings),
             embedding_dim=int(ws.embeddings.shape[1]),
             rankers=ws.rankers_on_offer(),
+            since_fit=since_fit(ws).line(),
         )
 
     @app.post("/embed", response_model=Embedding, responses=errors, tags=["search"])
@@ -419,7 +443,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         request: Request, file: Annotated[UploadFile, File(description="an image (JPEG, PNG, WebP...)")]
     ) -> Embedding:
         """The L2-normalised embedding of an uploaded image."""
-        ws = workspace(request)
+        ws = await workspace(request)
         data, name = await read_upload(file)
 
         image = await decode(ws, data, name)
@@ -436,7 +460,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         ] = DEFAULT_RANKER,
     ) -> SearchResponse:
         """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
-        ws = workspace(request)
+        ws = await workspace(request)
         await usable_ranker(ws, ranker.value)
         data, name = await read_upload(file)
 

@@ -335,15 +335,24 @@ def _progress(
     return update, bar.close
 
 
-def _open(args: argparse.Namespace, spec: WorkspaceSpec | None = None) -> Workspace:
+def _open(args: argparse.Namespace, spec: WorkspaceSpec | None = None, deep: bool | None = None) -> Workspace:
+    """Open the workspace of the flags; say what changed in the folder and whether the learned rankers still
+    match it (one line each, on stderr)."""
+    from workbench.workflows import since_fit
     from workbench.workspace import open_workspace
 
     spec = spec or workspace_spec(args)
     update, close = _progress(f"featurize ({spec.run})", args.quiet)
     try:
-        return open_workspace(spec, update)
+        ws = open_workspace(spec, update, deep=deep)
     finally:
         close()
+    if ws.changes and not ws.changes.first:
+        log.info("dataset folder: %s since it was last opened", ws.changes.summary())
+    line = since_fit(ws).line()
+    if line and args.command != "fit":
+        log.warning("%s", line)
+    return ws
 
 
 def _step_bar(quiet: bool) -> tuple[Callable[[TrainProgress], None] | None, Callable[[], None]]:
@@ -394,7 +403,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from workbench.workspace import prepared_data
 
     spec = workspace_spec(args)
-    prepared = prepared_data(spec.config.data, spec.layout, force=True)
+    prepared = prepared_data(spec.config.data, spec.layout, force=True, deep=True)
     counts = prepared.dataset.label_counts()
     print(
         f"{len(prepared.dataset)} images in {len(counts)} labels: " + ", ".join(f"{k}={v}" for k, v in counts.items())
@@ -416,7 +425,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_featurize(args: argparse.Namespace) -> int:
-    ws = _open(args)
+    ws = _open(args, deep=True)
     print(f"{ws.embeddings.shape[0]} embeddings of dimension {ws.embeddings.shape[1]} ({ws.fingerprint}, {ws.backend})")
     return 0
 
@@ -536,7 +545,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from workbench.workflows import READY_RANKERS, ensure_learned, fit_ranker
 
-    ws = _open(args)
+    ws = _open(args, deep=True)
     requested = args.ranker or (list(READY_RANKERS) if args.missing else ["all"])
     names = list_rankers(learned=True) if "all" in requested else list(dict.fromkeys(requested))
     if not args.missing:

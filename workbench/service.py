@@ -63,7 +63,7 @@ from workbench.workspace import (
     WorkspaceSpec,
     completed_runs,
     open_workspace,
-    prepared_data,
+    refresh_data,
     spec_from_environment,
 )
 
@@ -174,16 +174,32 @@ def _first(choices: list[str], wanted: str) -> list[str]:
 def workspace(
     run: str = PRETRAINED, progress: ProgressFn | None = None, spec: WorkspaceSpec | None = None
 ) -> Workspace:
-    """The workspace of this session for a featurizer (or of an explicit ``spec``); opened once per process."""
+    """The workspace of this session for a featurizer (or of an explicit ``spec``): opened once per process, and
+    again when its dataset folder changed (photos added, removed or replaced are then in the gallery)."""
     spec = spec or current_spec(run)
-    return app_cache.cached("workspace", repr(spec), lambda: open_workspace(spec, progress))
+    ws = app_cache.cached("workspace", repr(spec), lambda: open_workspace(spec, progress))
+    if ws.folder_changed():
+        app_cache.forget("workspace", repr(spec))
+        ws = app_cache.cached("workspace", repr(spec), lambda: open_workspace(spec, progress))
+    return ws
+
+
+def since_fit_line(ws: Workspace) -> str | None:
+    """``N new, M removed since the last fit`` (and which learned rankers are stale), or None when current."""
+    from workbench.workflows import since_fit
+
+    return since_fit(ws).line()
 
 
 def dataset_summary(samples_per_label: int = 6) -> DatasetSummary:
-    """Label counts by split, sample images and what the scan skipped, for this session's dataset."""
+    """Label counts by split, sample images and what the scan skipped, for this session's dataset (read again when
+    the folder changed)."""
     spec = current_spec()
-    prepared = app_cache.cached("prepared", repr(spec), lambda: prepared_data(spec.config.data, spec.layout))
-    return _dataset_summary(prepared, samples_per_label)
+    state = app_cache.cached("prepared", repr(spec), lambda: refresh_data(spec.config.data, spec.layout))
+    if state.watch.changed():
+        app_cache.forget("prepared", repr(spec))
+        state = app_cache.cached("prepared", repr(spec), lambda: refresh_data(spec.config.data, spec.layout))
+    return _dataset_summary(state.prepared, samples_per_label)
 
 
 def ranker_choices(ws: Workspace) -> list[str]:
@@ -258,7 +274,7 @@ def search(ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int) ->
 def evaluation(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[EvaluationResult]:
     """Evaluation of the given rankers on the workspace's comparative sets (cached per spec and ranker files)."""
     versions = tuple(ws.ranker_version(name) for name in rankers)
-    key = f"{ws.spec!r}|{rankers}|{split}|{versions}"
+    key = f"{ws.spec!r}|{ws.prepared.source}|{rankers}|{split}|{versions}"
     return app_cache.cached("evaluation", key, lambda: ws.evaluate(rankers, split))
 
 
@@ -351,7 +367,9 @@ def explain(ws: Workspace, image_bytes: bytes, name: str, record: ImageRecord) -
 def embedding_projection(ws: Workspace, method: str = "pca") -> analysis.EmbeddingMap:
     """The gallery's 2-D map (cached per workspace and method)."""
     chosen: Literal["pca", "umap"] = "umap" if method == "umap" else "pca"
-    return app_cache.cached("map", f"{ws.spec!r}|{chosen}", lambda: analysis.embedding_map(ws, chosen))
+    return app_cache.cached(
+        "map", f"{ws.spec!r}|{ws.prepared.source}|{chosen}", lambda: analysis.embedding_map(ws, chosen)
+    )
 
 
 def place_on_map(ws: Workspace, mapping: analysis.EmbeddingMap, image_bytes: bytes, name: str) -> np.ndarray:
@@ -366,7 +384,7 @@ def match_strength(ws: Workspace, query: Image.Image) -> MatchStrength:
     """The query's best cosine similarity to the gallery, beside the gallery's same-label floor (cached)."""
     from workbench.views import same_label_floor
 
-    key = f"{ws.spec!r}|{ws.featurizer.fingerprint}"
+    key = f"{ws.spec!r}|{ws.prepared.source}|{ws.featurizer.fingerprint}"
     floor = app_cache.cached("match_floor", key, lambda: same_label_floor(ws.embeddings, ws.dataset.label_array))
     return MatchStrength(float((ws.embed([query]) @ ws.embeddings.T).max()), floor)
 
@@ -402,7 +420,7 @@ def ensure_learned_rankers(ws: Workspace, progress: Callable[[int, int, str], No
     """
     from workbench.workflows import READY_RANKERS, data_signature, ensure_learned
 
-    key = f"{ws.spec!r}|{ws.fingerprint}|{data_signature(ws.prepared)}"
+    key = f"{ws.spec!r}|{ws.prepared.source}|{ws.fingerprint}|{data_signature(ws.prepared)}"
     return app_cache.cached("learned_rankers", key, lambda: ensure_learned(ws, READY_RANKERS, progress))
 
 
@@ -412,7 +430,7 @@ def retrieval(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> l
     from workbench.workflows import retrieval as full_gallery
 
     versions = tuple(ws.ranker_version(name) for name in rankers)
-    key = f"{ws.spec!r}|{rankers}|{split}|{versions}"
+    key = f"{ws.spec!r}|{ws.prepared.source}|{rankers}|{split}|{versions}"
     return app_cache.cached("retrieval", key, lambda: full_gallery(ws, rankers, split))
 
 
@@ -421,7 +439,7 @@ def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: 
     file)."""
     from workbench.workflows import label_errors as find_label_errors
 
-    key = f"{ws.spec!r}|{ranker}|{ws.ranker_version(ranker)}|{k}|{min_share}"
+    key = f"{ws.spec!r}|{ws.prepared.source}|{ranker}|{ws.ranker_version(ranker)}|{k}|{min_share}"
     return app_cache.cached("label_errors", key, lambda: find_label_errors(ws, ranker, k, min_share))
 
 

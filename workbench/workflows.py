@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.artifacts import SCHEMA_VERSION, atomic_write_json, environment_versions
+from core.artifacts import SCHEMA_VERSION, atomic_save_npy, atomic_write_json, environment_versions
 from core.data import ComparativeSets
 from core.errors import ArtifactError, WorkbenchError
 from core.evaluate import MAX_K, MAX_QUERIES, EvaluationResult, RetrievalResult, evaluate_retrieval, sample_queries
@@ -120,9 +120,20 @@ def fit_ranker(ws: Workspace, name: str, fitted: LearnedRanker | None = None) ->
         metadata |= {"train_pairs": dataclasses.asdict(train_pairs), "test_pairs": dataclasses.asdict(test_pairs)}
     path = ws.ranker_path(name)
     ranker.save(path, metadata)
+    atomic_save_npy(fitted_on_path(path), content_ids(prepared))
     seconds = time.perf_counter() - start
     log.info("fitted %s ranker for %s in %.1f s: %s", name, ws.fingerprint, seconds, path)
     return FittedRanker(name, path, seconds, train_pairs, test_pairs)
+
+
+def content_ids(prepared: PreparedData) -> np.ndarray:
+    """The content hashes of a prepared dataset's images, sorted (``S64``): what a learned ranker saw."""
+    return np.sort(np.array([record.sha256 for record in prepared.dataset.records], dtype="S64"))
+
+
+def fitted_on_path(ranker_path: Path) -> Path:
+    """Where the content hashes of the images a learned ranker was fitted on are kept, beside it."""
+    return ranker_path.with_name(ranker_path.stem + ".fitted-on.npy")
 
 
 #: Learned rankers fitted whenever they are missing: the registry's quick ones (on the 275-image demo, 2 busy CPU
@@ -174,6 +185,57 @@ def stale_rankers(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> list[s
         except WorkbenchError:
             stale.append(name)
     return stale
+
+
+@dataclass(frozen=True)
+class SinceFit:
+    """How the dataset differs from what the learned rankers of a featurizer were last fitted on.
+
+    Attributes:
+        new: Images (by content) in the dataset now that the last fit did not see.
+        removed: Images the last fit saw that are gone.
+        stale: Learned rankers that need a fit (:func:`stale_rankers`).
+        fitted: Whether any learned ranker was ever fitted for this featurizer.
+    """
+
+    new: int
+    removed: int
+    stale: tuple[str, ...]
+    fitted: bool
+
+    def line(self) -> str | None:
+        """The one line every front end shows, e.g. ``3 new, 1 removed since the last fit: svm, projection are
+        stale; run `python -m workbench fit --missing` (the app refits them on its pages)``; None when current."""
+        if not self.fitted or not (self.new or self.removed or self.stale):
+            return None
+        changed = f"{self.new} new, {self.removed} removed since the last fit"
+        if not self.stale:
+            return changed
+        return (
+            f"{changed}: {', '.join(self.stale)} {'is' if len(self.stale) == 1 else 'are'} stale; run "
+            "`python -m workbench fit --missing` (the app refits them on its pages)"
+        )
+
+
+def since_fit(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> SinceFit:
+    """What changed in the dataset since the newest fit of the learned rankers ``names`` for this featurizer."""
+    snapshots = [fitted_on_path(ws.ranker_path(name)) for name in names]
+    existing = [path for path in snapshots if path.is_file()]
+    fitted = any(ws.ranker_path(name).is_file() for name in names)
+    if not existing:
+        return SinceFit(0, 0, tuple(stale_rankers(ws, names)) if fitted else (), fitted)
+    newest = max(existing, key=lambda path: path.stat().st_mtime_ns)
+    try:
+        seen = np.load(newest, allow_pickle=False)
+        if seen.ndim != 1 or seen.dtype != np.dtype("S64"):
+            raise ValueError(f"{seen.dtype} array of shape {seen.shape}")
+    except (OSError, ValueError, EOFError) as err:
+        log.warning("%s: unreadable (%s); counting every image as new", newest, err)
+        seen = np.zeros(0, "S64")
+    now = content_ids(ws.prepared)
+    new = int((~np.isin(now, seen, assume_unique=True)).sum())
+    removed = int((~np.isin(seen, now, assume_unique=True)).sum())
+    return SinceFit(new, removed, tuple(stale_rankers(ws, names)), True)
 
 
 @dataclass(frozen=True)

