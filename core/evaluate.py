@@ -278,6 +278,8 @@ class RetrievalResult:
         n_truncated: Queries whose ``R`` exceeded ``k_cap`` (their R-precision and MAP@R are lower bounds).
         query_pool: Queries the evaluated ones were sampled from (stratified by label, seeded); 0 when every
             query of the split was evaluated.
+        intervals: ``name -> Estimate``, each metric's mean with a bootstrap 95 % confidence interval (queries
+            resampled), when :func:`evaluate_retrieval` was given a generator.
         metrics: ``name -> value`` over queries (``recall@1``, ``precision@5``, ``r_precision``, ``map@r``, ``mrr``).
         class_averaged: The same names, averaged per label first.
         per_category: ``label -> (n_queries, metrics)``.
@@ -295,6 +297,7 @@ class RetrievalResult:
     k_cap: int | None = None
     n_truncated: int = 0
     query_pool: int = 0
+    intervals: dict[str, Estimate] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def note(self) -> str:
@@ -328,6 +331,7 @@ class RetrievalResult:
             "query_pool": self.query_pool,
             "note": self.note,
             "metrics": dict(self.metrics),
+            "intervals": {name: asdict(estimate) for name, estimate in self.intervals.items()},
             "class_averaged": dict(self.class_averaged),
             "per_category": {
                 label: {"n_queries": n, "metrics": dict(values)} for label, (n, values) in self.per_category.items()
@@ -371,6 +375,7 @@ def evaluate_retrieval(
     ks: Sequence[int] = (1, 5, 10),
     block_rows: int | None = None,
     max_k: int | None = MAX_K,
+    rng: np.random.Generator | None = None,
 ) -> RetrievalResult:
     """Each of ``queries`` (record indices) searches all of ``embeddings`` (itself excluded).
 
@@ -378,6 +383,7 @@ def evaluate_retrieval(
     other gallery item are dropped and counted in ``n_dropped``. At most ``max_k`` results are retrieved per query
     (None: as many as the largest label needs); queries with more same-label items than that are counted in
     ``n_truncated`` and their R-precision and MAP@R are lower bounds (see :class:`RetrievalResult`).
+    With ``rng``, every metric also gets a bootstrap 95 % interval (``intervals``).
 
     Raises:
         ValueError: Misaligned inputs, query indices out of range, or a cut-off larger than the gallery allows.
@@ -429,4 +435,5 @@ def evaluate_retrieval(
         per_query=per_query,
         k_cap=max_k,
         n_truncated=int((n_relevant > k_searched).sum()),
+        intervals={} if rng is None else {name: mean_with_interval(values, rng) for name, values in per_query.items()},
     )

@@ -102,8 +102,8 @@ class ProjectionConfig:
     label_weight: float = 0.75
     temperature: float = 0.03
     max_references: int = 1024
-    max_train_rows: int | None = 20_000
-    max_steps: int | None = 500
+    max_train_rows: int | None = 10_000
+    max_steps: int | None = 300
     threads: int = 1
     seed: int = 0
 

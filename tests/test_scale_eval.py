@@ -83,3 +83,20 @@ def test_label_errors_from_a_given_graph_equal_the_built_one():
     )
     with pytest.raises(ValueError, match="does not serve"):
         likely_label_errors(L2Ranker(), embeddings, labels, k=8, graph=graph.first(5))
+
+
+def test_intervals_come_with_a_generator_and_bracket_each_metric():
+    rng = np.random.default_rng(7)
+    embeddings = rng.normal(size=(80, 4)).astype(np.float32)
+    labels = rng.choice(["a", "b"], size=80)
+    plain = evaluate_retrieval(CosineRanker(), embeddings, labels, np.arange(40), ks=(1, 5))
+    assert plain.intervals == {} and plain.to_dict()["intervals"] == {}
+    result = evaluate_retrieval(
+        CosineRanker(), embeddings, labels, np.arange(40), ks=(1, 5), rng=np.random.default_rng(0)
+    )
+    assert result.intervals.keys() == result.metrics.keys()
+    for name, estimate in result.intervals.items():
+        assert estimate.value == pytest.approx(result.metrics[name])
+        assert estimate.low <= estimate.value <= estimate.high
+    assert result.intervals["map@r"].low < result.intervals["map@r"].high  # 40 different queries: a real spread
+    assert result.to_dict()["intervals"]["map@r"]["low"] == result.intervals["map@r"].low

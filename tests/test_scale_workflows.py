@@ -34,3 +34,17 @@ def test_label_errors_build_the_knn_graph_once_and_reuse_it(tmp_path, tiny_datas
 
     monkeypatch.setattr("core.knn.knn_graph", fail)
     assert workflows.label_errors(ws, "cosine", k=10) == first
+
+
+def test_the_cli_table_states_the_sample_and_its_intervals(tmp_path, tiny_dataset):
+    from workbench.cli import _retrieval_table
+
+    ws = make_workspace(tiny_dataset, tmp_path)
+    [full] = workflows.retrieval(ws, ["cosine"], "train")
+    assert "sampled" not in _retrieval_table([full]) and "bootstrap" not in _retrieval_table([full])
+    [sampled] = workflows.retrieval(ws, ["cosine"], "train", max_queries=6)
+    table = _retrieval_table([sampled])
+    assert f"(6 of {sampled.query_pool} queries sampled (stratified by label, seeded)" in table
+    low, high = sampled.intervals["map@r"].low, sampled.intervals["map@r"].high
+    assert "cosine: 95 % bootstrap intervals over the sampled queries: recall@1 [" in table
+    assert f"map@r [{low:.3f}, {high:.3f}]" in table

@@ -476,6 +476,14 @@ def _retrieval_table(results: Sequence[RetrievalResult]) -> str:
     if dropped:
         lines.append(f"({dropped} queries dropped: no other image carries their label)")
     lines.extend(f"({note})" for note in dict.fromkeys(result.note for result in results if result.note))
+    for result in results:
+        if result.query_pool and result.intervals:  # a sample: say how far its figures may be from all queries'
+            shown = ", ".join(
+                f"{name} [{result.intervals[name].low:.3f}, {result.intervals[name].high:.3f}]"
+                for name in ("recall@1", "map@r")
+                if name in result.intervals
+            )
+            lines.append(f"({result.ranker}: 95 % bootstrap intervals over the sampled queries: {shown})")
     return "\n".join(lines)
 
 

@@ -438,7 +438,7 @@ def retrieval(
     A split of more than ``max_queries`` images is sampled (stratified by label, seeded with the workspace's
     seed, the same sample for every ranker); at most ``max_k`` results are retrieved per query, and a query with
     more same-label images has lower-bound MAP@R and R-precision. Each result's ``note`` says so. None lifts
-    either limit.
+    either limit. Every metric comes with a bootstrap 95 % interval over the queries (``intervals``).
 
     Raises:
         WorkbenchError: Unknown or unfitted ranker, a bad split, or a gallery too small for the cut-offs.
@@ -457,7 +457,9 @@ def retrieval(
     results = []
     for name in names:
         try:
-            result = evaluate_retrieval(ws.ranker(name), ws.embeddings, labels, queries, ks, max_k=max_k)
+            result = evaluate_retrieval(
+                ws.ranker(name), ws.embeddings, labels, queries, ks, max_k=max_k, rng=np.random.default_rng(ws.seed)
+            )
         except ValueError as err:
             raise WorkbenchError(f"full-gallery retrieval of {ws.layout.root}: {err}") from err
         results.append(dataclasses.replace(result, query_pool=pool))
