@@ -66,6 +66,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="decode: a costly accepted image; refused: an upload over the size limit, 413 (default: %(default)s)",
     )
     parser.add_argument("--hostile-address", default="127.0.0.2", help="loopback address of the hostile clients")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every (quiet, hostile) pair this many times; each hostile level is compared with the quiet one "
+        "of its round and the median share is reported, which steadies the figure on a shared machine "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "api_load.json")
     return parser
 
@@ -264,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
             f"server healthy after {startup:.1f} s: {health['backend']} {health['fingerprint']}, gallery {health['gallery_size']}"
         )
         levels = []
-        for concurrency in args.concurrency:
+        for round_, concurrency in ((r, c) for r in range(args.rounds) for c in args.concurrency):
             for hostile in sorted({0, args.hostile}):
                 result = asyncio.run(
                     run_level(
@@ -279,9 +287,10 @@ def main(args: argparse.Namespace) -> int:
                         args.hostile_address,
                     )
                 )
+                result |= {"round": round_, "load_average_1min": round(os.getloadavg()[0], 2)}
                 levels.append(result)
                 print(
-                    f"  concurrency {concurrency:>2} + {hostile} hostile: {result['requests_per_second']:7.1f} req/s, "
+                    f"  round {round_} concurrency {concurrency:>2} + {hostile} hostile: {result['requests_per_second']:7.1f} req/s, "
                     f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, errors {result['errors']}"
                     + (f", hostile answers {result['hostile_answers']}" if hostile else ""),
                     flush=True,
@@ -307,16 +316,28 @@ def main(args: argparse.Namespace) -> int:
         "note": "client and server share the machine's cores; closed loop, one uvicorn process",
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    baseline = {r["concurrency"]: r["requests_per_second"] for r in levels if r["hostile_clients"] == 0}
-    print("\n| concurrency | hostile clients | req/s | share of quiet | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
+    baseline = {(r["round"], r["concurrency"]): r["requests_per_second"] for r in levels if r["hostile_clients"] == 0}
+    print(
+        "\n| round | concurrency | hostile clients | req/s | share of quiet | p50 ms | p99 ms | errors | load 1 min |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in levels:
-        share = r["requests_per_second"] / baseline[r["concurrency"]] if baseline[r["concurrency"]] else float("nan")
+        quiet = baseline[(r["round"], r["concurrency"])]
+        share = r["requests_per_second"] / quiet if quiet else float("nan")
         r["share_of_quiet"] = round(share, 3)
         print(
-            f"| {r['concurrency']} | {r['hostile_clients']} | {r['requests_per_second']} | {share:.2f} | "
-            f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+            f"| {r['round']} | {r['concurrency']} | {r['hostile_clients']} | {r['requests_per_second']} | {share:.2f} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['load_average_1min']} |"
         )
+    if args.hostile:
+        medians = {}
+        for concurrency in args.concurrency:
+            shares = [r["share_of_quiet"] for r in levels if r["concurrency"] == concurrency and r["hostile_clients"]]
+            medians[concurrency] = float(np.median(shares))
+            print(
+                f"median share of quiet at concurrency {concurrency} with {args.hostile} hostile: {medians[concurrency]:.2f}"
+            )
+        report["median_share_of_quiet"] = medians
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"load average before {load_before}, after {report['load_average_after']}")
     print(f"\nwrote {args.out}")

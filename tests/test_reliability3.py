@@ -186,7 +186,7 @@ def test_exact_index_built_for_a_ranker_searches_with_it_by_default(tmp_path, ti
         embeddings=embeddings,
         ranker=lambda name: rankers[name],
         embed=lambda images: embeddings[:1],
-        dataset=SimpleNamespace(records=records),
+        dataset=SimpleNamespace(records=records, sha256s=tuple(record.sha256 for record in records)),
         relative_path=lambda record: record.path.name,
     )
     index = index_build(ws, tmp_path / "index", ExactConfig(), "projection")  # type: ignore[arg-type]
@@ -305,7 +305,7 @@ def linked_dataset(tmp_path: Path) -> tuple[Path, Path]:
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     dataset = allowed / "ds"
     for index, label in enumerate(("a", "b")):
-        for shade in range(2):
+        for shade in range(3):
             png(dataset / label / f"{shade}.png", (100 * index, 60 * shade, 9))
     png(outside / "secret" / "s.png", (1, 2, 3))
     png(outside / "other.png", (4, 5, 6))
@@ -318,12 +318,21 @@ def linked_dataset(tmp_path: Path) -> tuple[Path, Path]:
 def test_scan_skips_links_that_leave_the_dataset_in_one_line_each(tmp_path):
     _, dataset = linked_dataset(tmp_path)
     report = scan_folder(dataset, perceptual_hashes=False)
-    assert report.dataset.label_counts() == {"a": 2, "b": 2}
+    assert report.dataset.label_counts() == {"a": 3, "b": 3}
     assert all("outside" not in str(record.path) for record in report.dataset.records)
     reasons = {item.path.name: item.reason for item in report.skipped}
     assert reasons["secret"].startswith(f"{dataset / 'secret'}: a link to {tmp_path / 'outside' / 'secret'}, outside")
     assert "leak.png" in reasons and "a link may not leave them" in reasons["leak.png"]
     assert "exact duplicate" in reasons["inside.png"]  # followed: it stays inside
+
+
+def test_cli_prepare_leaves_out_links_that_leave_the_dataset(tmp_path, capsys):
+    from workbench.cli import main
+
+    _, dataset = linked_dataset(tmp_path)
+    assert main(["prepare", "--data", str(dataset), "--workdir", str(tmp_path / "work"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "6 images in 2 labels: a=3, b=3" in out and "secret=" not in out  # left out, and said so
 
 
 def test_check_within_roots_resolves_links_on_both_sides(tmp_path):
