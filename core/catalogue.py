@@ -28,14 +28,15 @@ import numpy as np
 from core.artifacts import UNREADABLE_NPZ, atomic_save_npz
 from core.config import FILE_LIMITS, ImageLimits
 from core.data import (
-    DUPLICATES_DIR,
     IMAGE_SUFFIXES,
     ImageDataset,
     ImageRecord,
     ScanReport,
     SkippedFile,
     _inspect_file,
+    label_folders,
     label_of,
+    link_out_of,
 )
 from core.errors import DatasetError
 from core.images import DHASH_SIZE, printable
@@ -192,30 +193,12 @@ class CatalogueChanges:
         return ", ".join(parts) or "no change"
 
 
-def _label_folders(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise DatasetError(f"{printable(str(root))}: dataset folder not found")
-    folders = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != DUPLICATES_DIR
-    )
-    if not folders:
-        shown = printable(str(root))
-        raise DatasetError(f"{shown}: no label folders (expected {shown}/<label>/<image files>)")
-    folder_of: dict[str, Path] = {}
-    for folder in folders:
-        label = label_of(folder.name)
-        if label in folder_of:
-            raise DatasetError(
-                f"{printable(str(folder))}: label {label!r} is also the label of {printable(str(folder_of[label]))}; "
-                "rename one of the folders"
-            )
-        folder_of[label] = folder
-    return folders
-
-
-def _walk_files(folder: Path, directories: dict[str, int]) -> Iterator[tuple[str, os.stat_result]]:
+def _walk_files(
+    folder: Path, directories: dict[str, int], root: Path, left_out: list[SkippedFile]
+) -> Iterator[tuple[str, os.stat_result]]:
     """``(path, stat)`` of every non-hidden file under ``folder``, iteratively (no recursion limit); each folder
-    walked is recorded in ``directories`` with its mtime (ns)."""
+    walked is recorded in ``directories`` with its mtime (ns). A symbolic link leading out of ``root`` is neither
+    followed nor listed: it goes to ``left_out`` (:func:`core.data.link_out_of`)."""
     pending = [str(folder)]
     while pending:
         directory = pending.pop()
@@ -226,7 +209,10 @@ def _walk_files(folder: Path, directories: dict[str, int]) -> Iterator[tuple[str
                     if entry.name.startswith("."):
                         continue
                     try:
-                        if entry.is_dir():
+                        outside = link_out_of(entry.path, root) if entry.is_symlink() else None
+                        if outside is not None:
+                            left_out.append(outside)
+                        elif entry.is_dir():
                             pending.append(entry.path)
                         else:
                             yield entry.path, entry.stat()
@@ -254,11 +240,12 @@ def _list_folder(root: Path) -> _Listing:
     stats: list[tuple[int, int, int]] = []
     skipped: list[SkippedFile] = []
     prefix = len(str(root).rstrip(os.sep)) + 1
-    folders = _label_folders(root)
+    folders, left_out = label_folders(root)  # core.data's rules: links out of root, NFC/NFD twins
+    skipped.extend(left_out)
     directories = {str(root): os.stat(root).st_mtime_ns}
     for folder in folders:
         label = label_of(folder.name)
-        found = sorted(_walk_files(folder, directories))
+        found = sorted(_walk_files(folder, directories, root, skipped))
         if not found:
             log.warning("%s: empty label folder, ignored", printable(str(folder)))
         for path, stat in found:
