@@ -378,47 +378,67 @@ def top_k(
 def _top_k_block(
     ranker: Ranker, query: np.ndarray, gallery: np.ndarray, k: int, gallery_step: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k` of one query block, merging gallery blocks in index order."""
+    """:func:`top_k` of one query block, merging gallery blocks in index order.
+
+    Once every query holds ``k`` results, only the entries of a block scoring strictly above a query's ``k``-th
+    (a tie loses to the lower index, already held) can enter; when they are few, they are merged directly
+    (one small sort), without selecting in the whole block.
+    """
     best_index = np.zeros((len(query), 0), np.int64)
     best_score = np.zeros((len(query), 0), np.float32)
     for block in _row_blocks(len(gallery), 1, gallery_step):
-        block_scores = np.asarray(ranker.score(query, gallery[block]), np.float32)
+        scores = np.asarray(ranker.score(query, gallery[block]), np.float32)
         if best_score.shape[1] == k:
-            # a row not above every query's k-th best cannot enter (a tie loses to the lower index): skip the merge
-            kth = best_score[:, -1]
-            if not (block_scores > kth[:, None]).any():
+            passing = scores > best_score[:, -1:]
+            count = int(np.count_nonzero(passing))
+            if count == 0:
                 continue
-        scores = np.concatenate([best_score, block_scores], axis=1)
-        indices = np.concatenate(
-            [best_index, np.broadcast_to(np.arange(block.start, block.stop), (len(query), block.stop - block.start))],
-            axis=1,
-        )
-        order = _best_first(scores, indices, k)
-        best_score = np.take_along_axis(scores, order, axis=1)
-        best_index = np.take_along_axis(indices, order, axis=1)
+            if count <= 2 * len(query) * k:
+                rows, cols = np.nonzero(passing)
+                best_index, best_score = _merge_entries(
+                    best_index, best_score, rows, block.start + cols, scores[rows, cols]
+                )
+                continue
+        candidates, candidate_scores = _block_best(scores, block.start, min(k, scores.shape[1]))
+        merged_index = np.concatenate([best_index, candidates], axis=1)
+        merged_score = np.concatenate([best_score, candidate_scores], axis=1)
+        order = np.lexsort((merged_index, -merged_score), axis=1)[:, :k]
+        best_index = np.take_along_axis(merged_index, order, axis=1)
+        best_score = np.take_along_axis(merged_score, order, axis=1)
     return best_index, best_score
 
 
-def _best_first(scores: np.ndarray, indices: np.ndarray, k: int) -> np.ndarray:
-    """Column positions of the ``k`` best entries per row, ordered by (score descending, index ascending).
+def _merge_entries(
+    best_index: np.ndarray, best_score: np.ndarray, rows: np.ndarray, indices: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge scattered new entries ``(row, index, score)`` into full best-first lists of ``k`` per row."""
+    n_rows, k = best_index.shape
+    all_rows = np.concatenate([np.repeat(np.arange(n_rows), k), rows])
+    all_index = np.concatenate([best_index.reshape(-1), indices])
+    all_score = np.concatenate([best_score.reshape(-1), scores])
+    order = np.lexsort((all_index, -all_score, all_rows))
+    counts = np.bincount(all_rows, minlength=n_rows)
+    starts = np.cumsum(counts) - counts
+    keep = order[(np.arange(len(order)) - np.repeat(starts, counts)) < k]  # each row's first k, rows in order
+    return all_index[keep].reshape(n_rows, k), all_score[keep].reshape(n_rows, k)
+
+
+def _block_best(scores: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best columns of each row of one block, best first, as gallery indices ``start + column``.
 
     A full sort is ``O(n log n)`` per row; here ``np.argpartition`` (``O(n)``) picks ``k`` candidates and only
     they are sorted. Rows where the ``k``-th score is tied with entries left outside the candidates (which of
-    them belong in the list depends on the index) are fully sorted instead, so ties still go to the lower index.
+    them belong in the list depends on the index) are sorted in full instead, so ties still go to the lower index
+    (columns grow with the index, so a stable sort by score is the order wanted).
     """
-    if not scores.size:
-        return np.zeros((len(scores), 0), np.int64)
-    if scores.shape[1] <= 2 * k:
-        return np.lexsort((indices, -scores), axis=1)[:, :k]
-    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    kth = candidate_scores.min(axis=1)
-    order = np.take_along_axis(
-        candidates,
-        np.lexsort((np.take_along_axis(indices, candidates, axis=1), -candidate_scores), axis=1),
-        axis=1,
-    )
-    tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
-    if len(tied):
-        order[tied] = np.lexsort((indices[tied], -scores[tied]), axis=1)[:, :k]
-    return order
+    if k >= scores.shape[1]:
+        order = np.argsort(-scores, axis=1, kind="stable")
+    else:
+        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+        order = np.take_along_axis(candidates, np.lexsort((candidates, -candidate_scores), axis=1), axis=1)
+        kth = candidate_scores.min(axis=1)
+        tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
+        if len(tied):
+            order[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+    return start + order, np.take_along_axis(scores, order, axis=1)

@@ -44,7 +44,7 @@ def test_identical_rows_never_list_themselves():
 
 def test_clustered_graph_probing_every_cluster_is_exact():
     rows = clustered_rows(600)
-    config = KnnConfig(cluster_size=50, probe=12, pca_dims=8)  # 12 clusters: every one is probed
+    config = KnnConfig(cluster_size=50, probe=12, pca_dims=8)  # 12 clusters of 50 rows: every row is a candidate
     clustered = knn_graph(rows, 5, method="clustered", config=config)
     exact = knn_graph(rows, 5, method="exact")
     assert clustered.method == "clustered" and not clustered.exact
