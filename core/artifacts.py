@@ -11,10 +11,11 @@ import errno
 import json
 import os
 import platform
+import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -123,6 +124,26 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
+def pack_texts(texts: Sequence[str]) -> np.ndarray:
+    """Texts (file names, labels) as one NUL-separated byte buffer, encoded in one call; names that are not valid
+    in the file system's encoding keep their bytes (file names cannot hold NUL)."""
+    return np.frombuffer("\0".join(texts).encode(sys.getfilesystemencoding(), "surrogateescape"), np.uint8)
+
+
+def unpack_texts(buffer: np.ndarray, count: int) -> tuple[str, ...]:
+    """Texts packed by :func:`pack_texts`; ``count`` of them (any number when negative).
+
+    Raises:
+        ValueError: Another number of texts.
+    """
+    if count == 0:
+        return ()
+    texts = tuple(buffer.tobytes().decode(sys.getfilesystemencoding(), "surrogateescape").split("\0"))
+    if count >= 0 and len(texts) != count:
+        raise ValueError(f"{len(texts)} texts where {count} were expected")
+    return texts
+
+
 def save_npz_with_header(path: str | Path, header: dict[str, Any], **arrays: np.ndarray) -> None:
     """Save arrays plus a JSON header (schema version, config, metadata) to ``.npz`` atomically, no pickle."""
     atomic_save_npz(path, header=np.array(json.dumps(header, default=_json_default)), **arrays)
@@ -224,7 +245,13 @@ def read_json(path: str | Path) -> Any:
     """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        try:
+            import orjson  # several times faster on a large prepared.json; optional (requirements-scale.txt)
+
+            return orjson.loads(data)
+        except (ImportError, ValueError):  # not installed, or NaN / Infinity, which only json reads
+            return json.loads(data.decode("utf-8"))
     except FileNotFoundError as err:
         raise ArtifactError(f"{path}: not found") from err
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -16,21 +16,23 @@ ignored with a warning (every file is then read again), never trusted.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core.artifacts import UNREADABLE_NPZ, atomic_save_npz
+from core.artifacts import UNREADABLE_NPZ, atomic_save_npz, pack_texts, unpack_texts
 from core.config import FILE_LIMITS, ImageLimits
 from core.data import (
     IMAGE_SUFFIXES,
     ImageDataset,
-    ImageRecord,
+    RecordColumns,
     ScanReport,
     SkippedFile,
     _inspect_file,
@@ -44,8 +46,9 @@ from core.images import DHASH_SIZE, printable
 log = logging.getLogger(__name__)
 
 #: Bumped when the file layout changes; another version is ignored (the folder is read again).
-CATALOGUE_VERSION = 1
+CATALOGUE_VERSION = 2
 _HASH_BYTES = DHASH_SIZE * DHASH_SIZE // 8
+_HEX = re.compile("[0-9a-f]*")
 #: ``progress(done, total)`` while new or changed files are read.
 ProgressFn = Callable[[int, int], None]
 
@@ -63,6 +66,7 @@ class Catalogue:
         dhash: Packed difference hash of each file (zeros for unusable ones).
         problem: Why a file is unusable (empty when it is usable).
         ignored: Files that are not images by their suffix, with why.
+        signature: A hash of every file's path, label, content hash and problem: equal signatures, equal datasets.
         directories: Every folder walked (relative to ``root``; ``"."`` is ``root`` itself) and its mtime (ns)
             then: a folder whose mtime is unchanged has gained, lost and renamed no entry since.
     """
@@ -79,33 +83,46 @@ class Catalogue:
     ignored: tuple[SkippedFile, ...] = ()
     directories: tuple[str, ...] = ()
     directory_mtime_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    signature: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.signature:
+            object.__setattr__(self, "signature", _signature(self.paths, self.labels, self.sha256, self.problem))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def scan_report(self) -> ScanReport:
         """The dataset this folder gives (usable files, exact duplicates after their first path) and what was
-        left out, as :func:`core.data.scan_folder` reports it."""
-        records: list[ImageRecord] = []
-        kept: list[int] = []
+        left out, as :func:`core.data.scan_folder` reports it. Records are kept as columns
+        (:class:`core.data.RecordColumns`): no path object is made per photo."""
+        hashes = np.array(self.sha256, dtype="S64")
+        usable = np.array([not problem for problem in self.problem], bool)
+        order = np.flatnonzero(usable)
+        _, first = np.unique(hashes[order], return_index=True)
+        kept = np.sort(order[first])
         skipped: list[SkippedFile] = list(self.ignored)
-        first_path_of: dict[str, Path] = {}
-        for index, (relative, label, sha256, problem) in enumerate(
-            zip(self.paths, self.labels, self.sha256, self.problem, strict=True)
-        ):
-            path = self.root / relative
-            if problem:
-                skipped.append(SkippedFile(path, problem))
-            elif sha256 in first_path_of:
-                shown = printable(str(first_path_of[sha256]))
-                skipped.append(SkippedFile(path, f"{printable(str(path))}: exact duplicate of {shown}"))
-            else:
-                first_path_of[sha256] = path
-                records.append(ImageRecord(path, label, sha256))
-                kept.append(index)
-        if not records:
+        if len(kept) != len(self):
+            first_path_of = {self.sha256[row]: self.root / self.paths[row] for row in kept.tolist()}
+            is_kept = np.zeros(len(self), bool)
+            is_kept[kept] = True
+            for row in np.flatnonzero(~is_kept).tolist():
+                path = self.root / self.paths[row]
+                if self.problem[row]:
+                    skipped.append(SkippedFile(path, self.problem[row]))
+                else:
+                    shown = printable(str(first_path_of[self.sha256[row]]))
+                    skipped.append(SkippedFile(path, f"{printable(str(path))}: exact duplicate of {shown}"))
+        if not len(kept):
             raise DatasetError(f"{printable(str(self.root))}: no usable images found")
-        return ScanReport(ImageDataset(tuple(records), self.root), tuple(skipped), self.dhash[kept])
+        rows = kept.tolist()
+        records = RecordColumns(
+            self.root,
+            [self.paths[row] for row in rows],
+            [self.labels[row] for row in rows],
+            [self.sha256[row] for row in rows],
+        )
+        return ScanReport(ImageDataset(records, self.root), tuple(skipped), self.dhash[kept])
 
 
 #: Folders of up to this many files are watched file by file (:class:`FolderWatch`); larger ones by folder times.
@@ -428,37 +445,79 @@ def save_catalogue(catalogue: Catalogue, path: str | Path) -> None:
         path,
         version=np.array(CATALOGUE_VERSION),
         root=np.frombuffer(os.fsencode(str(Path(catalogue.root).resolve())), np.uint8),
-        paths=_pack(catalogue.paths),
-        label_names=_pack(tuple(names)),
+        paths=pack_texts(catalogue.paths),
+        label_names=pack_texts(tuple(names)),
         label_codes=np.array([code_of[label] for label in catalogue.labels], np.int64),
         stat=np.column_stack([catalogue.size, catalogue.mtime_ns, catalogue.inode]).astype(np.int64),
         sha256=np.array(catalogue.sha256, dtype="S64"),
         dhash=catalogue.dhash,
-        problems=_pack(catalogue.problem),
-        ignored=_pack(tuple(str(item.path.relative_to(catalogue.root)) for item in catalogue.ignored)),
-        ignored_reasons=_pack(tuple(item.reason for item in catalogue.ignored)),
-        directories=_pack(catalogue.directories),
+        problems=pack_texts(catalogue.problem),
+        ignored=pack_texts(tuple(str(item.path.relative_to(catalogue.root)) for item in catalogue.ignored)),
+        ignored_reasons=pack_texts(tuple(item.reason for item in catalogue.ignored)),
+        directories=pack_texts(catalogue.directories),
         directory_mtime_ns=np.asarray(catalogue.directory_mtime_ns, np.int64),
+        signature=np.array(catalogue.signature),
     )
 
 
-def _pack(texts: tuple[str, ...]) -> np.ndarray:
-    """Texts as one NUL-separated byte buffer (file names cannot hold NUL)."""
-    return np.frombuffer(b"\0".join(os.fsencode(text) for text in texts), np.uint8)
+def _signature(paths: Sequence[str], labels: Sequence[str], sha256: Sequence[str], problems: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for column in (paths, labels, sha256, problems):
+        digest.update(pack_texts(column).tobytes())
+        digest.update(b"\1")
+    return digest.hexdigest()[:16]
 
 
-def _unpack(buffer: np.ndarray, count: int) -> tuple[str, ...]:
-    """Texts packed by :func:`_pack`; ``count`` of them (any number when negative).
+@dataclass(frozen=True, eq=False)
+class CatalogueHeader:
+    """What opening a large, unchanged folder needs of its saved catalogue, read without the per-file arrays.
+
+    Attributes:
+        root: The dataset folder.
+        count: Files catalogued.
+        signature: :attr:`Catalogue.signature`.
+        watch: Its folders and their times.
+    """
+
+    root: Path
+    count: int
+    signature: str
+    watch: FolderWatch
+
+
+def load_catalogue_header(path: str | Path) -> CatalogueHeader | None:
+    """The header of the catalogue saved at ``path`` (None when missing or unusable: the caller then loads or
+    rebuilds the whole catalogue, which warns)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if int(archive["version"]) != CATALOGUE_VERSION:
+                return None
+            root = Path(os.fsdecode(archive["root"].tobytes()))
+            mtimes = archive["directory_mtime_ns"]
+            directories = unpack_texts(archive["directories"], len(mtimes))
+            count = int(archive["label_codes"].shape[0])
+            signature = str(archive["signature"])
+    except (*UNREADABLE_NPZ, UnicodeDecodeError):
+        return None
+    if mtimes.ndim != 1 or mtimes.dtype != np.int64:
+        return None
+    watch = FolderWatch(root, directories, mtimes, np.full(len(mtimes), -1, np.int64))
+    return CatalogueHeader(root, count, signature, watch)
+
+
+def _hashes(sha256: np.ndarray) -> tuple[str, ...]:
+    """Hex content hashes from an ``S64`` array (empty for unusable files), decoded in one call.
 
     Raises:
-        ValueError: Another number of texts.
+        ValueError: A value that is neither empty nor 64 hex digits.
     """
-    if count == 0:
-        return ()
-    texts = tuple(os.fsdecode(part) for part in buffer.tobytes().split(b"\0"))
-    if count >= 0 and len(texts) != count:
-        raise ValueError(f"{len(texts)} texts where {count} were expected")
-    return texts
+    if sha256.dtype != np.dtype("S64"):
+        raise ValueError(f"content hashes of type {sha256.dtype}")
+    text = sha256.tobytes().decode("ascii")
+    hashes = tuple(text[start : start + 64].rstrip("\0") for start in range(0, len(text), 64))
+    if not all(len(value) in (0, 64) for value in hashes) or not _HEX.fullmatch(text.replace("\0", "")):
+        raise ValueError("a content hash is not 64 hex digits")
+    return hashes
 
 
 def _labels(names_buffer: np.ndarray, codes: np.ndarray, count: int) -> tuple[str, ...]:
@@ -468,7 +527,7 @@ def _labels(names_buffer: np.ndarray, codes: np.ndarray, count: int) -> tuple[st
         return ()
     if codes.min() < 0:
         raise ValueError("a negative label code")
-    names = _unpack(names_buffer, int(codes.max()) + 1)
+    names = unpack_texts(names_buffer, int(codes.max()) + 1)
     return tuple(names[code] for code in codes.tolist())
 
 
@@ -489,31 +548,30 @@ def load_catalogue(path: str | Path) -> Catalogue | None:
                 raise ValueError(f"stat table of shape {stat.shape} and type {stat.dtype}")
             if sha256.shape != (count,) or dhash.shape != (count, _HASH_BYTES) or dhash.dtype != np.uint8:
                 raise ValueError(f"{count} files but sha256 {sha256.shape} and dhash {dhash.shape}")
-            hashes = tuple(value.decode("ascii") for value in sha256.tolist())
-            if any(len(value) not in (0, 64) for value in hashes):
-                raise ValueError("a content hash is not 64 hex digits")
+            hashes = _hashes(sha256)
             root = Path(os.fsdecode(archive["root"].tobytes()))
             directory_mtime_ns = archive["directory_mtime_ns"]
             if directory_mtime_ns.ndim != 1 or directory_mtime_ns.dtype != np.int64:
                 raise ValueError(f"folder times of shape {directory_mtime_ns.shape}")
             reasons = archive["ignored_reasons"]
-            ignored_paths = _unpack(archive["ignored"], len(_unpack(reasons, -1)) if reasons.size else 0)
+            ignored_paths = unpack_texts(archive["ignored"], len(unpack_texts(reasons, -1)) if reasons.size else 0)
             return Catalogue(
                 root,
-                _unpack(archive["paths"], count),
+                unpack_texts(archive["paths"], count),
                 _labels(archive["label_names"], archive["label_codes"], count),
                 stat[:, 0].copy(),
                 stat[:, 1].copy(),
                 stat[:, 2].copy(),
                 hashes,
                 dhash,
-                _unpack(archive["problems"], count),
+                unpack_texts(archive["problems"], count),
                 tuple(
                     SkippedFile(root / relative, reason)
-                    for relative, reason in zip(ignored_paths, _unpack(reasons, len(ignored_paths)), strict=True)
+                    for relative, reason in zip(ignored_paths, unpack_texts(reasons, len(ignored_paths)), strict=True)
                 ),
-                _unpack(archive["directories"], len(directory_mtime_ns)),
+                unpack_texts(archive["directories"], len(directory_mtime_ns)),
                 directory_mtime_ns,
+                str(archive["signature"]),
             )
     except (*UNREADABLE_NPZ, UnicodeDecodeError) as err:
         log.warning(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 
@@ -42,25 +42,104 @@ class SkippedFile:
     reason: str
 
 
+class RecordColumns(Sequence[ImageRecord]):
+    """Records kept as columns (relative path, label, content hash) under one root: a record object is made only
+    when one is asked for, so a dataset of a million photos opens without building a million paths.
+
+    Equal to any sequence of the same records, a tuple included.
+    """
+
+    __slots__ = ("labels", "relative_paths", "root", "sha256s")
+
+    def __init__(
+        self, root: Path, relative_paths: Sequence[str], labels: Sequence[str], sha256s: Sequence[str]
+    ) -> None:
+        if not len(relative_paths) == len(labels) == len(sha256s):
+            raise ValueError(f"{len(relative_paths)} paths, {len(labels)} labels and {len(sha256s)} hashes")
+        self.root, self.relative_paths, self.labels, self.sha256s = Path(root), relative_paths, labels, sha256s
+
+    def __len__(self) -> int:
+        return len(self.relative_paths)
+
+    @overload
+    def __getitem__(self, index: int) -> ImageRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[ImageRecord, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> ImageRecord | tuple[ImageRecord, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        return ImageRecord(self.root / self.relative_paths[index], self.labels[index], self.sha256s[index])
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        root = self.root
+        for relative, label, sha256 in zip(self.relative_paths, self.labels, self.sha256s, strict=True):
+            yield ImageRecord(root / relative, label, sha256)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecordColumns):
+            return (self.root, tuple(self.relative_paths), tuple(self.labels), tuple(self.sha256s)) == (
+                other.root,
+                tuple(other.relative_paths),
+                tuple(other.labels),
+                tuple(other.sha256s),
+            )
+        return (
+            isinstance(other, Sequence)
+            and len(other) == len(self)
+            and all(a == b for a, b in zip(self, other, strict=True))
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: not hashable, like a list
+
+
 @dataclass(frozen=True)
 class ImageDataset:
-    """An ordered collection of labelled images; the order defines record indices."""
+    """An ordered collection of labelled images; the order defines record indices.
 
-    records: tuple[ImageRecord, ...]
+    ``records`` is a tuple, or :class:`RecordColumns` for large folders (records made on demand).
+    """
+
+    records: Sequence[ImageRecord]
     root: Path | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def record(self, index: int) -> ImageRecord:
+        """The record at ``index`` (cheap whatever the size)."""
+        return self.records[index]
+
     @property
     def labels(self) -> tuple[str, ...]:
         """Sorted distinct labels."""
+        if isinstance(self.records, RecordColumns):
+            return tuple(sorted(set(self.records.labels)))
         return tuple(sorted({record.label for record in self.records}))
 
     @property
     def label_array(self) -> np.ndarray:
         """Label of each record, as a string array aligned with ``records``."""
+        if isinstance(self.records, RecordColumns):
+            return np.array(self.records.labels, dtype=object)
         return np.array([record.label for record in self.records], dtype=object)
+
+    @property
+    def relative_paths(self) -> Sequence[str]:
+        """Each record's path relative to ``root`` (the path itself without a root)."""
+        if isinstance(self.records, RecordColumns):
+            return self.records.relative_paths
+        if self.root is None:
+            return [str(record.path) for record in self.records]
+        return [str(record.path.relative_to(self.root)) for record in self.records]
+
+    @property
+    def sha256s(self) -> Sequence[str]:
+        """Content hash of each record, aligned with ``records``."""
+        if isinstance(self.records, RecordColumns):
+            return self.records.sha256s
+        return [record.sha256 for record in self.records]
 
     def label_counts(self) -> dict[str, int]:
         """Number of images per label."""
@@ -387,13 +466,12 @@ def check_disjoint(dataset: ImageDataset, split: Split) -> None:
     Raises:
         DatasetError: Naming the first offending file.
     """
-    train = [dataset.records[i] for i in split.train]
-    test = [dataset.records[i] for i in split.test]
-    for key in ("path", "sha256"):
-        train_keys = {getattr(record, key): record for record in train}
-        for record in test:
-            if getattr(record, key) in train_keys:
-                other = train_keys[getattr(record, key)]
+    columns = {"path": dataset.relative_paths, "sha256": dataset.sha256s}
+    for key, values in columns.items():
+        train_row = {values[i]: int(i) for i in split.train.tolist()}
+        for i in split.test.tolist():
+            if values[i] in train_row:
+                record, other = dataset.record(i), dataset.record(train_row[values[i]])
                 raise DatasetError(
                     f"{printable(str(record.path))}: same {key} as training image {printable(str(other.path))} (train/test leakage)"
                 )

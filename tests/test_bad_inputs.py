@@ -307,8 +307,16 @@ def cli_prepare(corpus_root, tmp_path_factory):
     with contextlib.redirect_stdout(out):
         code = main(["prepare", "--data", str(corpus_root), "--workdir", str(workdir), "--quiet"])
     assert code == 0
-    prepared = json.loads(WorkDir(workdir, corpus_root).prepared.read_text(encoding="utf-8"))
-    return out.getvalue(), prepared
+    from core.pipeline import load_prepared
+
+    written = json.loads(WorkDir(workdir, corpus_root).prepared.read_text(encoding="utf-8"))
+    prepared = load_prepared(WorkDir(workdir, corpus_root).root)
+    return out.getvalue(), {
+        **written,
+        "records": list(
+            zip(prepared.dataset.relative_paths, prepared.dataset.label_array, prepared.dataset.sha256s, strict=True)
+        ),
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

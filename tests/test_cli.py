@@ -21,11 +21,15 @@ def layout(workdir, data, condition=""):
 
 
 def test_prepare_writes_split_and_sets(workdir, tiny_dataset, capsys):
-    prepared = json.loads(layout(workdir, tiny_dataset).prepared.read_text())
-    assert len(prepared["records"]) == len(list(tiny_dataset.glob("*/*.jpg")))
-    train, test = set(prepared["split"]["train"]), set(prepared["split"]["test"])
-    assert train and test and not train & test
-    assert prepared["versions"]["torch"]
+    from core.pipeline import load_prepared
+
+    written = json.loads(layout(workdir, tiny_dataset).prepared.read_text())
+    assert written["counts"]["images"] == len(list(tiny_dataset.glob("*/*.jpg")))
+    assert written["versions"]["torch"]
+    prepared = load_prepared(layout(workdir, tiny_dataset).root)  # records, split and sets in prepared.npz
+    assert len(prepared.dataset) == written["counts"]["images"]
+    train, test = set(prepared.split.train.tolist()), set(prepared.split.test.tolist())
+    assert train and test and not train & test and len(train) == written["counts"]["train"]
 
 
 def test_featurize_evaluate_search(workdir, tiny_dataset, capsys):

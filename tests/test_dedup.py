@@ -138,7 +138,7 @@ def test_cli_dedup_reports_then_applies(planted_folder, tmp_path, capsys):
     work = tmp_path / "work"
     assert main(["prepare", "--data", str(root), "--workdir", str(work), "--quiet"]) == 0
     layout = WorkDir(work, root)
-    n_before = len(json.loads(layout.prepared.read_text())["records"])
+    n_before = json.loads(layout.prepared.read_text())["counts"]["images"]
     assert main(["dedup", "--data", str(root), "--workdir", str(work), "--quiet"]) == 0
     out = capsys.readouterr().out
     report = json.loads(layout.dedup_report.read_text())
@@ -149,7 +149,7 @@ def test_cli_dedup_reports_then_applies(planted_folder, tmp_path, capsys):
     assert not (root / DUPLICATES_DIR).exists()
     assert main(["dedup", "--data", str(root), "--workdir", str(work), "--apply", "--max-share", "0.5", "--quiet"]) == 0
     assert "prepared.json rebuilt" in capsys.readouterr().out
-    assert len(json.loads(layout.prepared.read_text())["records"]) == n_before - report["n_removed"]
+    assert json.loads(layout.prepared.read_text())["counts"]["images"] == n_before - report["n_removed"]
     assert main(["dedup", "--data", str(root), "--workdir", str(work), "--threshold", "300", "--quiet"]) == 2
 
 
@@ -374,3 +374,21 @@ def test_cli_embedding_method_finds_planted_copies_on_real_photos(tmp_path, tiny
     assert len(removed) == len(planted)  # no distinct photo of the tiny set is this close
     assert max(row["distance"] for row in removed.values()) > 32  # the crop: a copy the hash alone would miss
     assert "cos " in capsys.readouterr().out
+
+
+def test_cli_dedup_leaks_writes_every_pair_that_prepare_counted(tmp_path, tiny_dataset, capsys):
+    root = tmp_path / "data"
+    sources = sorted(tiny_dataset.glob("*/*.jpg"))
+    plant(sources, root, ["png", "half_size", "double_size"] * 4, np.random.default_rng(2))
+    work = tmp_path / "work"
+    common = ["--data", str(root), "--workdir", str(work), "--quiet"]
+    assert main(["prepare", *common]) == 0
+    layout = WorkDir(work, root)
+    stored = json.loads(layout.prepared.read_text())["leaks"]
+    assert stored["count"] > 0 and len(stored["sample"]) == min(stored["count"], LEAK_SAMPLE)
+    assert main(["dedup", "--leaks", "--threshold", str(stored["threshold"]), *common]) == 0
+    assert f"{stored['count']} near-duplicate pair(s) across the train/test split" in capsys.readouterr().out
+    listed = json.loads(layout.dedup_report.with_name("leaks.json").read_text())
+    assert listed["count"] == len(listed["pairs"]) == stored["count"]
+    closest = [[pair["train"], pair["test"], pair["distance"]] for pair in listed["pairs"]][: len(stored["sample"])]
+    assert closest == stored["sample"]

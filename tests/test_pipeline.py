@@ -32,3 +32,38 @@ def test_prepare_records_leaks_and_round_trips(tmp_path, tiny_dataset):
     assert [r.sha256 for r in loaded.dataset.records] == [r.sha256 for r in prepared.dataset.records]
     np.testing.assert_array_equal(loaded.test_sets.references, prepared.test_sets.references)
     assert loaded.config == prepared.config
+
+
+def test_prepared_arrays_are_checked_against_their_json(tmp_path, tiny_dataset):
+    import json
+
+    import pytest
+
+    from core.errors import ArtifactError
+
+    prepared = prepare(DataConfig(root=tiny_dataset, n_negatives=5))
+    save_prepared(prepared, tmp_path / "a")
+    save_prepared(prepared, tmp_path / "b")
+    loaded = load_prepared(tmp_path / "a")
+    assert loaded.dataset == prepared.dataset and loaded.source == prepared.source
+    np.testing.assert_array_equal(loaded.split.train, prepared.split.train)
+    np.testing.assert_array_equal(loaded.train_sets.queries, prepared.train_sets.queries)
+
+    # arrays of another prepare beside this json: refused, naming the file and the fix
+    (tmp_path / "a" / "prepared.npz").write_bytes((tmp_path / "b" / "prepared.npz").read_bytes())
+    with pytest.raises(ArtifactError, match=r"prepared.json: malformed .*another prepare.*workbench prepare"):
+        load_prepared(tmp_path / "a")
+    save_prepared(prepared, tmp_path / "a")
+    (tmp_path / "a" / "prepared.npz").write_bytes((tmp_path / "a" / "prepared.npz").read_bytes()[:500])
+    with pytest.raises(ArtifactError, match="prepared.json: malformed"):
+        load_prepared(tmp_path / "a")
+    (tmp_path / "a" / "prepared.npz").unlink()
+    with pytest.raises(ArtifactError, match="prepared.npz: not found"):
+        load_prepared(tmp_path / "a")
+    # an index past the records (a hand-edited count or a foreign file) is refused too
+    save_prepared(prepared, tmp_path / "a")
+    payload = json.loads((tmp_path / "a" / "prepared.json").read_text())
+    payload["counts"]["images"] += 1
+    (tmp_path / "a" / "prepared.json").write_text(json.dumps(payload))
+    with pytest.raises(ArtifactError, match="malformed"):
+        load_prepared(tmp_path / "a")

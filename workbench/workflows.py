@@ -128,7 +128,7 @@ def fit_ranker(ws: Workspace, name: str, fitted: LearnedRanker | None = None) ->
 
 def content_ids(prepared: PreparedData) -> np.ndarray:
     """The content hashes of a prepared dataset's images, sorted (``S64``): what a learned ranker saw."""
-    return np.sort(np.array([record.sha256 for record in prepared.dataset.records], dtype="S64"))
+    return np.sort(np.array(prepared.dataset.sha256s, dtype="S64"))
 
 
 def fitted_on_path(ranker_path: Path) -> Path:
@@ -148,7 +148,9 @@ def data_signature(prepared: PreparedData) -> str:
     """A hash of what a learned ranker learns from: every image's content and label, the split and the training
     split's comparative sets. It changes when images are added, removed, relabelled or split differently."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([[record.sha256, record.label] for record in prepared.dataset.records]).encode())
+    dataset = prepared.dataset
+    pairs = zip(dataset.sha256s, dataset.label_array.tolist(), strict=True)
+    digest.update(json.dumps([[sha256, label] for sha256, label in pairs]).encode())
     for array in (prepared.split.train, prepared.train_sets.queries, prepared.train_sets.references):
         contiguous = np.ascontiguousarray(array, dtype=np.int64)
         digest.update(str(contiguous.shape).encode())
@@ -799,7 +801,7 @@ INDEX_KINDS = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus
 def _content_ids(ws: Workspace) -> np.ndarray:
     from core.index import content_ids
 
-    return content_ids([record.sha256 for record in ws.dataset.records])
+    return content_ids(list(ws.dataset.sha256s))
 
 
 def index_build(ws: Workspace, folder: Path, config: Any, ranker: str = "cosine") -> VectorIndex:

@@ -10,6 +10,8 @@ frozen :class:`WorkspaceSpec`; :class:`core.workdir.WorkDir` says where each art
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -20,8 +22,15 @@ from typing import Any, Literal, get_args
 import numpy as np
 from PIL import Image
 
-from core.artifacts import atomic_write_json, read_json
-from core.catalogue import CatalogueChanges, FolderWatch, load_catalogue, refresh_catalogue, save_catalogue
+from core.artifacts import atomic_save_npy, atomic_write_json, read_json
+from core.catalogue import (
+    CatalogueChanges,
+    FolderWatch,
+    load_catalogue,
+    load_catalogue_header,
+    refresh_catalogue,
+    save_catalogue,
+)
 from core.config import DataConfig, WorkbenchConfig, load_config
 from core.data import ImageDataset, ImageRecord
 from core.errors import ArtifactError, WorkbenchError
@@ -36,7 +45,7 @@ from core.pipeline import (
     load_prepared,
     prepare,
     save_prepared,
-    scan_signature,
+    source_signature,
 )
 from core.rankers import CosineRanker, Ranker, list_rankers, make_ranker, ranker_spec, top_k
 from core.workdir import PRETRAINED, WorkDir, check_run_name
@@ -217,30 +226,45 @@ def refresh_data(
         deep: Stat every file (default: when the catalogue holds fewer than :data:`DEEP_OPEN_FILES` files).
         progress: Called as ``progress(done, total)`` while new or changed files are read.
     """
-    previous = load_catalogue(layout.catalogue)
+    header = load_catalogue_header(layout.catalogue) if not force else None
     if deep is None:
-        deep = previous is None or len(previous) < DEEP_OPEN_FILES
+        deep = header is None or header.count < DEEP_OPEN_FILES
+    quick = not deep and header is not None and Path(header.root).resolve() == Path(config.root).resolve()
+    if quick and header is not None and not header.watch.changed():
+        # a large folder whose folders all kept their times: the saved data stand, unless prepared otherwise
+        prepared = _saved_prepared(config, layout, source_signature(header.signature, config))
+        if prepared is not None:
+            return DataState(prepared, CatalogueChanges(), header.watch)
+    previous = load_catalogue(layout.catalogue)
     catalogue, changes = refresh_catalogue(config.root, previous, progress=progress, deep=deep)
     if catalogue is not previous:
         layout.catalogue.parent.mkdir(parents=True, exist_ok=True)
         save_catalogue(catalogue, layout.catalogue)
     if changes and not changes.first:
         log.info("%s: %s since the last look", printable(str(config.root)), changes.summary())
-    scan = catalogue.scan_report()
     watch = FolderWatch.of(catalogue)
-    if not force:
-        try:
-            prepared = load_prepared(layout.root)
-            if _same_data(prepared.config, config) and prepared.source == scan_signature(scan, config):
-                return DataState(prepared, changes, watch)
-            log.info("data or settings changed for %s: preparing again", printable(str(config.root)))
-        except ArtifactError as err:
-            if layout.prepared.exists():
-                log.warning("%s; preparing again", err)
-    prepared = prepare(config, scan)
+    source = source_signature(catalogue.signature, config)
+    saved = None if force else _saved_prepared(config, layout, source)
+    if saved is not None:
+        return DataState(saved, changes, watch)
+    prepared = prepare(config, catalogue.scan_report(), source)
     save_prepared(prepared, layout.root)
     log.info("wrote %s", layout.prepared)
     return DataState(prepared, changes, watch)
+
+
+def _saved_prepared(config: DataConfig, layout: WorkDir, source: str) -> PreparedData | None:
+    """The saved prepared data when they were prepared from ``source`` with the same settings, else None."""
+    try:
+        prepared = load_prepared(layout.root)
+    except ArtifactError as err:
+        if layout.prepared.exists():
+            log.warning("%s; preparing again", err)
+        return None
+    if _same_data(prepared.config, config) and prepared.source == source:
+        return prepared
+    log.info("data or settings changed for %s: preparing again", printable(str(config.root)))
+    return None
 
 
 def prepared_data(config: DataConfig, layout: WorkDir, force: bool = False, deep: bool | None = None) -> PreparedData:
@@ -505,6 +529,43 @@ class Workspace:
         return evaluate_rankers(self.prepared, self.embeddings, models, self.seed, split)
 
 
+def gallery_embeddings(
+    spec: WorkspaceSpec, prepared: PreparedData, featurizer: Featurizer, progress: ProgressFn | None = None
+) -> np.ndarray:
+    """The embedding of every record of ``prepared``, in record order, memory-mapped from disk when unchanged.
+
+    The feature cache (content-hash keyed, :class:`core.featurize.FeatureCache`) embeds what is missing; the rows in
+    record order are then kept beside it as ``<fingerprint>.rows-<data>.npy`` (one per featurizer: a newer one
+    replaces it) and a later open with the same records maps that file instead of reading the cache, so opening
+    costs no read of the embeddings however large the gallery.
+    """
+    layout = spec.layout
+    condition = hashlib.sha256(spec.config.data.condition.encode()).hexdigest()[:6]
+    rows_path = layout.features / f"{featurizer.fingerprint}.rows-{prepared.source}-{condition}.npy"
+    if prepared.source and rows_path.is_file():
+        try:
+            mapped = np.load(rows_path, mmap_mode="r", allow_pickle=False)
+            if mapped.dtype == np.float32 and mapped.ndim == 2 and len(mapped) == len(prepared.dataset):
+                if progress is not None:
+                    progress(len(mapped), len(mapped))
+                return mapped
+            log.warning("%s: %s rows of %s for %d images; embedding again", rows_path, mapped.shape, mapped.dtype,
+                        len(prepared.dataset))  # fmt: skip
+        except (OSError, ValueError) as err:
+            log.warning("%s: unreadable (%s); reading the feature cache again", rows_path, err)
+    cache = FeatureCache(layout.features)
+    embeddings = cache.embed(featurizer, prepared.dataset.records, spec.config.featurizer.batch_size, progress)
+    if prepared.source and embeddings.size:
+        try:
+            atomic_save_npy(rows_path, np.ascontiguousarray(embeddings, np.float32))
+            for older in layout.features.glob(f"{glob.escape(featurizer.fingerprint)}.rows-*-{condition}.npy"):
+                if older != rows_path:
+                    older.unlink(missing_ok=True)
+        except (OSError, WorkbenchError) as err:  # a full disk only costs the next open's speed
+            log.warning("%s: not written (%s)", rows_path, err)
+    return embeddings
+
+
 def open_workspace(
     spec: WorkspaceSpec, progress: ProgressFn | None = None, force_prepare: bool = False, deep: bool | None = None
 ) -> Workspace:
@@ -525,8 +586,7 @@ def open_workspace(
     state = refresh_data(spec.config.data, layout, force_prepare, deep)
     prepared = state.prepared
     featurizer = make_featurizer(spec)
-    cache = FeatureCache(layout.features)
-    embeddings = cache.embed(featurizer, prepared.dataset.records, spec.config.featurizer.batch_size, progress)
+    embeddings = gallery_embeddings(spec, prepared, featurizer, progress)
     log.info("workspace %s: %d images, featurizer %s", layout.root, len(embeddings), featurizer.fingerprint)
     return Workspace(spec, prepared, featurizer, embeddings, state.changes, state.watch)
 
