@@ -29,7 +29,8 @@ def settings(tmp_path_factory, tiny_dataset) -> ServeSettings:
                 uploads={"max_file_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS, "max_pixels_full": MAX_PIXELS},
             ),
             tmp_path_factory.mktemp("api-work"),
-        )
+        ),
+        refusal_burst=100_000,  # this module sends many refused requests on purpose, all from one test client
     )
 
 

@@ -37,6 +37,7 @@ def server(tmp_path_factory, tiny_dataset):
             body_timeout_s=BODY_TIMEOUT,
             heavy_pixels=1_000_000,
             heavy_queue=heavy_queue,
+            refusal_burst=100_000,  # refused requests on purpose, all from 127.0.0.1
         )
         port = free_port()
         instance = uvicorn.Server(

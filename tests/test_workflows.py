@@ -313,6 +313,7 @@ def test_search_with_the_projection_transforms_the_gallery_once_and_ranks_as_the
     workflows.ensure_learned(ws, ("projection",))
     query = ws.embeddings[3:4]
     ws.featurizer.embed = lambda images: query  # type: ignore[attr-defined]
+    ws.ranker("projection")  # loaded (and checked on two rows against the featurizer) before counting
     rows_transformed: list[int] = []
     original = ProjectionRanker.transform
     monkeypatch.setattr(
