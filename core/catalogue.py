@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 CATALOGUE_VERSION = 2
 _HASH_BYTES = DHASH_SIZE * DHASH_SIZE // 8
 _HEX = re.compile("[0-9a-f]*")
+#: Files modified this close to the listing are read again by the next refresh (file times are coarser than ns).
+RACY_NS = 2_000_000_000
 #: ``progress(done, total)`` while new or changed files are read.
 ProgressFn = Callable[[int, int], None]
 
@@ -67,6 +70,9 @@ class Catalogue:
         problem: Why a file is unusable (empty when it is usable).
         ignored: Files that are not images by their suffix, with why.
         signature: A hash of every file's path, label, content hash and problem: equal signatures, equal datasets.
+        taken_ns: When the folder was listed (ns since the epoch; 0: unknown). A file whose mtime lies within
+            :data:`RACY_NS` of it may have been written again in the same clock tick without its stat showing
+            it, so the next refresh reads it again (git's "racily clean" entries).
         directories: Every folder walked (relative to ``root``; ``"."`` is ``root`` itself) and its mtime (ns)
             then: a folder whose mtime is unchanged has gained, lost and renamed no entry since.
     """
@@ -84,6 +90,7 @@ class Catalogue:
     directories: tuple[str, ...] = ()
     directory_mtime_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     signature: str = ""
+    taken_ns: int = 0
 
     def __post_init__(self) -> None:
         if not self.signature:
@@ -330,6 +337,7 @@ def refresh_catalogue(
     usable_before = previous is not None and Path(previous.root).resolve() == root.resolve()
     if not deep and usable_before and previous is not None and _folders_unchanged(root, previous):
         return previous, CatalogueChanges()
+    taken_ns = time.time_ns()
     listing = _list_folder(root)
     n = len(listing.paths)
     sha256: list[str] = [""] * n
@@ -348,13 +356,14 @@ def refresh_catalogue(
             (previous.size[rows] == listing.size[here])
             & (previous.mtime_ns[rows] == listing.mtime_ns[here])
             & (previous.inode[rows] == listing.inode[here])
+            & (previous.mtime_ns[rows] < previous.taken_ns - RACY_NS)
         )
         # a path not held before may be a held file moved: same stat, and its old path is gone
         still_here = set(listing.paths)
         gone = {
             (int(previous.size[row]), int(previous.mtime_ns[row]), int(previous.inode[row])): row
             for row, path in enumerate(previous.paths)
-            if path not in still_here
+            if path not in still_here and previous.mtime_ns[row] < previous.taken_ns - RACY_NS
         }
         for index in np.flatnonzero(~here):
             stat = (int(listing.size[index]), int(listing.mtime_ns[index]), int(listing.inode[index]))
@@ -398,6 +407,7 @@ def refresh_catalogue(
         tuple(listing.skipped),
         tuple(listing.directories),
         np.array(list(listing.directories.values()), np.int64),
+        taken_ns=taken_ns,
     )
     changes = _compare(previous if usable_before else None, catalogue, len(to_read))
     return catalogue, changes
@@ -457,6 +467,7 @@ def save_catalogue(catalogue: Catalogue, path: str | Path) -> None:
         directories=pack_texts(catalogue.directories),
         directory_mtime_ns=np.asarray(catalogue.directory_mtime_ns, np.int64),
         signature=np.array(catalogue.signature),
+        taken_ns=np.array(catalogue.taken_ns, np.int64),
     )
 
 
@@ -572,6 +583,7 @@ def load_catalogue(path: str | Path) -> Catalogue | None:
                 unpack_texts(archive["directories"], len(directory_mtime_ns)),
                 directory_mtime_ns,
                 str(archive["signature"]),
+                int(archive["taken_ns"]),
             )
     except (*UNREADABLE_NPZ, UnicodeDecodeError) as err:
         log.warning(

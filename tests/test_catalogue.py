@@ -180,3 +180,14 @@ def test_content_split_refuses_misaligned_inputs():
         content_split(["0" * 64, "1" * 64], ["a", "b", "c"], 0.5, 0)
     with pytest.raises(ValueError, match="train_fraction"):
         content_split(["0" * 64], ["a"], 1.0, 0)
+
+
+def test_a_file_rewritten_within_the_same_clock_tick_as_the_listing_is_read_again(folder, tmp_path):
+    target = photos(folder)[0]
+    target.write_bytes(target.read_bytes() + b"A")  # written just now: racily clean when catalogued at once
+    stat = os.stat(target)
+    catalogue, _ = refresh_catalogue(folder)
+    target.write_bytes(target.read_bytes()[:-1] + b"B")  # same size, new content...
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ...and the same time: the tick had not moved on
+    _, changes = refresh_catalogue(folder, catalogue)
+    assert changes.rewritten == (str(target.relative_to(folder)),) and changes.read == 1

@@ -145,12 +145,16 @@ FitProgressFn = Callable[[int, int, str], None]
 
 
 def data_signature(prepared: PreparedData) -> str:
-    """A hash of what a learned ranker learns from: every image's content and label, the split and the training
+    """A hash of what a learned ranker learns from: every image's content and label (the prepared data's
+    ``source``: the folder's catalogue and, under a condition, the attributes file), the split and the training
     split's comparative sets. It changes when images are added, removed, relabelled or split differently."""
     digest = hashlib.sha256()
-    dataset = prepared.dataset
-    pairs = zip(dataset.sha256s, dataset.label_array.tolist(), strict=True)
-    digest.update(json.dumps([[sha256, label] for sha256, label in pairs]).encode())
+    if prepared.source:
+        digest.update(f"source:{prepared.source}".encode())
+    else:
+        dataset = prepared.dataset
+        pairs = zip(dataset.sha256s, dataset.label_array.tolist(), strict=True)
+        digest.update(json.dumps([[sha256, label] for sha256, label in pairs]).encode())
     for array in (prepared.split.train, prepared.train_sets.queries, prepared.train_sets.references):
         contiguous = np.ascontiguousarray(array, dtype=np.int64)
         digest.update(str(contiguous.shape).encode())
@@ -221,11 +225,13 @@ class SinceFit:
 
 def since_fit(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> SinceFit:
     """What changed in the dataset since the newest fit of the learned rankers ``names`` for this featurizer."""
-    snapshots = [fitted_on_path(ws.ranker_path(name)) for name in names]
-    existing = [path for path in snapshots if path.is_file()]
     fitted = any(ws.ranker_path(name).is_file() for name in names)
+    stale = tuple(stale_rankers(ws, names)) if fitted else ()
+    if not stale:  # every one was fitted on these very data: nothing changed since
+        return SinceFit(0, 0, (), fitted)
+    existing = [path for path in (fitted_on_path(ws.ranker_path(name)) for name in names) if path.is_file()]
     if not existing:
-        return SinceFit(0, 0, tuple(stale_rankers(ws, names)) if fitted else (), fitted)
+        return SinceFit(0, 0, stale, fitted)
     newest = max(existing, key=lambda path: path.stat().st_mtime_ns)
     try:
         seen = np.load(newest, allow_pickle=False)
@@ -237,7 +243,7 @@ def since_fit(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> SinceFit:
     now = content_ids(ws.prepared)
     new = int((~np.isin(now, seen, assume_unique=True)).sum())
     removed = int((~np.isin(seen, now, assume_unique=True)).sum())
-    return SinceFit(new, removed, tuple(stale_rankers(ws, names)), True)
+    return SinceFit(new, removed, stale, True)
 
 
 @dataclass(frozen=True)
