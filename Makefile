@@ -22,7 +22,7 @@ setup: $(STAMP)
 ## (both cached after the first run), then serve the app
 run: setup
 	@echo "featurizing the demo set and fitting the svm and projection rankers where needed (about 3 minutes the first time)"
-	$(PY) -m workbench fit --missing
+	$(PY) -m workbench fit --missing $(if $(WORKBENCH_DATA),--data "$(WORKBENCH_DATA)") $(if $(WORKBENCH_WORKDIR),--workdir "$(WORKBENCH_WORKDIR)")
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
 
 ## lint: ruff (rules in pyproject.toml), ruff format --check, mypy; all must be clean

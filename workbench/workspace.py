@@ -187,7 +187,7 @@ def _same_data(saved: DataConfig, wanted: DataConfig) -> bool:
 
 #: Folders with fewer files than this have every file stat'ed whenever a workspace opens (well under a second);
 #: larger ones check their folders' times only, and every file on the next deep refresh (``prepare``, ``fit``,
-#: ``featurize``, ``python -m workbench refresh``).
+#: ``featurize``).
 DEEP_OPEN_FILES = 50_000
 
 
