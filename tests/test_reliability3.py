@@ -506,3 +506,23 @@ def test_cli_search_falls_back_when_tune_chose_a_ranker_that_is_gone(served, cap
     assert "searching with cosine" in caplog.text
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     ws.layout.default_choice.unlink()
+
+
+def test_search_page_refits_a_truncated_ranker_instead_of_showing_a_traceback(served, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.workflows import ensure_learned
+
+    ensure_learned(served.ws, ("projection",))
+    path = served.ws.ranker_path("projection")
+    path.write_bytes(path.read_bytes()[:2000])  # `head -c`: BadZipFile when its metadata is read
+    monkeypatch.setenv("WORKBENCH_DATA", str(served.data))
+    monkeypatch.setenv("WORKBENCH_WORKDIR", str(served.spec.workdir))
+    monkeypatch.setenv("WORKBENCH_BACKEND", "torch")
+    monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
+    app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
+    app.run()
+    assert not app.exception, app.exception
+    assert "projection" in app.selectbox(key="ranker").options  # refitted on load, as a stale ranker is
+    assert ProjectionRanker.load(path).input_dim == 1280
