@@ -56,7 +56,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.config import ImageLimits
 from core.errors import ArtifactError, ImageLoadError, ImageTooLargeError, UnsupportedImageError, WorkbenchError
 from core.images import ImageHeader, decode_image, printable, probe_image
-from core.rankers import Ranker, list_rankers
+from core.rankers import list_rankers, ranker_spec
 from workbench.workflows import since_fit
 from workbench.workspace import RankerUnavailableError, Workspace, WorkspaceSpec, open_workspace
 
@@ -404,16 +404,19 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         reopened: Workspace = request.app.state.workspace
         return reopened
 
-    async def usable_ranker(ws: Workspace, name: str) -> Ranker:
-        """The ranker ``name``, loaded and checked against the featurizer, before the upload is decoded.
+    async def usable_ranker(ws: Workspace, name: str) -> None:
+        """Check that the ranker ``name`` can serve, before the upload is decoded: a learned one is loaded (once
+        per file version) and checked against the featurizer; plain ones always can.
 
         Raises:
             ApiError: 422 ``ranker_unavailable``: not fitted, or its file is damaged or fits another featurizer.
         """
+        if not ranker_spec(name).learned:
+            return
         if name not in ws.rankers_on_offer():
             raise ApiError(422, "ranker_unavailable", f"ranker {name!r} is not fitted for {ws.fingerprint}")
         try:
-            return await anyio.to_thread.run_sync(ws.ranker, name, limiter=limiter)
+            await anyio.to_thread.run_sync(ws.ranker, name, limiter=limiter)
         except (ArtifactError, RankerUnavailableError) as err:
             log.warning("ranker %s refused: %s", name, err)
             raise ApiError(
