@@ -500,11 +500,21 @@ def near_duplicate_pairs(
     i, j = pairs[:, 0], pairs[:, 1]
     distance = pair_distances(hashes[i], hashes[j]) if hashes is not None else np.full(len(i), -1, np.int32)
     if embeddings is not None:
-        emb = np.asarray(embeddings, np.float32)
-        cosine = np.einsum("nd,nd->n", emb[i], emb[j]).astype(np.float32)
+        cosine = pair_cosines(embeddings, i, j)
     else:
         cosine = np.full(len(i), np.nan, np.float32)
     return i, j, distance, cosine, searched
+
+
+def pair_cosines(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 16_384) -> np.ndarray:
+    """Cosine of rows ``i[n]`` and ``j[n]`` of L2-normalised ``embeddings``, ``float32[len(i)]``, in blocks of pairs
+    (memory ``2 * block * D`` floats, not ``2 * len(i) * D``)."""
+    embeddings = np.asarray(embeddings, np.float32)
+    cosine = np.empty(len(i), np.float32)
+    for start in range(0, len(i), block):
+        part = slice(start, start + block)
+        cosine[part] = np.einsum("nd,nd->n", embeddings[i[part]], embeddings[j[part]])
+    return cosine
 
 
 def star_groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -392,3 +392,15 @@ def test_cli_dedup_leaks_writes_every_pair_that_prepare_counted(tmp_path, tiny_d
     assert listed["count"] == len(listed["pairs"]) == stored["count"]
     closest = [[pair["train"], pair["test"], pair["distance"]] for pair in listed["pairs"]][: len(stored["sample"])]
     assert closest == stored["sample"]
+
+
+def test_pair_cosines_in_blocks_match_one_pass():
+    from core.dedup import pair_cosines
+
+    rng = np.random.default_rng(8)
+    embeddings = rng.normal(size=(40, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    i, j = rng.integers(0, 40, 101), rng.integers(0, 40, 101)
+    loop = [float(embeddings[a] @ embeddings[b]) for a, b in zip(i, j, strict=True)]
+    np.testing.assert_allclose(pair_cosines(embeddings, i, j, block=7), loop, atol=1e-6)
+    np.testing.assert_allclose(pair_cosines(embeddings, i, j), loop, atol=1e-6)
