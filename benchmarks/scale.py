@@ -9,7 +9,8 @@ Real sets: the Fashion-MNIST folders of ``scripts/heldout_data.py`` (``~/.cache/
 embedded once with the workbench's own featurizer (``python -m workbench featurize --data <folder> --workdir
 /tmp/scale-wd-<size>``); the embeddings are read straight from that workdir's feature cache and matched to their
 labels by content hash. ``1m``: synthetic unit vectors, 1280-d (EfficientNet-Lite0's width), 10 labels of 5 looks
-each (a label centre plus a look offset plus Gaussian noise), so neighbours and metrics are meaningful.
+each (a label centre plus a look offset plus Gaussian noise) and a fifth of the rows drawn from looks shared by
+every label, so neighbours and metrics are meaningful (recall@1 0.87 on a 20k draw).
 
 Each (size, case) runs in its own process, so its peak RSS (``ru_maxrss``) is its own; ``rss_before_mb`` is the
 process after loading the data and before the timed step. ``seconds`` is wall time, ``cpu_s`` the process's CPU
@@ -58,6 +59,7 @@ SYNTHETIC_DIM = 1280
 SYNTHETIC_LABELS = 10
 SYNTHETIC_LOOKS = 5
 SYNTHETIC_NOISE = 3.5
+SYNTHETIC_SHARED = 0.2
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -95,18 +97,25 @@ def real_data(size: str, heldout: Path, workdirs: str) -> tuple[np.ndarray, np.n
 
 
 def synthetic_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Unit rows: a label centre, plus one of the label's look offsets (0.8x), plus Gaussian noise."""
+    """Unit rows: a label centre, plus one of the label's look offsets (0.8x), plus Gaussian noise.
+
+    A fifth of the rows (:data:`SYNTHETIC_SHARED`) take their look from a pool shared by every label instead, with
+    a weaker label centre (0.3x): photos that look alike across labels, so recall@1 is below 1.
+    """
     centres = rng.standard_normal((SYNTHETIC_LABELS, SYNTHETIC_DIM), dtype=np.float32)
-    looks = 0.8 * rng.standard_normal((SYNTHETIC_LABELS, SYNTHETIC_LOOKS, SYNTHETIC_DIM), dtype=np.float32)
+    looks = 0.8 * rng.standard_normal((SYNTHETIC_LABELS + 1, SYNTHETIC_LOOKS, SYNTHETIC_DIM), dtype=np.float32)
     label_ids = rng.integers(0, SYNTHETIC_LABELS, n)
+    shared = rng.random(n) < SYNTHETIC_SHARED
+    look_owner = np.where(shared, SYNTHETIC_LABELS, label_ids)  # row SYNTHETIC_LABELS of ``looks``: the shared pool
     look_ids = rng.integers(0, SYNTHETIC_LOOKS, n)
+    centre_weight = np.where(shared, 0.3, 1.0).astype(np.float32)[:, None]
     rows = np.empty((n, SYNTHETIC_DIM), np.float32)
     for start in range(0, n, 50_000):
         block = slice(start, min(start + 50_000, n))
         part = rng.standard_normal((block.stop - block.start, SYNTHETIC_DIM), dtype=np.float32)
         part *= SYNTHETIC_NOISE
-        part += centres[label_ids[block]]
-        part += looks[label_ids[block], look_ids[block]]
+        part += centre_weight[block] * centres[label_ids[block]]
+        part += looks[look_owner[block], look_ids[block]]
         part /= np.linalg.norm(part, axis=1, keepdims=True)
         rows[block] = part
     return rows, np.array([f"label_{i:02d}" for i in range(SYNTHETIC_LABELS)])[label_ids]
