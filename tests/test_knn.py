@@ -128,3 +128,24 @@ def test_a_cached_graph_with_a_self_loop_or_nan_is_rejected(tmp_path, caplog):
             graph = cached_knn_graph(rows, 3, tmp_path, "fp")
         assert problem in caplog.text
         np.testing.assert_array_equal(graph.indices, good.indices)
+
+
+def test_auto_switches_to_the_clustered_build_above_the_exact_limit(monkeypatch):
+    rows = clustered_rows(400)
+    assert knn_graph(rows, 5).method == "exact"
+    monkeypatch.setattr("core.knn.EXACT_MAX_ROWS", 300)
+    graph = knn_graph(rows, 5, config=KnnConfig(cluster_size=50, probe=3, pca_dims=8))
+    assert graph.method == "clustered" and graph.indices.shape == (400, 5)
+
+
+def test_uneven_clusters_keep_the_candidate_budget_and_still_find_k_neighbours():
+    """One dense blob of 500 rows beside 20 spread rows: every row still gets k distinct other rows."""
+    rng = np.random.default_rng(2)
+    blob = rng.normal(size=(500, 16)) * 0.01 + 5.0
+    spread = rng.normal(size=(20, 16)) * 3.0
+    rows = np.vstack([blob, spread]).astype(np.float32)
+    graph = knn_graph(rows, 30, L2Ranker(), method="clustered", config=KnnConfig(cluster_size=10, probe=2, pca_dims=8))
+    assert graph.indices.shape == (520, 30)
+    assert all(len(set(row)) == 30 for row in graph.indices.tolist())
+    assert not (graph.indices == np.arange(520)[:, None]).any()
+    np.testing.assert_allclose(graph.scores, np.take_along_axis(L2Ranker().score(rows, rows), graph.indices, axis=1))
