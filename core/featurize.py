@@ -364,6 +364,22 @@ class FeatureCache:
             )
             return {}
 
+    def add(self, fingerprint: str, sha256s: Sequence[str], embeddings: np.ndarray) -> Path:
+        """Add embeddings computed elsewhere (e.g. by the Spark job) for a featurizer, as one more saved part.
+
+        Raises:
+            ValueError: Misaligned inputs, not 64-hex content hashes, or non-finite values.
+        """
+        embeddings = np.asarray(embeddings, np.float32)
+        if embeddings.ndim != 2 or len(embeddings) != len(sha256s) or not len(sha256s):
+            raise ValueError(f"{len(sha256s)} content hashes but embeddings of shape {embeddings.shape}")
+        if not np.isfinite(embeddings).all():
+            raise ValueError("embeddings hold NaN or infinite values")
+        if any(len(sha) != 64 for sha in sha256s):
+            raise ValueError("a content hash is not 64 hex digits")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self._save_part(fingerprint, dict(zip(sha256s, embeddings, strict=True)))
+
     def _save_part(self, fingerprint: str, new: dict[str, np.ndarray]) -> Path:
         path = self.directory / f"{fingerprint}.part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         atomic_save_npz(path, sha256=np.array(list(new), dtype=str), embeddings=np.stack(list(new.values())))

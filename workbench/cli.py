@@ -812,6 +812,11 @@ def _cmd_spark_featurize(args: argparse.Namespace) -> int:
         f"wrote {result.n_images} embeddings ({result.n_failed} failed) of {result.fingerprint} to {result.path} "
         f"in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s)"
     )
+    if not args.paths:  # the workspace's own photos: opening it (CLI, app, REST) now embeds nothing
+        from workbench.spark_job import import_embeddings
+
+        _, added = import_embeddings(result.path, spec.layout.features)
+        print(f"added {added} embeddings to the workspace's feature cache ({spec.layout.features})")
     return 0
 
 

@@ -274,3 +274,42 @@ def read_embeddings(parquet: str | Path) -> tuple[list[str], np.ndarray, list[st
         len(paths), dim
     )
     return paths, embeddings, table.column("error").to_pylist()
+
+
+def import_embeddings(parquet: str | Path, features: str | Path) -> tuple[str, int]:
+    """Put a job's embeddings into a workspace's feature cache (``WorkDir.features``), keyed by content hash, so
+    that opening the workspace on the same photos embeds nothing. Failed rows are left out (embedded on open).
+
+    Returns:
+        The featurizer fingerprint and how many embeddings were added.
+
+    Raises:
+        ArtifactError: The output has no readable ``_workbench.json`` or no usable rows.
+    """
+    import pyarrow.parquet as pq
+
+    from core.artifacts import read_json
+    from core.errors import ArtifactError
+    from core.featurize import FeatureCache
+
+    parquet = Path(parquet)
+    manifest = read_json(parquet / "_workbench.json")
+    fingerprint = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise ArtifactError(f"{parquet / '_workbench.json'}: no featurizer fingerprint")
+    table = pq.read_table(str(parquet), columns=["sha256", "embedding", "error"])
+    rows = [
+        (sha, vector)
+        for sha, vector, error in zip(
+            table.column("sha256").to_pylist(), table.column("embedding").to_pylist(), table.column("error").to_pylist(),
+            strict=True,
+        )
+        if vector is not None and not error and sha
+    ]  # fmt: skip
+    if not rows:
+        raise ArtifactError(f"{parquet}: no embedded image to import")
+    try:
+        FeatureCache(features).add(fingerprint, [sha for sha, _ in rows], np.array([v for _, v in rows], np.float32))
+    except ValueError as err:
+        raise ArtifactError(f"{parquet}: {err}") from err
+    return fingerprint, len(rows)
