@@ -529,6 +529,12 @@ class Workspace:
         return evaluate_rankers(self.prepared, self.embeddings, models, self.seed, split)
 
 
+def gallery_rows_path(spec: WorkspaceSpec, prepared: PreparedData, fingerprint: str) -> Path:
+    """Where the gallery's embeddings in record order are kept for a featurizer (see :func:`gallery_embeddings`)."""
+    condition = hashlib.sha256(spec.config.data.condition.encode()).hexdigest()[:6]
+    return spec.layout.features / f"{fingerprint}.rows-{prepared.source}-{condition}.npy"
+
+
 def gallery_embeddings(
     spec: WorkspaceSpec, prepared: PreparedData, featurizer: Featurizer, progress: ProgressFn | None = None
 ) -> np.ndarray:
@@ -540,8 +546,8 @@ def gallery_embeddings(
     costs no read of the embeddings however large the gallery.
     """
     layout = spec.layout
-    condition = hashlib.sha256(spec.config.data.condition.encode()).hexdigest()[:6]
-    rows_path = layout.features / f"{featurizer.fingerprint}.rows-{prepared.source}-{condition}.npy"
+    rows_path = gallery_rows_path(spec, prepared, featurizer.fingerprint)
+    condition = rows_path.stem.rsplit("-", 1)[-1]
     if prepared.source and rows_path.is_file():
         try:
             mapped = np.load(rows_path, mmap_mode="r", allow_pickle=False)
