@@ -8,7 +8,11 @@ subprocess and reports wall time and peak RSS:
 - ``first``: the first refresh (every file read, hashed, decoded and dhashed) and prepare;
 - ``unchanged-deep``: a refresh that stats every file and reads none, then loads the prepared data;
 - ``unchanged-quick``: the same with folder times only (what opening a large folder does);
-- ``changed``: 10 photos added and 10 removed, deep refresh and prepare again.
+- ``changed``: 10 photos added and 10 removed, deep refresh and prepare again;
+- for the synthetic folder, ``open + search``: random unit vectors written as its gallery rows (1280-d float32,
+  5 GB at 10^6; the feature cache is not involved), then ``open_workspace`` (catalogue header, folder times,
+  prepared arrays, memory-mapped rows, the cached ONNX featurizer) and three exact cosine searches of the whole
+  gallery (median), each in a fresh process.
 
 Prints a table with the machine's load average and writes JSON (default ``benchmarks/results/catalogue.json``).
 
@@ -51,6 +55,64 @@ def _case(folder: str, workdir: str, case: str) -> dict[str, float]:
         "read": state.changes.read,
         "changes": state.changes.summary(),
     }
+
+
+def _open_and_search(folder: str, workdir: str) -> dict[str, float]:
+    """Open the synthetic folder's workspace and search it (the rows file must exist)."""
+    import statistics
+
+    from PIL import Image
+
+    from workbench.workspace import WorkspaceSpec, configure, open_workspace
+
+    spec = WorkspaceSpec(configure(data={"root": Path(folder)}), Path(workdir))
+    start = time.perf_counter()
+    ws = open_workspace(spec)
+    opened = time.perf_counter() - start
+    query = Image.new("RGB", (256, 256), (120, 80, 40))
+    searches = []
+    for _ in range(3):
+        start = time.perf_counter()
+        ws.search(query, "cosine", 10)
+        searches.append(time.perf_counter() - start)
+    return {
+        "seconds": opened,
+        "search_p50_s": statistics.median(searches),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "images": len(ws.dataset),
+        "read": ws.changes.read,
+        "changes": ws.changes.summary(),
+    }
+
+
+def _write_synthetic_rows(folder: Path, workdir: Path, dim: int = 1280) -> None:
+    """Random unit vectors as the gallery rows of the synthetic folder's workspace (written once)."""
+    import numpy as np
+
+    from workbench.workspace import (
+        WorkspaceSpec,
+        configure,
+        gallery_rows_path,
+        known_fingerprint,
+        make_featurizer,
+        refresh_data,
+    )
+
+    spec = WorkspaceSpec(configure(data={"root": folder}), workdir)
+    prepared = refresh_data(spec.config.data, spec.layout).prepared
+    fingerprint = known_fingerprint(spec) or make_featurizer(spec).fingerprint
+    path = gallery_rows_path(spec, prepared, fingerprint)
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), "w+", np.float32, (len(prepared.dataset), dim))
+    rng = np.random.default_rng(0)
+    for start in range(0, len(rows), 50_000):
+        block = rng.standard_normal((min(50_000, len(rows) - start), dim), dtype=np.float32)
+        rows[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    rows.flush()
+    del rows
+    path.with_suffix(".tmp.npy").rename(path)
 
 
 def _run_case(folder: Path, workdir: Path, case: str) -> dict[str, float]:
@@ -108,6 +170,7 @@ def _synthetic_folder(count: int, base: Path) -> Path:
         (),
         tuple(listing.directories),
         np.array(list(listing.directories.values()), np.int64),
+        taken_ns=time.time_ns() + 3_000_000_000,  # as if listed a while after the files were made (none racy)
     )
     layout = WorkDir(base / "work", folder)
     layout.catalogue.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +187,9 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.case == "open":
+        print(json.dumps(_open_and_search(args.one, str(args.workdir))))
+        return
     if args.case:
         print(json.dumps(_case(args.one, str(args.workdir), args.case)))
         return
@@ -151,12 +217,17 @@ def main() -> None:
             result = _run_case(folder, args.workdir / "work", case)
             rows.append({"folder": folder.name, "case": case, **result, "load": os.getloadavg()[0]})
             print(json.dumps(rows[-1]), file=sys.stderr)
+        _write_synthetic_rows(folder, args.workdir / "work")
+        result = _run_case(folder, args.workdir / "work", "open")
+        rows.append({"folder": folder.name, "case": "open + search", **result, "load": os.getloadavg()[0]})
+        print(json.dumps(rows[-1]), file=sys.stderr)
 
     print(f"{'folder':<18} {'case':<16} {'images':>8} {'read':>8} {'seconds':>9} {'peak RSS MB':>12} {'load':>5}")
     for row in rows:
+        search = f"  search p50 {row['search_p50_s']:.2f} s" if "search_p50_s" in row else ""
         print(
             f"{row['folder']:<18} {row['case']:<16} {row['images']:>8} {row['read']:>8} {row['seconds']:>9.2f} "
-            f"{row['peak_rss_mb']:>12.0f} {row['load']:>5.2f}"
+            f"{row['peak_rss_mb']:>12.0f} {row['load']:>5.2f}{search}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "uptime": os.getloadavg()}, indent=2))

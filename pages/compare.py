@@ -10,7 +10,13 @@ def render() -> None:
     st.title("Compare rankers")
     ws = common.workspace()
     common.learned_rankers_ready(ws)
-    split = st.sidebar.radio("Comparative sets", ["test", "train"], horizontal=True, key="compare_split")
+    split = st.sidebar.radio(
+        "Comparative sets",
+        ["test", "train"],
+        horizontal=True,
+        key="compare_split",
+        on_change=common.kept("compare_split"),
+    )
     results = service.evaluation(ws, tuple(service.ranker_choices(ws)), split)
     st.caption(
         f"Featurizer {ws.run}: {results[0].n_queries} {split} queries, 1 positive + {results[0].n_negatives} negatives each; "

@@ -11,8 +11,11 @@ def render() -> None:
     ws = common.workspace()
     common.learned_rankers_ready(ws)
     with st.sidebar:
-        ranker = st.selectbox("Ranker", service.ranker_choices(ws), key="eval_ranker")
-        split = st.radio("Comparative sets", ["test", "train"], horizontal=True, key="split")
+        rankers = service.ranker_choices(ws)
+        ranker = st.selectbox("Ranker", rankers, key="eval_ranker", on_change=common.kept("eval_ranker", rankers))
+        split = st.radio(
+            "Comparative sets", ["test", "train"], horizontal=True, key="split", on_change=common.kept("split")
+        )
     [result] = service.evaluation(ws, (ranker,), split)
     st.caption(
         f"{result.n_queries} {split} queries, each ranked against 1 positive + {result.n_negatives} negatives "

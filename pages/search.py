@@ -17,19 +17,19 @@ def render() -> None:
         ranker = st.selectbox(
             "Ranker",
             rankers,
-            index=0,
             key="ranker",
+            on_change=common.kept("ranker", rankers),
             help="learned rankers (svm, projection) appear once fitted for this featurizer",
         )
-        k = st.slider("Results", min_value=1, max_value=30, value=12, key="k")
+        k = st.slider("Results", min_value=1, max_value=30, key="k", on_change=common.kept("k", range(1, 31), 12))
 
     upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
     names = service.gallery_names(ws)
     picked = st.selectbox(
         "…or pick a gallery image",
         names,
-        index=0,
         key="gallery_pick",
+        on_change=common.kept("gallery_pick", names),
         disabled=upload is not None,
         help="clear the upload to search with a gallery image",
     )

@@ -141,6 +141,15 @@ def test_training_page_trains_a_run_that_other_pages_can_use(app_env):
     search.selectbox(key="ranker").select("svm").run()
     assert any("svm ranker" in caption.value and "featurizer tiny" in caption.value for caption in search.caption)
 
+    # the choices survive page switches (Streamlit drops the state of widgets a page does not draw)
+    search.switch_page("pages/explore.py").run()
+    assert not search.exception
+    assert search.sidebar.selectbox(key="featurizer").value == "tiny"
+    search.switch_page("pages/search.py").run()
+    assert not search.exception
+    assert search.sidebar.selectbox(key="featurizer").value == "tiny"
+    assert search.selectbox(key="ranker").value == "svm"
+
 
 def test_bad_upload_gets_a_clear_message(app_env):
     run_app()
