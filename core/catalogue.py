@@ -47,7 +47,7 @@ from core.images import DHASH_SIZE, printable
 log = logging.getLogger(__name__)
 
 #: Bumped when the file layout changes; another version is ignored (the folder is read again).
-CATALOGUE_VERSION = 2
+CATALOGUE_VERSION = 3
 _HASH_BYTES = DHASH_SIZE * DHASH_SIZE // 8
 _HEX = re.compile("[0-9a-f]*")
 #: Files modified this close to the listing are read again by the next refresh (file times are coarser than ns).
