@@ -56,7 +56,7 @@ from core.dedup import (
 
 HASH_THRESHOLDS = (2, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40)
 COSINES = (0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
-BOTH = tuple((t, c) for t in (4, 6, 8, 12, 16) for c in (0.95, 0.96, 0.97, 0.98))
+BOTH = tuple((t, c) for t in (2, 4, 6, 8, 12) for c in (0.96, 0.97, 0.98, 0.99))
 EDITS = tuple(name for name in VARIANTS if name != "exact")  # exact copies never reach dedup: the scan drops them
 
 

@@ -77,7 +77,7 @@ def test_planted_near_duplicates_are_found_and_the_original_kept(planted_folder)
     root, planted = planted_folder
     scan = scan_folder(root)
     exact = {item.path for item in scan.skipped if "exact duplicate" in item.reason}
-    report = find_near_duplicates(scan.dataset, scan.dhashes)
+    report = find_near_duplicates(scan.dataset, scan.dhashes, DedupConfig(hash_threshold=32))
     removed = {item.removed: item for item in report.removed}
     missed = [(copy.name, variant) for original, copy, variant in planted if copy not in removed and copy not in exact]
     # dhash's known weak spot: a low-texture photo (the Burj against a flat sky) whose horizontal gradients are
@@ -112,7 +112,7 @@ def test_leaks_are_found_and_prepare_warns_once_with_the_count(tmp_path, tiny_da
     with caplog.at_level(logging.WARNING):
         prepared = prepare(DataConfig(root=root, seed=0, train_fraction=0.5))
     scan = scan_folder(root)
-    report = find_leaks(prepared.dataset, prepared.split, scan.dhashes)
+    report = find_leaks(prepared.dataset, prepared.split, scan.dhashes, prepared.config.near_duplicate_threshold)
     leaks = report.sample
     assert leaks and report.count == len(leaks)  # 4 versions of one photo in a 9-image label, split between sides
     assert prepared.leaks == report
@@ -363,7 +363,7 @@ def test_cli_embedding_method_finds_planted_copies_on_real_photos(tmp_path, tiny
     planted = plant(sources, root, ["crop_3pct", "colour_shift", "brighter_20pct"], np.random.default_rng(1))
     work = tmp_path / "work"
     common = ["--data", str(root), "--workdir", str(work), "--backend", "torch", "--device", "cpu", "--quiet"]
-    assert main(["dedup", "--method", "embedding", *common]) == 0
+    assert main(["dedup", "--method", "embedding", "--cosine", "0.95", *common]) == 0
     report = json.loads(WorkDir(work, root).dedup_report.read_text())
     assert report["method"] == "embedding" and report["cosine_threshold"] == 0.95
     removed = {row["removed"]: row for row in report["removed"]}
