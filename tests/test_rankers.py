@@ -133,3 +133,26 @@ def test_block_shape_stays_wide_for_a_large_k_and_keeps_the_budget():
         assert query_rows * (gallery_rows + k) <= BLOCK_ELEMENTS
     assert block_shape(1, 10**6, 10) == (1, min(10**6, BLOCK_ELEMENTS - 10))  # one query: the widest gallery block
     assert block_shape(5, 3, 2) == (5, 3)  # never more rows than there are
+
+
+def test_random_baseline_is_random_per_query_reproducible_and_blockwise_consistent():
+    from core.rankers import RandomRanker, top_k
+
+    rng = np.random.default_rng(5)
+    gallery = rng.normal(size=(500, 8)).astype(np.float32)
+    queries = gallery[:20]
+    ranker = RandomRanker(np.random.default_rng(0))
+    found, _ = top_k(ranker, queries, gallery, 12)
+    assert len({tuple(row) for row in found.tolist()}) == 20  # every query its own 12 (was: the same 12 for all)
+    # two searches as the app and the CLI make them (a ranker built anew per search): other queries, other results
+    first = top_k(RandomRanker(np.random.default_rng(0)), queries[:1], gallery, 12)[0]
+    second = top_k(RandomRanker(np.random.default_rng(0)), queries[1:2], gallery, 12)[0]
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(found, top_k(RandomRanker(np.random.default_rng(0)), queries, gallery, 12)[0])
+    np.testing.assert_array_equal(found, top_k(ranker, queries, gallery, 12, block_rows=7)[0])
+    np.testing.assert_array_equal(ranker.score(queries[3:4], gallery), ranker.score(queries, gallery)[3:4])
+    assert not np.array_equal(found, top_k(RandomRanker(np.random.default_rng(1)), queries, gallery, 12)[0])
+    scores = ranker.score(queries, gallery).ravel()
+    counts = np.histogram(scores, bins=10, range=(0.0, 1.0))[0]
+    assert scores.min() >= 0.0 and scores.max() < 1.0
+    assert np.all(np.abs(counts - len(scores) / 10) < 0.1 * len(scores) / 10)  # uniform within 10 % per decile
