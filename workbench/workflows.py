@@ -662,8 +662,9 @@ def dedup(
 ) -> DedupOutcome:
     """Near-duplicates of the dataset folder; ``apply`` moves them to ``<data>/_duplicates/``.
 
-    The hash method needs only the folder. The embedding (and both) methods open the workspace: the prepared data
-    and every photo's embedding (featurized on first use). The report (every removal) is written before anything
+    The hash method needs only the folder (its catalogue: hashes of unchanged files are not computed again). The
+    embedding (and both) methods open the workspace: the prepared data and every photo's embedding (featurized on
+    first use). The report (every removal) is written before anything
     moves. A prepared split of this dataset and condition is prepared again after files were moved.
 
     Args:
@@ -680,7 +681,7 @@ def dedup(
         DedupRefused: ``apply`` would move more than ``max_share`` or across labels (the report is written).
         WorkbenchError: A setting out of range, or an unusable dataset folder.
     """
-    from core.data import scan_folder
+    from core.catalogue import refresh_saved_catalogue
     from core.dedup import (
         DEFAULT_MAX_SHARE,
         DedupConfig,
@@ -696,7 +697,9 @@ def dedup(
     if not 0.0 <= max_share <= 1.0:
         raise WorkbenchError(f"--max-share must be between 0 and 1, got {max_share}")
     root = spec.config.data.root
-    scan = scan_folder(root)
+    spec.layout.catalogue.parent.mkdir(parents=True, exist_ok=True)
+    # the folder's catalogue: only new or rewritten files are read (their hashes are kept from the last look)
+    scan = refresh_saved_catalogue(root, spec.layout.catalogue)[0].scan_report()
     if scan.dhashes is None:
         raise WorkbenchError(f"{root}: no image hashes from the scan")
     embeddings = None
