@@ -404,3 +404,18 @@ def test_pair_cosines_in_blocks_match_one_pass():
     loop = [float(embeddings[a] @ embeddings[b]) for a, b in zip(i, j, strict=True)]
     np.testing.assert_allclose(pair_cosines(embeddings, i, j, block=7), loop, atol=1e-6)
     np.testing.assert_allclose(pair_cosines(embeddings, i, j), loop, atol=1e-6)
+
+
+def test_auto_search_switches_to_ivf_above_the_exact_budget(monkeypatch):
+    import core.dedup as dedup_module
+
+    rng = np.random.default_rng(9)
+    hashes = rng.integers(0, 256, size=(700, 32), dtype=np.uint8)
+    hashes[1] = _flip(hashes[0], range(3))
+    assert hash_neighbours(hashes, None, 8, 3)[1] == "exact"  # 700 x 700 comparisons: within the budget
+    monkeypatch.setattr(dedup_module, "EXACT_MAX_PAIRS", 1000)
+    (query, reference, distance), searched = hash_neighbours(hashes, None, 8, 3)
+    assert searched == "ivf"
+    assert {(0, 1, 3), (1, 0, 3)} <= set(zip(query.tolist(), reference.tolist(), distance.tolist(), strict=True))
+    report = find_near_duplicates(_dataset(700), hashes, DedupConfig(hash_threshold=8))
+    assert report.hash_search == "ivf" and [item.removed.name for item in report.removed] == ["001.png"]
