@@ -33,12 +33,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.data import DUPLICATES_DIR, ImageDataset, Split
 from core.images import DHASH_SIZE, printable
+
+if TYPE_CHECKING:
+    from core.knn import KnnGraph
 
 log = logging.getLogger(__name__)
 
@@ -447,12 +450,22 @@ def hash_neighbours(
 
 
 def embedding_neighbours(
-    embeddings: np.ndarray, cosine_threshold: float, k: int = DEFAULT_NEIGHBOURS
+    embeddings: np.ndarray, cosine_threshold: float, k: int = DEFAULT_NEIGHBOURS, graph: KnnGraph | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each photo's nearest photos (the shared cosine k-NN graph) with cosine at least ``cosine_threshold``.
 
+    Args:
+        embeddings: L2-normalised rows.
+        cosine_threshold: Smallest cosine kept.
+        k: Neighbours per photo.
+        graph: The cosine k-NN graph of ``embeddings`` already built (e.g. the workspace's cached one,
+            ``workbench.workflows.knn``); its first ``k`` neighbours are used. Default: built here.
+
     Returns:
         ``(index, neighbour_index, cosine)`` arrays.
+
+    Raises:
+        ValueError: A graph of another ranker or of another number of rows.
     """
     from core.knn import knn_graph
     from core.rankers import CosineRanker
@@ -461,7 +474,15 @@ def embedding_neighbours(
     if len(embeddings) < 2:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
-    graph = knn_graph(embeddings, k, CosineRanker())
+    if graph is None:
+        graph = knn_graph(embeddings, k, CosineRanker())
+    else:
+        if graph.ranker != "cosine" or len(graph.indices) != len(embeddings):
+            raise ValueError(
+                f"near-duplicates need the cosine k-NN graph of the {len(embeddings)} embeddings, got a "
+                f"{graph.ranker} graph of {len(graph.indices)} rows"
+            )
+        graph = graph.first(min(k, graph.k))
     index = np.repeat(np.arange(len(embeddings), dtype=np.int64), graph.k)
     neighbour, cosine = graph.indices.reshape(-1), graph.scores.reshape(-1)
     keep = cosine >= cosine_threshold
@@ -469,9 +490,14 @@ def embedding_neighbours(
 
 
 def near_duplicate_pairs(
-    config: DedupConfig, hashes: np.ndarray | None = None, embeddings: np.ndarray | None = None
+    config: DedupConfig,
+    hashes: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    graph: KnnGraph | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """Pairs ``i < j`` that ``config`` calls near-duplicates, with both kinds of evidence where available.
+
+    ``graph``: the cosine k-NN graph of ``embeddings`` when already built (see :func:`embedding_neighbours`).
 
     Returns:
         ``(i, j, distance, cosine, hash_search)``: ``distance`` is -1 without hashes, ``cosine`` NaN without
@@ -496,7 +522,7 @@ def near_duplicate_pairs(
         found_j.append(b)
     if config.uses_embedding:
         assert embeddings is not None
-        a, b, _ = embedding_neighbours(embeddings, config.cosine_threshold, config.neighbours)
+        a, b, _ = embedding_neighbours(embeddings, config.cosine_threshold, config.neighbours, graph)
         found_i.append(a)
         found_j.append(b)
     i, j = np.concatenate(found_i), np.concatenate(found_j)
@@ -576,6 +602,7 @@ def find_near_duplicates(
     hashes: np.ndarray | None,
     config: DedupConfig | None = None,
     embeddings: np.ndarray | None = None,
+    graph: KnnGraph | None = None,
 ) -> DedupReport:
     """Group near-duplicates of a dataset (:func:`star_groups`: no chains) and keep the first photo of each group.
 
@@ -584,6 +611,7 @@ def find_near_duplicates(
         hashes: Packed difference hashes aligned with ``dataset.records`` (``ScanReport.dhashes``).
         config: What counts as a near-duplicate (default: hash, :data:`DEFAULT_THRESHOLD` bits).
         embeddings: L2-normalised embeddings aligned with the records (for ``embedding`` and ``both``).
+        graph: Their cosine k-NN graph when already built (the workspace caches it); default: built here.
 
     Returns:
         The report; every removed photo is a near-duplicate of its kept photo by the chosen method.
@@ -595,7 +623,7 @@ def find_near_duplicates(
     for name, values in (("hashes", hashes), ("embeddings", embeddings)):
         if values is not None and len(values) != len(dataset):
             raise ValueError(f"{len(values)} {name} for {len(dataset)} records")
-    i, j, distance, cosine, searched = near_duplicate_pairs(config, hashes, embeddings)
+    i, j, distance, cosine, searched = near_duplicate_pairs(config, hashes, embeddings, graph)
     keeper = star_groups(len(dataset), i, j)
     removed_index = np.flatnonzero(keeper != np.arange(len(dataset)))
     kept_index = keeper[removed_index]

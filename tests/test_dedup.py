@@ -419,3 +419,23 @@ def test_auto_search_switches_to_ivf_above_the_exact_budget(monkeypatch):
     assert {(0, 1, 3), (1, 0, 3)} <= set(zip(query.tolist(), reference.tolist(), distance.tolist(), strict=True))
     report = find_near_duplicates(_dataset(700), hashes, DedupConfig(hash_threshold=8))
     assert report.hash_search == "ivf" and [item.removed.name for item in report.removed] == ["001.png"]
+
+
+def test_a_given_cosine_graph_gives_the_same_pairs_and_another_ranker_is_refused():
+    import dataclasses
+
+    from core.dedup import embedding_neighbours
+    from core.knn import knn_graph
+
+    rng = np.random.default_rng(10)
+    embeddings = rng.normal(size=(60, 8)).astype(np.float32)
+    embeddings[30:40] = embeddings[:10] + 0.05 * rng.normal(size=(10, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    graph = knn_graph(embeddings, 15)  # more neighbours than asked: the first k are used
+    built = embedding_neighbours(embeddings, 0.9, 4)
+    given = embedding_neighbours(embeddings, 0.9, 4, graph)
+    for a, b in zip(built, given, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert {(n, 30 + n) for n in range(10)} <= set(zip(built[0].tolist(), built[1].tolist(), strict=True))
+    with pytest.raises(ValueError, match="cosine k-NN graph of the 60 embeddings, got a l2 graph"):
+        embedding_neighbours(embeddings, 0.9, 4, dataclasses.replace(graph, ranker="l2"))

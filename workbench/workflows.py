@@ -706,11 +706,13 @@ def dedup(
     dataset = scan.dataset
     hashes = scan.dhashes
     prepared = None
+    graph = None
     if config.uses_embedding:
         ws = open_workspace(spec, progress)
         prepared, dataset, embeddings = ws.prepared, ws.dataset, ws.embeddings
         hashes = _aligned_hashes(dataset.records, scan.dataset.records, scan.dhashes)
-    report = find_near_duplicates(dataset, hashes, config, embeddings)
+        graph = knn(ws, config.neighbours)  # the workspace's cached graph, shared with label errors
+    report = find_near_duplicates(dataset, hashes, config, embeddings, graph)
     exact = tuple(item.reason for item in scan.skipped if "exact duplicate of" in item.reason)
     refusal = apply_refusal(report, max_share, allow_cross_label) if apply else ""
     path = spec.layout.dedup_report
