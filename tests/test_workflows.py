@@ -326,3 +326,33 @@ def test_search_with_the_projection_transforms_the_gallery_once_and_ranks_as_the
     for found in (hits, again):
         assert [ws.dataset.records.index(hit.record) for hit in found] == expected_rows[0].tolist()
         np.testing.assert_allclose([hit.score for hit in found], expected_scores[0], atol=1e-5)
+
+
+def test_search_uses_a_saved_approximate_index_of_this_gallery_and_not_a_stale_one(tmp_path, tiny_dataset, monkeypatch):
+    pytest.importorskip("faiss")
+    from core.index.faiss_backend import FaissConfig
+
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_dataset, data)
+    ws = make_workspace(data, tmp_path / "work")
+    query = ws.embeddings[4:5]
+    ws.featurizer.embed = lambda images: query  # type: ignore[attr-defined]
+    exact = ws.search(Image.new("RGB", (8, 8)), "cosine", 5)
+    workflows.index_build(ws, ws.layout.index, FaissConfig(kind="hnsw"), "cosine")
+    assert ws.saved_index("cosine") is not None and ws.saved_index("l2") is None  # built for cosine only
+
+    def no_full_scan(*args, **kwargs):
+        raise AssertionError("scored the whole gallery")
+
+    monkeypatch.setattr("workbench.workspace.top_k", no_full_scan)
+    indexed = ws.search(Image.new("RGB", (8, 8)), "cosine", 5)
+    assert [hit.record for hit in indexed] == [hit.record for hit in exact]  # HNSW on 18 photos: the exact ones
+    np.testing.assert_allclose([hit.score for hit in indexed], [hit.score for hit in exact], rtol=0, atol=1e-5)
+
+    # the folder changed: the index holds other photos and is not used
+    next(iter(sorted(data.glob("fish/*.jpg")))).unlink()
+    changed = make_workspace(data, tmp_path / "work")
+    changed.featurizer.embed = lambda images: changed.embeddings[4:5]  # type: ignore[attr-defined]
+    assert changed.saved_index("cosine") is None
+    with pytest.raises(AssertionError, match="whole gallery"):
+        changed.search(Image.new("RGB", (8, 8)), "cosine", 5)

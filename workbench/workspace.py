@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -49,6 +49,9 @@ from core.pipeline import (
 )
 from core.rankers import CosineRanker, Ranker, list_rankers, make_ranker, ranker_spec, top_k
 from core.workdir import PRETRAINED, WorkDir, check_run_name
+
+if TYPE_CHECKING:
+    from core.index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +425,8 @@ class Workspace:
     watch: FolderWatch | None = field(default=None, repr=False, compare=False)
     _rankers: dict[tuple[str, float], Ranker] = field(default_factory=dict, repr=False, compare=False)
     _transformed: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _index_cache: dict[int, VectorIndex | None] = field(default_factory=dict, repr=False, compare=False)
+    _row_of_id: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def layout(self) -> WorkDir:
@@ -504,6 +509,12 @@ class Workspace:
             raise WorkbenchError(f"k must be at least 1, got {k}")
         model = self.ranker(ranker)
         query = self.embed([image])
+        index = self.saved_index(ranker)
+        if index is not None:  # an approximate index of exactly this gallery: sub-linear search
+            row_of = self._index_rows(index)
+            hits = index.search(query, k, model, fingerprint=self.fingerprint)
+            found = [(row_of[i], s) for i, s in zip(hits.ids[0].tolist(), hits.scores[0].tolist(), strict=True)]
+            return [SearchHit(rank, self.dataset.record(i), float(s)) for rank, (i, s) in enumerate(found, start=1)]
         if isinstance(model, ProjectionRanker):
             # its score is the dot product of unit transforms: transform the gallery once, not on every search
             key = (ranker, self.ranker_version(ranker))
@@ -520,6 +531,51 @@ class Workspace:
             SearchHit(rank, records[i], float(s))
             for rank, (i, s) in enumerate(zip(indices[0], scores[0], strict=True), start=1)
         ]
+
+    def saved_index(self, ranker: str) -> VectorIndex | None:
+        """The approximate index saved for this workspace (``python -m workbench index build``) when it was built for
+        ``ranker`` and holds exactly this gallery; None otherwise (a search then scores the whole gallery).
+
+        An index of other photos (the folder changed since it was built) is not used; ``index add`` / ``remove``
+        or a new ``index build`` bring it up to date.
+        """
+        from core.index import CURRENT_NAME, ids_hash, load_index
+
+        pointer = self.layout.index / CURRENT_NAME
+        try:
+            version = pointer.stat().st_mtime_ns
+        except OSError:
+            return None
+        if version not in self._index_cache:
+            index: VectorIndex | None
+            try:
+                index = load_index(self.layout.index, fingerprint=self.fingerprint)
+            except WorkbenchError as err:
+                log.warning("%s: saved index not used (%s)", self.layout.index, err)
+                index = None
+            if index is not None and (
+                index.manifest().get("backend") == "exact" or ids_hash(index.ids()) != ids_hash(self._content_ids())
+            ):
+                log.info("%s: saved index is exact or holds other photos; searching the whole gallery", pointer.parent)
+                index = None
+            self._index_cache.clear()
+            self._index_cache[version] = index
+        found = self._index_cache[version]
+        return found if found is not None and found.ranker_name == ranker else None
+
+    def _content_ids(self) -> np.ndarray:
+        """The index ids of the gallery's photos (from their content hashes), in record order."""
+        from core.index import content_ids
+
+        if not self._row_of_id:
+            ids = content_ids(list(self.dataset.sha256s))
+            self._row_of_id.update({int(i): row for row, i in enumerate(ids.tolist())})
+        return np.fromiter(self._row_of_id, np.int64, len(self._row_of_id))
+
+    def _index_rows(self, index: VectorIndex) -> dict[int, int]:
+        """Index id -> record row."""
+        self._content_ids()
+        return self._row_of_id
 
     def evaluate(self, rankers: Sequence[str], split: str = "test") -> list[EvaluationResult]:
         """Rank of the positive on the comparative sets of ``split``, for each named ranker."""
