@@ -1,40 +1,14 @@
 """Drawing helpers shared by the pages."""
 
-from collections.abc import Callable, Sequence
-
 import streamlit as st
 
 from workbench import service
 
 
-def kept(key: str, options: Sequence[object] | None = None, default: object = None) -> Callable[[], None]:
-    """Keep this session's choice in the widget ``key`` across page switches; call before drawing the widget and
-    pass what it returns as the widget's ``on_change``.
-
-    Streamlit drops the state of a widget whose page is not drawn, so the choice is also remembered under a key of
-    its own and put back here, unless the menu no longer offers it (``options``: another featurizer's rankers, a
-    changed folder); ``default`` is the first-time value (instead of the widget's ``value``/``index``).
-    """
-    remembered = f"_kept_{key}"
-    if remembered in st.session_state:
-        if options is None or st.session_state[remembered] in options:
-            st.session_state[key] = st.session_state[remembered]
-        else:
-            del st.session_state[remembered]
-            st.session_state.pop(key, None)
-    if default is not None and key not in st.session_state:
-        st.session_state[key] = default
-
-    def remember() -> None:
-        st.session_state[remembered] = st.session_state[key]
-
-    return remember
-
-
 def featurizer_picker() -> str:
     """Sidebar choice of featurizer (pretrained or a fine-tuned run), shared by every page."""
     choices = service.featurizer_choices()
-    remember = kept("featurizer", choices)
+    remember = service.kept_choice("featurizer", choices)
     if st.session_state.get("featurizer") not in choices:
         st.session_state["featurizer"] = choices[0]
     return st.sidebar.selectbox(

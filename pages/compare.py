@@ -15,7 +15,7 @@ def render() -> None:
         ["test", "train"],
         horizontal=True,
         key="compare_split",
-        on_change=common.kept("compare_split"),
+        on_change=service.kept_choice("compare_split"),
     )
     results = service.evaluation(ws, tuple(service.ranker_choices(ws)), split)
     st.caption(

@@ -12,9 +12,11 @@ def render() -> None:
     common.learned_rankers_ready(ws)
     with st.sidebar:
         rankers = service.ranker_choices(ws)
-        ranker = st.selectbox("Ranker", rankers, key="eval_ranker", on_change=common.kept("eval_ranker", rankers))
+        ranker = st.selectbox(
+            "Ranker", rankers, key="eval_ranker", on_change=service.kept_choice("eval_ranker", rankers)
+        )
         split = st.radio(
-            "Comparative sets", ["test", "train"], horizontal=True, key="split", on_change=common.kept("split")
+            "Comparative sets", ["test", "train"], horizontal=True, key="split", on_change=service.kept_choice("split")
         )
     [result] = service.evaluation(ws, (ranker,), split)
     st.caption(

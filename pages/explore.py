@@ -16,7 +16,7 @@ def render() -> None:
         methods,
         horizontal=True,
         key="projection",
-        on_change=common.kept("projection", methods),
+        on_change=service.kept_choice("projection", methods),
         format_func=str.upper,
         help="PCA: a linear view of the two main directions; UMAP: keeps neighbourhoods (first use compiles, ~20 s)"
         if "umap" in methods

@@ -15,14 +15,14 @@ def render() -> None:
     with st.sidebar:
         choices = service.label_error_ranker_choices(ws)
         ranker = st.selectbox(
-            "Ranker", choices, key="label_errors_ranker", on_change=common.kept("label_errors_ranker", choices)
+            "Ranker", choices, key="label_errors_ranker", on_change=service.kept_choice("label_errors_ranker", choices)
         )
         k = st.slider(
             "Neighbours that vote",
             min_value=1,
             max_value=30,
             key="label_errors_k",
-            on_change=common.kept("label_errors_k", range(1, 31), 10),
+            on_change=service.kept_choice("label_errors_k", range(1, 31), 10),
         )
         min_share = st.slider(
             "Smallest share of the other label",
@@ -30,7 +30,7 @@ def render() -> None:
             max_value=1.0,
             step=0.05,
             key="label_errors_share",
-            on_change=common.kept("label_errors_share", default=0.5),
+            on_change=service.kept_choice("label_errors_share", default=0.5),
             help="an image is listed when at least this share of its neighbours carry one other label",
         )
     report = service.label_errors(ws, ranker, k, min_share)

@@ -18,10 +18,12 @@ def render() -> None:
             "Ranker",
             rankers,
             key="ranker",
-            on_change=common.kept("ranker", rankers),
+            on_change=service.kept_choice("ranker", rankers),
             help="learned rankers (svm, projection) appear once fitted for this featurizer",
         )
-        k = st.slider("Results", min_value=1, max_value=30, key="k", on_change=common.kept("k", range(1, 31), 12))
+        k = st.slider(
+            "Results", min_value=1, max_value=30, key="k", on_change=service.kept_choice("k", range(1, 31), 12)
+        )
 
     upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
     names = service.gallery_names(ws)
@@ -29,7 +31,7 @@ def render() -> None:
         "…or pick a gallery image",
         names,
         key="gallery_pick",
-        on_change=common.kept("gallery_pick", names),
+        on_change=service.kept_choice("gallery_pick", names),
         disabled=upload is not None,
         help="clear the upload to search with a gallery image",
     )

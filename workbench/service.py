@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -156,6 +156,30 @@ def use_condition(condition: str) -> None:
 
 
 # --- cached workspaces ------------------------------------------------------------------------------
+
+
+def kept_choice(key: str, options: Sequence[object] | None = None, default: object = None) -> Callable[[], None]:
+    """Keep this session's choice in the widget ``key`` across page switches; call before drawing the widget and
+    pass what it returns as the widget's ``on_change``.
+
+    Streamlit drops the state of a widget whose page is not drawn, so the choice is also remembered under a key of
+    its own and put back here, unless the menu no longer offers it (``options``: another featurizer's rankers, a
+    changed folder); ``default`` is the first-time value (instead of the widget's ``value``/``index``).
+    """
+    remembered = f"_kept_{key}"
+    if remembered in st.session_state:
+        if options is None or st.session_state[remembered] in options:
+            st.session_state[key] = st.session_state[remembered]
+        else:
+            del st.session_state[remembered]
+            st.session_state.pop(key, None)
+    if default is not None and key not in st.session_state:
+        st.session_state[key] = default
+
+    def remember() -> None:
+        st.session_state[remembered] = st.session_state[key]
+
+    return remember
 
 
 def featurizer_choices() -> list[str]:
