@@ -48,3 +48,12 @@ def test_the_cli_table_states_the_sample_and_its_intervals(tmp_path, tiny_datase
     low, high = sampled.intervals["map@r"].low, sampled.intervals["map@r"].high
     assert "cosine: 95 % bootstrap intervals over the sampled queries: recall@1 [" in table
     assert f"map@r [{low:.3f}, {high:.3f}]" in table
+
+
+def test_the_label_error_report_says_how_its_neighbours_were_found(tmp_path, tiny_dataset, monkeypatch):
+    ws = make_workspace(tiny_dataset, tmp_path, noise=0.05)
+    report = workflows.label_errors(ws, "cosine", k=10)
+    assert report.neighbours == "exact" and workflows.label_errors_summary(ws, report)["neighbours"] == "exact"
+    monkeypatch.setattr("core.knn.EXACT_MAX_ROWS", 5)  # 18 images: above the limit, clustered
+    clustered = workflows.label_errors(make_workspace(tiny_dataset, tmp_path, noise=0.06), "cosine", k=10)
+    assert clustered.neighbours == "clustered"

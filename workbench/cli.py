@@ -454,11 +454,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"featurizer {ws.fingerprint}, {args.split} comparative sets")
         print(format_table(results))
-        print(f"\nfull gallery: each {args.split} image queries all {len(ws.embeddings)} images, itself excluded")
+        print(f"\nfull gallery: {args.split} images query all {len(ws.embeddings)} images, themselves excluded")
         print(_retrieval_table(retrieved))
         print(
             f"\n{len(suspects.errors)} likely label error(s) ({suspects.ranker}, {suspects.k} neighbours, "
-            f"majority share >= {suspects.min_share:.0%}) listed in the report"
+            f"majority share >= {suspects.min_share:.0%}"
+            + (", neighbours from the approximate clustered k-NN graph" if suspects.neighbours != "exact" else "")
+            + ") listed in the report"
         )
     log.info("report written to %s", report)
     return 0

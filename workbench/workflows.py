@@ -511,13 +511,18 @@ class LikelyLabelError:
 
 @dataclass(frozen=True)
 class LabelErrorReport:
-    """Likely label errors of a workspace: which ranker and neighbourhood voted, and the suspects, worst first."""
+    """Likely label errors of a workspace: which ranker and neighbourhood voted, and the suspects, worst first.
+
+    ``neighbours`` says how the k-NN graph was built: ``"exact"``, or ``"clustered"`` (approximate, above
+    :data:`core.knn.EXACT_MAX_ROWS` images).
+    """
 
     ranker: str
     k: int
     min_share: float
     n_images: int
     errors: tuple[LikelyLabelError, ...]
+    neighbours: str = "exact"
 
 
 def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: float = 0.5) -> LabelErrorReport:
@@ -556,7 +561,7 @@ def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: 
         )
         for suspect in suspects
     )
-    return LabelErrorReport(ranker, k, min_share, len(records), errors)
+    return LabelErrorReport(ranker, k, min_share, len(records), errors, graph.method if graph else "exact")
 
 
 def label_errors_summary(ws: Workspace, report: LabelErrorReport) -> dict[str, Any]:
@@ -566,6 +571,7 @@ def label_errors_summary(ws: Workspace, report: LabelErrorReport) -> dict[str, A
         "k": report.k,
         "min_share": report.min_share,
         "n_images": report.n_images,
+        "neighbours": report.neighbours,
         "errors": [
             {
                 "path": ws.relative_path(error.record),
