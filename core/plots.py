@@ -93,6 +93,9 @@ def rank_histogram(results: Sequence[EvaluationResult]) -> go.Figure:
             )
         )
     figure.update_layout(barmode="overlay", xaxis_title="rank of the positive (1 = best)", yaxis_title="queries")
+    # ranks and query counts are whole numbers: no 0.5-step ticks when they are few
+    figure.update_xaxes(tickformat="d", range=[0.5, max_rank + 0.5], dtick=max(1, round(max_rank / 10)))
+    figure.update_yaxes(tickformat="d", rangemode="tozero")
     return _tight(figure)
 
 

@@ -38,6 +38,8 @@ def test_evaluation_plots_carry_each_rankers_data():
     ]
     assert [t.name for t in rank_histogram(results).data] == ["l2", "random"]
     assert list(rank_histogram(results).data[0].x) == [1, 2, 1, 5]
+    axes = rank_histogram(results).layout
+    assert axes.xaxis.tickformat == "d" and axes.xaxis.dtick >= 1 and axes.yaxis.tickformat == "d"  # whole ranks
     curves = top_n_curves(results)
     assert list(curves.data[0].y[:5]) == [0.5, 0.75, 0.75, 0.75, 1.0]
     assert [list(t.y) for t in rank_distributions(results).data] == [[1, 2, 1, 5], [4, 9, 2, 10]]
