@@ -306,7 +306,12 @@ class ProjectionRanker(Ranker):
             ]
             best = max(recalls)
             self.identity_weight = max(a for a, r in zip(candidates, recalls, strict=True) if r >= best - 1e-9)
-            log.info("projection: validation recall@1 %s -> identity weight %.2f", recalls, self.identity_weight)
+            log.info(
+                "projection: validation recall@1 %s at identity weights %s -> %.2f",
+                ", ".join(f"{r:.3f}" for r in recalls),
+                ", ".join(f"{a:.2f}" for a in candidates),
+                self.identity_weight,
+            )
             if self.config.label_weight > 0:
                 matrix = ((1 - self.identity_weight) * learned + self.identity_weight * base).astype(np.float32)
                 space = self._choose_label_space(embeddings, labels, label_ids, len(names), split, matrix)
@@ -357,7 +362,8 @@ class ProjectionRanker(Ranker):
             scores[space] = evaluate_retrieval(candidate, embeddings, labels, split.test, ks=(1,)).metrics["map@r"]
         best = max(scores.values())
         chosen = next(space for space in LABEL_SPACES if scores[space] >= best - 1e-9)
-        log.info("projection: validation MAP@R by label space %s -> %s", scores, chosen)
+        shown = ", ".join(f"{space} {value:.3f}" for space, value in scores.items())
+        log.info("projection: validation MAP@R by label space: %s -> %s", shown, chosen)
         return chosen
 
     def _train(self, embeddings: np.ndarray, labels: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:

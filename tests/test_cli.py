@@ -230,3 +230,14 @@ def test_serve_flags_reach_the_upload_limits_and_defaults_stay_the_configured_on
     assert default.config.uploads == UPLOAD_LIMITS  # a flag's default must not loosen the configured limits
     tight = workspace_spec(parse(["serve", "--max-pixels", "5000000", "--max-upload-mb", "2"]))
     assert tight.config.uploads.max_pixels_full == 5_000_000 and tight.config.uploads.max_file_bytes == 2 * 2**20
+
+
+def test_ranker_takes_several_names_as_the_synopsis_shows(capsys):
+    from workbench.cli import get_args_parser
+
+    parser = get_args_parser()
+    assert parser.parse_args(["evaluate", "--ranker", "projection", "cosine"]).ranker == ["projection", "cosine"]
+    assert parser.parse_args(["evaluate", "--ranker", "l2", "--ranker", "cosine"]).ranker == ["l2", "cosine"]
+    assert parser.parse_args(["fit", "--ranker", "svm", "projection"]).ranker == ["svm", "projection"]
+    assert main(["evaluate", "--ranker", "cosine", "hamming"]) == 2
+    assert "invalid choice: 'hamming'" in capsys.readouterr().err

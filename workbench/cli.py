@@ -125,7 +125,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     command("featurize", "embed every image (cached by content hash)", "featurizer")
     evaluate = command("evaluate", "rank of the positive per ranker, with CIs", "featurizer")
     evaluate.add_argument(
-        "--ranker", action="append", choices=(*rankers, "all"), help="repeatable (default: all on offer)"
+        "--ranker",
+        action="extend",
+        nargs="+",
+        choices=(*rankers, "all"),
+        help="one or more, e.g. --ranker projection cosine (default: all on offer)",
     )
     evaluate.add_argument("--split", choices=("test", "train"), default="test", help="which comparative sets")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -145,7 +149,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "svm",
     )
     fit = command("fit", "fit learned rankers on the featurizer's embeddings", "featurizer", "svm")
-    fit.add_argument("--ranker", action="append", choices=(*learned, "all"), help="repeatable (default: all learned)")
+    fit.add_argument(
+        "--ranker", action="extend", nargs="+", choices=(*learned, "all"), help="one or more (default: all learned)"
+    )
     fit.add_argument(
         "--missing",
         action="store_true",
@@ -181,7 +187,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "pretrained only)",
     )
     tune.add_argument(
-        "--ranker", action="append", choices=rankers, help="repeatable (default: cosine l2 svm projection)"
+        "--ranker", action="extend", nargs="+", choices=rankers, help="one or more (default: cosine l2 svm projection)"
     )
     index = commands.add_parser("index", help="a saved vector index of the dataset: build, add, remove, search")
     index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION", parser_class=_Parser)
