@@ -25,7 +25,9 @@ def render() -> None:
             "Results", min_value=1, max_value=30, key="k", on_change=service.kept_choice("k", range(1, 31), 12)
         )
 
-    upload = st.file_uploader("Upload a photo", key="upload", help="any common image format; nothing is stored")
+    upload = st.file_uploader(
+        "Upload a photo", key=service.upload_key(), help="any common image format; nothing is stored"
+    )
     names = service.gallery_names(ws)
     picked = st.selectbox(
         "…or pick a gallery image",
@@ -68,6 +70,14 @@ def render() -> None:
                 st.image(service.thumbnail(hit.record.path), width="stretch")
                 score = 0.0 if abs(hit.score) < 5e-4 else hit.score  # no "-0.000" for the query itself under L2
                 st.markdown(f"**{hit.rank}.** {hit.record.label} · `{score:.3f}`")
+                st.button(
+                    "Search from this",
+                    key=f"search_from_{hit.rank}",
+                    on_click=service.search_from,
+                    args=(service.gallery_name(ws, hit.record),),
+                    type="tertiary",
+                    icon=":material/search:",
+                )
 
     if not st.toggle("Explain a result (similarity heatmaps)", key="explain"):
         return

@@ -349,3 +349,19 @@ def test_tuning_from_the_training_page_makes_its_winner_the_default_ranker(app_e
     [table] = [frame.value for frame in app.dataframe]
     assert list(table["ranker"]) == ["l2", "cosine"] and list(table["default"]) == ["✓", ""]
     assert run_app().selectbox(key="ranker").value == "l2"  # a new session opens with the winner
+
+
+def test_click_to_search_makes_a_result_the_query(app_env):
+    app = run_app()
+    before = result_lines(app)
+    third = before[2].split("`")[0]  # "**3.** label · "
+    app.button(key="search_from_3").click().run()
+    assert not app.exception, app.exception
+    picked = app.selectbox(key="gallery_pick").value
+    assert picked != "fish/gc_fish1.jpg" and picked.split("/")[0] in third
+    after = result_lines(app)
+    assert after[0].startswith(f"**1.** {picked.split('/')[0]}") and after != before  # the new query finds itself
+    # and the choice survives a page switch, as the other choices do
+    app.switch_page("pages/explore.py").run()
+    app.switch_page("pages/search.py").run()
+    assert app.selectbox(key="gallery_pick").value == picked

@@ -52,6 +52,7 @@ from workbench.views import (  # noqa: F401  (re-exported for the pages)
     MatchStrength,
     QualitativeRow,
     category_rows,
+    gallery_name,
     gallery_names,
     qualitative_rows,
     summary_rows,
@@ -180,6 +181,22 @@ def kept_choice(key: str, options: Sequence[object] | None = None, default: obje
         st.session_state[remembered] = st.session_state[key]
 
     return remember
+
+
+def set_choice(key: str, value: object) -> None:
+    """Choose ``value`` in the widget ``key`` (kept across pages as :func:`kept_choice` keeps it)."""
+    st.session_state[key] = st.session_state[f"_kept_{key}"] = value
+
+
+def search_from(name: str) -> None:
+    """Make the gallery image ``name`` the Search page's query (click-to-search); an upload is cleared."""
+    set_choice("gallery_pick", name)
+    st.session_state["upload_generation"] = st.session_state.get("upload_generation", 0) + 1
+
+
+def upload_key() -> str:
+    """The Search page uploader's key: a new one clears the uploaded file (Streamlit cannot set a file)."""
+    return f"upload_{st.session_state.get('upload_generation', 0)}"
 
 
 def featurizer_choices() -> list[str]:

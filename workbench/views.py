@@ -19,6 +19,11 @@ def gallery_names(ws: Workspace) -> list[str]:
     return [printable(ws.relative_path(record)) for record in ws.dataset.records]
 
 
+def gallery_name(ws: Workspace, record: ImageRecord) -> str:
+    """The display name of one gallery image (as :func:`gallery_names` gives it)."""
+    return printable(ws.relative_path(record))
+
+
 def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
     """One row per ranker for a table: mean/median rank and top-1/top-5 with 95 % CIs."""
     return [
