@@ -50,6 +50,14 @@ def render() -> None:
     )
     st.dataframe(service.retrieval_rows([full]), hide_index=True, key="retrieval_summary")
     st.dataframe(service.retrieval_category_rows(full), hide_index=True, key="retrieval_categories")
+    st.download_button(
+        "Download this evaluation (JSON)",
+        service.evaluation_json(ws, result, full, split),
+        file_name=f"evaluation-{ws.run}-{ranker}-{split}.json",
+        mime="application/json",
+        key="download_evaluation",
+        icon=":material/download:",
+    )
 
     st.subheader("Queries")
     filters = st.columns(2)

@@ -63,6 +63,14 @@ def render() -> None:
             "label. The results below are the least distant images, not necessarily similar ones.",
             icon=":material/travel_explore:",
         )
+    right.download_button(
+        "Download results (CSV)",
+        service.results_csv(ws, result, ranker),
+        file_name="search-results.csv",
+        mime="text/csv",
+        key="download_results",
+        icon=":material/download:",
+    )
     for start in range(0, len(result.hits), GRID_COLUMNS):  # one row of columns per line: rows stay aligned
         columns = right.columns(GRID_COLUMNS)
         for column, hit in zip(columns, result.hits[start : start + GRID_COLUMNS], strict=False):

@@ -365,3 +365,30 @@ def test_click_to_search_makes_a_result_the_query(app_env):
     app.switch_page("pages/explore.py").run()
     app.switch_page("pages/search.py").run()
     assert app.selectbox(key="gallery_pick").value == picked
+
+
+def test_search_and_evaluation_offer_their_results_as_downloads(app_env):
+    import csv
+    import io
+    import json
+
+    from workbench.workspace import open_workspace, spec_from_environment
+
+    app = run_app()
+    [button] = [element for element in app.get("download_button") if element.proto.label == "Download results (CSV)"]
+    assert button.proto.label == "Download results (CSV)"
+    # what the button serves, from the same service call
+    ws = open_workspace(spec_from_environment())
+    result = service.search(ws, (ws.dataset.root / "fish" / "gc_fish1.jpg").read_bytes(), "q.jpg", "cosine", 12)
+    rows = list(csv.DictReader(io.StringIO(service.results_csv(ws, result, "cosine").decode())))
+    assert len(rows) == 12 and rows[0]["path"] == "fish/gc_fish1.jpg" and float(rows[0]["score"]) > 0.999
+    assert [int(row["rank"]) for row in rows] == list(range(1, 13))
+
+    evaluation = run_app("pages/evaluation.py")
+    labels = [element.proto.label for element in evaluation.get("download_button")]
+    assert "Download this evaluation (JSON)" in labels
+    [result_eval] = service.evaluation(ws, ("cosine",), "test")
+    [full] = service.retrieval(ws, ("cosine",), "test")
+    report = json.loads(service.evaluation_json(ws, result_eval, full, "test"))
+    assert report["full_gallery"]["ranker"] == "cosine" and report["comparative_sets"]["ranker"] == "cosine"
+    assert report["split"] == "test" and report["featurizer"] == ws.fingerprint

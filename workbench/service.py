@@ -475,6 +475,36 @@ def retrieval(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> l
     return app_cache.cached("retrieval", key, lambda: full_gallery(ws, rankers, split))
 
 
+def results_csv(ws: Workspace, result: SearchResult, ranker: str) -> bytes:
+    """A search's results as CSV (rank, score, label, path relative to the dataset, ranker), for a download."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["rank", "score", "label", "path", "ranker", "featurizer"])
+    for hit in result.hits:
+        writer.writerow([hit.rank, f"{hit.score:.6f}", hit.record.label, gallery_name(ws, hit.record), ranker, ws.run])
+    return buffer.getvalue().encode("utf-8")
+
+
+def evaluation_json(ws: Workspace, result: EvaluationResult, full: RetrievalResult, split: str) -> bytes:
+    """One ranker's evaluation (comparative sets and full gallery) as a JSON report, for a download."""
+    import json
+
+    from workbench.workflows import result_summary
+
+    report = {
+        "dataset": str(ws.dataset.root),
+        "featurizer": ws.fingerprint,
+        "run": ws.run,
+        "split": split,
+        "comparative_sets": result_summary(result),
+        "full_gallery": full.to_dict(),
+    }
+    return json.dumps(report, indent=2, default=str).encode("utf-8")
+
+
 def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: float = 0.5) -> LabelErrorReport:
     """Images whose ``k`` nearest neighbours mostly carry another label, worst first (cached per spec and ranker
     file)."""
