@@ -5,7 +5,7 @@ import streamlit as st
 from pages import common
 from workbench import service
 
-NEIGHBOURS_SHOWN = 5
+NEIGHBOURS_PER_ROW = 5
 
 
 def render() -> None:
@@ -65,9 +65,11 @@ def render() -> None:
                 f"{error.share:.0%} of its {report.k} neighbours are **{error.neighbour_label}**; "
                 f"{error.own_share:.0%} are {error.record.label}."
             )
-            cells = right.columns(NEIGHBOURS_SHOWN)
-            for cell, neighbour in zip(cells, error.neighbours[:NEIGHBOURS_SHOWN], strict=False):
-                cell.image(str(neighbour.path), caption=neighbour.label, width=110)
+            for start in range(0, len(error.neighbours), NEIGHBOURS_PER_ROW):  # every neighbour the line counts
+                cells = right.columns(NEIGHBOURS_PER_ROW)
+                row = error.neighbours[start : start + NEIGHBOURS_PER_ROW]
+                for cell, neighbour in zip(cells, row, strict=False):
+                    cell.image(str(neighbour.path), caption=neighbour.label, width=110)
 
 
 render()
