@@ -9,7 +9,7 @@ NO_EPOCHS = "No epoch recorded: this run kept the pretrained weights, so there a
 
 
 def _job_panel(job: service.TrainingJob) -> None:
-    st.progress(job.fraction, text=job.status)
+    st.progress(job.fraction, text=f"{job.status} · {job.timing()}")
     if job.history:
         st.plotly_chart(service.training_curves(job.history), key=f"curves_{job.run}_{len(job.history)}")
     if job.error:

@@ -132,7 +132,7 @@ def test_training_page_trains_a_run_that_other_pages_can_use(app_env):
     assert not app.exception
     assert [expander.label for expander in app.expander] == ["tiny"]  # under "Finished runs"
     assert "tiny" in app.sidebar.selectbox(key="featurizer").options
-    assert any(p.proto.text == "run tiny: done" for p in app.get("progress"))
+    assert any(p.proto.text.startswith("run tiny: done · ") and "elapsed" in p.proto.text for p in app.get("progress"))
 
     search = run_app()
     search.selectbox(key="featurizer").select("tiny").run()
@@ -276,7 +276,12 @@ def test_training_job_reports_each_phase_with_its_own_counter():
         return TrainingJob("r", WorkspaceSpec(WorkbenchConfig(train=TrainConfig(epochs=epochs))))
 
     one = job(2)
+    one.phase = "fine-tuning"
+    assert one.status == "run r: fine-tuning, epoch 1/2, starting"  # not "step 0/1" before the first step
+    one.started = 100.0
+    assert one.timing(now=130.0) == "0:30 elapsed"  # nothing done yet: no estimate
     one.phase, one.epoch, one.step, one.steps = "fine-tuning", 2, 5, 10
+    assert one.timing(now=100.0 + 3 * 3600 * 0.525) == "1:34:30 elapsed, about 1:25:30 left"  # 52.5 % done
     assert one.status == "run r: fine-tuning, epoch 2/2, step 5/10" and one.fraction == pytest.approx(0.7 * 0.75)
     one.phase, one.epoch, one.step = "featurizing with the fine-tuned model", 2, 10
     assert one.status == "run r: featurizing with the fine-tuned model (loading the model)"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from core.train import EpochMetrics, TrainProgress
@@ -28,6 +29,8 @@ class TrainingJob:
     pair_accuracy: tuple[float, float] | None = None
     error: str | None = None
     done: bool = False
+    #: ``time.monotonic()`` when the job was created (elapsed time and the estimate of what is left).
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def epochs(self) -> int:
@@ -54,6 +57,8 @@ class TrainingJob:
             return f"run {self.run}: failed"
         if self.done:
             return f"run {self.run}: done"
+        if self.phase == "fine-tuning" and self.epochs and self.epoch == 0:
+            return f"run {self.run}: fine-tuning, epoch 1/{self.epochs}, starting"
         if self.phase == "fine-tuning" and self.epochs:
             return (
                 f"run {self.run}: fine-tuning, epoch {max(self.epoch, 1)}/{self.epochs}, step {self.step}/{self.steps}"
@@ -64,6 +69,14 @@ class TrainingJob:
             counted = f": {self.featurized}/{self.to_featurize} images" if self.to_featurize else " (loading the model)"
             return f"run {self.run}: {self.phase}{counted}"
         return f"run {self.run}: {self.phase}"
+
+    def timing(self, now: float | None = None) -> str:
+        """Elapsed time and, once some of the job is done, about how long the rest takes at the same pace."""
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        shown = f"{_minutes(elapsed)} elapsed"
+        if self.done or not 0.02 <= self.fraction < 1.0:
+            return shown
+        return f"{shown}, about {_minutes(elapsed * (1 - self.fraction) / self.fraction)} left"
 
     def _on_step(self, event: TrainProgress) -> None:
         self.epoch, self.step, self.steps = event.epoch, event.step, event.steps
@@ -88,6 +101,13 @@ class TrainingJob:
             self.phase = "failed"
         finally:
             self.done = True
+
+
+def _minutes(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` past an hour)."""
+    whole = round(max(0.0, seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 @dataclass
