@@ -212,7 +212,7 @@ def _phase_screenshots(page, run: str, names: dict[str, str], timeout_s: float =
     progress = main(page).get_by_test_id("stProgress").filter(has_text=f"run {run}:")
     while time.monotonic() < deadline:
         texts = progress.all_inner_texts()
-        text = texts[0] if texts else ""
+        text = texts[0].split(" · ")[0] if texts else ""  # the phase, without its elapsed time and estimate
         for phase, name in names.items():
             if phase in text and phase not in seen:
                 seen.add(phase)
