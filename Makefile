@@ -21,7 +21,7 @@ setup: $(STAMP)
 ## run: featurize the bundled demo set, fit the quick learned rankers (svm, projection) where missing or stale
 ## (both cached after the first run), then serve the app
 run: setup
-	@echo "featurizing the demo set and fitting the svm and projection rankers where needed (about 3 minutes the first time)"
+	@echo "featurizing the dataset and fitting the svm and projection rankers where needed (under a minute the first time for the demo)"
 	$(PY) -m workbench fit --missing $(if $(WORKBENCH_DATA),--data "$(WORKBENCH_DATA)") $(if $(WORKBENCH_WORKDIR),--workdir "$(WORKBENCH_WORKDIR)")
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
 
