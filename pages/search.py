@@ -58,9 +58,7 @@ def render() -> None:
     strength = service.match_strength(ws, result.query)
     if not strength.close:
         right.warning(
-            f"No close match: the query's best cosine similarity to any gallery image is {strength.best:.2f}, "
-            f"below {strength.floor:.2f}, which 90 % of gallery images reach with their closest image of the same "
-            "label. The results below are the least distant images, not necessarily similar ones.",
+            f"No close match: {strength.explain()}.",
             icon=":material/travel_explore:",
         )
     right.download_button(

@@ -223,37 +223,6 @@ def test_evaluation_cache_follows_the_saved_ranker_files(app_env):
             service.evaluation(ws, (name,), "train")
 
 
-def test_same_label_floor_by_hand_and_against_a_loop():
-    import numpy as np
-
-    from workbench.views import MatchStrength, same_label_floor
-
-    def unit(degrees):
-        return [np.cos(np.radians(degrees)), np.sin(np.radians(degrees))]
-
-    # a, a' 10 degrees apart (cos 0.985); b, b' 60 degrees apart (cos 0.5); c alone (ignored); a' is also near b
-    embeddings = np.array([unit(0), unit(10), unit(40), unit(100), unit(200)], np.float32)
-    labels = np.array(["a", "a", "b", "b", "c"])
-    assert same_label_floor(embeddings, labels, quantile=0.0) == pytest.approx(0.5, abs=1e-6)
-    assert same_label_floor(embeddings, labels, quantile=1.0) == pytest.approx(np.cos(np.radians(10)), abs=1e-6)
-    assert same_label_floor(embeddings, labels, 0.5) == pytest.approx((0.5 + np.cos(np.radians(10))) / 2, abs=1e-6)
-
-    rng = np.random.default_rng(0)
-    embeddings = rng.normal(size=(50, 8)).astype(np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
-    labels = rng.integers(0, 6, 50)
-    nearest = []
-    for i in range(50):  # the reference: a plain loop
-        same = [float(embeddings[i] @ embeddings[j]) for j in range(50) if j != i and labels[j] == labels[i]]
-        if same:
-            nearest.append(max(same))
-    expected = float(np.quantile(nearest, 0.1))
-    assert same_label_floor(embeddings, labels, 0.1, block=7) == pytest.approx(expected, abs=1e-6)
-    assert MatchStrength(0.3, expected).close is (expected <= 0.3)
-    with pytest.raises(ValueError, match="no label has two images"):
-        same_label_floor(embeddings[:3], np.array(["x", "y", "z"]))
-
-
 def test_off_topic_query_gets_no_close_match_and_a_gallery_image_does(app_env, tiny_dataset):
     import numpy as np
     from PIL import Image

@@ -199,6 +199,16 @@ class Timing(BaseModel):
     total_ms: float
 
 
+class Match(BaseModel):
+    """The "no close match" signal, the same as the app's banner and the CLI's line."""
+
+    close: bool = Field(description="false when no gallery image is as close as images of one label usually are")
+    best_cosine: float = Field(description="the query's best cosine similarity to any gallery image")
+    floor: float = Field(
+        description="the cosine similarity 90 % of gallery images reach with their closest image of the same label"
+    )
+
+
 class SearchResponse(BaseModel):
     """Hits for one query image, best first."""
 
@@ -207,6 +217,7 @@ class SearchResponse(BaseModel):
     k: int
     hits: list[Hit]
     timing: Timing
+    match: Match
 
 
 def probe_upload(data: bytes, name: str, limits: ImageLimits) -> ImageHeader:
@@ -471,7 +482,9 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         image = await decode(ws, data, name)
         decode_s = time.perf_counter() - start
         try:
-            hits = await anyio.to_thread.run_sync(ws.search, image, ranker.value, k, limiter=limiter)
+            query = await anyio.to_thread.run_sync(ws.embed, [image], limiter=limiter)
+            hits = await anyio.to_thread.run_sync(ws.search_embedding, query, ranker.value, k, limiter=limiter)
+            strength = await anyio.to_thread.run_sync(ws.match, query, limiter=limiter)
         except (ArtifactError, RankerUnavailableError) as err:  # replaced or removed since the check above
             await usable_ranker(ws, ranker.value)
             raise ApiError(503, "artifact_unavailable", "the ranker changed during the search; retry") from err
@@ -492,6 +505,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             timing=Timing(
                 decode_ms=decode_s * 1e3, search_ms=search_s * 1e3, total_ms=(time.perf_counter() - start) * 1e3
             ),
+            match=Match(close=strength.close, best_cosine=strength.best, floor=strength.floor),
         )
 
     return app

@@ -520,8 +520,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         except WorkbenchError as err:  # as for a deleted run: fall back instead of stopping on tune's stale choice
             log.warning("tune chose the %s ranker, which cannot be used (%s); searching with cosine", tuned[1], err)
             ranker = "cosine"
-    hits = ws.search(image, ranker or "cosine", args.k)
+    query = ws.embed([image])
+    hits = ws.search_embedding(query, ranker or "cosine", args.k)
     _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
+    strength = ws.match(query)
+    if not strength.close:
+        print(f"no close match: {strength.explain()}")
     return 0
 
 

@@ -32,6 +32,7 @@ from core.data import ATTRIBUTES_FILE, ImageRecord, check_within_roots
 from core.errors import ArtifactError, DatasetError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported)
 from core.evaluate import EvaluationResult, RetrievalResult
 from core.images import decode_image, printable
+from core.out_of_gallery import MatchStrength
 from core.pipeline import SearchHit
 from core.plots import (  # noqa: F401  (pure figure builders, re-exported for the pages)
     embedding_map,
@@ -49,7 +50,6 @@ from workbench.jobs import JobBoard, TrainingJob, TuneJob
 from workbench.tuning import TuneConfig, TuneReport, default_choice
 from workbench.views import (  # noqa: F401  (re-exported for the pages)
     DatasetSummary,
-    MatchStrength,
     QualitativeRow,
     category_rows,
     gallery_name,
@@ -422,12 +422,9 @@ def place_on_map(ws: Workspace, mapping: analysis.EmbeddingMap, image_bytes: byt
 
 
 def match_strength(ws: Workspace, query: Image.Image) -> MatchStrength:
-    """The query's best cosine similarity to the gallery, beside the gallery's same-label floor (cached)."""
-    from workbench.views import same_label_floor
-
-    key = f"{ws.spec!r}|{ws.prepared.source}|{ws.featurizer.fingerprint}"
-    floor = app_cache.cached("match_floor", key, lambda: same_label_floor(ws.embeddings, ws.dataset.label_array))
-    return MatchStrength(float((ws.embed([query]) @ ws.embeddings.T).max()), floor)
+    """The query's best cosine similarity to the gallery, beside the gallery's same-label floor (computed once per
+    workspace: :meth:`workbench.workspace.Workspace.match`)."""
+    return ws.match(ws.embed([query]))
 
 
 def projection_methods() -> list[str]:

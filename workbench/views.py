@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from core.data import ImageRecord
 from core.evaluate import EvaluationResult
 from core.images import printable
@@ -122,48 +120,3 @@ def dataset_summary(prepared: PreparedData, samples_per_label: int = 6) -> Datas
         prepared.test_sets.n_negatives,
         prepared.leaks.count,
     )
-
-
-def same_label_floor(embeddings: np.ndarray, labels: np.ndarray, quantile: float = 0.1, block: int = 1024) -> float:
-    """How similar an image usually is, at the least, to its closest image of the same label.
-
-    For every gallery image with another image of its label, its highest cosine similarity to one of them;
-    the ``quantile`` of those. A query whose best gallery score falls below this has no close match: it is
-    further from everything than nearly every gallery image is from its own kind.
-
-    Args:
-        embeddings: L2-normalised gallery embeddings, ``(N, D)``.
-        labels: Label of each embedding, ``(N,)``.
-        quantile: Share of same-label nearest neighbours allowed to lie below the floor.
-        block: Rows compared at once (memory is ``block x N`` floats).
-
-    Raises:
-        ValueError: No label has two images, or shapes disagree.
-    """
-    embeddings, labels = np.asarray(embeddings, np.float32), np.asarray(labels)
-    if embeddings.ndim != 2 or len(embeddings) != len(labels):
-        raise ValueError(f"embeddings {embeddings.shape} and labels {labels.shape} do not match")
-    best = np.full(len(embeddings), -np.inf, np.float32)
-    for start in range(0, len(embeddings), block):
-        rows = slice(start, start + block)
-        scores = embeddings[rows] @ embeddings.T
-        scores[labels[rows, None] != labels[None, :]] = -np.inf
-        scores[np.arange(scores.shape[0]), np.arange(start, start + scores.shape[0])] = -np.inf  # not itself
-        best[rows] = scores.max(axis=1)
-    best = best[np.isfinite(best)]
-    if not len(best):
-        raise ValueError("no label has two images: nothing to compare a query's score with")
-    return float(np.quantile(best, quantile))
-
-
-@dataclass(frozen=True)
-class MatchStrength:
-    """The query's best cosine similarity to the gallery beside the gallery's own same-label floor."""
-
-    best: float
-    floor: float
-
-    @property
-    def close(self) -> bool:
-        """Whether some gallery image is as close to the query as same-label images usually are to each other."""
-        return self.best >= self.floor
