@@ -157,6 +157,11 @@ class FolderWatch:
     size: np.ndarray
 
     @staticmethod
+    def folders(root: Path, directories: tuple[str, ...], mtime_ns: np.ndarray) -> FolderWatch:
+        """A watch of folder times alone (one stat per folder)."""
+        return FolderWatch(Path(root), directories, np.asarray(mtime_ns, np.int64), np.full(len(directories), -1))
+
+    @staticmethod
     def of(catalogue: Catalogue) -> FolderWatch:
         """What to watch of a catalogue's folder."""
         files = len(catalogue) <= WATCH_FILES
@@ -293,19 +298,6 @@ def _list_folder(root: Path) -> _Listing:
     )
 
 
-def _folders_unchanged(root: Path, catalogue: Catalogue) -> bool:
-    """Whether every folder the catalogue walked still has the mtime it had (one stat per folder, no listing)."""
-    if not catalogue.directories:
-        return False
-    for relative, mtime in zip(catalogue.directories, catalogue.directory_mtime_ns.tolist(), strict=True):
-        try:
-            if os.stat(root / relative).st_mtime_ns != mtime:
-                return False
-        except OSError:
-            return False
-    return True
-
-
 def refresh_catalogue(
     root: str | Path,
     previous: Catalogue | None = None,
@@ -335,7 +327,13 @@ def refresh_catalogue(
     """
     root = Path(root)
     usable_before = previous is not None and Path(previous.root).resolve() == root.resolve()
-    if not deep and usable_before and previous is not None and _folders_unchanged(root, previous):
+    if (
+        not deep
+        and usable_before
+        and previous is not None
+        and previous.directories
+        and not FolderWatch.folders(root, previous.directories, previous.directory_mtime_ns).changed()
+    ):
         return previous, CatalogueChanges()
     taken_ns = time.time_ns()
     listing = _list_folder(root)
@@ -449,6 +447,7 @@ def _compare(previous: Catalogue | None, current: Catalogue, read: int) -> Catal
 
 def save_catalogue(catalogue: Catalogue, path: str | Path) -> None:
     """Write the catalogue atomically to ``path`` (``.npz``; paths stored as bytes, undecodable names kept)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     names = sorted(set(catalogue.labels))
     code_of = {name: code for code, name in enumerate(names)}
     atomic_save_npz(
@@ -512,7 +511,7 @@ def load_catalogue_header(path: str | Path) -> CatalogueHeader | None:
         return None
     if mtimes.ndim != 1 or mtimes.dtype != np.int64:
         return None
-    watch = FolderWatch(root, directories, mtimes, np.full(len(mtimes), -1, np.int64))
+    watch = FolderWatch.folders(root, directories, mtimes)
     return CatalogueHeader(root, count, signature, watch)
 
 
@@ -607,8 +606,14 @@ def refresh_saved_catalogue(
     back when anything differs."""
     previous = load_catalogue(path)
     catalogue, changes = refresh_catalogue(root, previous, workers, limits, progress, deep)
-    if catalogue is previous:
-        return catalogue, changes
-    if changes or changes.read or previous is None or previous.paths != catalogue.paths:
+    if catalogue is not previous and (
+        previous is None
+        or changes
+        or changes.read
+        or previous.paths != catalogue.paths
+        or previous.directories != catalogue.directories
+        or not np.array_equal(previous.directory_mtime_ns, catalogue.directory_mtime_ns)
+        or previous.ignored != catalogue.ignored
+    ):
         save_catalogue(catalogue, path)
     return catalogue, changes

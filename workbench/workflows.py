@@ -120,13 +120,13 @@ def fit_ranker(ws: Workspace, name: str, fitted: LearnedRanker | None = None) ->
         metadata |= {"train_pairs": dataclasses.asdict(train_pairs), "test_pairs": dataclasses.asdict(test_pairs)}
     path = ws.ranker_path(name)
     ranker.save(path, metadata)
-    atomic_save_npy(fitted_on_path(path), content_ids(prepared))
+    atomic_save_npy(fitted_on_path(path), content_hashes(prepared))
     seconds = time.perf_counter() - start
     log.info("fitted %s ranker for %s in %.1f s: %s", name, ws.fingerprint, seconds, path)
     return FittedRanker(name, path, seconds, train_pairs, test_pairs)
 
 
-def content_ids(prepared: PreparedData) -> np.ndarray:
+def content_hashes(prepared: PreparedData) -> np.ndarray:
     """The content hashes of a prepared dataset's images, sorted (``S64``): what a learned ranker saw."""
     return np.sort(np.array(prepared.dataset.sha256s, dtype="S64"))
 
@@ -240,7 +240,7 @@ def since_fit(ws: Workspace, names: Sequence[str] = READY_RANKERS) -> SinceFit:
     except (OSError, ValueError, EOFError) as err:
         log.warning("%s: unreadable (%s); counting every image as new", newest, err)
         seen = np.zeros(0, "S64")
-    now = content_ids(ws.prepared)
+    now = content_hashes(ws.prepared)
     new = int((~np.isin(now, seen, assume_unique=True)).sum())
     removed = int((~np.isin(seen, now, assume_unique=True)).sum())
     return SinceFit(new, removed, stale, True)
@@ -815,12 +815,6 @@ def index_config(kind: str, n_images: int, folder: Path, dtype: str = "float32",
 INDEX_KINDS = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus")
 
 
-def _content_ids(ws: Workspace) -> np.ndarray:
-    from core.index import content_ids
-
-    return content_ids(list(ws.dataset.sha256s))
-
-
 def index_build(ws: Workspace, folder: Path, config: Any, ranker: str = "cosine") -> VectorIndex:
     """Index every image of the workspace for ``ranker`` and save it to ``folder`` (replacing what was there).
 
@@ -833,7 +827,7 @@ def index_build(ws: Workspace, folder: Path, config: Any, ranker: str = "cosine"
     from core.index import create_index
 
     index = create_index(config, ws.fingerprint, ws.embeddings.shape[1], ws.ranker(ranker))
-    index.add(_content_ids(ws), ws.embeddings, fingerprint=ws.fingerprint)
+    index.add(ws.index_ids(), ws.embeddings, fingerprint=ws.fingerprint)
     index.save(folder)
     return index
 
@@ -843,7 +837,7 @@ def index_add(ws: Workspace, folder: Path) -> tuple[int, VectorIndex]:
     from core.index import load_index
 
     index = load_index(folder, fingerprint=ws.fingerprint)
-    ids = _content_ids(ws)
+    ids = ws.index_ids()
     new = ~np.isin(ids, index.ids())
     index.add(ids[new], ws.embeddings[new], fingerprint=ws.fingerprint)
     index.save(folder)
@@ -899,10 +893,12 @@ def index_search(ws: Workspace, folder: Path, image_path: Path, k: int, ranker: 
         )
     ranker = ranker or index.ranker_name
     hits: IndexHits = index.search(ws.embed([load_image(image_path)]), k, ws.ranker(ranker), fingerprint=ws.fingerprint)
-    by_id = dict(zip(_content_ids(ws).tolist(), ws.dataset.records, strict=True))
+    found = ws.rows_of(hits.ids[0]).tolist()  # -1: a photo the index holds and the folder no longer has
     rows = []
-    for rank, (hit_id, score) in enumerate(zip(hits.ids[0].tolist(), hits.scores[0].tolist(), strict=True), 1):
-        record = by_id.get(hit_id)
+    for rank, (hit_id, score, row) in enumerate(
+        zip(hits.ids[0].tolist(), hits.scores[0].tolist(), found, strict=True), 1
+    ):
+        record = ws.dataset.record(row) if row >= 0 else None
         rows.append(
             IndexHit(
                 rank, hit_id, score, record.label if record else None, ws.relative_path(record) if record else None

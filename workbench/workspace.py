@@ -26,10 +26,8 @@ from core.artifacts import atomic_save_npy, atomic_write_json, read_json
 from core.catalogue import (
     CatalogueChanges,
     FolderWatch,
-    load_catalogue,
     load_catalogue_header,
-    refresh_catalogue,
-    save_catalogue,
+    refresh_saved_catalogue,
 )
 from core.config import DataConfig, WorkbenchConfig, load_config
 from core.data import ImageDataset, ImageRecord
@@ -239,11 +237,7 @@ def refresh_data(
         prepared = _saved_prepared(config, layout, source_signature(header.signature, config))
         if prepared is not None:
             return DataState(prepared, CatalogueChanges(), header.watch)
-    previous = load_catalogue(layout.catalogue)
-    catalogue, changes = refresh_catalogue(config.root, previous, progress=progress, deep=deep)
-    if catalogue is not previous:
-        layout.catalogue.parent.mkdir(parents=True, exist_ok=True)
-        save_catalogue(catalogue, layout.catalogue)
+    catalogue, changes = refresh_saved_catalogue(config.root, layout.catalogue, progress=progress, deep=deep)
     if changes and not changes.first:
         log.info("%s: %s since the last look", printable(str(config.root)), changes.summary())
     watch = FolderWatch.of(catalogue)
@@ -427,7 +421,7 @@ class Workspace:
     _rankers: dict[tuple[str, float], Ranker] = field(default_factory=dict, repr=False, compare=False)
     _transformed: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _index_cache: dict[int, VectorIndex | None] = field(default_factory=dict, repr=False, compare=False)
-    _row_of_id: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
+    _ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _floor: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -529,10 +523,13 @@ class Workspace:
         model = self.ranker(ranker)
         index = self.saved_index(ranker)
         if index is not None:  # an approximate index of exactly this gallery: sub-linear search
-            row_of = self._index_rows(index)
             hits = index.search(query, k, model, fingerprint=self.fingerprint)
-            found = [(row_of[i], s) for i, s in zip(hits.ids[0].tolist(), hits.scores[0].tolist(), strict=True)]
-            return [SearchHit(rank, self.dataset.record(i), float(s)) for rank, (i, s) in enumerate(found, start=1)]
+            rows = self.rows_of(hits.ids[0]).tolist()  # -1: fewer than k indexed (faiss pads with -1)
+            found = [(row, score) for row, score in zip(rows, hits.scores[0].tolist(), strict=True) if row >= 0]
+            return [
+                SearchHit(rank, self.dataset.record(row), float(score))
+                for rank, (row, score) in enumerate(found, start=1)
+            ]
         if isinstance(model, ProjectionRanker):
             # its score is the dot product of unit transforms: transform the gallery once, not on every search
             key = (ranker, self.ranker_version(ranker))
@@ -572,7 +569,7 @@ class Workspace:
                 log.warning("%s: saved index not used (%s)", self.layout.index, err)
                 index = None
             if index is not None and (
-                index.manifest().get("backend") == "exact" or ids_hash(index.ids()) != ids_hash(self._content_ids())
+                index.manifest().get("backend") == "exact" or ids_hash(index.ids()) != ids_hash(self.index_ids())
             ):
                 log.info("%s: saved index is exact or holds other photos; searching the whole gallery", pointer.parent)
                 index = None
@@ -581,19 +578,26 @@ class Workspace:
         found = self._index_cache[version]
         return found if found is not None and found.ranker_name == ranker else None
 
-    def _content_ids(self) -> np.ndarray:
-        """The index ids of the gallery's photos (from their content hashes), in record order."""
+    def index_ids(self) -> np.ndarray:
+        """The vector-index id of each gallery photo (from its content hash), in record order; computed once."""
         from core.index import content_ids
 
-        if not self._row_of_id:
+        if "ids" not in self._ids:
             ids = content_ids(list(self.dataset.sha256s))
-            self._row_of_id.update({int(i): row for row, i in enumerate(ids.tolist())})
-        return np.fromiter(self._row_of_id, np.int64, len(self._row_of_id))
+            self._ids["order"] = np.argsort(ids, kind="stable")
+            self._ids["ids"] = ids
+        return self._ids["ids"]
 
-    def _index_rows(self, index: VectorIndex) -> dict[int, int]:
-        """Index id -> record row."""
-        self._content_ids()
-        return self._row_of_id
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The record row of each vector-index id, -1 for an id of no gallery photo (binary search over the
+        sorted ids: no per-photo table)."""
+        gallery = self.index_ids()
+        order = self._ids["order"]
+        ids = np.asarray(ids, np.int64)
+        if not len(gallery):
+            return np.full(ids.shape, -1, np.int64)
+        rows = order[np.minimum(np.searchsorted(gallery[order], ids), len(gallery) - 1)]
+        return np.where(gallery[rows] == ids, rows, -1)
 
     def evaluate(self, rankers: Sequence[str], split: str = "test") -> list[EvaluationResult]:
         """Rank of the positive on the comparative sets of ``split``, for each named ranker."""
