@@ -181,13 +181,18 @@ def test_exact_index_built_for_a_ranker_searches_with_it_by_default(tmp_path, ti
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     learned = projection(12, 3, seed=5)
     rankers = {"projection": learned, "cosine": CosineRanker()}
-    ws = SimpleNamespace(
+    from core.index import content_ids
+
+    ids = content_ids([record.sha256 for record in records])
+    ws = SimpleNamespace(  # the parts of a Workspace that index_build and index_search use
         fingerprint="model-a",
         embeddings=embeddings,
         ranker=lambda name: rankers[name],
         embed=lambda images: embeddings[:1],
-        dataset=SimpleNamespace(records=records, sha256s=tuple(record.sha256 for record in records)),
+        dataset=SimpleNamespace(records=records, record=lambda row: records[row]),
         relative_path=lambda record: record.path.name,
+        index_ids=lambda: ids,
+        rows_of=lambda found: np.array([ids.tolist().index(i) if i in ids else -1 for i in found.tolist()]),
     )
     index = index_build(ws, tmp_path / "index", ExactConfig(), "projection")  # type: ignore[arg-type]
     assert index.ranker_name == "projection" and read_manifest(tmp_path / "index")["ranker"] == "projection"
