@@ -229,6 +229,8 @@ class RankerSpec:
         index_servable: An approximate vector index (faiss, Milvus) can serve it (see ``core.index.space_for``).
         quick_fit: A learned ranker cheap enough (seconds on cached embeddings) to fit on first use, so it is on
             offer from the first run; slower ones are fitted when asked for.
+        score_meaning: What the number a search shows is, its range, and which way is more similar: one line,
+            the same in the app, the CLI help and the REST API's OpenAPI text.
     """
 
     name: str
@@ -238,6 +240,7 @@ class RankerSpec:
     learned: bool = False
     index_servable: bool = False
     quick_fit: bool = False
+    score_meaning: str = ""
 
 
 _REGISTRY: dict[str, RankerSpec] = {}
@@ -249,6 +252,8 @@ def register_ranker(spec: RankerSpec) -> RankerSpec:
         raise ValueError(f"ranker {spec.name!r} is registered twice")
     if spec.learned != (spec.load is not None):
         raise ValueError(f"ranker {spec.name!r}: a learned ranker needs load(), a plain one must not have it")
+    if not spec.score_meaning:
+        raise ValueError(f"ranker {spec.name!r}: say what its score means (score_meaning)")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -306,14 +311,43 @@ def _lazy_load(module: str, cls: str) -> Callable[[Path], Ranker]:
 
 # Registration order is menu order: the everyday metrics first, learned ones next, baselines last.
 register_ranker(
-    RankerSpec("cosine", "cosine similarity of the embeddings", lambda rng: CosineRanker(), index_servable=True)
+    RankerSpec(
+        "cosine",
+        "cosine similarity of the embeddings",
+        lambda rng: CosineRanker(),
+        index_servable=True,
+        score_meaning="cosine similarity of the embeddings, -1..1, 1 = same direction (most alike)",
+    )
 )
-register_ranker(RankerSpec("l2", "negative Euclidean distance", lambda rng: L2Ranker(), index_servable=True))
+register_ranker(
+    RankerSpec(
+        "l2",
+        "negative Euclidean distance",
+        lambda rng: L2Ranker(),
+        index_servable=True,
+        score_meaning="minus the Euclidean distance of the embeddings, <= 0 (about -2..0 on unit embeddings), "
+        "0 = identical",
+    )
+)
+
+#: What a learned ranker's score is (one wording for both: they blend label agreement with the look).
+LEARNED_SCORE_MEANING = (
+    "probability-like, 0..1: (1 - look weight) x calibrated P(same label) + look weight x cosine look of the raw "
+    "embeddings; higher = more alike"
+)
 
 
 def _learned(name: str, summary: str, module: str, cls: str, **flags: bool) -> RankerSpec:
     """A learned ranker's entry: built and loaded from ``module.cls``, imported on first use."""
-    return RankerSpec(name, summary, _lazy(module, cls), _lazy_load(module, cls), learned=True, **flags)
+    return RankerSpec(
+        name,
+        summary,
+        _lazy(module, cls),
+        _lazy_load(module, cls),
+        learned=True,
+        score_meaning=LEARNED_SCORE_MEANING,
+        **flags,
+    )
 
 
 register_ranker(
@@ -336,8 +370,23 @@ register_ranker(
         quick_fit=True,
     )
 )
-register_ranker(RankerSpec("l1", "negative Manhattan distance", lambda rng: L1Ranker()))
-register_ranker(RankerSpec("random", "uniform random scores: the chance baseline", RandomRanker))
+register_ranker(
+    RankerSpec(
+        "l1",
+        "negative Manhattan distance",
+        lambda rng: L1Ranker(),
+        score_meaning="minus the Manhattan (sum of absolute differences) distance of the embeddings, <= 0, "
+        "0 = identical",
+    )
+)
+register_ranker(
+    RankerSpec(
+        "random",
+        "uniform random scores: the chance baseline",
+        RandomRanker,
+        score_meaning="uniform noise in 0..1, unrelated to the images (the chance baseline)",
+    )
+)
 
 
 #: Smallest query block :func:`top_k` uses (unless there are fewer queries), whatever ``k`` is.
