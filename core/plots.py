@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.evaluate import EvaluationResult
+from core.evaluate import EvaluationResult, RetrievalResult
 from core.svm import SVMRanker
 from core.train import EpochMetrics
 
@@ -17,35 +17,48 @@ from core.train import EpochMetrics
 MARGIN = {"t": 30, "b": 40, "l": 50, "r": 10}
 
 
+#: One colour per split in the one-epoch bars (plotly's first two default colours).
+SPLIT_COLOURS = {"train": "#636efa", "test": "#ef553b"}
+
+
 def _tight(figure: go.Figure) -> go.Figure:
     figure.update_layout(margin=MARGIN)
     return figure
 
 
 def training_curves(history: Sequence[EpochMetrics]) -> go.Figure:
-    """Loss and accuracy per epoch, train and test, side by side."""
+    """Loss and accuracy per epoch, train and test, side by side.
+
+    Two epochs or more draw curves with a marker per epoch; a single epoch draws train and test as labelled bars
+    (two lone dots at one x would say nothing), and the axis says why.
+    """
     epochs = [m.epoch for m in history]
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    single = len(history) == 1
     for split, dash in (("train", "solid"), ("test", "dash")):
-        figure.add_trace(
-            go.Scatter(
-                x=epochs, y=[getattr(m, f"{split}_loss") for m in history], name=f"{split} loss", line={"dash": dash}
-            ),
-            1,
-            1,
-        )
-        figure.add_trace(
-            go.Scatter(
-                x=epochs,
-                y=[getattr(m, f"{split}_accuracy") for m in history],
-                name=f"{split} accuracy",
-                line={"dash": dash},
-            ),
-            1,
-            2,
-        )
-    figure.update_xaxes(title_text="epoch", dtick=1)
-    figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
+        for col, metric in ((1, "loss"), (2, "accuracy")):
+            values = [getattr(m, f"{split}_{metric}") for m in history]
+            name = f"{split} {metric}"
+            if single:
+                text = [f"{v:.1%}" if metric == "accuracy" else f"{v:.3f}" for v in values]
+                trace: go.Bar | go.Scatter = go.Bar(
+                    x=[split],
+                    y=values,
+                    name=name,
+                    text=text,
+                    textposition="outside",
+                    cliponaxis=False,
+                    marker_color=SPLIT_COLOURS[split],
+                )
+            else:
+                trace = go.Scatter(x=epochs, y=values, name=name, mode="lines+markers", line={"dash": dash})
+            figure.add_trace(trace, 1, col)
+    if single:
+        figure.update_xaxes(title_text=f"epoch {epochs[0]}, the only one: bars (curves need two epochs or more)")
+        figure.update_yaxes(rangemode="tozero", row=1, col=1)
+    else:
+        figure.update_xaxes(title_text="epoch", dtick=1)
+    figure.update_yaxes(range=[0, 1.1 if single else 1], tickformat=".0%", row=1, col=2)
     return _tight(figure)
 
 
@@ -118,6 +131,43 @@ def rank_distributions(results: Sequence[EvaluationResult]) -> go.Figure:
     """Box plots of the positive's rank per ranker, side by side."""
     figure = go.Figure([go.Box(y=r.ranks, name=r.ranker, boxmean=True) for r in results])
     figure.update_layout(yaxis_title="rank of the positive (1 = best)", showlegend=False)
+    return _tight(figure)
+
+
+def metric_by_featurizer(
+    results: Mapping[str, Sequence[RetrievalResult]], metric: str = "map@r", label: str = "MAP@R"
+) -> go.Figure:
+    """One full-gallery metric per ranker, a bar per featurizer side by side, with 95 % CI error bars.
+
+    Args:
+        results: ``featurizer -> full-gallery results``, one per ranker.
+        metric: The metric's name in ``RetrievalResult.metrics``.
+        label: How the axis names it.
+    """
+    figure = go.Figure()
+    for featurizer, found in results.items():
+        values = [result.metrics.get(metric, float("nan")) for result in found]
+        intervals = [result.intervals.get(metric) for result in found]
+        figure.add_trace(
+            go.Bar(
+                x=[result.ranker for result in found],
+                y=values,
+                name=featurizer,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [i.high - v if i else 0.0 for i, v in zip(intervals, values, strict=True)],
+                    "arrayminus": [v - i.low if i else 0.0 for i, v in zip(intervals, values, strict=True)],
+                },
+            )
+        )
+    figure.update_layout(
+        barmode="group",
+        xaxis_title="ranker",
+        yaxis_title=f"{label} (full gallery, 95 % CI)",
+        yaxis_range=[0, 1.05],
+        legend_title_text="featurizer",
+    )
     return _tight(figure)
 
 

@@ -39,8 +39,9 @@ def metric_with_ci(column, label: str, estimate, percent: bool = False) -> None:
     column.caption(f"95 % CI {fmt(estimate.low)} – {fmt(estimate.high)}")
 
 
-def learned_rankers_ready(ws: service.Workspace) -> None:
-    """Fit the quick learned rankers missing for this featurizer, with a progress bar (first open only)."""
+def learned_rankers_ready(ws: service.Workspace, status: bool = True) -> None:
+    """Fit the quick learned rankers missing for this featurizer, with a progress bar (first open only); with
+    ``status``, the sidebar says what changed in the folder (once per page: for the sidebar's featurizer)."""
     bar = st.empty()
 
     def update(done: int, total: int, name: str) -> None:
@@ -55,7 +56,8 @@ def learned_rankers_ready(ws: service.Workspace) -> None:
     bar.empty()
     for name, reason in ready.failed:
         st.warning(f"No {name} ranker for this dataset: {reason}")
-    folder_status(ws)
+    if status:
+        folder_status(ws)
 
 
 def folder_status(ws: service.Workspace) -> None:

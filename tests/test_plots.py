@@ -84,3 +84,29 @@ def test_every_figure_builder_keeps_a_tight_top_margin():
     for name, figure in figures.items():
         assert figure.layout.margin.t == MARGIN["t"] <= 30, name  # plotly's default is 100 px of blank band
         assert figure.layout.title.text is None, name  # the page's heading names the chart
+
+
+def test_training_curves_mark_every_epoch_and_draw_one_epoch_as_bars():
+    two = training_curves([EpochMetrics(1, 1.2, 0.5, 1.0, 0.6, 3.0), EpochMetrics(2, 0.8, 0.8, 0.9, 0.7, 3.0)])
+    assert {trace.type for trace in two.data} == {"scatter"} and all("markers" in t.mode for t in two.data)
+    one = training_curves([EpochMetrics(1, 1.2, 0.5, 1.0, 0.6, 3.0)])
+    assert [trace.type for trace in one.data] == ["bar"] * 4
+    assert [list(trace.x) for trace in one.data] == [["train"], ["train"], ["test"], ["test"]]
+    assert "the only one" in one.layout.xaxis.title.text
+
+
+def test_metric_by_featurizer_puts_a_bar_per_featurizer_beside_each_ranker_with_its_interval():
+    from core.evaluate import Estimate, RetrievalResult
+    from core.plots import metric_by_featurizer
+
+    def found(ranker, value):
+        interval = {"map@r": Estimate(value, value - 0.1, value + 0.05)}
+        return RetrievalResult(ranker, 6, 0, 5, {"map@r": value}, {}, {}, intervals=interval)
+
+    figure = metric_by_featurizer(
+        {"pretrained": [found("cosine", 0.6), found("svm", 0.7)], "run1": [found("cosine", 0.8), found("svm", 0.9)]}
+    )
+    assert [trace.name for trace in figure.data] == ["pretrained", "run1"] and figure.layout.barmode == "group"
+    assert list(figure.data[1].x) == ["cosine", "svm"] and list(figure.data[1].y) == [0.8, 0.9]
+    np.testing.assert_allclose(figure.data[0].error_y.arrayminus, [0.1, 0.1])
+    np.testing.assert_allclose(figure.data[0].error_y.array, [0.05, 0.05])

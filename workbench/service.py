@@ -37,6 +37,7 @@ from core.pipeline import SearchHit
 from core.plots import (  # noqa: F401  (pure figure builders, re-exported for the pages)
     embedding_map,
     label_counts_bar,
+    metric_by_featurizer,
     per_category_bars,
     rank_distributions,
     rank_histogram,
@@ -55,6 +56,7 @@ from workbench.views import (  # noqa: F401  (re-exported for the pages)
     gallery_name,
     gallery_names,
     qualitative_rows,
+    side_by_side_rows,
     summary_rows,
 )
 from workbench.views import dataset_summary as _dataset_summary
@@ -206,6 +208,19 @@ def featurizer_choices() -> list[str]:
     choices = [PRETRAINED, *completed_runs(layout)]
     tuned = default_choice(layout)
     return _first(choices, tuned[0]) if tuned else choices
+
+
+def other_featurizers(run: str) -> list[str]:
+    """Featurizers to set beside ``run`` on the Compare page: for the pretrained model the fine-tuned runs (the
+    newest or tuned one first), for a run the pretrained model first."""
+    others = [choice for choice in featurizer_choices() if choice != run]
+    return others if run == PRETRAINED else _first(others, PRETRAINED)
+
+
+def shared_rankers(workspaces: Sequence[Workspace]) -> tuple[str, ...]:
+    """Rankers every workspace offers, in the first one's menu order."""
+    first, *rest = [ranker_choices(ws) for ws in workspaces]
+    return tuple(name for name in first if all(name in offered for offered in rest))
 
 
 def _first(choices: list[str], wanted: str) -> list[str]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import ImageRecord
-from core.evaluate import EvaluationResult
+from core.evaluate import Estimate, EvaluationResult, RetrievalResult
 from core.images import printable
 from core.pipeline import PreparedData
 from workbench.workspace import Workspace
@@ -35,6 +36,47 @@ def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
         }
         for result in results
     ]
+
+
+def _with_interval(estimate: Estimate | None, percent: bool = False) -> str:
+    if estimate is None:
+        return ""
+    if percent:
+        return f"{estimate.value:.0%} [{estimate.low:.0%}, {estimate.high:.0%}]"
+    return f"{estimate.value:.2f} [{estimate.low:.2f}, {estimate.high:.2f}]"
+
+
+def side_by_side_rows(
+    sections: Mapping[str, tuple[Sequence[EvaluationResult], Sequence[RetrievalResult]]],
+) -> list[dict[str, object]]:
+    """Featurizers next to each other for every ranker: top-1 and mean rank on the comparative sets, recall@1 and
+    MAP@R on the full gallery, each with its 95 % CI.
+
+    Args:
+        sections: ``featurizer -> (comparative-set results, full-gallery results)``, the same rankers in the same
+            order for every featurizer.
+    """
+    comparative = {name: {result.ranker: result for result in results} for name, (results, _) in sections.items()}
+    full_gallery = {name: {result.ranker: result for result in found} for name, (_, found) in sections.items()}
+    rankers = list(dict.fromkeys(ranker for results in comparative.values() for ranker in results))
+    rows: list[dict[str, object]] = []
+    for ranker in rankers:
+        for featurizer, results in comparative.items():
+            if ranker not in results:
+                continue
+            result, full = results[ranker], full_gallery[featurizer].get(ranker)
+            intervals = full.intervals if full is not None else {}
+            rows.append(
+                {
+                    "ranker": ranker,
+                    "featurizer": featurizer,
+                    "top-1": _with_interval(result.top1, percent=True),
+                    "mean rank": _with_interval(result.mean_rank),
+                    "recall@1": _with_interval(intervals.get("recall@1"), percent=True),
+                    "MAP@R": _with_interval(intervals.get("map@r")),
+                }
+            )
+    return rows
 
 
 def category_rows(result: EvaluationResult) -> list[dict[str, object]]:

@@ -1,0 +1,103 @@
+"""Issue 22's app moves, headless through AppTest on the tiny real set: pretrained vs fine-tuned side by side on
+Compare, the ONNX download, the one-epoch training chart and the upload kept across page switches."""
+
+import shutil
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest
+
+from workbench import service
+
+RUN = "small"
+
+
+@pytest.fixture(scope="module")
+def ready_workdir(tmp_path_factory, tiny_dataset):
+    """The tiny set featurized with the quick learned rankers fitted, and a second featurizer: run ``small``, the
+    pretrained body kept (0 epochs, which the app refuses but the library allows) at a 128-pixel input, so its
+    embeddings, and so its metrics, differ from the pretrained model's at no training cost."""
+    from core.config import TrainConfig
+    from core.train import fine_tune
+    from workbench.workflows import READY_RANKERS, ensure_learned
+    from workbench.workspace import open_workspace, spec_from_environment
+
+    template = tmp_path_factory.mktemp("app-side-by-side")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBENCH_DATA", str(tiny_dataset))
+        patch.setenv("WORKBENCH_WORKDIR", str(template))
+        ws = open_workspace(spec_from_environment())
+        ensure_learned(ws, READY_RANKERS)
+        fine_tune(ws.dataset.records, ws.prepared.split, TrainConfig(epochs=0, input_size=128), ws.layout.run(RUN))
+    return template
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path_factory, tiny_dataset, ready_workdir):
+    workdir = tmp_path_factory.mktemp("app-side-by-side-work") / "work"
+    shutil.copytree(ready_workdir, workdir)
+    monkeypatch.setenv("WORKBENCH_DATA", str(tiny_dataset))
+    monkeypatch.setenv("WORKBENCH_WORKDIR", str(workdir))
+    monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
+    return workdir
+
+
+def run_app(page: str | None = None) -> AppTest:
+    app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
+    app.run()
+    if page:
+        app.switch_page(page)
+        app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def side_by_side_table(app: AppTest):
+    [table] = [frame.value for frame in app.dataframe if "featurizer" in frame.value.columns]
+    return table
+
+
+def test_compare_sets_a_fine_tuned_run_beside_the_pretrained_model_on_the_same_queries(app_env):
+    app = run_app("pages/compare.py")
+    beside = app.selectbox(key="compare_with")
+    assert beside.options == [RUN] and beside.value == RUN  # the fine-tuned run, as soon as one exists
+    table = side_by_side_table(app)
+    assert list(table.columns) == ["ranker", "featurizer", "top-1", "mean rank", "recall@1", "MAP@R"]
+    rankers = list(dict.fromkeys(table["ranker"]))
+    assert {"cosine", "l2", "svm", "projection"} <= set(rankers)  # the run's learned rankers were fitted too
+    for ranker in rankers:  # the two featurizers of a ranker next to each other
+        assert list(table[table["ranker"] == ranker]["featurizer"]) == ["pretrained", RUN]
+    assert all("[" in cell for cell in table["MAP@R"])  # each figure with its interval
+    cosine = table[table["ranker"] == "cosine"].set_index("featurizer")
+    assert cosine["MAP@R"]["pretrained"] != cosine["MAP@R"][RUN]  # two featurizers, two sets of figures
+    [caption] = [c.value for c in app.caption if c.value.startswith("The same ")]
+    n_test = len(service.workspace().prepared.split.test)
+    assert f"The same {n_test} test queries for both featurizers" in caption
+    chart = app.get("plotly_chart")[-1].proto.spec
+    assert '"name":"pretrained"' in chart and f'"name":"{RUN}"' in chart
+
+    app.sidebar.selectbox(key="featurizer").select(RUN).run()  # the run in the sidebar: the pretrained beside it
+    assert not app.exception, app.exception
+    assert app.selectbox(key="compare_with").options == ["pretrained"]
+    table = side_by_side_table(app)
+    assert list(table[table["ranker"] == "cosine"]["featurizer"]) == [RUN, "pretrained"]
+
+
+def test_a_one_epoch_run_is_drawn_as_labelled_bars_not_two_lone_dots(app_env):
+    import json
+
+    from core.artifacts import SCHEMA_VERSION
+    from workbench.workspace import spec_from_environment
+
+    run = spec_from_environment().layout.run("one")
+    run.mkdir(parents=True)
+    epoch = {"epoch": 1, "train_loss": 1.05, "train_accuracy": 0.5, "test_loss": 0.9, "test_accuracy": 0.667}
+    manifest = {"schema_version": SCHEMA_VERSION, "status": "complete", "history": [{**epoch, "seconds": 4.0}]}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    app = run_app("pages/training.py")
+    [chart] = [chart.proto.spec for chart in app.get("plotly_chart")]  # under "Finished runs", run "one"
+    figure = json.loads(chart)
+    assert [trace["type"] for trace in figure["data"]] == ["bar"] * 4
+    assert [trace["text"] for trace in figure["data"]] == [["1.050"], ["50.0%"], ["0.900"], ["66.7%"]]
+    assert "the only one" in figure["layout"]["xaxis"]["title"]["text"]
