@@ -1,85 +1,215 @@
-"""The one "no close match" signal: is any gallery image as close to a query as images of one label usually are
-to each other?
+"""The one "no close match" signal: does the query look like a photo of the gallery's kind, or like noise?
 
-Calibrated on the gallery itself: for gallery images with another image of their label, the cosine similarity to
-their closest such image; a low quantile of those is the floor. A query whose best cosine similarity to the gallery
-lies below it is further from everything than nearly every gallery image is from its own kind. The app shows it as
-a banner, the CLI as a line and the REST API as a field, all from :meth:`workbench.workspace.Workspace.match`.
+Two references, both measured on the gallery's own featurizer:
+
+* **the gallery's floor**: for a seeded sample of gallery images, the cosine similarity to their nearest other
+  gallery image (any label); the 5 % quantile of those. A query at least that close to some gallery image is as
+  close as gallery images are to each other: a match.
+* **generated non-photos**: seeded noise, flat colours, gradients, patterns and text or screenshot-like images
+  (:func:`non_photos`), embedded once. A query below the floor is still a match when it is closer to some gallery
+  image than to every one of them: a real photo unlike the gallery's own (a full-frame flower photo beside
+  cut-outs of plants) is nearer the gallery than noise is; noise, a blank page or a screenshot is nearer its kind.
+
+So a query has **no close match** when its best cosine similarity to the gallery is below the floor *and* no higher
+than its similarity to a generated non-photo. The two thresholds, and why, fit in the one sentence of
+:meth:`MatchStrength.explain`. The app shows it as a banner, the CLI as a line and the REST API as a field, all
+from :meth:`workbench.workspace.Workspace.match`. Measured in ``docs/out_of_gallery.md``
+(``benchmarks/out_of_gallery.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 #: Gallery images sampled to calibrate the floor (each compared with the whole gallery).
 MAX_ROWS = 1_000
+#: Share of gallery images whose nearest other image may lie below the floor.
+FLOOR_QUANTILE = 0.05
 
 
-def same_label_floor(
+def nearest_neighbour_floor(
     embeddings: np.ndarray,
-    labels: np.ndarray,
-    quantile: float = 0.1,
+    quantile: float = FLOOR_QUANTILE,
     block: int = 1024,
     max_rows: int | None = MAX_ROWS,
     rng: np.random.Generator | None = None,
 ) -> float:
-    """How similar an image usually is, at the least, to its closest image of the same label.
+    """How similar a gallery image is, at the least, to its nearest other gallery image (any label).
 
-    For every gallery image with another image of its label, its highest cosine similarity to one of them;
-    the ``quantile`` of those. A query whose best gallery score falls below this has no close match: it is
-    further from everything than nearly every gallery image is from its own kind.
+    For every (sampled) gallery image, its highest cosine similarity to another gallery image; the ``quantile`` of
+    those.
 
     Args:
         embeddings: L2-normalised gallery embeddings, ``(N, D)``.
-        labels: Label of each embedding, ``(N,)``.
-        quantile: Share of same-label nearest neighbours allowed to lie below the floor.
+        quantile: Share of gallery images allowed to lie below the floor.
         block: Rows compared at once (memory is ``block x N`` floats).
-        max_rows: Gallery images whose nearest same-label image is sought (a seeded uniform sample of them when
-            the gallery is larger; each is still compared with the whole gallery, so the cost is
-            ``max_rows x N``). None: every image.
+        max_rows: Gallery images whose nearest neighbour is sought (a seeded uniform sample of them when the gallery
+            is larger; each is still compared with the whole gallery, so the cost is ``max_rows x N``). None: every
+            image.
         rng: Draws that sample (default: seed 0).
 
     Raises:
-        ValueError: No label has two images, or shapes disagree.
+        ValueError: Fewer than two gallery images, or not a matrix.
     """
-    embeddings, labels = np.asarray(embeddings, np.float32), np.asarray(labels)
-    if embeddings.ndim != 2 or len(embeddings) != len(labels):
-        raise ValueError(f"embeddings {embeddings.shape} and labels {labels.shape} do not match")
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2:
+        raise ValueError(f"expected (N, D) gallery embeddings, got shape {embeddings.shape}")
+    if len(embeddings) < 2:
+        raise ValueError("the gallery has fewer than two images: nothing to compare a query's score with")
     sampled = np.arange(len(embeddings))
     if max_rows is not None and len(embeddings) > max_rows:
         generator = rng if rng is not None else np.random.default_rng(0)
         sampled = np.sort(generator.choice(len(embeddings), size=max_rows, replace=False))
-    best = np.full(len(sampled), -np.inf, np.float32)
+    best = np.empty(len(sampled), np.float32)
     for start in range(0, len(sampled), block):
         rows = sampled[start : start + block]
         scores = embeddings[rows] @ embeddings.T
-        scores[labels[rows, None] != labels[None, :]] = -np.inf
         scores[np.arange(len(rows)), rows] = -np.inf  # not itself
         best[start : start + len(rows)] = scores.max(axis=1)
-    best = best[np.isfinite(best)]
-    if not len(best):
-        raise ValueError("no label has two images: nothing to compare a query's score with")
     return float(np.quantile(best, quantile))
+
+
+def _text_image(size: tuple[int, int], background: tuple[int, int, int], ink: tuple[int, int, int]) -> Image.Image:
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    lines = [
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit,",
+        "sed do eiusmod tempor incididunt ut labore et dolore",
+        "$ python -m workbench search photo.jpg -k 10 --ranker cosine",
+        "rank    score  label       path",
+    ]
+    for row in range(size[1] // 14 - 1):
+        draw.text((8, 6 + 14 * row), lines[row % len(lines)], fill=ink)
+    return image
+
+
+def non_photos(rng: np.random.Generator, size: int = 256) -> list[tuple[str, Image.Image]]:
+    """Generated images that are no photo of anything, each with its kind: what "no close match" looks like.
+
+    Noise (uniform colour and grey, Gaussian, coarse blocks), flat colours (black, white, mid-grey, light grey,
+    red, green, blue, yellow), gradients (grey, colour), patterns (checkerboard, stripes) and text (dark on light,
+    light on dark, a screenshot-like window).
+
+    Args:
+        rng: Draws the noise.
+        size: Side of the square ones, in pixels.
+    """
+    images: list[tuple[str, Image.Image]] = []
+    shape = (size, size, 3)
+    images.append(("noise", Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))))
+    images.append(("noise", Image.fromarray(np.repeat(rng.integers(0, 256, (size, size, 1), dtype=np.uint8), 3, 2))))
+    images.append(("noise", Image.fromarray(np.clip(rng.normal(128, 40, shape), 0, 255).astype(np.uint8))))
+    blocks = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    images.append(("noise", blocks.resize((size, size), Image.Resampling.NEAREST)))
+    colours = [(0, 0, 0), (255, 255, 255), (128, 128, 128), (240, 240, 240), (200, 30, 30), (40, 160, 60)]
+    colours += [(20, 60, 200), (230, 200, 40)]
+    images.extend(("flat colour", Image.new("RGB", (size, size), colour)) for colour in colours)
+    ramp = np.tile(np.linspace(0, 255, size), (size, 1))
+    images.append(("gradient", Image.fromarray(np.stack([ramp] * 3, axis=2).astype(np.uint8))))
+    images.append(("gradient", Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], axis=2).astype(np.uint8))))
+    cells = (np.indices((size, size)) // max(1, size // 8)).sum(axis=0) % 2
+    images.append(("pattern", Image.fromarray((cells * 255).astype(np.uint8)).convert("RGB")))
+    bars = np.tile((np.arange(size) // max(1, size // 16)) % 2 * 255, (size, 1)).astype(np.uint8)
+    images.append(("pattern", Image.fromarray(bars).convert("RGB")))
+    images.append(("text", _text_image((400, 300), (255, 255, 255), (0, 0, 0))))
+    images.append(("text", _text_image((400, 300), (20, 20, 20), (200, 255, 200))))
+    window = _text_image((640, 400), (245, 245, 245), (0, 0, 0))
+    draw = ImageDraw.Draw(window)
+    draw.rectangle((0, 0, 640, 24), fill=(60, 90, 160))
+    draw.rectangle((0, 24, 120, 400), fill=(225, 225, 230))
+    draw.rectangle((480, 330, 600, 360), fill=(30, 120, 220))
+    images.append(("text", window))
+    return images
 
 
 @dataclass(frozen=True)
 class MatchStrength:
-    """The query's best cosine similarity to the gallery beside the gallery's own same-label floor."""
+    """A query's best cosine similarity to the gallery beside the two references it is judged by.
+
+    Attributes:
+        best: The query's best cosine similarity to any gallery image.
+        floor: The gallery's floor (:func:`nearest_neighbour_floor`).
+        non_photo: The query's best cosine similarity to a generated non-photo (:func:`non_photos`).
+        non_photo_kind: That non-photo's kind (noise, flat colour, gradient, pattern, text).
+        quantile: The floor's quantile.
+    """
 
     best: float
     floor: float
-
-    def explain(self) -> str:
-        """One sentence, the same in every door."""
-        return (
-            f"the query's best cosine similarity to any gallery image is {self.best:.2f}, below {self.floor:.2f}, "
-            "which 90 % of gallery images reach with their closest image of the same label; the results are the "
-            "least distant images, not necessarily similar ones"
-        )
+    non_photo: float
+    non_photo_kind: str
+    quantile: float = FLOOR_QUANTILE
 
     @property
     def close(self) -> bool:
-        """Whether some gallery image is as close to the query as same-label images usually are to each other."""
-        return self.best >= self.floor
+        """As close to a gallery image as gallery images are to each other, or closer to one than to any
+        generated non-photo."""
+        return self.best >= self.floor or self.best > self.non_photo
+
+    def explain(self) -> str:
+        """One sentence, the same in every door."""
+        share = f"{1 - self.quantile:.0%}".replace("%", " %")
+        floor = f"{self.floor:.3f}, which {share} of gallery images reach with their nearest other gallery image"
+        start = f"the query's best cosine similarity to a gallery image is {self.best:.3f}"
+        if self.best >= self.floor:
+            return f"{start}, at least {floor}"
+        if self.close:
+            return (
+                f"{start}, below {floor}, but higher than to any generated non-photo ({self.non_photo:.3f}): a photo "
+                "unlike the gallery's own, whose results may still be of its kind"
+            )
+        return (
+            f"{start}, below {floor}, and no higher than to a generated non-photo ({self.non_photo_kind}, "
+            f"{self.non_photo:.3f}): the results are the least distant images, not similar ones"
+        )
+
+
+@dataclass(frozen=True)
+class MatchReference:
+    """What a query of one gallery and featurizer is judged by: the floor and the embedded non-photos."""
+
+    floor: float
+    non_photo_embeddings: np.ndarray
+    non_photo_kinds: tuple[str, ...]
+    quantile: float = FLOOR_QUANTILE
+
+    def strength(self, query: np.ndarray, best: float) -> MatchStrength:
+        """The signal for one query embedding ``(1, D)`` or ``(D,)`` whose best gallery cosine is ``best``."""
+        vector = np.asarray(query, np.float32).reshape(-1)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        scores = self.non_photo_embeddings @ vector
+        nearest = int(np.argmax(scores))
+        return MatchStrength(best, self.floor, float(scores[nearest]), self.non_photo_kinds[nearest], self.quantile)
+
+
+def calibrate(
+    gallery: np.ndarray,
+    embed: Callable[[Sequence[Image.Image]], np.ndarray],
+    rng: np.random.Generator | None = None,
+    quantile: float = FLOOR_QUANTILE,
+    max_rows: int | None = MAX_ROWS,
+) -> MatchReference:
+    """The gallery's floor and its featurizer's embeddings of the generated non-photos.
+
+    Args:
+        gallery: L2-normalised gallery embeddings, ``(N, D)``.
+        embed: The gallery's featurizer: RGB images to L2-normalised ``(n, D)`` embeddings.
+        rng: Draws the floor's sample and the non-photos' noise (default: seed 0).
+        quantile: The floor's quantile.
+        max_rows: Gallery images sampled for the floor.
+
+    Raises:
+        ValueError: Fewer than two gallery images, or the featurizer's width differs from the gallery's.
+    """
+    generator = rng if rng is not None else np.random.default_rng(0)
+    floor = nearest_neighbour_floor(gallery, quantile, max_rows=max_rows, rng=generator)
+    kinds, images = zip(*non_photos(generator), strict=True)
+    embedded = np.asarray(embed(list(images)), np.float32)
+    if embedded.shape != (len(images), np.shape(gallery)[1]):
+        raise ValueError(f"non-photo embeddings {embedded.shape} do not fit gallery embeddings {np.shape(gallery)}")
+    embedded /= np.maximum(np.linalg.norm(embedded, axis=1, keepdims=True), 1e-12)
+    return MatchReference(floor, embedded, tuple(kinds), quantile)

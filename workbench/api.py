@@ -202,11 +202,20 @@ class Timing(BaseModel):
 class Match(BaseModel):
     """The "no close match" signal, the same as the app's banner and the CLI's line."""
 
-    close: bool = Field(description="false when no gallery image is as close as images of one label usually are")
+    close: bool = Field(
+        description="false when the query's best cosine similarity to the gallery is below `floor` and no higher "
+        "than its similarity to a generated non-photo (`non_photo_cosine`): noise, a flat colour, a screenshot"
+    )
     best_cosine: float = Field(description="the query's best cosine similarity to any gallery image")
     floor: float = Field(
-        description="the cosine similarity 90 % of gallery images reach with their closest image of the same label"
+        description="the cosine similarity 95 % of gallery images reach with their nearest other gallery image"
     )
+    non_photo_cosine: float = Field(
+        description="the query's best cosine similarity to generated non-photos (noise, flat colours, gradients, "
+        "patterns, text), embedded by the same featurizer"
+    )
+    non_photo_kind: str = Field(description="the kind of that nearest non-photo, e.g. `noise` or `flat colour`")
+    explanation: str = Field(description="the verdict in one sentence, the same as the app's banner and the CLI's line")
 
 
 class SearchResponse(BaseModel):
@@ -505,7 +514,14 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
             timing=Timing(
                 decode_ms=decode_s * 1e3, search_ms=search_s * 1e3, total_ms=(time.perf_counter() - start) * 1e3
             ),
-            match=Match(close=strength.close, best_cosine=strength.best, floor=strength.floor),
+            match=Match(
+                close=strength.close,
+                best_cosine=strength.best,
+                floor=strength.floor,
+                non_photo_cosine=strength.non_photo,
+                non_photo_kind=strength.non_photo_kind,
+                explanation=strength.explain(),
+            ),
         )
 
     return app

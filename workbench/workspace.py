@@ -36,7 +36,7 @@ from core.evaluate import EvaluationResult
 from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
 from core.images import printable
 from core.metric_learning import ProjectionRanker
-from core.out_of_gallery import MatchStrength, same_label_floor
+from core.out_of_gallery import MatchReference, MatchStrength, calibrate
 from core.pipeline import (
     PreparedData,
     SearchHit,
@@ -422,7 +422,7 @@ class Workspace:
     _transformed: dict[tuple[str, float], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _index_cache: dict[int, VectorIndex | None] = field(default_factory=dict, repr=False, compare=False)
     _ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-    _floor: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
+    _match_reference: dict[int, MatchReference] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def layout(self) -> WorkDir:
@@ -505,16 +505,16 @@ class Workspace:
 
     def match(self, query: np.ndarray) -> MatchStrength:
         """The "no close match" signal for a query embedding ``(1, D)``: its best cosine similarity to the gallery
-        beside the gallery's own same-label floor (:mod:`core.out_of_gallery`; the floor is computed once)."""
-        floor = self._floor.get(0)
-        if floor is None:
-            floor = self._floor[0] = same_label_floor(self.embeddings, self.dataset.label_array)
+        beside the gallery's floor and the generated non-photos (:mod:`core.out_of_gallery`; both computed once)."""
+        reference = self._match_reference.get(0)
+        if reference is None:
+            reference = self._match_reference[0] = calibrate(self.embeddings, self.embed)
         index = self.saved_index("cosine")
         if index is not None:  # the closest gallery image by the index, not a scan of the whole gallery
             best = float(index.search(query, 1, CosineRanker(), fingerprint=self.fingerprint).scores[0, 0])
         else:
             best = float(top_k(CosineRanker(), query, self.embeddings, 1)[1][0, 0])
-        return MatchStrength(best, floor)
+        return reference.strength(query, best)
 
     def search_embedding(self, query: np.ndarray, ranker: str, k: int) -> list[SearchHit]:
         """:meth:`search` for an embedding ``(1, D)`` made already (the doors also ask :meth:`match` of it)."""
