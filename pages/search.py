@@ -26,22 +26,31 @@ def render() -> None:
         )
 
     upload = st.file_uploader(
-        "Upload a photo", key=service.upload_key(), help="any common image format; nothing is stored"
+        "Upload a photo",
+        key=service.upload_key(),
+        on_change=service.keep_upload,
+        help="any common image format; nothing is stored on disk",
     )
+    kept = service.kept_upload()  # the uploader's file, or the one uploaded before a page switch
+    if kept is not None and upload is None:
+        st.button(
+            f"Searching with your upload {kept.name}: clear it",
+            key="clear_upload",
+            on_click=service.forget_upload,
+            icon=":material/close:",
+            type="tertiary",
+        )
     names = service.gallery_names(ws)
     picked = st.selectbox(
         "…or pick a gallery image",
         names,
         key="gallery_pick",
         on_change=service.kept_choice("gallery_pick", names),
-        disabled=upload is not None,
+        disabled=kept is not None,
         help="clear the upload to search with a gallery image",
     )
-    if upload is not None:
-        data, name = upload.getvalue(), upload.name
-    else:
-        record = ws.dataset.records[names.index(picked)]
-        data, name = record.path.read_bytes(), picked
+    query = kept or service.gallery_query(ws, picked)
+    data, name = query.data, query.name
 
     try:
         result = service.search(ws, data, name, ranker, k)

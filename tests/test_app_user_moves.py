@@ -101,3 +101,34 @@ def test_a_one_epoch_run_is_drawn_as_labelled_bars_not_two_lone_dots(app_env):
     assert [trace["type"] for trace in figure["data"]] == ["bar"] * 4
     assert [trace["text"] for trace in figure["data"]] == [["1.050"], ["50.0%"], ["0.900"], ["66.7%"]]
     assert "the only one" in figure["layout"]["xaxis"]["title"]["text"]
+
+
+def query_caption(app: AppTest) -> str:
+    [caption] = [caption for image in app.get("image") for caption in image.captions if caption.startswith("query:")]
+    return caption
+
+
+def test_the_last_upload_stays_the_query_across_page_switches_until_cleared(app_env, tiny_dataset):
+    app = run_app()
+    photo = (tiny_dataset / "tools" / "gc_hammer1.jpg").read_bytes()
+    app.get("file_uploader")[0].upload("my_hammer.jpg", photo, "image/jpeg").run()
+    assert not app.exception, app.exception
+    assert "query: my_hammer.jpg" in query_caption(app)
+    uploaded = [md.value for md in app.markdown if md.value.startswith("**")]
+    assert uploaded[0].startswith("**1.** tools")
+
+    app.switch_page("pages/evaluation.py").run()
+    app.switch_page("pages/search.py").run()  # Streamlit has dropped the uploader's file by now
+    assert not app.exception, app.exception
+    assert "query: my_hammer.jpg" in query_caption(app)
+    assert [md.value for md in app.markdown if md.value.startswith("**")] == uploaded
+    assert app.selectbox(key="gallery_pick").disabled
+    clear = app.button(key="clear_upload")
+    assert "my_hammer.jpg" in clear.label
+
+    clear.click().run()  # back to the gallery pick
+    assert not app.exception, app.exception
+    assert "query: fish/gc_fish1.jpg" in query_caption(app) and not app.selectbox(key="gallery_pick").disabled
+    app.switch_page("pages/explore.py").run()
+    app.switch_page("pages/search.py").run()
+    assert "query: fish/gc_fish1.jpg" in query_caption(app)  # a cleared upload does not come back

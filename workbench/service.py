@@ -193,12 +193,54 @@ def set_choice(key: str, value: object) -> None:
 def search_from(name: str) -> None:
     """Make the gallery image ``name`` the Search page's query (click-to-search); an upload is cleared."""
     set_choice("gallery_pick", name)
-    st.session_state["upload_generation"] = st.session_state.get("upload_generation", 0) + 1
+    forget_upload()
 
 
 def upload_key() -> str:
     """The Search page uploader's key: a new one clears the uploaded file (Streamlit cannot set a file)."""
     return f"upload_{st.session_state.get('upload_generation', 0)}"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A photo this session uploaded, kept (bytes and name) so it stays the query across page switches."""
+
+    name: str
+    data: bytes
+
+
+_UPLOAD = "kept_upload"
+
+
+def keep_upload() -> None:
+    """The Search page uploader's ``on_change``: keep its file for this session, or forget it when removed.
+
+    Streamlit drops an uploader's file when its page is not drawn, and a file cannot be put back into one, so the
+    page searches with :func:`kept_upload` instead of the widget's value.
+    """
+    file = st.session_state.get(upload_key())
+    if file is None:
+        st.session_state.pop(_UPLOAD, None)
+    else:
+        st.session_state[_UPLOAD] = Upload(file.name, file.getvalue())
+
+
+def kept_upload() -> Upload | None:
+    """This session's last upload, still the query after a page switch (None: none, or it was cleared)."""
+    kept = st.session_state.get(_UPLOAD)
+    return kept if isinstance(kept, Upload) else None
+
+
+def forget_upload() -> None:
+    """Clear this session's upload, in the uploader too (it gets a new key)."""
+    st.session_state.pop(_UPLOAD, None)
+    st.session_state["upload_generation"] = st.session_state.get("upload_generation", 0) + 1
+
+
+def gallery_query(ws: Workspace, name: str) -> Upload:
+    """The gallery image ``name`` (as :func:`gallery_names` gives it) as a query's bytes."""
+    record = ws.dataset.records[gallery_names(ws).index(name)]
+    return Upload(name, record.path.read_bytes())
 
 
 def featurizer_choices() -> list[str]:
