@@ -48,12 +48,16 @@ def _live_tune() -> None:
     if job.error:
         st.error(f"Tuning failed: {job.error}")
     elif job.report is not None:
-        winner = job.report.winner
-        st.success(
-            f"Tuned in {job.report.seconds:.0f} s: the app now opens with {winner.featurizer} + {winner.ranker} "
-            f"(validation MAP@R {winner.map_at_r})."
-        )
-        st.dataframe(service.tune_rows(job.report), hide_index=True, key="tune_table")
+        report = job.report
+        done = f"Tuned in {report.seconds:.0f} s of {report.budget_s:.0f} s: {report.decision}."
+        opens = f" The app opens with {' + '.join(report.choice)}."
+        (st.success if report.installed else st.info)(done + opens)
+        if report.served_fit_rows:
+            st.caption(f"The served {report.choice[1]} ranker is fitted on {report.served_fit_rows} training images.")
+        st.dataframe(service.tune_rows(report), hide_index=True, key="tune_table")
+        not_done = report.not_done()
+        if not_done:
+            st.warning("Not tried or not finished:\n" + "\n".join(f"- {line}" for line in not_done))
     if job.done and not st.session_state.get(_TUNE_SEEN):
         st.session_state[_TUNE_SEEN] = True
         st.rerun(scope="app")  # the new default featurizer joins the sidebar picker
@@ -65,7 +69,8 @@ def _tune_section() -> None:
         "Tries the pretrained model and fine-tuning recipes (classification, triplet, multi-similarity, "
         "supervised contrastive), then the best recipe with more epochs, a smaller input and a gentler learning rate, "
         "each with every ranker, scored on a validation share of the training images (the test images are never "
-        "used); the best becomes the default featurizer and ranker."
+        "used). The budget covers every step; what it leaves out is listed with why. The best replaces the default "
+        "featurizer and ranker only if it validates better than the current one."
     )
     left, right = st.columns([1, 3], vertical_alignment="bottom")
     budget = left.number_input("Budget (minutes)", min_value=1, max_value=600, value=15, key="tune_budget")

@@ -296,17 +296,24 @@ def test_tuning_from_the_training_page_makes_its_winner_the_default_ranker(app_e
     from core.artifacts import atomic_write_json
     from core.evaluate import Estimate
     from workbench import jobs
-    from workbench.tuning import Candidate, TuneReport
+    from workbench.tuning import Candidate, Recipe, RecipeOutcome, Skipped, TuneProgress, TuneReport
 
     budgets = []
 
     def fake_tune(spec, config, progress):  # the workflow itself is tested in test_tuning.py
         budgets.append(config.budget_s)
-        progress("scoring the pretrained featurizer", 0.5)
+        progress(TuneProgress("scoring pretrained + svm: fitting on 6 images", 12.0, config.budget_s))
+        assert service.tune_job().status == "scoring pretrained + svm: fitting on 6 images · 0:12 of 2:00"
         winner = Candidate("pretrained", "l2", Estimate(0.9, 0.8, 1.0), Estimate(1.0, 1.0, 1.0), 0.1)
         loser = Candidate("pretrained", "cosine", Estimate(0.7, 0.6, 0.8), Estimate(0.9, 0.8, 1.0), 0.1)
         atomic_write_json(spec.layout.default_choice, {"featurizer": "pretrained", "ranker": "l2"})
-        return TuneReport((loser, winner), (), winner, 6, 3, 0.2)
+        skipped = RecipeOutcome(Recipe("triplet"), "tune-triplet", "skipped", reason="needs ~60 s, 10 s left")
+        stopped = Skipped("pretrained", "projection", "stopped", "the budget ran out while scoring it")
+        decision = "pretrained + l2 replaces pretrained + cosine"
+        return TuneReport(
+            (loser, winner), (skipped,), (stopped,), winner, ("pretrained", "cosine"), loser, True, decision, 0,
+            6, 3, 3, config.budget_s, 118.0,
+        )  # fmt: skip
 
     monkeypatch.setattr(jobs, "tune", fake_tune)
     search = run_app()
@@ -319,7 +326,11 @@ def test_tuning_from_the_training_page_makes_its_winner_the_default_ranker(app_e
         time.sleep(0.1)
     app.run()
     assert not app.exception and budgets == [120.0]
-    assert any("now opens with pretrained + l2" in s.value for s in app.success)
+    assert any("pretrained + l2 replaces pretrained + cosine" in s.value for s in app.success)
+    assert any("opens with pretrained + l2" in s.value for s in app.success)
+    [warning] = [w.value for w in app.warning if "Not tried" in w.value]
+    assert "recipe triplet skipped: needs ~60 s, 10 s left" in warning
+    assert "pretrained + projection stopped: the budget ran out while scoring it" in warning
     [table] = [frame.value for frame in app.dataframe]
     assert list(table["ranker"]) == ["l2", "cosine"] and list(table["default"]) == ["✓", ""]
     assert run_app().selectbox(key="ranker").value == "l2"  # a new session opens with the winner

@@ -1,7 +1,9 @@
 """``tune``: validation carved from the training split only, candidates scored and ranked, budget kept, the winner
 becomes the app's default. Synthetic embeddings on the tiny real set stand in for models (no training here)."""
 
+import itertools
 import json
+import re
 import time
 from typing import cast
 
@@ -106,8 +108,22 @@ def test_score_featurizer_matches_a_naive_map_at_r_and_learning_beats_cosine_on_
     assert by_name["random"].map_at_r.value < by_name["cosine"].map_at_r.value
 
 
-def test_tune_never_scores_on_test_images_and_makes_the_winner_the_apps_default(spec, fake_models, monkeypatch):
+def report_fit_rows(spec, prepared) -> np.ndarray:
+    return tuning.validation_split(prepared, 0.25, np.random.default_rng(0)).train
+
+
+def test_tune_never_scores_on_test_images_and_serves_its_winner_refitted_on_the_whole_training_split(
+    spec, fake_models, monkeypatch
+):
     prepared, embeddings, galleries = fake_models
+    fit_rows: list[int] = []
+    fit = ProjectionRanker.fit
+
+    def counting_fit(self, rows, labels, sets=None):
+        fit_rows.append(len(rows))
+        return fit(self, rows, labels, sets)
+
+    monkeypatch.setattr(ProjectionRanker, "fit", counting_fit)
 
     def no_training(*args, **kwargs):
         raise AssertionError("no recipe was asked for")
@@ -121,33 +137,156 @@ def test_tune_never_scores_on_test_images_and_makes_the_winner_the_apps_default(
     saved = json.loads(spec.layout.tune_report.read_text())
     assert saved["winner"]["ranker"] == report.winner.ranker and len(saved["candidates"]) == 3
     assert tuning.default_choice(spec.layout) == (PRETRAINED, report.winner.ranker)
-    print([(c.ranker, c.map_at_r) for c in report.candidates])
     assert report.winner.ranker == "projection"  # the labels hide in quiet dimensions: learning finds them
+    assert (
+        report.previous == (PRETRAINED, "cosine")
+        and report.installed
+        and "replaces pretrained + cosine" in report.decision
+    )
+    # validation chose the projection fitted on the fit images; the one served is refitted on every training image
+    train = np.sort(prepared.split.train)
+    assert fit_rows == [len(report_fit_rows(spec, prepared)), len(train)]
+    assert report.served_fit_rows == len(train) > report.n_fit
     served = ProjectionRanker.load(spec.layout.ranker("projection", f"fake-{PRETRAINED}"))
-    fit_only = tuning.validation_split(prepared, 0.25, np.random.default_rng(0)).train
-    validated = ProjectionRanker().fit(embeddings[PRETRAINED][fit_only], prepared.dataset.label_array[fit_only])
-    np.testing.assert_allclose(served.matrix, validated.matrix, atol=1e-6)  # the ranker validated is the one served
+    refitted = ProjectionRanker().fit(embeddings[PRETRAINED][train], prepared.dataset.label_array[train])
+    np.testing.assert_allclose(served.matrix, refitted.matrix, atol=1e-6)
     spec.layout.default_choice.write_text("{not json")
     assert tuning.default_choice(spec.layout) is None
 
 
-def test_budget_skips_recipes_that_cannot_start_and_stops_one_that_overruns(spec, fake_models, monkeypatch):
-    started: list[str] = []
+def slow_blocks(monkeypatch, seconds: float) -> None:
+    """Every validation query is a block of its own, and each block takes ``seconds`` to score."""
+    monkeypatch.setattr(tuning, "QUERY_BLOCK", 1)
+    score = tuning.evaluate_retrieval
 
-    def slow_training(records, split, config, run_dir, progress=None, resume=True):
+    def slow_retrieval(*args, **kwargs):
+        time.sleep(seconds)
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "evaluate_retrieval", slow_retrieval)
+
+
+def stepping_training(step_seconds: float, steps: int, started: list[str]):
+    """A stand-in for ``fine_tune``: ``steps`` steps per epoch of ``step_seconds`` each, reported as the real one
+    reports them (after every step; the epoch's metrics after its last)."""
+    from core.train import EpochMetrics, TrainProgress
+
+    def training(records, split, config, run_dir, progress=None, resume=True):
         started.append(run_dir.name)
-        from core.train import TrainProgress
+        for epoch in range(1, config.epochs + 1):
+            for step in range(1, steps + 1):
+                time.sleep(step_seconds)
+                progress(TrainProgress(epoch, config.epochs, step, steps))
+            metrics = EpochMetrics(epoch, 1.0, 0.5, 1.0, 0.5, step_seconds * steps)
+            progress(TrainProgress(epoch, config.epochs, steps, steps, metrics))
 
-        time.sleep(0.3)
-        progress(TrainProgress(epoch=1, epochs=config.epochs, step=1, steps=4))  # past the budget: stops here
-        raise AssertionError("tune should have stopped the run")
+    return training
 
-    monkeypatch.setattr("core.train.fine_tune", slow_training)
-    recipes = (tuning.Recipe("first", epochs=1), tuning.Recipe("second", epochs=1))
-    report = tuning.tune(spec, tuning.TuneConfig(budget_s=0.2, recipes=recipes, rankers=("cosine",)))
+
+def test_budget_is_kept_within_ten_percent_when_scoring_is_what_runs_out(spec, fake_models, monkeypatch):
+    """Scoring the pretrained featurizer alone outlasts the budget: it stops at a block of queries, the ranker
+    it was scoring is listed as stopped and every recipe as skipped, each with why; progress moves meanwhile."""
+    prepared, _, _ = fake_models
+    labels = prepared.dataset.label_array.astype(str)
+    split = tuning.validation_split(prepared, 0.25, np.random.default_rng(0))
+    n_queries = len(tuning.validation_queries(labels, split, 2000, np.random.default_rng(0)))
+    budget = 1.5
+    slow_blocks(monkeypatch, budget / (1.5 * n_queries))  # each ranker takes 2/3 of the budget to score
+    monkeypatch.setattr("core.train.fine_tune", stepping_training(0.01, 2, []))
+    events: list[tuning.TuneProgress] = []
+    config = tuning.TuneConfig(budget_s=budget, rankers=("cosine", "l2", "l1"), recipes=(tuning.Recipe("a"),))
+    started = time.perf_counter()
+    report = tuning.tune(spec, config, events.append)
+    wall = time.perf_counter() - started
+    assert wall <= 1.1 * budget and report.seconds <= 1.1 * budget, (wall, report.seconds)
+    assert [(c.featurizer, c.ranker) for c in report.candidates] == [(PRETRAINED, "cosine")]
+    l2, l1 = report.skipped
+    assert (l2.ranker, l2.status) == ("l2", "stopped") and l2.reason.startswith("the budget ran out while scoring it")
+    assert (l1.ranker, l1.status) == ("l1", "skipped") and l1.reason.startswith("the budget ran out before it")
+    [outcome] = report.recipes
+    assert outcome.status == "skipped" and "needs ~" in outcome.reason and "left" in outcome.reason
+    assert any(line.startswith("recipe a skipped: needs ~") for line in report.not_done())
+    # the bar moved while the pretrained featurizer was scored: one event per block of queries, time going up
+    cosine_blocks = [e for e in events if e.text.startswith(f"scoring {PRETRAINED} + cosine: scoring")]
+    assert len(cosine_blocks) == report.n_queries >= 3
+    assert all(a.elapsed_s < b.elapsed_s for a, b in itertools.pairwise(cosine_blocks))
+    assert all(e.budget_s == budget and 0 <= e.fraction <= 1 for e in events)
+
+
+def test_budget_stops_a_recipe_that_would_not_finish_and_skips_the_next_with_why(spec, fake_models, monkeypatch):
+    started: list[str] = []
+    monkeypatch.setattr("core.train.fine_tune", stepping_training(0.1, 10, started))  # 4 s a recipe
+    recipes = (tuning.Recipe("first"), tuning.Recipe("second"))
+    budget = 2.0
+    begin = time.perf_counter()
+    report = tuning.tune(spec, tuning.TuneConfig(budget_s=budget, recipes=recipes, rankers=("cosine",)))
+    assert time.perf_counter() - begin <= 1.1 * budget
     assert started == ["tune-first"]
-    assert [(o.run, o.status) for o in report.recipes] == [("tune-first", "stopped"), ("tune-second", "skipped")]
+    first, second = report.recipes
+    assert (first.run, first.status, second.run, second.status) == ("tune-first", "stopped", "tune-second", "skipped")
+    assert "it would need ~" in first.reason and first.seconds < budget  # stopped as soon as it could tell
+    assert "4 epochs x 1 s" in second.reason, second.reason  # the first run's pace
     assert {c.featurizer for c in report.candidates} == {PRETRAINED}
+
+
+def test_cli_tune_lists_what_it_skipped_and_stopped_with_why(spec, fake_models, monkeypatch, capsys):
+    monkeypatch.setattr("core.train.fine_tune", stepping_training(0.1, 10, []))  # 4 s a recipe: over the budget
+    flags = ["--data", str(spec.config.data.root), "--workdir", str(spec.layout.root.parent), "--budget-min", "0.05"]
+    recipes = ["--recipe", "classification", "--recipe", "triplet", "--ranker", "cosine", "--quiet"]
+    assert cli.main(["tune", *flags, *recipes]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"recipe classification stopped: at epoch 1/4, step \d+/10 it would need ~\d+ s more", out)
+    assert re.search(r"recipe triplet skipped: needs ~\d+ s \(4 epochs x 1 s, then ~\d+ s to featurize and score", out)
+    assert "of a 3 s budget: kept pretrained + cosine: it validated best" in out
+    assert out.rstrip().endswith("the app opens with pretrained + cosine")
+
+
+def make_complete_run(spec: WorkspaceSpec, run: str) -> None:
+    from core.artifacts import SCHEMA_VERSION, atomic_write_json
+
+    atomic_write_json(spec.layout.run(run) / "manifest.json", {"schema_version": SCHEMA_VERSION, "status": "complete"})
+
+
+def test_a_candidate_that_validates_worse_than_the_current_default_is_not_installed(spec, fake_models):
+    """The current default (an earlier run with L2) is scored on the same validation split. The look constraint
+    rejects it here, and the best candidate it allows validates worse: the default stays, and the report says so."""
+    prepared, embeddings, _ = fake_models
+    labels = prepared.dataset.label_array
+    embeddings["old"] = hidden_signal(labels, np.random.default_rng(0), 0.0)  # labels plain to see: MAP@R 1
+    make_complete_run(spec, "old")
+    atomic_write_json_choice = {"featurizer": "old", "ranker": "l2"}
+    spec.layout.default_choice.write_text(json.dumps(atomic_write_json_choice))
+    looked: list[tuple[str, str]] = []
+
+    def look(ws, ranker, gallery, originals):
+        looked.append((ws.run, ranker.name))
+        assert set(gallery) == set(prepared.split.train) and set(originals) <= set(gallery)
+        return 0.5 if (ws.run, ranker.name) == ("old", "l2") else 1.0
+
+    config = tuning.TuneConfig(recipes=(), rankers=("cosine", "random"))
+    report = tuning.tune(spec, config, look=look)
+    assert report.previous == ("old", "l2") and report.incumbent is not None
+    assert report.incumbent.rejected == "copy recall@1 0.50 < 0.95 x cosine's 1.00"
+    assert report.winner is not None and report.winner.featurizer == PRETRAINED
+    assert report.winner.map_at_r.value < report.incumbent.map_at_r.value
+    assert not report.installed and report.choice == ("old", "l2")
+    assert report.decision.startswith("kept old + l2") and "validated no better" in report.decision
+    assert json.loads(spec.layout.default_choice.read_text()) == atomic_write_json_choice
+    assert ("old", "cosine") in looked  # cosine on the same featurizer is the look's yardstick
+
+
+def test_the_look_constraint_rejects_a_candidate_that_buries_the_original(spec, fake_models):
+    def look(ws, ranker, gallery, originals):
+        return 0.5 if ranker.name == "projection" else 0.9
+
+    report = tuning.tune(spec, tuning.TuneConfig(recipes=(), rankers=("cosine", "projection")), look=look)
+    by_ranker = {c.ranker: c for c in report.candidates}
+    assert by_ranker["projection"].rejected == "copy recall@1 0.50 < 0.95 x cosine's 0.90"
+    assert by_ranker["projection"].map_at_r.value > by_ranker["cosine"].map_at_r.value  # the better label metric
+    assert report.winner == by_ranker["cosine"] and by_ranker["cosine"].copy_recall_at_1 == 0.9
+    assert "(current default)" not in report.decision and report.choice == (PRETRAINED, "cosine")
+    unconstrained = tuning.tune(spec, tuning.TuneConfig(recipes=(), rankers=("cosine", "projection"), look_ratio=0))
+    assert unconstrained.winner is not None and unconstrained.winner.ranker == "projection"
 
 
 def test_after_the_recipes_tune_varies_the_best_ones_epochs_input_size_and_learning_rate(

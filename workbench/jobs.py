@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from core.train import EpochMetrics, TrainProgress
-from workbench.tuning import TuneConfig, TuneReport, tune
+from workbench.tuning import TuneConfig, TuneProgress, TuneReport, tune
 from workbench.workflows import train_run
 from workbench.workspace import WorkspaceSpec
 
@@ -122,8 +122,9 @@ class TuneJob:
     error: str | None = None
     done: bool = False
 
-    def _on_progress(self, text: str, fraction: float) -> None:
-        self.status, self.fraction = text, fraction
+    def _on_progress(self, event: TuneProgress) -> None:
+        self.status = f"{event.text} · {_minutes(event.elapsed_s)} of {_minutes(event.budget_s)}"
+        self.fraction = event.fraction
 
     def run_now(self) -> None:
         """Tune in this thread; errors end up in ``error``."""

@@ -2,14 +2,30 @@
 
 The test split is never looked at. A share of each label's training images becomes the validation queries; the
 rest (the *fit* images) is all that learned rankers and fine-tuning see. Every candidate, a featurizer (pretrained
-or a recipe's run) with a ranker, is scored by full-gallery retrieval: each validation image searches the whole
-training split, itself excluded. MAP@R decides (recall@1 is reported beside it), each with a bootstrap 95 % CI.
+or a recipe's run) with a ranker, is scored by full-gallery retrieval: each validation image (at most
+:attr:`TuneConfig.max_queries`, a stratified seeded sample) searches the whole training split, itself excluded.
+MAP@R decides (recall@1 is reported beside it), each with a bootstrap 95 % CI.
 
-Recipes are tried in order while the time budget lasts, then variants of the best one (:func:`_refinements`); one
-that would overrun the budget is stopped at the end of a step (its run keeps its last finished epoch and resumes
-if tuned again). The winner is written as the dataset's default choice, so the app opens with that featurizer and
-ranker; a learned ranker is saved as validated (fitted on the fit images), not refitted. Recipe runs are ordinary
-runs named ``tune-<recipe>``, trained on the fit images only.
+**The budget covers everything**, from reading the data to installing the choice. A step starts only when what was
+measured of its kind so far says it ends in time, with room kept for the final refit; scoring runs in blocks of
+queries and fine-tuning in steps, each stopped once the time is up, and featurizing a run stops at a batch. A step
+never measured before (the first fit of each learned ranker, the first run) is started on trust: the rankers' own
+caps on rows and steps bound it. Whatever was not done is listed with why (:class:`Skipped`,
+:attr:`RecipeOutcome.reason`).
+
+**The look constraint**: with a look probe (:data:`LookFn`, an edited copy of each validation image searching for
+its original), a candidate whose copy recall@1 is below :attr:`TuneConfig.look_ratio` times cosine's on the same
+featurizer is rejected: a ranker that wins labels by burying the photo asked about is not chosen.
+
+**Never worse**: the current default (``tune``'s earlier choice, else what the app opens with) is scored on the
+same validation split like any candidate; the best eligible candidate replaces it only when its validation MAP@R
+is higher, otherwise the current default stays and the report says so. A learned ranker on the pretrained
+featurizer is then refitted on the whole training split before it is saved and served (the validation only chose
+it); on a recipe's run it is saved as validated, fitted on the fit images its network was trained on.
+
+Recipes are tried in order while the budget lasts, then variants of the best one (:func:`_refinements`). A run
+stopped by the budget keeps its last finished epoch and resumes if tuned again. Recipe runs are ordinary runs named
+``tune-<recipe>``, trained on the fit images only.
 """
 
 from __future__ import annotations
@@ -28,8 +44,8 @@ from core.artifacts import atomic_write_json, read_json
 from core.config import TrainConfig, WorkbenchConfig
 from core.data import ComparativeSets, Split, make_comparative_sets, stratified_split
 from core.errors import ArtifactError, WorkbenchError
-from core.evaluate import Estimate, evaluate_retrieval
-from core.rankers import LearnedRanker, Ranker, make_ranker, ranker_spec
+from core.evaluate import MAX_QUERIES, Estimate, evaluate_retrieval, mean_with_interval, sample_queries
+from core.rankers import CosineRanker, LearnedRanker, Ranker, make_ranker, ranker_spec
 from core.workdir import PRETRAINED, WorkDir
 from workbench.workflows import fit_ranker
 from workbench.workspace import WorkspaceSpec, completed_runs, open_workspace, prepared_data
@@ -37,6 +53,7 @@ from workbench.workspace import WorkspaceSpec, completed_runs, open_workspace, p
 if TYPE_CHECKING:
     from core.pipeline import PreparedData
     from core.train import TrainProgress
+    from workbench.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +98,28 @@ DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("supcon", objective="supcon"),
 )
 
+#: Validation queries scored per block: progress and the deadline are checked between blocks.
+QUERY_BLOCK = 256
+#: Copies of validation images embedded per featurizer for the look constraint at most (a stratified sample).
+MAX_LOOK_COPIES = 200
+
 
 @dataclass(frozen=True)
 class TuneConfig:
     """What ``tune`` tries and for how long.
 
     Attributes:
-        budget_s: Wall-clock budget in seconds for the whole search.
+        budget_s: Wall-clock budget in seconds for the whole search, scoring and installing included.
         rankers: Rankers scored on every featurizer.
         recipes: Fine-tuning recipes, tried in order while the budget lasts.
         refine: Then try the best trained recipe with twice the epochs, a smaller input and a third of the
             learning rate.
         validation_fraction: Share of each label's training images used as validation queries.
-        seed: Seeds the validation split and the fit images' comparative sets.
+        max_queries: Validation queries scored at most (a stratified sample, seeded, beyond it).
+        look_ratio: With a look probe, a candidate whose copy recall@1 is below this share of cosine's on the same
+            featurizer is rejected (0: no constraint).
+        max_copies: Validation images copied for the look probe per featurizer at most.
+        seed: Seeds the validation split, the query sample and the fit images' comparative sets.
     """
 
     budget_s: float = 900.0
@@ -101,6 +127,9 @@ class TuneConfig:
     recipes: tuple[Recipe, ...] = DEFAULT_RECIPES
     refine: bool = True
     validation_fraction: float = 0.25
+    max_queries: int = MAX_QUERIES
+    look_ratio: float = 0.95
+    max_copies: int = MAX_LOOK_COPIES
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +137,10 @@ class TuneConfig:
             raise ValueError(f"tune budget must be a finite number of seconds >= 0, got {self.budget_s}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.max_queries < 1 or self.max_copies < 1:
+            raise ValueError(f"max_queries and max_copies must be >= 1, got {self.max_queries}, {self.max_copies}")
+        if not 0.0 <= self.look_ratio <= 1.0:
+            raise ValueError(f"look_ratio must be in [0, 1], got {self.look_ratio}")
         for name in self.rankers:
             ranker_spec(name)  # unknown names fail here, with the registry's list
 
@@ -122,6 +155,10 @@ class Candidate:
         map_at_r: MAP@R with its 95 % CI.
         recall_at_1: Recall@1 with its 95 % CI.
         seconds: Time to fit the ranker and score it (the run's training time is in :class:`RecipeOutcome`).
+        fit_rows: Images a learned ranker was fitted on for the validation (0: a plain ranker).
+        copy_recall_at_1: Look metric: share of edited copies of validation images whose original came first
+            (None: no look probe).
+        rejected: Why the look constraint rules it out ("" when it does not).
     """
 
     featurizer: str
@@ -129,55 +166,142 @@ class Candidate:
     map_at_r: Estimate
     recall_at_1: Estimate
     seconds: float
+    fit_rows: int = 0
+    copy_recall_at_1: float | None = None
+    rejected: str = ""
+
+    @property
+    def choice(self) -> tuple[str, str]:
+        """``(featurizer, ranker)``."""
+        return self.featurizer, self.ranker
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A featurizer + ranker that was not scored: ``"skipped"`` (not started) or ``"stopped"`` (the budget ran out
+    while it ran), and why."""
+
+    featurizer: str
+    ranker: str
+    status: str
+    reason: str
 
 
 @dataclass(frozen=True)
 class RecipeOutcome:
-    """What became of a recipe: ``"trained"``, ``"stopped"`` (budget ran out mid-run) or ``"skipped"``."""
+    """What became of a recipe: ``"trained"``, ``"stopped"`` (budget ran out mid-run) or ``"skipped"``, and why."""
 
     recipe: Recipe
     run: str
     status: str
     seconds: float = 0.0
     seconds_per_epoch: float = 0.0
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class TuneReport:
-    """Every candidate, what became of each recipe, and the winner."""
+    """Every candidate, what was skipped or stopped and why, the best candidate and what became the default.
+
+    Attributes:
+        candidates: Every scored candidate, in scoring order.
+        recipes: What became of each recipe.
+        skipped: Candidates not scored (budget), with why.
+        winner: The best candidate the look constraint allows (None: none was scored).
+        previous: The default before this tune (its earlier choice, else what the app opens with).
+        incumbent: ``previous`` scored on this validation split (None: it could not be scored in time).
+        installed: Whether ``winner`` became the default (it validated better than ``previous``).
+        decision: One sentence saying what became the default and why.
+        served_fit_rows: Images the installed learned ranker was fitted on (0: none installed, or a plain ranker).
+        n_fit: Fit images (fine-tuning and learned rankers).
+        n_validation: Validation images.
+        n_queries: Validation images scored (a sample when there are more than ``max_queries``).
+        budget_s: The wall-clock budget.
+        seconds: Wall-clock time of the whole tune.
+    """
 
     candidates: tuple[Candidate, ...]
     recipes: tuple[RecipeOutcome, ...]
-    winner: Candidate
+    skipped: tuple[Skipped, ...]
+    winner: Candidate | None
+    previous: tuple[str, str]
+    incumbent: Candidate | None
+    installed: bool
+    decision: str
+    served_fit_rows: int
     n_fit: int
     n_validation: int
+    n_queries: int
+    budget_s: float
     seconds: float
+
+    @property
+    def choice(self) -> tuple[str, str]:
+        """The ``(featurizer, ranker)`` the app opens with after this tune."""
+        return self.winner.choice if self.installed and self.winner is not None else self.previous
+
+    def not_done(self) -> list[str]:
+        """One line per recipe and candidate skipped or stopped, with why."""
+        lines = [
+            f"recipe {outcome.recipe.name} {outcome.status}: {outcome.reason}"
+            for outcome in self.recipes
+            if outcome.status != "trained"
+        ]
+        lines += [f"{item.featurizer} + {item.ranker} {item.status}: {item.reason}" for item in self.skipped]
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
-            "winner": dataclasses.asdict(self.winner),
+            "winner": None if self.winner is None else dataclasses.asdict(self.winner),
+            "previous": list(self.previous),
+            "incumbent": None if self.incumbent is None else dataclasses.asdict(self.incumbent),
+            "installed": self.installed,
+            "decision": self.decision,
+            "served_fit_rows": self.served_fit_rows,
             "n_fit": self.n_fit,
             "n_validation": self.n_validation,
+            "n_queries": self.n_queries,
+            "budget_s": self.budget_s,
             "seconds": self.seconds,
             "candidates": [dataclasses.asdict(candidate) for candidate in self.candidates],
             "recipes": [dataclasses.asdict(outcome) for outcome in self.recipes],
+            "skipped": [dataclasses.asdict(item) for item in self.skipped],
         }
 
 
-#: ``phase(text, fraction)``: what ``tune`` is doing and the share of the budget spent.
-TuneProgressFn = Callable[[str, float], None]
+@dataclass(frozen=True)
+class TuneProgress:
+    """What ``tune`` is doing and how much of the budget is spent."""
+
+    text: str
+    elapsed_s: float
+    budget_s: float
+
+    @property
+    def fraction(self) -> float:
+        """Share of the budget spent, at most 1."""
+        return min(1.0, self.elapsed_s / self.budget_s) if self.budget_s > 0 else 1.0
+
+
+#: Called at every phase, scoring block, fine-tuning step and featurizing batch.
+TuneProgressFn = Callable[[TuneProgress], None]
+
+#: The look probe: ``look(ws, ranker, gallery, originals)`` is the copy recall@1 of ``ranker`` when an edited copy
+#: of each of ``originals`` (record indices, inside ``gallery``) searches ``gallery`` (record indices) embedded by
+#: ``ws``'s featurizer. A probe keeps its copies' embeddings per featurizer itself.
+LookFn = Callable[["Workspace", Ranker, np.ndarray, np.ndarray], float]
 
 
 class _OverBudget(Exception):
     pass
 
 
-def _refinements(candidates: list[tuple[Candidate, Ranker]], outcomes: list[RecipeOutcome]) -> list[Recipe]:
+def _refinements(candidates: Sequence[Candidate], outcomes: list[RecipeOutcome]) -> list[Recipe]:
     """Variants of the best trained recipe (by its best candidate): twice the epochs, a smaller input (small photos
     gain nothing from 224 px, and it costs half as much) and a third of the learning rate."""
     trained = {outcome.run: outcome.recipe for outcome in outcomes if outcome.status == "trained"}
-    scored = [(c.map_at_r.value, trained[c.featurizer]) for c, _ in candidates if c.featurizer in trained]
+    scored = [(c.map_at_r.value, trained[c.featurizer]) for c in candidates if c.featurizer in trained]
     if not scored:
         return []
     best = max(scored, key=lambda pair: pair[0])[1]
@@ -199,6 +323,88 @@ def validation_split(prepared: PreparedData, fraction: float, rng: np.random.Gen
     return Split(np.sort(train[inner.train]), np.sort(train[inner.test]))
 
 
+def validation_queries(labels: np.ndarray, split: Split, max_queries: int, rng: np.random.Generator) -> np.ndarray:
+    """The validation images that are scored: those with another training image of their label, at most
+    ``max_queries`` of them (stratified by label, seeded), ascending."""
+    gallery_labels = labels[np.concatenate([split.train, split.test])]
+    names, counts = np.unique(gallery_labels, return_counts=True)
+    usable = split.test[counts[np.searchsorted(names, labels[split.test])] > 1]
+    return sample_queries(usable, labels, max_queries, rng) if len(usable) else usable
+
+
+def score_candidate(
+    featurizer: str,
+    name: str,
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    split: Split,
+    sets: ComparativeSets,
+    rng: np.random.Generator,
+    settings: WorkbenchConfig | None = None,
+    queries: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[Candidate, Ranker]:
+    """Fit one ranker on the fit images, then let the validation queries search the training split, in blocks.
+
+    Args:
+        featurizer: Name reported for these embeddings.
+        name: Registry name of the ranker.
+        embeddings: One row per dataset record.
+        labels: Label of each record.
+        split: Fit and validation record indices (together: the training split).
+        sets: Comparative sets over the fit images (positions in ``split.train``), for rankers learning from pairs.
+        rng: Draws the bootstrap intervals (and seeds the random baseline).
+        settings: Learned rankers take their section of it (``[svm]``) when there is one.
+        queries: Validation record indices to score (default: every usable one, :func:`validation_queries`).
+        progress: Told what is happening (fitting, each block of queries).
+        stop: Asked before the fit and every block; True stops the scoring (raises ``_OverBudget``).
+
+    Returns:
+        The candidate and its ranker (fitted on the fit images).
+    """
+    start = time.perf_counter()
+    say = progress or (lambda text: None)
+    if queries is None:
+        queries = validation_queries(labels, split, len(split.test) or 1, np.random.default_rng(0))
+    spec = ranker_spec(name)
+    section = getattr(settings, name, None)
+    if not spec.learned:
+        ranker = make_ranker(name, rng)
+    else:
+        ranker = spec.build(section) if section is not None else spec.build()
+    fit_rows = 0
+    if isinstance(ranker, LearnedRanker):
+        if stop is not None and stop():
+            raise _OverBudget
+        say(f"{name}: fitting on {len(split.train)} images")
+        ranker.fit(embeddings[split.train], labels[split.train], sets)
+        fit_rows = len(split.train)
+    gallery = np.sort(np.concatenate([split.train, split.test]))
+    gallery_embeddings, gallery_labels = embeddings[gallery], labels[gallery]
+    positions = np.searchsorted(gallery, queries)
+    per_query: dict[str, list[np.ndarray]] = {"map@r": [], "recall@1": []}
+    for begin in range(0, len(positions), QUERY_BLOCK):
+        if stop is not None and stop():
+            raise _OverBudget
+        say(f"{name}: scoring, {begin}/{len(positions)} queries done")
+        block = evaluate_retrieval(
+            ranker, gallery_embeddings, gallery_labels, positions[begin : begin + QUERY_BLOCK], ks=(1,)
+        )
+        for metric, values in per_query.items():
+            values.append(block.per_query[metric])
+    candidate = Candidate(
+        featurizer,
+        name,
+        mean_with_interval(np.concatenate(per_query["map@r"]), rng),
+        mean_with_interval(np.concatenate(per_query["recall@1"]), rng),
+        time.perf_counter() - start,
+        fit_rows,
+    )
+    log.info("tune: %s + %s: MAP@R %s", featurizer, name, candidate.map_at_r)
+    return candidate, ranker
+
+
 def score_featurizer(
     featurizer: str,
     embeddings: np.ndarray,
@@ -209,62 +415,299 @@ def score_featurizer(
     rng: np.random.Generator,
     settings: WorkbenchConfig | None = None,
 ) -> list[tuple[Candidate, Ranker]]:
-    """Fit each ranker on the fit images, then let every validation image search the training split.
+    """:func:`score_candidate` for each of ``rankers`` on every usable validation image, with no budget."""
+    return [score_candidate(featurizer, name, embeddings, labels, split, sets, rng, settings) for name in rankers]
+
+
+@dataclass(frozen=True)
+class _Data:
+    """What every candidate is scored on: labels, the fit/validation split, the scored queries, the fit images'
+    comparative sets."""
+
+    labels: np.ndarray
+    split: Split
+    queries: np.ndarray
+    sets: ComparativeSets
+    n_train: int
+
+    @property
+    def gallery(self) -> np.ndarray:
+        return np.sort(np.concatenate([self.split.train, self.split.test]))
+
+
+class _Search:
+    """One ``tune``: the clock, what each kind of step took so far, and every candidate, outcome and skip."""
+
+    def __init__(self, spec: WorkspaceSpec, config: TuneConfig, progress: TuneProgressFn | None, look: LookFn | None):
+        self.spec, self.config, self.progress, self.look = spec, config, progress, look
+        self.started = time.perf_counter()
+        self.rng = np.random.default_rng(config.seed)
+        self.candidates: list[Candidate] = []
+        self.rankers: dict[tuple[str, str], Ranker] = {}
+        self.workspaces: dict[str, Workspace] = {}
+        self.outcomes: list[RecipeOutcome] = []
+        self.skipped: list[Skipped] = []
+        self.step_seconds: dict[str, float] = {}  # ranker -> its fit and scoring on the latest featurizer
+        self.look_seconds = 0.0  # embedding one featurizer's copies for the look metric
+        self.open_seconds = 0.0  # featurizing a run
+        self.previous: tuple[str, str] = (PRETRAINED, "")  # the current default, set once known
+        self.n_train = 0
+        self.now = "starting"
+
+    # --- the clock -------------------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def limit(self) -> float:
+        """When every step must have ended: the budget less the room kept for installing the choice."""
+        return self.config.budget_s - self.refit_seconds()
+
+    def refit_seconds(self) -> float:
+        """Room kept for refitting the best candidate so far on the whole training split, when it would replace
+        the current default and is a learned ranker on the pretrained featurizer (from its fit on fewer images)."""
+        best = max((c for c in self.candidates if not c.rejected), key=lambda c: c.map_at_r.value, default=None)
+        if best is None or best.featurizer != PRETRAINED or not best.fit_rows or best.choice == self.previous:
+            return 0.0
+        return best.seconds * self.n_train / best.fit_rows
+
+    def fits(self, seconds: float) -> bool:
+        """Whether a step expected to take ``seconds`` ends by :meth:`limit`."""
+        return self.elapsed() + seconds <= self.limit()
+
+    def over(self) -> bool:
+        return self.elapsed() > self.limit()
+
+    def left(self) -> str:
+        return f"{max(0.0, self.limit() - self.elapsed()):.0f} s of the budget left"
+
+    def phase(self, text: str) -> None:
+        self.now = text
+        log.debug("tune: %s", text)
+        if self.progress is not None:
+            self.progress(TuneProgress(text, self.elapsed(), self.config.budget_s))
+
+    def skip(self, featurizer: str, ranker: str, status: str, reason: str) -> None:
+        self.skipped.append(Skipped(featurizer, ranker, status, reason))
+        log.info("tune: %s + %s %s: %s", featurizer, ranker, status, reason)
+
+    # --- scoring ---------------------------------------------------------------------------------------------
+
+    def scoring_estimate(self) -> float:
+        """Seconds to score one more featurizer, from what the last one took."""
+        return sum(self.step_seconds.get(name, 0.0) for name in self.config.rankers) + self.look_seconds
+
+    def score(self, featurizer: str, ws: Workspace, names: Sequence[str], data: _Data) -> None:
+        """Score each of ``names`` on ``ws``'s embeddings while the budget lasts; list the others with why."""
+        self.workspaces[featurizer] = ws
+        names = [name for name in dict.fromkeys(names) if (featurizer, name) not in self.rankers]
+        cosine_look = None
+        originals = sample_queries(
+            data.queries, data.labels, self.config.max_copies, np.random.default_rng(self.config.seed)
+        )
+        if self.look is not None and self.config.look_ratio > 0 and names:
+            if not self.fits(self.look_seconds):
+                reason = f"the look metric's copies need ~{self.look_seconds:.0f} s, {self.left()}"
+                for name in names:
+                    self.skip(featurizer, name, "skipped", reason)
+                return
+            self.phase(f"scoring {featurizer}: embedding {len(originals)} copies for the look metric")
+            started = time.perf_counter()
+            cosine_look = self.look(ws, CosineRanker(), data.gallery, originals)
+            self.look_seconds = time.perf_counter() - started
+        for name in names:
+            estimate = self.step_seconds.get(name, 0.0)
+            if not self.fits(estimate):
+                why = (
+                    f"needs ~{estimate:.0f} s as measured before, {self.left()}"
+                    if estimate
+                    else "the budget ran out before it started"
+                )
+                self.skip(featurizer, name, "skipped", why)
+                continue
+            started = time.perf_counter()
+            try:
+                candidate, ranker = score_candidate(
+                    featurizer, name, ws.embeddings, data.labels, data.split, data.sets, self.rng, self.spec.config,
+                    data.queries, lambda text: self.phase(f"scoring {featurizer} + {text}"), self.over,
+                )  # fmt: skip
+                if cosine_look is not None and self.look is not None:
+                    self.phase(f"scoring {featurizer} + {name}: look metric")
+                    copy_recall = cosine_look if name == "cosine" else self.look(ws, ranker, data.gallery, originals)
+                    floor = self.config.look_ratio * cosine_look
+                    why = f"copy recall@1 {copy_recall:.2f} < {self.config.look_ratio:.2f} x cosine's {cosine_look:.2f}"
+                    candidate = dataclasses.replace(
+                        candidate, copy_recall_at_1=copy_recall, rejected="" if copy_recall >= floor else why
+                    )
+            except _OverBudget:
+                self.skip(featurizer, name, "stopped", f"the budget ran out while scoring it ({self.now})")
+                continue
+            candidate = dataclasses.replace(candidate, seconds=time.perf_counter() - started)
+            self.step_seconds[name] = candidate.seconds
+            self.candidates.append(candidate)
+            self.rankers[candidate.choice] = ranker
+
+    def open_run(self, run: str) -> Workspace:
+        """The run's workspace, featurizing what is not cached; stops at a batch when the budget runs out."""
+
+        def on_batch(done: int, total: int) -> None:
+            if self.over():
+                raise _OverBudget
+            self.phase(f"featurizing with {run}: {done}/{total} images")
+
+        self.phase(f"featurizing with {run}")
+        started = time.perf_counter()
+        ws = open_workspace(self.spec.with_run(run), on_batch)  # the run's own manifest sets its input size
+        self.open_seconds = time.perf_counter() - started
+        return ws
+
+    # --- recipes ---------------------------------------------------------------------------------------------
+
+    def try_recipe(self, recipe: Recipe, data: _Data, records: Sequence[Any]) -> None:
+        """Fine-tune ``recipe`` on the fit images if the budget allows, then score its run."""
+        from core.train import fine_tune
+
+        run = f"tune-{recipe.name}"
+        if run in self.workspaces:  # the current default's run, scored already: score the other rankers on it
+            self.outcomes.append(RecipeOutcome(recipe, run, "trained", reason="the current default's run, reused"))
+            self.score(run, self.workspaces[run], self.config.rankers, data)
+            return
+        per_epoch = max((o.seconds_per_epoch for o in self.outcomes), default=0.0)
+        after = self.scoring_estimate() + (self.open_seconds or per_epoch * len(data.labels) / len(data.split.train))
+        need = per_epoch * recipe.epochs + after
+        if self.over() or not self.fits(need):
+            detail = f"{recipe.epochs} epochs x {per_epoch:.0f} s, then ~{after:.0f} s to featurize and score; "
+            self.outcomes.append(
+                RecipeOutcome(recipe, run, "skipped", reason=f"needs ~{need:.0f} s ({detail}{self.left()})")
+            )
+            log.info("tune: %s skipped: %s", run, self.outcomes[-1].reason)
+            return
+        self.phase(f"fine-tuning {run}")
+        run_started = time.perf_counter()
+        first: list[tuple[float, int]] = []  # (time, steps done) at the first step: the model is built by then
+        epoch_seconds: list[float] = []
+        pace = [0.0]  # seconds per epoch, as measured so far
+
+        def on_step(event: TrainProgress) -> None:
+            done, total = (event.epoch - 1) * event.steps + event.step, event.epochs * event.steps
+            now = time.perf_counter()
+            first[:] = first or [(now, done)]
+            if event.metrics is not None:
+                epoch_seconds.append(event.metrics.seconds)
+            measured = done - first[0][1]
+            per_step = (now - first[0][0]) / measured if measured >= 2 else 0.0
+            pace[0] = float(np.mean(epoch_seconds)) if epoch_seconds else per_step * event.steps
+            rest = (total - done) * per_step
+            then = self.scoring_estimate() + (self.open_seconds or pace[0] * len(data.labels) / len(data.split.train))
+            if self.over():
+                raise _OverBudget(f"the budget ran out at epoch {event.epoch}/{event.epochs}, step {event.step}")
+            if per_step and not self.fits(rest + then):
+                raise _OverBudget(
+                    f"at epoch {event.epoch}/{event.epochs}, step {event.step}/{event.steps} it would need ~{rest:.0f} s "
+                    f"more, then ~{then:.0f} s to featurize and score; {self.left()}"
+                )
+            self.phase(f"fine-tuning {run}: epoch {event.epoch}/{event.epochs}, step {event.step}/{event.steps}")
+
+        try:
+            fine_tune(
+                records, data.split, recipe.train_config(self.spec.config.train), self.spec.layout.run(run), on_step
+            )
+        except _OverBudget as stop:
+            reason = f"{stop} (the run keeps its last finished epoch and resumes if tuned again)"
+            seconds = time.perf_counter() - run_started
+            self.outcomes.append(RecipeOutcome(recipe, run, "stopped", seconds, pace[0], reason))
+            log.info("tune: %s %s", run, reason)
+            return
+        seconds = time.perf_counter() - run_started
+        per_epoch = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0  # 0: a finished run, only reopened
+        try:
+            ws = self.open_run(run)
+        except _OverBudget:
+            reason = f"trained, but the budget ran out while featurizing with it ({self.now})"
+            self.outcomes.append(RecipeOutcome(recipe, run, "stopped", seconds, per_epoch, reason))
+            return
+        self.outcomes.append(RecipeOutcome(recipe, run, "trained", seconds, per_epoch))
+        self.score(run, ws, self.config.rankers, data)
+
+    # --- the choice ------------------------------------------------------------------------------------------
+
+    def decide(self, previous: tuple[str, str], data: _Data) -> tuple[Candidate | None, Candidate | None, bool, str]:
+        """The best eligible candidate, the scored current default, whether the best replaces it, and why."""
+        eligible = [c for c in self.candidates if not c.rejected]
+        winner = max(eligible, key=lambda c: c.map_at_r.value, default=None)  # first of equals: scored first
+        incumbent = next((c for c in self.candidates if c.choice == previous), None)
+        current = " + ".join(previous)
+        if winner is None:
+            return None, incumbent, False, f"no candidate was scored within the budget; the app keeps {current}"
+        best = f"{winner.featurizer} + {winner.ranker}"
+        if incumbent is None:
+            return (
+                winner,
+                None,
+                False,
+                (
+                    f"kept {current}: it could not be scored on the validation split within the budget, so {best} "
+                    f"(MAP@R {winner.map_at_r.value:.3f}) cannot be shown to be better"
+                ),
+            )
+        if winner.choice == previous:
+            return winner, incumbent, False, f"kept {current}: it validated best (MAP@R {incumbent.map_at_r})"
+        if winner.map_at_r.value <= incumbent.map_at_r.value:
+            flag = f" ({incumbent.rejected})" if incumbent.rejected else ""
+            return (
+                winner,
+                incumbent,
+                False,
+                (
+                    f"kept {current} (validation MAP@R {incumbent.map_at_r}){flag}: the best eligible candidate, {best}, "
+                    f"validated no better ({winner.map_at_r})"
+                ),
+            )
+        return (
+            winner,
+            incumbent,
+            True,
+            (f"{best} (validation MAP@R {winner.map_at_r}) replaces {current} ({incumbent.map_at_r})"),
+        )
+
+    def install(self, winner: Candidate, data: _Data) -> int:
+        """Save the winner's learned ranker (pretrained: refitted on the whole training split) and make the winner
+        the default; returns the images the served ranker was fitted on (0: a plain ranker)."""
+        ranker = self.rankers[winner.choice]
+        ws = self.workspaces[winner.featurizer]
+        rows = 0
+        if isinstance(ranker, LearnedRanker):
+            if winner.featurizer == PRETRAINED:
+                self.phase(f"refitting {winner.ranker} on all {data.n_train} training images")
+                fit_ranker(ws, winner.ranker)  # validation chose it; every training image fits the one served
+                rows = data.n_train
+            else:  # the run's network was trained on the fit images: its ranker is served as validated
+                fit_ranker(ws, winner.ranker, ranker)
+                rows = winner.fit_rows
+        atomic_write_json(self.spec.layout.default_choice, {"featurizer": winner.featurizer, "ranker": winner.ranker})
+        return rows
+
+
+def tune(
+    spec: WorkspaceSpec,
+    config: TuneConfig = TuneConfig(),
+    progress: TuneProgressFn | None = None,
+    look: LookFn | None = None,
+) -> TuneReport:
+    """Score the current default, the pretrained featurizer and each recipe's run with every ranker within the
+    budget; make the best the default when it validates better than the current one.
 
     Args:
-        featurizer: Name reported for these embeddings.
-        embeddings: One row per dataset record.
-        labels: Label of each record.
-        split: Fit and validation record indices (together: the training split).
-        rankers: Registry names.
-        sets: Comparative sets over the fit images (positions in ``split.train``), for rankers learning from pairs.
-        rng: Draws the bootstrap intervals (and seeds the random baseline).
-        settings: Learned rankers take their section of it (``[svm]``) when there is one.
-
-    Returns:
-        Each candidate with the ranker it scored (fitted on the fit images).
-    """
-    gallery = np.sort(np.concatenate([split.train, split.test]))
-    queries = np.searchsorted(gallery, split.test)
-    candidates = []
-    for name in rankers:
-        start = time.perf_counter()
-        spec = ranker_spec(name)
-        section = getattr(settings, name, None)
-        if not spec.learned:
-            ranker = make_ranker(name, rng)
-        else:
-            ranker = spec.build(section) if section is not None else spec.build()
-        if isinstance(ranker, LearnedRanker):
-            ranker.fit(embeddings[split.train], labels[split.train], sets)
-        result = evaluate_retrieval(ranker, embeddings[gallery], labels[gallery], queries, ks=(1,))  # MAP@R, r@1
-        candidate = Candidate(
-            featurizer,
-            name,
-            result.interval("map@r", rng),
-            result.interval("recall@1", rng),
-            time.perf_counter() - start,
-        )
-        candidates.append((candidate, ranker))
-        log.info("tune: %s + %s: MAP@R %s", featurizer, name, candidate.map_at_r)
-    return candidates
-
-
-def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneProgressFn | None = None) -> TuneReport:
-    """Score the pretrained featurizer and each recipe's run with every ranker; make the best the default.
+        spec: The dataset, condition and workdir (its run is ignored).
+        config: What to try and for how long.
+        progress: Told what is happening, with the time spent, at every phase, block, step and batch.
+        look: The look probe of the look constraint (None: no constraint).
 
     Raises:
         WorkbenchError: Too few training images to carve a validation split.
     """
-    from core.train import fine_tune
-
-    started = time.perf_counter()
-
-    def phase(text: str) -> None:
-        log.debug("tune: %s", text)
-        if progress is not None:
-            progress(text, min(1.0, (time.perf_counter() - started) / max(config.budget_s, 1e-9)))
-
+    search = _Search(spec, config, progress, look)
+    search.phase("reading the data")
     prepared = prepared_data(spec.config.data, spec.layout)
     labels = prepared.dataset.label_array.astype(str)
     rng = np.random.default_rng(config.seed)
@@ -277,67 +720,50 @@ def tune(spec: WorkspaceSpec, config: TuneConfig = TuneConfig(), progress: TuneP
     sets = make_comparative_sets(
         labels[split.train], prepared.config.train_queries_per_label, prepared.config.n_negatives, rng
     )
+    queries = validation_queries(labels, split, config.max_queries, rng)
+    data = _Data(labels, split, queries, sets, len(prepared.split.train))
 
-    phase("scoring the pretrained featurizer")
-    base = open_workspace(spec.with_run(PRETRAINED))
-    candidates = score_featurizer(PRETRAINED, base.embeddings, labels, split, config.rankers, sets, rng, spec.config)
-    outcomes: list[RecipeOutcome] = []
-
-    def try_recipe(recipe: Recipe) -> None:
-        """Fine-tune ``recipe`` on the fit images if the budget allows, then score its run."""
-        run = f"tune-{recipe.name}"
-        train_config = recipe.train_config(spec.config.train)
-        remaining = config.budget_s - (time.perf_counter() - started)
-        per_epoch = max((outcome.seconds_per_epoch for outcome in outcomes), default=0.0)
-        if remaining <= 0 or per_epoch * recipe.epochs > remaining:
-            outcomes.append(RecipeOutcome(recipe, run, "skipped"))
-            log.info("tune: %s skipped (%.0f s of the budget left)", run, max(remaining, 0.0))
-            return
-        phase(f"fine-tuning {run}")
-        run_started = time.perf_counter()
-
-        def on_step(event: TrainProgress) -> None:
-            if time.perf_counter() - started > config.budget_s:
-                raise _OverBudget
-            if event.metrics is not None:
-                phase(f"fine-tuning {run}: epoch {event.epoch}/{event.epochs} done in {event.metrics.seconds:.0f} s")
-
+    search.phase("featurizing with the pretrained model")
+    base = open_workspace(
+        spec.with_run(PRETRAINED), lambda done, total: search.phase(f"featurizing with pretrained: {done}/{total}")
+    )
+    previous = default_choice(spec.layout) or (PRETRAINED, base.rankers_on_offer()[0])
+    search.previous, search.n_train = previous, data.n_train
+    first = [previous[1]] if previous[0] == PRETRAINED else []  # the current default is scored first
+    search.score(PRETRAINED, base, [*first, *config.rankers], data)
+    if previous[0] != PRETRAINED and previous[0] in completed_runs(spec.layout):
         try:
-            fine_tune(prepared.dataset.records, split, train_config, spec.layout.run(run), on_step)
+            search.score(previous[0], search.open_run(previous[0]), [previous[1]], data)
         except _OverBudget:
-            outcomes.append(RecipeOutcome(recipe, run, "stopped", time.perf_counter() - run_started))
-            log.info("tune: %s stopped, the budget ran out", run)
-            return
-        seconds = time.perf_counter() - run_started
-        outcomes.append(RecipeOutcome(recipe, run, "trained", seconds, seconds / max(recipe.epochs, 1)))
-        phase(f"scoring {run}")
-        tuned = open_workspace(spec.with_run(run))  # the run's own manifest sets its input size
-        candidates.extend(
-            score_featurizer(run, tuned.embeddings, labels, split, config.rankers, sets, rng, spec.config)
-        )
+            search.skip(*previous, "stopped", f"the budget ran out while featurizing with it ({search.now})")
 
     for recipe in config.recipes:
-        try_recipe(recipe)
+        search.try_recipe(recipe, data, prepared.dataset.records)
     if config.refine:  # every recipe tried: vary the best one's epochs, input size and learning rate
-        for recipe in _refinements(candidates, outcomes):
-            try_recipe(recipe)
+        for recipe in _refinements(search.candidates, search.outcomes):
+            search.try_recipe(recipe, data, prepared.dataset.records)
 
-    winner, winning_ranker = max(candidates, key=lambda pair: pair[0].map_at_r.value)  # first of equals: cheaper
+    winner, incumbent, installed, decision = search.decide(previous, data)
+    served_rows = search.install(winner, data) if installed and winner is not None else 0
+    log.info("tune: %s", decision)
     report = TuneReport(
-        tuple(candidate for candidate, _ in candidates),
-        tuple(outcomes),
+        tuple(search.candidates),
+        tuple(search.outcomes),
+        tuple(search.skipped),
         winner,
+        previous,
+        incumbent,
+        installed,
+        decision,
+        served_rows,
         len(split.train),
         len(split.test),
-        time.perf_counter() - started,
+        len(queries),
+        config.budget_s,
+        search.elapsed(),
     )
     atomic_write_json(spec.layout.tune_report, report.to_dict())
-    if isinstance(winning_ranker, LearnedRanker):
-        # the ranker validated is the one served: refitted on all training images, a fine-tuned run's ranker would
-        # learn from images its network was trained on (near-perfect clusters), which the validation never saw
-        fit_ranker(open_workspace(spec.with_run(winner.featurizer)), winner.ranker, winning_ranker)
-    atomic_write_json(spec.layout.default_choice, {"featurizer": winner.featurizer, "ranker": winner.ranker})
-    phase(f"done: {winner.featurizer} + {winner.ranker}")
+    search.phase(f"done: the app opens with {' + '.join(report.choice)}")
     return report
 
 
