@@ -321,6 +321,12 @@ class VectorIndex(ABC):
     @abstractmethod
     def _load_files(cls, folder: Path, manifest: dict[str, Any]) -> VectorIndex: ...
 
+    @classmethod
+    def _release_superseded(cls, manifest: dict[str, Any], live: dict[str, Any] | None) -> None:
+        """Free what a superseded version (its ``manifest``) holds outside its folder, unless the ``live`` version's
+        manifest still uses it; called after the switch. Files in the folder need nothing: it is removed."""
+        return None  # exact and faiss keep everything in the version folder
+
     def check_model(self, fingerprint: str | None) -> None:
         """Raise :class:`ModelMismatchError` when ``fingerprint`` is given and is not this index's model."""
         if fingerprint is not None and fingerprint != self.fingerprint:
@@ -469,9 +475,12 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _remove_superseded(folder: Path, live: str) -> None:
-    """After the switch: remove older versions, leftovers of killed saves, and a pre-version layout's files."""
+    """After the switch: remove older versions (and what their back end holds elsewhere, such as a Milvus
+    collection), leftovers of killed saves, and a pre-version layout's files."""
+    live_manifest = _manifest_or_none(folder / live / MANIFEST_NAME)
     for entry in folder.iterdir():
         if entry.name != live and _VERSION_NAME.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            _release_backend_data(entry / MANIFEST_NAME, live_manifest)
             shutil.rmtree(entry, ignore_errors=True)
     legacy = folder / MANIFEST_NAME
     if legacy.is_file():
@@ -482,6 +491,27 @@ def _remove_superseded(folder: Path, live: str) -> None:
         for name in [*names, MANIFEST_NAME]:
             if isinstance(name, str) and _is_plain_name(name):
                 (folder / name).unlink(missing_ok=True)
+
+
+def _manifest_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = read_json(path)
+    except (ArtifactError, OSError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _release_backend_data(manifest_path: Path, live: dict[str, Any] | None) -> None:
+    """Let a superseded version's back end free what it holds outside the folder; a failure is logged, not raised
+    (the new version is live already)."""
+    manifest = _manifest_or_none(manifest_path)
+    backend = _backends().get(str(manifest.get("backend"))) if manifest else None
+    if manifest is None or backend is None:
+        return
+    try:
+        backend._release_superseded(manifest, live)
+    except Exception as err:  # any back-end failure here must not undo a finished save
+        log.warning("%s: superseded index data not released (%s)", _shown(manifest_path.parent), err)
 
 
 #: The word before the manifest's SHA-256 on the second line of ``CURRENT``.
