@@ -69,6 +69,7 @@ def fake_models(monkeypatch, spec):
 
     monkeypatch.setattr(tuning, "open_workspace", open_workspace)
     monkeypatch.setattr(tuning, "evaluate_retrieval", recording_retrieval)
+    monkeypatch.setattr(tuning, "CopyLook", lambda: lambda ws, ranker, gallery, originals: 1.0)  # no images here
     return prepared, embeddings, galleries
 
 
@@ -329,7 +330,7 @@ def test_a_training_split_of_ten_images_or_fewer_is_still_tuned(tmp_path, tiny_d
     monkeypatch.setattr(
         tuning, "open_workspace", lambda run_spec, progress=None: Workspace(run_spec, prepared, fake, planted)
     )
-    report = tuning.tune(small, tuning.TuneConfig(recipes=(), rankers=("cosine", "projection")))
+    report = tuning.tune(small, tuning.TuneConfig(recipes=(), rankers=("cosine", "projection"), look_ratio=0))
     assert [c.ranker for c in report.candidates] == ["cosine", "projection"]
     assert all(0.0 <= c.map_at_r.value <= 1.0 for c in report.candidates)
 
@@ -347,3 +348,37 @@ def test_cli_tune_rejects_unknown_recipes_and_budgets_in_one_line(capsys, caplog
     assert "expected an integer, got '1.5'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="finite number of seconds"):
         tuning.TuneConfig(budget_s=float("nan"))
+
+
+class ColourHistograms:
+    """A featurizer that sees colour only (8 bins per channel): crops, mirrors and re-compression barely move it."""
+
+    fingerprint = "colour-histograms"
+
+    def embed(self, images) -> np.ndarray:
+        rows = [
+            np.concatenate([np.histogram(np.asarray(image)[..., c], 8, (0, 256))[0] for c in range(3)])
+            for image in images
+        ]
+        vectors = np.asarray(rows, np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_copy_look_finds_the_originals_of_edited_copies_and_embeds_them_once(spec):
+    from core.images import load_image
+    from core.rankers import make_ranker
+
+    prepared = prepared_data(spec.config.data, spec.layout)
+    featurizer = ColourHistograms()
+    calls: list[int] = []
+    embed = featurizer.embed
+    featurizer.embed = lambda images: calls.append(len(images)) or embed(images)  # type: ignore[method-assign]
+    gallery_rows = embed([load_image(record.path) for record in prepared.dataset.records])
+    ws = Workspace(spec, prepared, cast(Featurizer, featurizer), gallery_rows)
+    split = tuning.validation_split(prepared, 0.25, np.random.default_rng(0))
+    gallery = np.sort(prepared.split.train)
+    look = tuning.CopyLook()
+    cosine = look(ws, CosineRanker(), gallery, split.test)
+    shuffled = look(ws, make_ranker("random", np.random.default_rng(0)), gallery, split.test)
+    assert calls == [len(split.test)]  # the copies are embedded once, for both rankers
+    assert cosine >= 0.75 and shuffled < cosine, (cosine, shuffled)

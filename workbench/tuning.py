@@ -293,6 +293,60 @@ TuneProgressFn = Callable[[TuneProgress], None]
 LookFn = Callable[["Workspace", Ranker, np.ndarray, np.ndarray], float]
 
 
+#: Copies embedded per batch by :class:`CopyLook`.
+COPY_BATCH = 32
+#: Originals are decoded at about this side at least (JPEG draft): a copy keeps ~0.6 of it, above any input size.
+COPY_DRAFT = 512
+
+
+class CopyLook:
+    """The look probe ``tune`` uses by default (a :data:`LookFn`): the seeded edited copy of each original
+    (:func:`core.looks.make_copy`, the same copy the evaluation's look metric makes of that photo) searches the
+    gallery; byte-identical twins of an original never count against it. Each featurizer's copies are embedded once
+    per probe."""
+
+    def __init__(self) -> None:
+        self._copies: dict[tuple[str, bytes], np.ndarray] = {}
+
+    def __call__(self, ws: Workspace, ranker: Ranker, gallery: np.ndarray, originals: np.ndarray) -> float:
+        """Copy recall@1 of ``ranker`` (see :data:`LookFn`).
+
+        Raises:
+            WorkbenchError: An original can no longer be read.
+        """
+        from core.looks import copy_retrieval
+
+        key = (ws.fingerprint, np.asarray(originals, np.int64).tobytes())
+        if key not in self._copies:
+            self._copies[key] = _embed_copies(ws, originals)
+        rows = np.searchsorted(gallery, originals)
+        content = np.asarray(ws.dataset.sha256s)[gallery]
+        result = copy_retrieval(
+            ranker, self._copies[key], ws.embeddings[gallery], rows, np.random.default_rng(ws.seed), content
+        )
+        return result.recall_at_1.value
+
+
+def _embed_copies(ws: Workspace, originals: np.ndarray) -> np.ndarray:
+    """Embeddings of the seeded edited copies of ``originals`` (record indices) by ``ws``'s featurizer."""
+    from core.errors import ImageLoadError
+    from core.images import load_image
+    from core.looks import copy_rng, make_copy
+
+    parts = []
+    for start in range(0, len(originals), COPY_BATCH):
+        images = []
+        for row in originals[start : start + COPY_BATCH]:
+            path = ws.dataset.record(int(row)).path
+            try:
+                image = load_image(path, draft_size=COPY_DRAFT)
+            except ImageLoadError as err:
+                raise WorkbenchError(f"{path}: cannot make its copy for the look metric ({err})") from err
+            images.append(make_copy(image, copy_rng(ws.seed, int(row))))
+        parts.append(ws.embed(images))
+    return np.concatenate(parts) if parts else np.zeros((0, ws.embeddings.shape[1]), np.float32)
+
+
 class _OverBudget(Exception):
     pass
 
@@ -701,12 +755,13 @@ def tune(
         spec: The dataset, condition and workdir (its run is ignored).
         config: What to try and for how long.
         progress: Told what is happening, with the time spent, at every phase, block, step and batch.
-        look: The look probe of the look constraint (None: no constraint).
+        look: The look probe of the look constraint (default: :class:`CopyLook`; none when
+            :attr:`TuneConfig.look_ratio` is 0).
 
     Raises:
         WorkbenchError: Too few training images to carve a validation split.
     """
-    search = _Search(spec, config, progress, look)
+    search = _Search(spec, config, progress, look or (CopyLook() if config.look_ratio > 0 else None))
     search.phase("reading the data")
     prepared = prepared_data(spec.config.data, spec.layout)
     labels = prepared.dataset.label_array.astype(str)
