@@ -15,6 +15,10 @@ A TOML file has one table per dataclass, e.g.::
     [svm]
     C = 0.01
 
+    [projection]        # the projection ranker's fit; "none" lifts a cap
+    max_train_rows = 10_000
+    max_steps = 300
+
     [images]            # files: dataset scans, the CLI, URL imports
     max_pixels_full = 40_000_000
 
@@ -175,6 +179,54 @@ class SVMConfig:
 
 
 @dataclass(frozen=True)
+class ProjectionConfig:
+    """How the projection ranker (:mod:`core.metric_learning`) is trained.
+
+    The three caps keep the fit at about the same cost from 10^4 to 10^6 photos; each costs quality on large sets
+    (measured at 60k photos in ``docs/scale.md``: MAP@R 0.687 capped against 0.749 uncapped). Lift them in the
+    config's ``[projection]`` table (``max_train_rows = "none"``, ``max_steps = "none"``) when time allows.
+
+    Attributes:
+        dims: Output dimension ``d`` (None: the input dimension, so ``a = 1`` is exactly cosine).
+        epochs: Passes over the training embeddings.
+        learning_rate: Adam learning rate.
+        batch_size: Embeddings per step.
+        shrinkage: LDA shrinkage of the within-label scatter towards a multiple of the identity, in (0, 1]
+            (``core.metric_learning``'s docstring says why it is fixed and high).
+        identity_weights: Candidate mix weights ``a`` of the base projection, chosen on validation.
+        validation_fraction: Share of each label's training images held out to choose ``a`` and the label space.
+        label_weight: ``b``, the share of the score given to the neighbour-label vote (0 turns it off).
+        temperature: Softmax temperature of the vote over cosine similarities (smaller: fewer, nearer voters).
+        max_references: Training images kept as voters (a stratified sample above this; bounds memory and time).
+        max_train_rows: Training images the fit uses at most: above this, a stratified sample (seeded), so the fit
+            costs the same at 10^4 and 10^6 images (None: all; see ``docs/scale.md`` for the measured cost).
+        max_steps: Optimisation steps per training run at most (None: ``epochs`` full passes). A fit trains twice
+            (on the validation split's training side, then on all rows).
+        threads: Torch CPU threads while training. 1 by default: on a busy 2-core machine one thread took
+            0.056 s per step against 0.33 s with two (``docs/scale.md``).
+        seed: Seeds the validation split, initialisation order, batches and the voters' and rows' samples.
+    """
+
+    dims: int | None = None
+    epochs: int = 40
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    shrinkage: float = 0.9
+    identity_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    validation_fraction: float = 0.25
+    label_weight: float = 0.75
+    temperature: float = 0.03
+    max_references: int = 1024
+    max_train_rows: int | None = 10_000
+    max_steps: int | None = 300
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True)
 class ImageLimits:
     """What an image may cost before any pixel is decoded: every ceiling is checked from the file size and
     the header alone.
@@ -211,8 +263,13 @@ class WorkbenchConfig:
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     svm: SVMConfig = field(default_factory=SVMConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     images: ImageLimits = field(default_factory=lambda: FILE_LIMITS)
     uploads: ImageLimits = field(default_factory=lambda: UPLOAD_LIMITS)
+
+
+#: The tables of a TOML config, in order (``[data]``, ``[featurizer]``...).
+CONFIG_SECTIONS: tuple[str, ...] = tuple(item.name for item in dataclasses.fields(WorkbenchConfig))
 
 
 def _positive(value: Any) -> bool:
@@ -255,6 +312,20 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "SVMConfig.hard_negatives_per_query": (_positive, ">= 1"),
     "SVMConfig.calibration_folds": (lambda value: value >= 2, ">= 2"),
     "SVMConfig.max_iter": (_positive, ">= 1"),
+    "ProjectionConfig.dims": (_positive, ">= 1, or none for the input dimension"),
+    "ProjectionConfig.epochs": (_positive, ">= 1"),
+    "ProjectionConfig.learning_rate": (lambda value: 0 < value < math.inf, "> 0"),
+    "ProjectionConfig.batch_size": (_positive, ">= 1"),
+    "ProjectionConfig.shrinkage": (lambda value: 0 < value <= 1, "in (0, 1]"),
+    "ProjectionConfig.validation_fraction": (_fraction, "in (0, 1)"),
+    "ProjectionConfig.label_weight": (_unit_interval_open_right, "in [0, 1)"),
+    # below 0.001, cosines / T overflow float32 to NaN scores
+    "ProjectionConfig.temperature": (lambda value: 1e-3 <= value <= 10, "in [0.001, 10]"),
+    "ProjectionConfig.max_references": (_positive, ">= 1"),
+    "ProjectionConfig.max_train_rows": (_positive, ">= 1, or none for no cap"),
+    "ProjectionConfig.max_steps": (_positive, ">= 1, or none for no cap"),
+    "ProjectionConfig.threads": (_positive, ">= 1"),
+    "ProjectionConfig.seed": (_non_negative, ">= 0"),
     "ImageLimits.max_file_bytes": (_positive, ">= 1"),
     "ImageLimits.max_pixels": (_positive, ">= 1"),
     "ImageLimits.max_pixels_full": (_positive, ">= 1"),
@@ -270,6 +341,8 @@ def config_problems(config: Any) -> list[tuple[str, str]]:
     problems = []
     for item in dataclasses.fields(cls):
         value = getattr(config, item.name)
+        if value is None and _optional(hints[item.name]):
+            continue
         choices = typing.get_args(hints[item.name]) if typing.get_origin(hints[item.name]) is Literal else ()
         if choices and value not in choices:
             problems.append((item.name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}"))
@@ -279,6 +352,14 @@ def config_problems(config: Any) -> list[tuple[str, str]]:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(check(value))
             if not ok:
                 problems.append((item.name, f"must be {wanted}, got {value!r}"))
+    if cls is ProjectionConfig and (
+        not config.identity_weights
+        or not all(
+            isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight <= 1
+            for weight in config.identity_weights
+        )
+    ):
+        problems.append(("identity_weights", f"must be one or more numbers in [0, 1], got {config.identity_weights!r}"))
     if cls is ImageLimits and config.max_pixels_full > config.max_pixels:
         problems.append(
             ("max_pixels_full", f"must be <= max_pixels ({config.max_pixels}), got {config.max_pixels_full}")
@@ -286,7 +367,7 @@ def config_problems(config: Any) -> list[tuple[str, str]]:
     return problems
 
 
-class ConfigValueError(WorkbenchError):
+class ConfigValueError(WorkbenchError, ValueError):
     """A config value out of range; ``key`` names the setting."""
 
     def __init__(self, owner: str, key: str, problem: str) -> None:
@@ -312,21 +393,44 @@ UPLOAD_LIMITS: ImageLimits = ImageLimits(
 )
 
 
+def _optional(hint: Any) -> bool:
+    """Whether a type hint allows None (``int | None``)."""
+    return type(None) in typing.get_args(hint)
+
+
+def _coerce_value(name: str, hint: Any, default: Any, value: Any, origin: str) -> Any:
+    """A TOML value as the field's type: ``"none"`` for None where allowed, an array for a tuple of numbers."""
+    if _optional(hint):
+        if isinstance(value, str) and value.lower() == "none":
+            return None
+        base = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        if type(value) is not base:
+            raise WorkbenchError(f'{origin}: {name} must be {base.__name__} or "none", got {value!r}')
+        return value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(
+            isinstance(item, (int, float)) and not isinstance(item, bool) for item in value
+        ):
+            raise WorkbenchError(f"{origin}: {name} must be an array of numbers, got {value!r}")
+        return tuple(float(item) for item in value)
+    if isinstance(default, Path) and isinstance(value, str):
+        return Path(value)
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if type(value) is not type(default):
+        raise WorkbenchError(f"{origin}: {name} must be {type(default).__name__}, got {value!r}")
+    return value
+
+
 def _coerce(cls: type, defaults: Any, values: dict[str, Any], origin: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise WorkbenchError(f"{origin}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if isinstance(default, Path) and isinstance(value, str):
-            value = Path(value)
-        elif isinstance(default, float) and type(value) is int:
-            value = float(value)
-        elif type(value) is not type(default):
-            raise WorkbenchError(f"{origin}: {name} must be {type(default).__name__}, got {value!r}")
-        kwargs[name] = value
+    hints = typing.get_type_hints(cls)
+    kwargs = {
+        name: _coerce_value(name, hints[name], getattr(defaults, name), value, origin) for name, value in values.items()
+    }
     try:
         return dataclasses.replace(defaults, **kwargs)
     except ConfigValueError as err:
@@ -350,7 +454,7 @@ def load_config(path: str | Path | None) -> WorkbenchConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise WorkbenchError(f"{path}: invalid TOML ({err})") from err
     defaults = WorkbenchConfig()
-    sections = [f.name for f in dataclasses.fields(WorkbenchConfig)]
+    sections = list(CONFIG_SECTIONS)
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise WorkbenchError(f"{path}: unknown table(s) {', '.join(unknown)}; known: {', '.join(sections)}")

@@ -55,6 +55,7 @@ from typing import Any, Literal, Self
 import numpy as np
 
 from core.artifacts import load_npz_with_header, save_npz_with_header
+from core.config import ProjectionConfig
 from core.data import ComparativeSets, Split, stratified_split
 from core.errors import ArtifactError
 from core.rankers import Ranker, check_embeddings
@@ -65,69 +66,6 @@ PROJECTION_SCHEMA_VERSION = 3  # 2: fixed LDA shrinkage (0.9); 3: neighbour labe
 #: Where the neighbour-label vote is taken; ``"none"`` turns it off.
 LabelSpace = Literal["none", "input", "projected"]
 LABEL_SPACES: tuple[LabelSpace, ...] = ("none", "input", "projected")
-
-
-@dataclass(frozen=True)
-class ProjectionConfig:
-    """How the projection is trained.
-
-    Attributes:
-        dims: Output dimension ``d`` (None: the input dimension, so ``a = 1`` is exactly cosine).
-        epochs: Passes over the training embeddings.
-        learning_rate: Adam learning rate.
-        batch_size: Embeddings per step.
-        shrinkage: LDA shrinkage of the within-label scatter towards a multiple of the identity, in (0, 1]
-            (see the module docstring for why it is fixed and high).
-        identity_weights: Candidate mix weights ``a`` of the base projection, chosen on validation.
-        validation_fraction: Share of each label's training images held out to choose ``a`` and the label space.
-        label_weight: ``b``, the share of the score given to the neighbour-label vote (0 turns it off).
-        temperature: Softmax temperature of the vote over cosine similarities (smaller: fewer, nearer voters).
-        max_references: Training images kept as voters (a stratified sample above this; bounds memory and time).
-        max_train_rows: Training images the fit uses at most: above this, a stratified sample (seeded), so the fit
-            costs the same at 10^4 and 10^6 images (None: all; see ``docs/scale.md`` for the measured cost).
-        max_steps: Optimisation steps per training run at most (None: ``epochs`` full passes). A fit trains twice
-            (on the validation split's training side, then on all rows).
-        threads: Torch CPU threads while training. 1 by default: on a busy 2-core machine one thread took
-            0.056 s per step against 0.33 s with two (``docs/scale.md``).
-        seed: Seeds the validation split, initialisation order, batches and the voters' and rows' samples.
-    """
-
-    dims: int | None = None
-    epochs: int = 40
-    learning_rate: float = 1e-3
-    batch_size: int = 256
-    shrinkage: float = 0.9
-    identity_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    validation_fraction: float = 0.25
-    label_weight: float = 0.75
-    temperature: float = 0.03
-    max_references: int = 1024
-    max_train_rows: int | None = 10_000
-    max_steps: int | None = 300
-    threads: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dims is not None and self.dims < 1:
-            raise ValueError(f"ProjectionConfig.dims must be >= 1, got {self.dims}")
-        if not 0.0 < self.shrinkage <= 1.0:
-            raise ValueError(f"ProjectionConfig.shrinkage must be in (0, 1], got {self.shrinkage}")
-        if not self.identity_weights or any(not 0.0 <= a <= 1.0 for a in self.identity_weights):
-            raise ValueError(f"ProjectionConfig.identity_weights must lie in [0, 1], got {self.identity_weights}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"ProjectionConfig.validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if not 0.0 <= self.label_weight < 1.0:
-            raise ValueError(f"ProjectionConfig.label_weight must be in [0, 1), got {self.label_weight}")
-        if not 1e-3 <= self.temperature <= 10.0:  # below, cosines / T overflow float32 to NaN scores
-            raise ValueError(f"ProjectionConfig.temperature must be in [0.001, 10], got {self.temperature}")
-        if self.max_references < 1:
-            raise ValueError(f"ProjectionConfig.max_references must be >= 1, got {self.max_references}")
-        for name in ("max_train_rows", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"ProjectionConfig.{name} must be >= 1 or None, got {value}")
-        if self.threads < 1:
-            raise ValueError(f"ProjectionConfig.threads must be >= 1, got {self.threads}")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -46,7 +46,14 @@ def quick_projection(monkeypatch):
     quick = metric_learning.ProjectionConfig(epochs=3, identity_weights=(0.0,))
 
     def init(self, config=None, matrix=None, identity_weight=1.0, neighbours=None):
-        original(self, config or quick, matrix, identity_weight, neighbours)
+        # the workspace passes its [projection] section: the default one is replaced too
+        original(
+            self,
+            quick if config in (None, metric_learning.ProjectionConfig()) else config,
+            matrix,
+            identity_weight,
+            neighbours,
+        )
 
     monkeypatch.setattr(metric_learning.ProjectionRanker, "__init__", init)
 
