@@ -325,8 +325,8 @@ register_ranker(
         "negative Euclidean distance",
         lambda rng: L2Ranker(),
         index_servable=True,
-        score_meaning="minus the Euclidean distance of the embeddings, <= 0 (about -2..0 on unit embeddings), "
-        "0 = identical",
+        score_meaning="minus the Euclidean distance of the embeddings, -2..0 on unit embeddings "
+        "(= -sqrt(2 - 2 x cosine)), 0 = identical",
     )
 )
 

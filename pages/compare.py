@@ -18,6 +18,8 @@ def render() -> None:
         on_change=service.kept_choice("compare_split"),
     )
     results = service.evaluation(ws, tuple(service.ranker_choices(ws)), split)
+    if warning := service.in_sample_warning([result.ranker for result in results], split):
+        st.warning(warning, icon=":material/warning:")
     st.caption(
         f"Featurizer {ws.run}: {results[0].n_queries} {split} queries, 1 positive + {results[0].n_negatives} negatives each; "
         f"chance mean rank {results[0].chance_mean_rank:.1f}. Switch the featurizer in the sidebar to compare "

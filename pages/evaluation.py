@@ -19,6 +19,8 @@ def render() -> None:
             "Comparative sets", ["test", "train"], horizontal=True, key="split", on_change=service.kept_choice("split")
         )
     [result] = service.evaluation(ws, (ranker,), split)
+    if warning := service.in_sample_warning((ranker,), split):
+        st.warning(warning, icon=":material/warning:")
     st.caption(
         f"{result.n_queries} {split} queries, each ranked against 1 positive + {result.n_negatives} negatives "
         f"(chance mean rank {result.chance_mean_rank:.1f}); featurizer {ws.run}, ranker {ranker}."

@@ -19,7 +19,9 @@ def render() -> None:
             rankers,
             key="ranker",
             on_change=service.kept_choice("ranker", rankers),
-            help="learned rankers (svm, projection) appear once fitted for this featurizer",
+            help="What each score means:\n\n"
+            + service.ranker_help(rankers)
+            + "\n\nLearned rankers (svm, projection) appear once fitted for this featurizer.",
         )
         k = st.slider(
             "Results", min_value=1, max_value=30, key="k", on_change=service.kept_choice("k", range(1, 31), 12)
@@ -62,6 +64,7 @@ def render() -> None:
     right.caption(
         f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.run} ({ws.backend})"
     )
+    right.caption(f"Score: {service.score_meaning(ranker)}.")
     if note := service.score_note(ws, ranker):
         right.caption(note)
     strength = service.match_strength(ws, result.query)
@@ -105,12 +108,13 @@ def render() -> None:
             key="explain_rank",
             format_func=lambda r: f"{r}. {result.hits[r - 1].record.label}",
         )
-        explanation = service.explain(ws, data, name, result.hits[rank - 1].record)
+        hit = result.hits[rank - 1]
+        explanation = service.explain(ws, data, name, hit.record)
         st.caption(
-            f"Cosine similarity {explanation.similarity:.3f} of the two embeddings (explained as cosine whatever "
-            "the ranker), split exactly over the regions of each image: "
-            "red regions contribute most, blue least. Each image is shown as the model sees it: resized and "
-            "centre-cropped to its square input, so the edges of a wide or tall photo are not part of the match."
+            service.explain_caption(ranker, hit.score, explanation.similarity)
+            + " The similarity is split exactly over the regions of each image: red regions contribute most, blue "
+            "least. Each image is shown as the model sees it: resized and centre-cropped to its square input, so the "
+            "edges of a wide or tall photo are not part of the match."
         )
         cells = st.columns(2)
         cells[0].image(explanation.query_overlay, caption="query", width="stretch")

@@ -120,6 +120,11 @@ class ServeSettings:
 #: The rankers a search can name: the registry's, as an enum so the OpenAPI document lists them.
 RankerName = StrEnum("RankerName", {name: name for name in list_rankers()})  # type: ignore[misc]
 DEFAULT_RANKER = RankerName("cosine")
+#: The ranker field's OpenAPI text: each ranker with what its score means (the registry's lines).
+RANKER_DESCRIPTION = (
+    "which ranker orders the gallery; learned rankers only once fitted for this featurizer. What each score means:\n"
+    + "\n".join(f"- `{name}`: {ranker_spec(name).score_meaning}" for name in list_rankers())
+)
 
 
 class ApiError(Exception):
@@ -188,7 +193,7 @@ class Hit(BaseModel):
     rank: int = Field(ge=1)
     label: str
     path: str = Field(description="path relative to the dataset folder")
-    score: float = Field(description="higher = more similar")
+    score: float = Field(description="higher = more similar; what the number is: the response's `score_meaning`")
 
 
 class Timing(BaseModel):
@@ -223,6 +228,7 @@ class SearchResponse(BaseModel):
 
     fingerprint: str
     ranker: str
+    score_meaning: str = Field(description="what the ranker's scores are, their range and which way is more alike")
     k: int
     hits: list[Hit]
     timing: Timing
@@ -478,9 +484,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         request: Request,
         file: Annotated[UploadFile, File(description="the query image")],
         k: Annotated[int, Form(ge=1, le=settings.max_k, description="how many results")] = 10,
-        ranker: Annotated[
-            RankerName, Form(description="learned rankers only once fitted for this featurizer")
-        ] = DEFAULT_RANKER,
+        ranker: Annotated[RankerName, Form(description=RANKER_DESCRIPTION)] = DEFAULT_RANKER,
     ) -> SearchResponse:
         """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
         ws = await workspace(request)
@@ -501,6 +505,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         return SearchResponse(
             fingerprint=ws.fingerprint,
             ranker=ranker.value,
+            score_meaning=ranker_spec(ranker.value).score_meaning,
             k=k,
             hits=[
                 Hit(

@@ -420,6 +420,30 @@ def experiment(
     return ExperimentReport(run, tuple(sections), path)
 
 
+def in_sample_rankers(names: Sequence[str], split: str) -> list[str]:
+    """The learned rankers among ``names`` whose figures on ``split`` are in-sample: they were fitted on the train
+    split, so evaluating them there ranks images (and labels) they learned from."""
+    return [name for name in names if split == "train" and ranker_spec(name).learned]
+
+
+def in_sample_warning(names: Sequence[str], split: str) -> str | None:
+    """The one warning every door shows beside train-split figures of learned rankers; None when there are none.
+
+    Raises:
+        ValueError: An unknown ranker name.
+    """
+    rankers = in_sample_rankers(names, split)
+    if not rankers:
+        return None
+    one = len(rankers) == 1
+    subject = f"{', '.join(rankers)} {'was' if one else 'were'}"
+    return (
+        f"In-sample: {subject} fitted on the train split, so {'its' if one else 'their'} train-split figures rank "
+        "images and labels already learned and overstate how new photos are ranked; judge learned rankers on the "
+        "test split."
+    )
+
+
 def result_summary(result: EvaluationResult) -> dict[str, Any]:
     """An evaluation result without its per-query arrays (for JSON summaries)."""
     return {key: value for key, value in result.to_dict().items() if key not in ("ranks", "query_labels")}
@@ -611,6 +635,8 @@ def save_report(
             "condition": ws.spec.config.data.condition,
             "versions": environment_versions(),
             "split": split,
+            "in_sample": in_sample_rankers([result.ranker for result in results], split),
+            "in_sample_warning": in_sample_warning([result.ranker for result in results], split),
             "results": {result.ranker: result.to_dict() for result in results},
             "retrieval": {result.ranker: result.to_dict() for result in retrieval_results},
             "label_errors": label_errors_summary(ws, label_error_report),
