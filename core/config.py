@@ -205,6 +205,8 @@ class ProjectionConfig:
         threads: Torch CPU threads while training. 1 by default: on a busy 2-core machine one thread took
             0.056 s per step against 0.33 s with two (``docs/scale.md``).
         seed: Seeds the validation split, initialisation order, batches and the voters' and rows' samples.
+        look_weight: ``w``, the share of the score given to the input cosine (the look) beside label agreement;
+            0 ranks by label agreement alone (``core.metric_learning``'s docstring says how 0.6 was chosen).
     """
 
     dims: int | None = None
@@ -221,6 +223,7 @@ class ProjectionConfig:
     max_steps: int | None = 300
     threads: int = 1
     seed: int = 0
+    look_weight: float = 0.6
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -326,6 +329,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ProjectionConfig.max_steps": (_positive, ">= 1, or none for no cap"),
     "ProjectionConfig.threads": (_positive, ">= 1"),
     "ProjectionConfig.seed": (_non_negative, ">= 0"),
+    "ProjectionConfig.look_weight": (lambda value: 0 <= value <= 1, "in [0, 1]"),
     "ImageLimits.max_file_bytes": (_positive, ">= 1"),
     "ImageLimits.max_pixels": (_positive, ">= 1"),
     "ImageLimits.max_pixels_full": (_positive, ">= 1"),

@@ -60,7 +60,9 @@ def bake_projection(onnx_path: str | Path, ranker: ProjectionRanker, out_path: s
         node.input[:] = [plain if name == OUTPUT_NAME else name for name in node.input]
     votes = ranker.neighbours
     constants = {"projection_matrix": matrix}
-    unit_projection = "projected_unit" if votes is not None else OUTPUT_NAME
+    looks = ranker.look_weight > 0
+    agreement = "agreement" if looks else OUTPUT_NAME  # label agreement, then (with a look weight) the look beside it
+    unit_projection = "projected_unit" if votes is not None else agreement
     nodes = [
         helper.make_node("MatMul", [plain, "projection_matrix"], ["projected"], name="projection_matmul"),
         helper.make_node("LpNormalization", ["projected"], [unit_projection], axis=1, p=2, name="projection_norm"),
@@ -84,7 +86,19 @@ def bake_projection(onnx_path: str | Path, ranker: ProjectionRanker, out_path: s
             helper.make_node("LpNormalization", ["votes"], ["soft_labels"], axis=1, p=2),
             helper.make_node("Mul", [unit_projection, "projection_part_weight"], ["projection_part"]),
             helper.make_node("Mul", ["soft_labels", "label_part_weight"], ["label_part"]),
-            helper.make_node("Concat", ["projection_part", "label_part"], [OUTPUT_NAME], axis=1, name="projection_out"),
+            helper.make_node("Concat", ["projection_part", "label_part"], [agreement], axis=1, name="projection_out"),
+        ]
+    if looks:
+        constants |= {
+            "agreement_part_weight": np.array(np.sqrt(1.0 - ranker.look_weight), np.float32),
+            "look_part_weight": np.array(np.sqrt(ranker.look_weight), np.float32),
+        }
+        if votes is None or votes.space != "input":  # the input vote normalised the plain embedding already
+            nodes.append(helper.make_node("LpNormalization", [plain], ["plain_unit"], axis=1, p=2))
+        nodes += [
+            helper.make_node("Mul", [agreement, "agreement_part_weight"], ["agreement_part"]),
+            helper.make_node("Mul", ["plain_unit", "look_part_weight"], ["look_part"]),
+            helper.make_node("Concat", ["agreement_part", "look_part"], [OUTPUT_NAME], axis=1, name="look_out"),
         ]
     model.graph.initializer.extend(
         numpy_helper.from_array(np.asarray(value, np.float32), name) for name, value in constants.items()
@@ -100,6 +114,7 @@ def bake_projection(onnx_path: str | Path, ranker: ProjectionRanker, out_path: s
         "dims": ranker.output_dim,
         "identity_weight": ranker.identity_weight,
         "label_space": ranker.label_space,
+        "look_weight": ranker.look_weight,
         "matrix_sha256": hashlib.sha256(np.ascontiguousarray(matrix, np.float32).tobytes()).hexdigest(),
     }
     model.metadata_props.add(key=PROJECTION_KEY, value=json.dumps(info, sort_keys=True))

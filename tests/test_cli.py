@@ -46,6 +46,8 @@ def test_featurize_evaluate_search(workdir, tiny_dataset, capsys):
     assert set(report["results"]) == {"random", "l1", "l2", "cosine"}
     cosine = report["results"]["cosine"]
     assert cosine["mean_rank"]["value"] <= report["results"]["random"]["mean_rank"]["value"]
+    assert "copy recall@1" in table and set(report["looks"]) == set(report["results"])
+    assert report["looks"]["cosine"]["recall@1"]["value"] > report["looks"]["random"]["recall@1"]["value"]
 
     query = sorted(tiny_dataset.glob("*/*.jpg"))[0]
     assert main(["search", str(query), "-k", "3", *common, "--ranker", "l2"]) == 0

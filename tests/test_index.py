@@ -307,7 +307,8 @@ def test_faiss_remove_save_load_and_model_check(tmp_path, kind: str) -> None:
 
 @pytest.mark.parametrize("dims", [8, 4])
 def test_faiss_serves_the_projection_and_its_neighbour_labels_as_a_loop_computes_them(tmp_path, dims: int) -> None:
-    """Score = 0.25 cos(xM, yM) + 0.75 cos(p(x), p(y)), p a softmax vote of labelled voters, naive loops."""
+    """Score = 0.4 [0.25 cos(xM, yM) + 0.75 cos(p(x), p(y))] + 0.6 cos(x, y), p a softmax vote of labelled voters,
+    naive loops."""
     pytest.importorskip("faiss")
     from core.index.faiss_backend import FaissConfig
     from core.metric_learning import NeighbourLabels, ProjectionConfig, ProjectionRanker
@@ -333,7 +334,8 @@ def test_faiss_serves_the_projection_and_its_neighbour_labels_as_a_loop_computes
 
     def expected_score(q: np.ndarray, g: np.ndarray) -> float:
         q, g = q.astype(np.float64), g.astype(np.float64)
-        return 0.25 * cosine(q @ matrix, g @ matrix) + 0.75 * cosine(soft_label(q), soft_label(g))
+        agreement = 0.25 * cosine(q @ matrix, g @ matrix) + 0.75 * cosine(soft_label(q), soft_label(g))
+        return 0.4 * agreement + 0.6 * cosine(q, g)  # the default look weight, 0.6
 
     expected_ids, expected_scores = naive_top_k(expected_score, query, gallery, ids, 10)
     index = create_index(FaissConfig(kind="flat"), MODEL, 8, ranker)

@@ -58,7 +58,9 @@ def test_photos_in_another_style_keep_their_neighbours_with_the_default_shrinkag
     cosine = top5_agreement(CosineRanker(), queries, query_labels, gallery, gallery_labels)
 
     def learned_alone(**config):
-        ranker = ProjectionRanker(ProjectionConfig(epochs=15, identity_weights=(0.0,), label_weight=0.0, **config))
+        ranker = ProjectionRanker(
+            ProjectionConfig(epochs=15, identity_weights=(0.0,), label_weight=0.0, look_weight=0.0, **config)
+        )
         return top5_agreement(ranker.fit(gallery, gallery_labels), queries, query_labels, gallery, gallery_labels)
 
     assert learned_alone() >= 0.9 * cosine, (learned_alone(), cosine)
@@ -94,8 +96,10 @@ def test_reduced_dims_gives_d_columns():
     train, labels = hidden_signal_data(np.random.default_rng(0))
     ranker = ProjectionRanker(ProjectionConfig(dims=8, epochs=2, identity_weights=(0.0, 1.0))).fit(train, labels)
     votes = 0 if ranker.neighbours is None else 5  # one column per label when the labels vote
-    assert ranker.matrix.shape == (32, 8) and ranker.transform(train).shape == (len(train), 8 + votes)
-    assert ranker.output_dim == 8 + votes
+    # and the look: the input embedding beside the agreement
+    assert ranker.matrix.shape == (32, 8) and ranker.transform(train).shape == (len(train), 8 + votes + 32)
+    assert ranker.output_dim == 8 + votes + 32
+    assert ranker.with_look_weight(0.0).output_dim == 8 + votes
 
 
 def test_soft_labels_match_a_hand_computed_vote():
@@ -108,10 +112,33 @@ def test_soft_labels_match_a_hand_computed_vote():
     far = NeighbourLabels("input", voters, np.array([0, 1, 1]), 2, temperature=1e-3, weight=0.75)
     np.testing.assert_allclose(far.soft_labels(np.array([[0, 1]], np.float32)), [[0, 1]], atol=1e-6)
     ranker = ProjectionRanker(
-        ProjectionConfig(label_weight=0.75, temperature=0.5), np.eye(2, dtype=np.float32), 0, votes
+        ProjectionConfig(label_weight=0.75, temperature=0.5, look_weight=0.0), np.eye(2, dtype=np.float32), 0, votes
     )
     # [sqrt(0.25) * unit(x M), sqrt(0.75) * p(x)]: (1, 0) -> [0.5, 0, 0.866 * 0.8633, 0.866 * 0.5047]
     np.testing.assert_allclose(ranker.transform(np.array([[2, 0]], np.float32)), [[0.5, 0, 0.7476, 0.4371]], atol=1e-4)
+    # with look weight 0.36: [0.8 * the above, 0.6 * unit(x)]
+    looking = ranker.with_look_weight(0.36).transform(np.array([[2, 0]], np.float32))
+    np.testing.assert_allclose(looking, [[0.4, 0, 0.5981, 0.3497, 0.6, 0]], atol=1e-4)
+
+
+def test_the_look_weight_blends_label_agreement_with_the_input_cosine():
+    train, labels = hidden_signal_data(np.random.default_rng(0))
+    ranker = ProjectionRanker(ProjectionConfig(epochs=2, identity_weights=(0.0,))).fit(train, labels)
+    assert ranker.look_weight == 0.6  # the default
+    query, gallery = train[:3], train[3:40]
+    agreement, look = ranker.parts(query, gallery)
+    np.testing.assert_allclose(ranker.score(query, gallery), 0.4 * agreement + 0.6 * look, atol=1e-5)
+    np.testing.assert_allclose(look, CosineRanker().score(query, gallery), atol=1e-5)
+    np.testing.assert_allclose(ranker.with_look_weight(0.0).score(query, gallery), agreement, atol=1e-5)
+    np.testing.assert_allclose(ranker.with_look_weight(1.0).score(query, gallery), look, atol=1e-5)
+    # the blend is a dot product of unit rows, so an index serves it and pairs score as the matrix does
+    np.testing.assert_allclose(np.linalg.norm(ranker.transform(query), axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        ranker.score_pairs(query, gallery[:3]), np.diag(ranker.score(query, gallery[:3])), atol=1e-5
+    )
+    assert not ranker.with_look_weight(0.2).same_scores_as(ranker)
+    with pytest.raises(ValueError, match="look_weight"):
+        ranker.with_look_weight(1.5)
 
 
 def two_look_data(rng, n_per_look):
@@ -127,8 +154,8 @@ def test_a_label_of_two_looks_finds_its_other_look_through_its_neighbours_labels
     """No linear map brings x and -x together; the neighbours' labels do, and validation picks the input space."""
     train, train_labels, _ = two_look_data(np.random.default_rng(0), 30)
     test, _, looks = two_look_data(np.random.default_rng(1), 10)
-    voting = ProjectionRanker(ProjectionConfig(epochs=10)).fit(train, train_labels)
-    alone = ProjectionRanker(ProjectionConfig(epochs=10, label_weight=0.0)).fit(train, train_labels)
+    voting = ProjectionRanker(ProjectionConfig(epochs=10, look_weight=0.0)).fit(train, train_labels)
+    alone = ProjectionRanker(ProjectionConfig(epochs=10, label_weight=0.0, look_weight=0.0)).fit(train, train_labels)
     assert voting.label_space == "input" and alone.label_space == "none"
 
     def other_look_first(ranker):  # queries of look +e0: is a photo of look -e0 scored above every "b" photo?
@@ -191,7 +218,7 @@ def test_the_voters_are_saved_and_damaged_voters_are_refused(tmp_path):
         stored = {key: archive[key] for key in archive.files}
     stored["header"] = np.array(json.dumps({**json.loads(str(stored["header"])), "schema_version": 2}))
     np.savez(old, **stored)
-    with pytest.raises(ArtifactError, match=r"schema version 2, this version reads 3; run .*fit --ranker projection"):
+    with pytest.raises(ArtifactError, match=r"schema version 2, this version reads 4; run .*fit --ranker projection"):
         ProjectionRanker.load(old)
 
 

@@ -40,16 +40,21 @@ def run(path, pixels):
 def test_baked_graph_matches_the_python_projection(tmp_path):
     plain = tiny_featurizer(tmp_path / "plain.onnx")
     matrix = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
-    ranker = ProjectionRanker(matrix=matrix, identity_weight=0.25)
+    ranker = ProjectionRanker(matrix=matrix, identity_weight=0.25)  # the default look weight: 3 + 6 columns
     baked = bake_projection(plain, ranker, tmp_path / "baked.onnx")
     pixels = np.random.default_rng(2).integers(0, 256, size=(7, 5), dtype=np.uint8)  # another batch size than 1
     got, expected = run(baked, pixels), ranker.transform(run(plain, pixels))
-    assert got.shape == (7, 3)
+    assert got.shape == (7, 3 + 6)
     assert np.abs(got - expected).max() < 1e-5
     model = onnx.load(str(baked))
     assert model.ir_version <= 13 and [o.name for o in model.graph.output] == ["embedding"]
     props = {p.key: p.value for p in model.metadata_props}
-    assert props["fingerprint"] == "abc" and '"dims": 3' in props["projection"]
+    assert props["fingerprint"] == "abc" and '"dims": 9' in props["projection"]
+    assert '"look_weight": 0.6' in props["projection"]
+    agreement_only = ranker.with_look_weight(0.0)
+    bare = bake_projection(plain, agreement_only, tmp_path / "bare.onnx")
+    assert run(bare, pixels).shape == (7, 3)
+    assert np.abs(run(bare, pixels) - agreement_only.transform(run(plain, pixels))).max() < 1e-5
     with pytest.raises(ArtifactError, match="already carries a projection"):
         bake_projection(baked, ranker, tmp_path / "twice.onnx")
     from export.onnx_featurizer import OnnxFeaturizer
@@ -70,11 +75,11 @@ def test_baked_graph_takes_the_neighbour_vote_as_the_python_ranker_does(tmp_path
     baked = bake_projection(plain, ranker, tmp_path / "baked.onnx")
     pixels = rng.integers(0, 256, size=(9, 5), dtype=np.uint8)
     got, expected = run(baked, pixels), ranker.transform(run(plain, pixels))
-    assert got.shape == (9, 4 + 5)
+    assert got.shape == (9, 4 + 5 + 6)  # projection, vote, look
     assert np.abs(got - expected).max() < 1e-5
-    assert np.abs(got[:, 4:]).max() > 0.1  # the vote is really in the output
+    assert np.abs(got[:, 4:9]).max() > 0.1 and np.abs(got[:, 9:]).max() > 0.1  # the vote and the look are there
     props = {p.key: p.value for p in onnx.load(str(baked)).metadata_props}
-    assert f'"label_space": "{space}"' in props["projection"] and '"dims": 9' in props["projection"]
+    assert f'"label_space": "{space}"' in props["projection"] and '"dims": 15' in props["projection"]
 
 
 def test_bad_inputs_are_named(tmp_path):

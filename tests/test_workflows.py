@@ -27,6 +27,12 @@ class FakeFeaturizer:
     def __init__(self, fingerprint: str) -> None:
         self.fingerprint = fingerprint
 
+    def embed(self, images) -> np.ndarray:
+        """Unit rows from each image's mean colour (the look metric's copies need some embedding)."""
+        colours = np.array([np.asarray(image.convert("RGB"), np.float32).mean(axis=(0, 1)) for image in images])
+        rows = np.hstack([colours, np.ones((len(images), DIM - 3), np.float32)])
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
 
 def clustered(labels: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
     """Unit vectors around one axis per label."""
@@ -245,6 +251,8 @@ def test_the_report_holds_retrieval_per_ranker_and_the_label_errors(tmp_path, ti
     [expected] = workflows.retrieval(ws, ["l2"])
     assert report["retrieval"]["l2"]["metrics"] == pytest.approx(expected.metrics)
     assert report["retrieval"]["l2"]["n_queries"] == len(ws.prepared.split.test)
+    assert set(report["looks"]) == {"cosine", "l2"}
+    assert report["looks"]["l2"]["n_copies"] == len(ws.prepared.split.test)
     [error] = report["label_errors"]["errors"]
     assert error["path"] == ws.relative_path(ws.dataset.records[planted]) and error["neighbour_label"] == "tools"
     assert all(neighbour.startswith("tools/") for neighbour in error["neighbours"])
@@ -356,3 +364,22 @@ def test_search_uses_a_saved_approximate_index_of_this_gallery_and_not_a_stale_o
     assert changed.saved_index("cosine") is None
     with pytest.raises(AssertionError, match="whole gallery"):
         changed.search(Image.new("RGB", (8, 8)), "cosine", 5)
+
+
+def test_the_look_metric_copies_each_photo_once_and_samples_large_splits(tmp_path, tiny_dataset, lite0_featurizer):
+    from core.featurize import embed_files
+
+    spec = WorkspaceSpec(configure(data={"root": tiny_dataset, "seed": 0}), tmp_path, backend="torch")
+    prepared = prepared_data(spec.config.data, spec.layout)
+    embeddings = embed_files(lite0_featurizer, [record.path for record in prepared.dataset.records])
+    ws = Workspace(spec, prepared, lite0_featurizer, embeddings)
+    cosine, random = workflows.looks(ws, ["cosine", "random"])
+    test = ws.prepared.split.test
+    assert cosine.n_copies == random.n_copies == len(test) and cosine.query_pool == 0
+    assert sorted(cosine.originals.tolist()) == sorted(test.tolist())
+    assert cosine.recall_at_1.value >= 0.75 > random.recall_at_1.value  # tiny real photos: copies find originals
+    assert workflows.copy_embeddings(ws)[0] is workflows.copy_embeddings(ws)[0]  # embedded once per process
+    [sampled] = workflows.looks(ws, ["cosine"], "train", max_copies=3)
+    assert sampled.n_copies == 3 and sampled.query_pool == len(ws.prepared.split.train)
+    assert set(sampled.originals.tolist()) <= set(ws.prepared.split.train.tolist())
+    assert "copies of 3 of" in sampled.note

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from core.config import OBJECTIVES
+from core.config import CONFIG_SECTIONS, OBJECTIVES
 from core.dedup import DEFAULT_COSINE as DEDUP_COSINE
 from core.dedup import DEFAULT_MAX_SHARE as DEDUP_MAX_SHARE
 from core.dedup import DEFAULT_NEIGHBOURS as DEDUP_NEIGHBOURS
@@ -51,11 +51,30 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Argparse's help layout, except that a line break in an option's help starts a new line (a list of rankers)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        lines: list[str] = []
+        for paragraph in text.splitlines():  # a loop, not a comprehension: super() needs the method's scope
+            lines.extend(super()._split_lines(paragraph, width))
+        return lines
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (the command and the problem) and exit 2."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _ranker_help(lead: str, names: Sequence[str]) -> str:
+    """``lead``, then one line per ranker: its name and what its score means (the registry's line)."""
+    return "\n".join([lead, *(f"{name}: {ranker_spec(name).score_meaning}" for name in names)])
 
 
 def _flag_groups() -> dict[str, _Parser]:
@@ -71,7 +90,9 @@ def _flag_groups() -> dict[str, _Parser]:
     group.add_argument("--condition", help="attribute that defines similarity (a column of <data>/attributes.csv)")
     group.add_argument("--attributes", help="attributes CSV (default: <data>/attributes.csv)")
     group.add_argument("--workdir", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)")
-    group.add_argument("--config", type=Path, help="TOML config file ([data], [featurizer], [train], [svm] tables)")
+    group.add_argument(
+        "--config", type=Path, help=f"TOML config file ({', '.join(f'[{name}]' for name in CONFIG_SECTIONS)} tables)"
+    )
     group.add_argument("--seed", type=int, help="seed for split, comparative sets, training and bootstrap")
 
     featurizer = _Parser(add_help=False, parents=[data])
@@ -129,7 +150,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="extend",
         nargs="+",
         choices=(*rankers, "all"),
-        help="one or more, e.g. --ranker projection cosine (default: all on offer)",
+        help=_ranker_help("one or more, e.g. --ranker projection cosine (default: all on offer); scores:", rankers),
     )
     evaluate.add_argument("--split", choices=("test", "train"), default="test", help="which comparative sets")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -139,7 +160,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--ranker",
         choices=rankers,
-        help="(default: the ranker tune chose when it ran and no --run is given, else cosine)",
+        help=_ranker_help(
+            "(default: the ranker tune chose when it ran and no --run is given, else cosine); its score:", rankers
+        ),
     )
     command(
         "train",
@@ -209,7 +232,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     index_search.add_argument("image", type=Path)
     index_search.add_argument("-k", type=_positive(int), default=15)
     index_search.add_argument(
-        "--ranker", choices=rankers, help="(default: the ranker the index was built for; cosine for an exact index)"
+        "--ranker",
+        choices=rankers,
+        help=_ranker_help(
+            "(default: the ranker the index was built for; cosine for an exact index); its score:", rankers
+        ),
     )
     serve = command(
         "serve", "REST service: POST /search, POST /embed, GET /health (OpenAPI at /openapi.json)", "featurizer"
@@ -438,7 +465,8 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluate import format_table
-    from workbench.workflows import label_errors, result_summary, retrieval, save_report
+    from core.looks import format_looks_table
+    from workbench.workflows import in_sample_warning, label_errors, looks, result_summary, retrieval, save_report
 
     ws = _open(args)
     requested = args.ranker or ["all"]
@@ -446,22 +474,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = ws.evaluate(names, args.split)
     retrieved = retrieval(ws, names, args.split)
     suspects = label_errors(ws)
-    report = save_report(ws, results, retrieved, suspects, args.split)
+    copies = looks(ws, names, args.split)
+    report = save_report(ws, results, retrieved, suspects, args.split, copies)
+    warning = in_sample_warning(names, args.split)
+    if warning and args.json:
+        print(warning, file=sys.stderr)
     if args.json:
         print(
             json.dumps(
                 {
-                    result.ranker: {**result_summary(result), "retrieval": full.to_dict()}
-                    for result, full in zip(results, retrieved, strict=True)
+                    result.ranker: {
+                        **result_summary(result),
+                        "retrieval": full.to_dict(),
+                        "looks": {key: value for key, value in look.to_dict().items() if key != "ranks"},
+                    }
+                    for result, full, look in zip(results, retrieved, copies, strict=True)
                 },
                 indent=2,
             )
         )
     else:
         print(f"featurizer {ws.fingerprint}, {args.split} comparative sets")
+        if warning:
+            print(warning)
         print(format_table(results))
         print(f"\nfull gallery: {args.split} images query all {len(ws.embeddings)} images, themselves excluded")
         print(_retrieval_table(retrieved))
+        print(f"\nlooks: an edited copy of each {args.split} image searches the whole gallery for its original")
+        print(format_looks_table(copies))
         print(
             f"\n{len(suspects.errors)} likely label error(s) ({suspects.ranker}, {suspects.k} neighbours, "
             f"majority share >= {suspects.min_share:.0%}"
@@ -522,6 +562,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             ranker = "cosine"
     query = ws.embed([image])
     hits = ws.search_embedding(query, ranker or "cosine", args.k)
+    if not args.quiet:
+        print(f"score ({ranker or 'cosine'}): {ranker_spec(ranker or 'cosine').score_meaning}", file=sys.stderr)
     _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
     strength = ws.match(query)
     if not strength.close:

@@ -28,6 +28,7 @@ from core.evaluate import MAX_K, MAX_QUERIES, EvaluationResult, RetrievalResult,
 from core.featurize import ProgressFn
 from core.knn import KnnGraph, cached_knn_graph
 from core.label_errors import LabelSuspect, likely_label_errors
+from core.looks import MAX_COPIES
 from core.pipeline import PreparedData
 from core.rankers import LearnedRanker, list_rankers, ranker_spec
 from core.workdir import PRETRAINED
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from core.data import ImageRecord
     from core.dedup import DedupConfig, DedupReport, LeakReport
     from core.index import IndexHits, VectorIndex
+    from core.looks import CopyResult
     from core.svm import PairAccuracy
     from core.train import TrainProgress, TrainResult
     from export.onnx_export import ExportResult
@@ -498,6 +500,84 @@ def retrieval(
     return results
 
 
+#: Copies embedded per batch by :func:`looks` (bounds the memory of decoded images).
+COPY_BATCH = 32
+#: Originals are decoded at about this side at least (JPEG draft): a copy keeps ~0.6 of it, above any input size.
+COPY_DRAFT = 512
+
+
+def copy_embeddings(
+    ws: Workspace, split: str = "test", max_copies: int | None = MAX_COPIES, progress: ProgressFn | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Embeddings of seeded edited copies (:mod:`core.looks`) of ``split``'s photos, at most ``max_copies``.
+
+    The photos are a stratified sample seeded with the workspace's seed when the split holds more; each copy is
+    drawn from ``(seed, record index)``, so a photo always gets the same copy. Computed once per workspace, split
+    and sample size in a process.
+
+    Returns:
+        ``(copies float32[Q, D], originals int64[Q] record indices, query_pool)`` with ``query_pool`` the size of
+        the split when it was sampled, else 0.
+
+    Raises:
+        WorkbenchError: A bad split, or an original that can no longer be read.
+    """
+    from core.errors import ImageLoadError
+    from core.images import load_image
+    from core.looks import copy_rng, make_copy
+
+    key = (split, max_copies)
+    if key in ws.copies:
+        return ws.copies[key]
+    originals = _split_queries(ws, split)
+    pool = 0
+    if max_copies is not None and len(originals) > max_copies:
+        pool = len(originals)
+        originals = sample_queries(originals, ws.dataset.label_array, max_copies, np.random.default_rng(ws.seed))
+    started = time.perf_counter()
+    parts = []
+    for start in range(0, len(originals), COPY_BATCH):
+        images = []
+        for row in originals[start : start + COPY_BATCH]:
+            path = ws.dataset.record(int(row)).path
+            try:
+                image = load_image(path, draft_size=COPY_DRAFT)
+            except ImageLoadError as err:
+                raise WorkbenchError(f"{path}: cannot make its copy for the look metric ({err})") from err
+            images.append(make_copy(image, copy_rng(ws.seed, int(row))))
+        parts.append(ws.embed(images))
+        if progress is not None:
+            progress(min(start + COPY_BATCH, len(originals)), len(originals))
+    dim = ws.embeddings.shape[1]
+    copies = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    log.info("look metric: %d %s copies embedded in %.1f s", len(copies), split, time.perf_counter() - started)
+    ws.copies[key] = (copies, originals, pool)
+    return ws.copies[key]
+
+
+def looks(
+    ws: Workspace, names: Sequence[str], split: str = "test", max_copies: int | None = MAX_COPIES
+) -> list[CopyResult]:
+    """The look metric per ranker: each copy of a ``split`` photo searches the whole gallery for its original.
+
+    Recall@1 and mean rank of the original with bootstrap 95 % intervals (:func:`core.looks.copy_retrieval`);
+    byte-identical twins of an original never count against it. The copies are shared by every ranker.
+
+    Raises:
+        WorkbenchError: Unknown or unfitted ranker, a bad split, or an unreadable original.
+    """
+    from core.looks import copy_retrieval
+
+    copies, originals, pool = copy_embeddings(ws, split, max_copies)
+    if not len(copies):
+        raise WorkbenchError(f"the {split} split of {ws.dataset.root} has no photos to copy")
+    content = np.asarray(ws.dataset.sha256s)
+    return [
+        copy_retrieval(ws.ranker(name), copies, ws.embeddings, originals, np.random.default_rng(ws.seed), content, pool)
+        for name in names
+    ]
+
+
 def knn(ws: Workspace, k: int, ranker: str = "cosine") -> KnnGraph:
     """The workspace's k-NN graph by ``ranker`` (each image's ``k`` nearest other images, best first).
 
@@ -616,14 +696,18 @@ def save_report(
     retrieval_results: Sequence[RetrievalResult] | None = None,
     label_error_report: LabelErrorReport | None = None,
     split: str = "test",
+    look_results: Sequence[CopyResult] | None = None,
 ) -> Path:
     """Write the evaluation report of a featurizer (all its rankers) atomically.
 
     Beside the comparative-set ``results`` it holds a ``retrieval`` section per ranker (full-gallery metrics on
-    ``split``) and the ``label_errors`` list; either is computed here when not given.
+    ``split``), a ``looks`` section per ranker (the look metric, :func:`looks`) and the ``label_errors`` list; each
+    is computed here when not given.
     """
     if retrieval_results is None:
         retrieval_results = retrieval(ws, [result.ranker for result in results], split)
+    if look_results is None:
+        look_results = looks(ws, [result.ranker for result in results], split)
     if label_error_report is None:
         label_error_report = label_errors(ws)
     path = ws.layout.report(ws.fingerprint)
@@ -639,6 +723,7 @@ def save_report(
             "in_sample_warning": in_sample_warning([result.ranker for result in results], split),
             "results": {result.ranker: result.to_dict() for result in results},
             "retrieval": {result.ranker: result.to_dict() for result in retrieval_results},
+            "looks": {result.ranker: result.to_dict() for result in look_results},
             "label_errors": label_errors_summary(ws, label_error_report),
         },
     )

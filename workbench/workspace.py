@@ -423,6 +423,10 @@ class Workspace:
     _index_cache: dict[int, VectorIndex | None] = field(default_factory=dict, repr=False, compare=False)
     _ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _match_reference: dict[int, MatchReference] = field(default_factory=dict, repr=False, compare=False)
+    #: Embedded copies for the look metric, per (split, sample size): see ``workflows.copy_embeddings``.
+    copies: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray, int]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def layout(self) -> WorkDir:
