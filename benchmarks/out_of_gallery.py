@@ -122,6 +122,12 @@ def main() -> None:
         defaults.append(HELDOUT / "fmnist_2k")
     parser.add_argument("--data", type=Path, nargs="+", default=defaults)
     parser.add_argument("--outside", type=Path, default=HELDOUT / "out_of_style")
+    parser.add_argument(
+        "--extra",
+        type=Path,
+        help="a folder of further images to judge, reported as their own group (e.g. the rendered wallpapers of "
+        "Debian ukui-wallpapers and lomiri-wallpapers: illustrations, not photos)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/out_of_gallery-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/out_of_gallery.json")
     args = parser.parse_args()
@@ -147,6 +153,12 @@ def main() -> None:
             groups["outside photos"] = (
                 names,
                 judge(reference, gallery, ws.embed([load_image(p) for p in outside]), old),
+            )
+        if args.extra is not None:
+            extra = sorted(p for p in args.extra.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            groups["extra"] = (
+                [p.stem for p in extra],
+                judge(reference, gallery, ws.embed([load_image(p) for p in extra]), old),
             )
         own = []
         for index in range(len(gallery)):  # each gallery photo against the others
