@@ -37,10 +37,9 @@ def render() -> None:
     right.subheader("Top-N accuracy")
     right.plotly_chart(service.top_n_curves([result]), key="top_n")
 
-    st.subheader("Per category")
-    left, right = st.columns([2, 3])
-    left.dataframe(service.category_rows(result), hide_index=True, key="categories")
-    right.plotly_chart(service.per_category_bars(result), key="category_bars")
+    st.subheader("Per category")  # the table on its own row: beside the chart it clipped its last column
+    st.dataframe(service.category_rows(result), hide_index=True, key="categories", width="stretch")
+    st.plotly_chart(service.per_category_bars(result), key="category_bars")
 
     st.subheader("Full gallery")
     [full] = service.retrieval(ws, (ranker,), split)
@@ -60,6 +59,7 @@ def render() -> None:
         key="download_evaluation",
         icon=":material/download:",
     )
+    _model_download(ws)
 
     st.subheader("Queries")
     filters = st.columns(2)
@@ -73,6 +73,37 @@ def render() -> None:
         cells[0].image(service.thumbnail(row.query.path), caption=f"query · {row.query.label}", width=160)
         cells[1].image(service.thumbnail(row.best.path), caption=f"ranked first · {row.best.label}", width=160)
         cells[2].image(service.thumbnail(row.positive.path), caption=f"true positive · rank {row.rank}", width=160)
+
+
+def _model_download(ws: service.Workspace) -> None:
+    """The featurizer as ONNX, alone or with the projection ranker baked in: exported on demand, then offered."""
+    st.subheader("The model as ONNX")
+    st.caption(
+        f"Featurizer {ws.run} in one ONNX file: uint8 RGB pixels [batch, size, size, 3], resized and centre-cropped, "
+        "in; the L2-normalised embedding out (rank by cosine); checked against PyTorch when exported. With the "
+        "projection ranker baked in, the output is that ranker's vector instead (rank by dot product)."
+    )
+    choices = service.onnx_choices(ws)
+    kind = st.radio(
+        "Model", choices, horizontal=True, key="onnx_kind", on_change=service.kept_choice("onnx_kind", choices)
+    )
+    with_projection = kind != choices[0]
+    model = service.ready_onnx(ws, with_projection)  # nothing is exported before the button is pressed
+    if model is None and st.button("Export to ONNX", key="onnx_export", icon=":material/build:"):
+        with st.spinner("Exporting the model and checking it against PyTorch…"):
+            try:
+                model = service.make_onnx(ws, with_projection)
+            except service.WorkbenchError as err:
+                st.error(f"Cannot export: {err}")
+    if model is not None:
+        st.download_button(
+            f"Download {model.file_name} ({model.size_mb:.1f} MB)",
+            model.read,  # read when clicked
+            file_name=model.file_name,
+            mime="application/octet-stream",
+            key="download_onnx",
+            icon=":material/download:",
+        )
 
 
 render()

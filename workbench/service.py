@@ -47,6 +47,7 @@ from core.plots import (  # noqa: F401  (pure figure builders, re-exported for t
 from core.train import EpochMetrics
 from core.workdir import PRETRAINED
 from workbench import analysis, app_cache
+from workbench.downloads import ModelFile
 from workbench.jobs import JobBoard, TrainingJob, TuneJob
 from workbench.tuning import TuneConfig, TuneReport, default_choice
 from workbench.views import (  # noqa: F401  (re-exported for the pages)
@@ -566,6 +567,36 @@ def evaluation_json(ws: Workspace, result: EvaluationResult, full: RetrievalResu
         "full_gallery": full.to_dict(),
     }
     return json.dumps(report, indent=2, default=str).encode("utf-8")
+
+
+#: The Evaluation page's ONNX choices: the plain featurizer, and with the projection ranker baked in.
+ONNX_PLAIN, ONNX_PROJECTION = "featurizer only", "with the projection ranker baked in"
+
+
+def onnx_choices(ws: Workspace) -> list[str]:
+    """The ONNX models on offer for a featurizer: the plain one, and with the projection once it is fitted."""
+    from workbench.downloads import can_bake_projection
+
+    return [ONNX_PLAIN, ONNX_PROJECTION] if can_bake_projection(ws) else [ONNX_PLAIN]
+
+
+def ready_onnx(ws: Workspace, with_projection: bool = False) -> ModelFile | None:
+    """The featurizer's ONNX file (or with the projection baked in) when already made and current; exports nothing."""
+    from workbench.downloads import ready_onnx as ready
+
+    return ready(ws, with_projection)
+
+
+def make_onnx(ws: Workspace, with_projection: bool = False) -> ModelFile:
+    """The featurizer's ONNX file (or with the projection baked in), exported and validated now when missing; kept
+    on disk, so later calls and pages reuse it.
+
+    Raises:
+        WorkbenchError: The export failed validation, or the projection ranker is not fitted.
+    """
+    from workbench.downloads import make_onnx as make
+
+    return make(ws, with_projection)
 
 
 def label_errors(ws: Workspace, ranker: str = "cosine", k: int = 10, min_share: float = 0.5) -> LabelErrorReport:

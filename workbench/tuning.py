@@ -156,6 +156,7 @@ class Candidate:
         recall_at_1: Recall@1 with its 95 % CI.
         seconds: Time to fit the ranker and score it (the run's training time is in :class:`RecipeOutcome`).
         fit_rows: Images a learned ranker was fitted on for the validation (0: a plain ranker).
+        fit_seconds: Time of that fit (part of ``seconds``).
         copy_recall_at_1: Look metric: share of edited copies of validation images whose original came first
             (None: no look probe).
         rejected: Why the look constraint rules it out ("" when it does not).
@@ -167,6 +168,7 @@ class Candidate:
     recall_at_1: Estimate
     seconds: float
     fit_rows: int = 0
+    fit_seconds: float = 0.0
     copy_recall_at_1: float | None = None
     rejected: str = ""
 
@@ -427,13 +429,13 @@ def score_candidate(
         ranker = make_ranker(name, rng)
     else:
         ranker = spec.build(section) if section is not None else spec.build()
-    fit_rows = 0
+    fit_rows, fit_seconds = 0, 0.0
     if isinstance(ranker, LearnedRanker):
         if stop is not None and stop():
             raise _OverBudget
         say(f"{name}: fitting on {len(split.train)} images")
         ranker.fit(embeddings[split.train], labels[split.train], sets)
-        fit_rows = len(split.train)
+        fit_rows, fit_seconds = len(split.train), time.perf_counter() - start
     gallery = np.sort(np.concatenate([split.train, split.test]))
     gallery_embeddings, gallery_labels = embeddings[gallery], labels[gallery]
     positions = np.searchsorted(gallery, queries)
@@ -454,6 +456,7 @@ def score_candidate(
         mean_with_interval(np.concatenate(per_query["recall@1"]), rng),
         time.perf_counter() - start,
         fit_rows,
+        fit_seconds,
     )
     log.info("tune: %s + %s: MAP@R %s", featurizer, name, candidate.map_at_r)
     return candidate, ranker
@@ -523,7 +526,7 @@ class _Search:
         best = max((c for c in self.candidates if not c.rejected), key=lambda c: c.map_at_r.value, default=None)
         if best is None or best.featurizer != PRETRAINED or not best.fit_rows or best.choice == self.previous:
             return 0.0
-        return best.seconds * self.n_train / best.fit_rows
+        return best.fit_seconds * self.n_train / best.fit_rows
 
     def fits(self, seconds: float) -> bool:
         """Whether a step expected to take ``seconds`` ends by :meth:`limit`."""
@@ -630,9 +633,11 @@ class _Search:
         after = self.scoring_estimate() + (self.open_seconds or per_epoch * len(data.labels) / len(data.split.train))
         need = per_epoch * recipe.epochs + after
         if self.over() or not self.fits(need):
-            detail = f"{recipe.epochs} epochs x {per_epoch:.0f} s, then ~{after:.0f} s to featurize and score; "
+            epochs = f"{recipe.epochs} epochs x {per_epoch:.0f} s" if per_epoch else "no epoch measured yet"
+            detail = f"{epochs}, then ~{after:.0f} s to featurize and score; "
+            about = "~" if per_epoch else "more than ~"
             self.outcomes.append(
-                RecipeOutcome(recipe, run, "skipped", reason=f"needs ~{need:.0f} s ({detail}{self.left()})")
+                RecipeOutcome(recipe, run, "skipped", reason=f"needs {about}{need:.0f} s ({detail}{self.left()})")
             )
             log.info("tune: %s skipped: %s", run, self.outcomes[-1].reason)
             return
