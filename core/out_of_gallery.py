@@ -19,16 +19,26 @@ from :meth:`workbench.workspace.Workspace.match`. Measured in ``docs/out_of_gall
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from core.artifacts import atomic_write
+from core.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 #: Gallery images sampled to calibrate the floor (each compared with the whole gallery).
 MAX_ROWS = 1_000
 #: Share of gallery images whose nearest other image may lie below the floor.
 FLOOR_QUANTILE = 0.05
+#: Version of :func:`non_photos` and its seed, part of the cache file's name: a changed set is never read from an old
+#: file.
+NON_PHOTOS_VERSION = 1
 
 
 def nearest_neighbour_floor(
@@ -186,30 +196,68 @@ class MatchReference:
         return MatchStrength(best, self.floor, float(scores[nearest]), self.non_photo_kinds[nearest], self.quantile)
 
 
+def non_photo_cache(folder: Path, fingerprint: str) -> Path:
+    """Where the non-photos' embeddings by the featurizer ``fingerprint`` are kept in a feature folder."""
+    return folder / f"{fingerprint}.non-photos-v{NON_PHOTOS_VERSION}.npz"
+
+
+def _cached_non_photos(path: Path, width: int) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """Embeddings and kinds saved by :func:`calibrate`, or None (with a warning when the file is unusable)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            embedded, kinds = np.asarray(saved["embeddings"], np.float32), tuple(str(k) for k in saved["kinds"])
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("%s: unreadable (%s); the non-photos are embedded again", path, err)
+        return None
+    norms = np.linalg.norm(embedded, axis=1) if embedded.ndim == 2 else np.zeros(0)
+    if not kinds or embedded.shape != (len(kinds), width) or not np.allclose(norms, 1.0, atol=1e-3):
+        log.warning(
+            "%s: %s embeddings of %d kinds do not fit width %d; embedded again", path, embedded.shape, len(kinds), width
+        )
+        return None
+    return embedded, kinds
+
+
 def calibrate(
     gallery: np.ndarray,
     embed: Callable[[Sequence[Image.Image]], np.ndarray],
     rng: np.random.Generator | None = None,
     quantile: float = FLOOR_QUANTILE,
     max_rows: int | None = MAX_ROWS,
+    cache: Path | None = None,
 ) -> MatchReference:
     """The gallery's floor and its featurizer's embeddings of the generated non-photos.
 
     Args:
         gallery: L2-normalised gallery embeddings, ``(N, D)``.
         embed: The gallery's featurizer: RGB images to L2-normalised ``(n, D)`` embeddings.
-        rng: Draws the floor's sample and the non-photos' noise (default: seed 0).
+        rng: Draws the floor's sample, then the non-photos' noise (default: seed 0).
         quantile: The floor's quantile.
         max_rows: Gallery images sampled for the floor.
+        cache: A file (:func:`non_photo_cache`) that keeps the non-photos' embeddings by this featurizer, read
+            when it fits and written atomically when not, so a process embeds them once per featurizer. None:
+            embed them every time.
 
     Raises:
         ValueError: Fewer than two gallery images, or the featurizer's width differs from the gallery's.
     """
     generator = rng if rng is not None else np.random.default_rng(0)
     floor = nearest_neighbour_floor(gallery, quantile, max_rows=max_rows, rng=generator)
+    width = np.shape(gallery)[1]
+    cached = _cached_non_photos(cache, width) if cache is not None else None
+    if cached is not None:
+        return MatchReference(floor, cached[0], cached[1], quantile)
     kinds, images = zip(*non_photos(generator), strict=True)
     embedded = np.asarray(embed(list(images)), np.float32)
-    if embedded.shape != (len(images), np.shape(gallery)[1]):
+    if embedded.shape != (len(images), width):
         raise ValueError(f"non-photo embeddings {embedded.shape} do not fit gallery embeddings {np.shape(gallery)}")
     embedded /= np.maximum(np.linalg.norm(embedded, axis=1, keepdims=True), 1e-12)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache, lambda handle: np.savez(handle, embeddings=embedded, kinds=np.array(kinds)))
+        except (OSError, ArtifactError) as err:  # a read-only workdir still answers, embedding again next time
+            log.warning("%s: not written (%s)", cache, err)
     return MatchReference(floor, embedded, tuple(kinds), quantile)

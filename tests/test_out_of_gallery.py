@@ -110,6 +110,41 @@ def test_calibrate_checks_the_featurizer_width():
         calibrate(gallery, embed)
 
 
+def mean_colour_embed(images):
+    """A stand-in featurizer: each image's mean colour, plus one, as a unit vector (no two kinds collide)."""
+    rows = np.array([np.asarray(image, np.float32).reshape(-1, 3).mean(axis=0) + 1.0 for image in images])
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_calibrate_keeps_the_non_photos_in_a_cache_file(tmp_path, caplog):
+    from core.out_of_gallery import non_photo_cache
+
+    gallery = np.array([[*unit(0), 0.0], [*unit(10), 0.0], [*unit(50), 0.0]], np.float32)
+    cache = non_photo_cache(tmp_path / "features", "fp1")
+    first = calibrate(gallery, mean_colour_embed, cache=cache)
+    assert cache.is_file() and cache.name == "fp1.non-photos-v1.npz"
+
+    def refuse(images):
+        raise AssertionError("embedded again although the cache fits")
+
+    again = calibrate(gallery, refuse, cache=cache)
+    assert np.array_equal(again.non_photo_embeddings, first.non_photo_embeddings)
+    assert again.non_photo_kinds == first.non_photo_kinds and again.floor == first.floor
+    uncached = calibrate(gallery, mean_colour_embed)
+    assert np.allclose(uncached.non_photo_embeddings, first.non_photo_embeddings)
+
+    cache.write_bytes(b"not a zip")  # damaged: one warning, embedded again, written again
+    with caplog.at_level("WARNING", logger="core.out_of_gallery"):
+        repaired = calibrate(gallery, mean_colour_embed, cache=cache)
+    assert "unreadable" in caplog.text and str(cache) in caplog.text
+    assert np.allclose(repaired.non_photo_embeddings, first.non_photo_embeddings)
+    assert calibrate(gallery, refuse, cache=cache).non_photo_kinds == first.non_photo_kinds
+    wider = np.hstack([gallery, np.zeros((3, 1), np.float32)])  # another featurizer width: not read
+    with pytest.raises(ValueError, match="do not fit gallery embeddings"):
+        calibrate(wider, mean_colour_embed, cache=cache)
+    assert "do not fit width 4" in caplog.text
+
+
 def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)

@@ -36,7 +36,7 @@ from core.evaluate import EvaluationResult
 from core.featurize import FeatureCache, Featurizer, ProgressFn, TorchFeaturizer
 from core.images import printable
 from core.metric_learning import ProjectionRanker
-from core.out_of_gallery import MatchReference, MatchStrength, calibrate
+from core.out_of_gallery import MatchReference, MatchStrength, calibrate, non_photo_cache
 from core.pipeline import (
     PreparedData,
     SearchHit,
@@ -512,7 +512,8 @@ class Workspace:
         beside the gallery's floor and the generated non-photos (:mod:`core.out_of_gallery`; both computed once)."""
         reference = self._match_reference.get(0)
         if reference is None:
-            reference = self._match_reference[0] = calibrate(self.embeddings, self.embed)
+            cache = non_photo_cache(self.layout.features, self.fingerprint)
+            reference = self._match_reference[0] = calibrate(self.embeddings, self.embed, cache=cache)
         index = self.saved_index("cosine")
         if index is not None:  # the closest gallery image by the index, not a scan of the whole gallery
             best = float(index.search(query, 1, CosineRanker(), fingerprint=self.fingerprint).scores[0, 0])
