@@ -324,6 +324,37 @@ def score_note(ws: Workspace, ranker: str) -> str | None:
     )
 
 
+def score_meaning(ranker: str) -> str:
+    """What a ranker's score is, its range and which way is more alike (the registry's one line)."""
+    from core.rankers import ranker_spec
+
+    return ranker_spec(ranker).score_meaning
+
+
+def ranker_help(rankers: Sequence[str]) -> str:
+    """The ranker menu's help: each ranker on offer with what its score means, one line each (markdown)."""
+    return "\n".join(f"- **{name}**: {score_meaning(name)}" for name in rankers)
+
+
+def explain_caption(ranker: str, score: float, similarity: float) -> str:
+    """What the Explain heatmaps explain of a result the ranker ``ranker`` scored ``score``: always the cosine
+    similarity of the two embeddings; for a learned ranker, the look part of its score."""
+    meaning = f"the {ranker} score of this result is {score:.3f}: {score_meaning(ranker)}"
+    if is_learned_ranker(ranker):
+        return (
+            f"The heatmaps explain the cosine look part of this score, the cosine similarity {similarity:.3f} of the "
+            f"two embeddings; the label part has no regions to show ({meaning})."
+        )
+    return f"The heatmaps explain the cosine similarity {similarity:.3f} of the two embeddings; {meaning}."
+
+
+def in_sample_warning(rankers: Sequence[str], split: str) -> str | None:
+    """The warning beside train-split figures of learned rankers (``workflows.in_sample_warning``)."""
+    from workbench.workflows import in_sample_warning as warning
+
+    return warning(rankers, split)
+
+
 def is_learned_ranker(name: str) -> bool:
     """Whether ``name`` is fitted on the dataset's labels (svm, projection)."""
     from core.rankers import ranker_spec
@@ -489,8 +520,8 @@ def place_on_map(ws: Workspace, mapping: analysis.EmbeddingMap, image_bytes: byt
 
 
 def match_strength(ws: Workspace, query: Image.Image) -> MatchStrength:
-    """The query's best cosine similarity to the gallery, beside the gallery's same-label floor (computed once per
-    workspace: :meth:`workbench.workspace.Workspace.match`)."""
+    """The query's best cosine similarity to the gallery, beside the gallery's floor and the generated non-photos
+    (computed once per workspace: :meth:`workbench.workspace.Workspace.match`)."""
     return ws.match(ws.embed([query]))
 
 
@@ -563,6 +594,8 @@ def evaluation_json(ws: Workspace, result: EvaluationResult, full: RetrievalResu
         "featurizer": ws.fingerprint,
         "run": ws.run,
         "split": split,
+        "in_sample": in_sample_warning([result.ranker], split) is not None,
+        "in_sample_warning": in_sample_warning([result.ranker], split),
         "comparative_sets": result_summary(result),
         "full_gallery": full.to_dict(),
     }
