@@ -47,7 +47,7 @@ from core.errors import ArtifactError, WorkbenchError
 from core.evaluate import MAX_QUERIES, Estimate, evaluate_retrieval, mean_with_interval, sample_queries
 from core.rankers import CosineRanker, LearnedRanker, Ranker, make_ranker, ranker_spec
 from core.workdir import PRETRAINED, WorkDir
-from workbench.workflows import fit_ranker
+from workbench.workflows import embed_copies, fit_ranker
 from workbench.workspace import WorkspaceSpec, completed_runs, open_workspace, prepared_data
 
 if TYPE_CHECKING:
@@ -295,12 +295,6 @@ TuneProgressFn = Callable[[TuneProgress], None]
 LookFn = Callable[["Workspace", Ranker, np.ndarray, np.ndarray], float]
 
 
-#: Copies embedded per batch by :class:`CopyLook`.
-COPY_BATCH = 32
-#: Originals are decoded at about this side at least (JPEG draft): a copy keeps ~0.6 of it, above any input size.
-COPY_DRAFT = 512
-
-
 class CopyLook:
     """The look probe ``tune`` uses by default (a :data:`LookFn`): the seeded edited copy of each original
     (:func:`core.looks.make_copy`, the same copy the evaluation's look metric makes of that photo) searches the
@@ -320,33 +314,13 @@ class CopyLook:
 
         key = (ws.fingerprint, np.asarray(originals, np.int64).tobytes())
         if key not in self._copies:
-            self._copies[key] = _embed_copies(ws, originals)
+            self._copies[key] = embed_copies(ws, originals)
         rows = np.searchsorted(gallery, originals)
         content = np.asarray(ws.dataset.sha256s)[gallery]
         result = copy_retrieval(
             ranker, self._copies[key], ws.embeddings[gallery], rows, np.random.default_rng(ws.seed), content
         )
         return result.recall_at_1.value
-
-
-def _embed_copies(ws: Workspace, originals: np.ndarray) -> np.ndarray:
-    """Embeddings of the seeded edited copies of ``originals`` (record indices) by ``ws``'s featurizer."""
-    from core.errors import ImageLoadError
-    from core.images import load_image
-    from core.looks import copy_rng, make_copy
-
-    parts = []
-    for start in range(0, len(originals), COPY_BATCH):
-        images = []
-        for row in originals[start : start + COPY_BATCH]:
-            path = ws.dataset.record(int(row)).path
-            try:
-                image = load_image(path, draft_size=COPY_DRAFT)
-            except ImageLoadError as err:
-                raise WorkbenchError(f"{path}: cannot make its copy for the look metric ({err})") from err
-            images.append(make_copy(image, copy_rng(ws.seed, int(row))))
-        parts.append(ws.embed(images))
-    return np.concatenate(parts) if parts else np.zeros((0, ws.embeddings.shape[1]), np.float32)
 
 
 class _OverBudget(Exception):

@@ -522,10 +522,6 @@ def copy_embeddings(
     Raises:
         WorkbenchError: A bad split, or an original that can no longer be read.
     """
-    from core.errors import ImageLoadError
-    from core.images import load_image
-    from core.looks import copy_rng, make_copy
-
     key = (split, max_copies)
     if key in ws.copies:
         return ws.copies[key]
@@ -535,6 +531,24 @@ def copy_embeddings(
         pool = len(originals)
         originals = sample_queries(originals, ws.dataset.label_array, max_copies, np.random.default_rng(ws.seed))
     started = time.perf_counter()
+    copies = embed_copies(ws, originals, progress)
+    log.info("look metric: %d %s copies embedded in %.1f s", len(copies), split, time.perf_counter() - started)
+    ws.copies[key] = (copies, originals, pool)
+    return ws.copies[key]
+
+
+def embed_copies(ws: Workspace, originals: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
+    """Embeddings ``float32[Q, D]`` of the seeded edited copy (:mod:`core.looks`) of each of ``originals`` (record
+    indices), drawn from ``(seed, record index)``: a photo gets the same copy wherever it is evaluated (``tune``
+    copies validation photos with it).
+
+    Raises:
+        WorkbenchError: An original that can no longer be read.
+    """
+    from core.errors import ImageLoadError
+    from core.images import load_image
+    from core.looks import copy_rng, make_copy
+
     parts = []
     for start in range(0, len(originals), COPY_BATCH):
         images = []
@@ -548,11 +562,7 @@ def copy_embeddings(
         parts.append(ws.embed(images))
         if progress is not None:
             progress(min(start + COPY_BATCH, len(originals)), len(originals))
-    dim = ws.embeddings.shape[1]
-    copies = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
-    log.info("look metric: %d %s copies embedded in %.1f s", len(copies), split, time.perf_counter() - started)
-    ws.copies[key] = (copies, originals, pool)
-    return ws.copies[key]
+    return np.concatenate(parts) if parts else np.zeros((0, ws.embeddings.shape[1]), np.float32)
 
 
 def looks(
