@@ -8,11 +8,12 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal, overload
 
 import numpy as np
 
+from core.attributes import ATTRIBUTES_FILE, read_attributes
 from core.config import FILE_LIMITS, ImageLimits
 from core.errors import DatasetError, ImageLoadError
 from core.images import DHASH_SIZE, content_hash, decode_image, perceptual_hash, printable, read_image_file
@@ -545,47 +546,26 @@ def make_comparative_sets(
     return ComparativeSets(np.concatenate(queries), np.concatenate(references).astype(np.int64))
 
 
-ATTRIBUTES_FILE = "attributes.csv"
-
-
 def apply_condition(report: ScanReport, condition: str, attributes: Path | None = None) -> ScanReport:
     """Relabel a scan by one attribute column: the *condition* that defines "similar".
 
-    The attributes file (default ``<root>/attributes.csv``) has a header with a ``path`` column (relative
-    to the dataset root) and one column per attribute, e.g. ``path,texture,sleeve``. Images without a
-    value for the condition are left out and reported; rows naming missing images are ignored.
+    The attributes file (default ``<root>/attributes.csv``; its format: :mod:`core.attributes`) has a ``path``
+    column (relative to the dataset root) and one column per attribute, e.g. ``path,texture,sleeve``. Images
+    without a value for the condition are left out and reported; rows naming missing images are ignored.
 
     Raises:
         DatasetError: No attributes file, no ``path`` column, an unknown condition or a malformed row,
             naming the file and line.
     """
-    import csv
-
     root = report.dataset.root
     path = Path(attributes) if attributes else (root / ATTRIBUTES_FILE if root else None)
     if path is None or not path.is_file():
         raise DatasetError(f"{path}: attributes file not found (needed for condition {condition!r})")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-            columns = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DatasetError(f"{path}: unreadable attributes file ({err})") from err
-    if "path" not in columns:
-        raise DatasetError(f"{path}: needs a 'path' column, found {', '.join(columns) or 'no rows'}")
-    if condition not in columns:
-        raise DatasetError(
-            f"{path}: no attribute {condition!r}; choose one of {', '.join(c for c in columns if c != 'path')}"
-        )
-    values = {}
-    for line, row in enumerate(rows, start=2):
-        if row["path"] is None or None in row:
-            raise DatasetError(f"{path}:{line}: wrong number of fields")
-        values[Path(row["path"].strip())] = (row[condition] or "").strip()
+    values = read_attributes(path).values_of(condition)
     records, skipped = [], list(report.skipped)
     kept = []
     for index, record in enumerate(report.dataset.records):
-        value = values.get(record.path.relative_to(root)) if root else None
+        value = values.get(PurePosixPath(record.path.relative_to(root).as_posix())) if root else None
         if value:
             records.append(ImageRecord(record.path, value, record.sha256))
             kept.append(index)
