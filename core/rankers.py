@@ -330,14 +330,8 @@ register_ranker(
     )
 )
 
-#: What a learned ranker's score is (one wording for both: they blend label agreement with the look).
-LEARNED_SCORE_MEANING = (
-    "probability-like, 0..1: (1 - look weight) x calibrated P(same label) + look weight x cosine look of the raw "
-    "embeddings; higher = more alike"
-)
 
-
-def _learned(name: str, summary: str, module: str, cls: str, **flags: bool) -> RankerSpec:
+def _learned(name: str, summary: str, score_meaning: str, module: str, cls: str, **flags: bool) -> RankerSpec:
     """A learned ranker's entry: built and loaded from ``module.cls``, imported on first use."""
     return RankerSpec(
         name,
@@ -345,7 +339,7 @@ def _learned(name: str, summary: str, module: str, cls: str, **flags: bool) -> R
         _lazy(module, cls),
         _lazy_load(module, cls),
         learned=True,
-        score_meaning=LEARNED_SCORE_MEANING,
+        score_meaning=score_meaning,
         **flags,
     )
 
@@ -354,6 +348,8 @@ register_ranker(
     _learned(
         "svm",
         "SVM-weighted squared L2, a learned diagonal metric with calibrated probabilities",
+        "the SVM's decision value for the pair (a learned weighted squared distance plus a bias), unbounded; higher "
+        "= more likely the same label (its Platt-calibrated P(same label) is a sigmoid of it)",
         "core.svm",
         "SVMRanker",
         index_servable=True,
@@ -364,6 +360,9 @@ register_ranker(
     _learned(
         "projection",
         "cosine after a learned linear projection, plus the labels of each photo's nearest training images",
+        "(1 - look weight) x label agreement + look weight x look, -1..1: label agreement is the cosine after the "
+        "learned projection and the neighbour-label vote (near 1 = same label), the look the cosine of the raw "
+        "embeddings; higher = more alike",
         "core.metric_learning",
         "ProjectionRanker",
         index_servable=True,

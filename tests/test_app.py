@@ -83,10 +83,10 @@ def test_search_page_shows_results_and_switching_ranker_changes_scores(fresh_app
     assert len(result_lines(app)) == 3
     app.selectbox(key="gallery_pick").select("tools/gc_hammer1.jpg").run()
     assert result_lines(app)[0].startswith("**1.** tools")
-    assert not any("Cosine similarity" in caption.value for caption in app.caption)
+    assert not any("heatmaps explain" in caption.value for caption in app.caption)
     app.toggle(key="explain").set_value(True).run()
     assert not app.exception
-    assert any("Cosine similarity" in caption.value for caption in app.caption)
+    assert any("The heatmaps explain the cosine similarity" in caption.value for caption in app.caption)
 
 
 def test_evaluation_page_dashboard(app_env):

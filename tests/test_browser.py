@@ -166,7 +166,7 @@ def test_search_page_explains_a_result_with_heatmaps(page, app):
     goto_app(page, app, heading="Search by image")
     wait_for_results(page)
     main(page).get_by_text("Explain a result (similarity heatmaps)").click()
-    wait_for(page, main(page).get_by_text(re.compile(r"The heatmaps explain the cosine .*similarity \d\.\d{3}")))
+    wait_for(page, main(page).get_by_text(re.compile(r"The heatmaps explain the .*cosine similarity \d\.\d{3}")))
     wait_idle(page)
     assert_no_exception(page)
     screenshot(page, "search_explain")

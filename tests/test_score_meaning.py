@@ -27,8 +27,8 @@ def test_every_registered_ranker_says_what_its_score_means():
     meanings = {name: ranker_spec(name).score_meaning for name in list_rankers()}
     assert all(len(meaning) > 20 for meaning in meanings.values()), meanings
     assert "-1..1" in meanings["cosine"] and "0 = identical" in meanings["l2"] and "noise" in meanings["random"]
-    for name in list_rankers(learned=True):
-        assert "P(same label)" in meanings[name] and "look weight" in meanings[name]
+    assert "P(same label)" in meanings["svm"] and "unbounded" in meanings["svm"]
+    assert "look weight" in meanings["projection"] and "label agreement" in meanings["projection"]
     with pytest.raises(ValueError, match="'mute': say what its score means"):
         register_ranker(RankerSpec("mute", "no meaning", lambda rng: CosineRanker()))
     assert "mute" not in list_rankers()
@@ -142,6 +142,8 @@ def run_app(page=None):
 
 
 def test_search_page_says_what_scores_mean_and_what_the_heatmap_explains(app_env):
+    from workbench import service
+
     app = run_app()
     menu = app.selectbox(key="ranker")
     for name in menu.options:
@@ -152,12 +154,22 @@ def test_search_page_says_what_scores_mean_and_what_the_heatmap_explains(app_env
     assert explained.startswith("The heatmaps explain the cosine similarity ")
     assert "the cosine score of this result is " in explained
 
+    menu.select("projection").run()  # a blend: the heatmaps explain its look part, with the weights
+    assert not app.exception
+    assert f"Score: {ranker_spec('projection').score_meaning}." in [c.value for c in app.caption]
+    [explained] = [c.value for c in app.caption if "heatmaps explain" in c.value]
+    weight = service.workspace().ranker("projection").look_weight
+    assert explained.startswith(f"The heatmaps explain the look part of this score, weighted {weight:.2f}: ")
+    assert f"the label part, weighted {1 - weight:.2f}, has no regions to show" in explained
+    assert "the projection score of this result is " in explained
+    [note] = [c.value for c in app.caption if c.value.startswith("score = ")]
+    assert f"+ {weight:.2f} x look (cosine of the raw embeddings)" in note
+
     menu.select("svm").run()
     assert not app.exception
     assert f"Score: {ranker_spec('svm').score_meaning}." in [c.value for c in app.caption]
     [explained] = [c.value for c in app.caption if "heatmaps explain" in c.value]
-    assert explained.startswith("The heatmaps explain the cosine look part of this score")
-    assert "the label part has no regions to show" in explained and "the svm score of this result is " in explained
+    assert "the svm score of this result is " in explained
 
 
 def test_evaluation_and_compare_pages_warn_on_in_sample_figures(app_env):

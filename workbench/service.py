@@ -310,17 +310,23 @@ def ranker_choices(ws: Workspace) -> list[str]:
 
 
 def score_note(ws: Workspace, ranker: str) -> str | None:
-    """What a ranker's score means, where a plain similarity reading would mislead (the projection's vote)."""
+    """The weights inside a blended score (the projection's label agreement and look), which the one-line meaning
+    of :func:`score_meaning` leaves open; None for other rankers."""
     from core.metric_learning import ProjectionRanker
 
     model = ws.ranker(ranker)
-    votes = model.neighbours if isinstance(model, ProjectionRanker) else None
-    if votes is None:
+    if not isinstance(model, ProjectionRanker):
         return None
+    votes, look = model.neighbours, model.look_weight
+    agreement = "cosine after the learned projection"
+    if votes is not None:
+        agreement = (
+            f"{1 - votes.weight:.2f} x {agreement} + {votes.weight:.2f} x agreement of the two photos' neighbour "
+            "labels, the labels of their nearest training images"
+        )
     return (
-        f"score = {1 - votes.weight:.2f} x cosine after the learned projection + {votes.weight:.2f} x agreement of "
-        "the two photos' neighbour labels (the labels of their nearest training images): photos of the query's "
-        "label score near 1, in the projection's order, not necessarily by look (cosine ranks by look)"
+        f"score = {1 - look:.2f} x label agreement ({agreement}) + {look:.2f} x look (cosine of the raw "
+        "embeddings): label agreement orders the labels, the look orders the photos within one"
     )
 
 
@@ -336,14 +342,18 @@ def ranker_help(rankers: Sequence[str]) -> str:
     return "\n".join(f"- **{name}**: {score_meaning(name)}" for name in rankers)
 
 
-def explain_caption(ranker: str, score: float, similarity: float) -> str:
-    """What the Explain heatmaps explain of a result the ranker ``ranker`` scored ``score``: always the cosine
-    similarity of the two embeddings; for a learned ranker, the look part of its score."""
+def explain_caption(ws: Workspace, ranker: str, score: float, similarity: float) -> str:
+    """What the Explain heatmaps explain of a result the ranker ``ranker`` scored ``score``: the cosine similarity of
+    the two embeddings, which is the look part of a ranker that blends one in (it has a ``look_weight``), the score
+    itself for cosine, and something beside the score for the others (each says how in its score meaning)."""
     meaning = f"the {ranker} score of this result is {score:.3f}: {score_meaning(ranker)}"
-    if is_learned_ranker(ranker):
+    look = getattr(ws.ranker(ranker), "look_weight", None)
+    if look is not None:
+        look = float(look)
         return (
-            f"The heatmaps explain the cosine look part of this score, the cosine similarity {similarity:.3f} of the "
-            f"two embeddings; the label part has no regions to show ({meaning})."
+            f"The heatmaps explain the look part of this score, weighted {look:.2f}: the cosine similarity "
+            f"{similarity:.3f} of the two embeddings; the label part, weighted {1 - look:.2f}, has no regions to "
+            f"show ({meaning})."
         )
     return f"The heatmaps explain the cosine similarity {similarity:.3f} of the two embeddings; {meaning}."
 
