@@ -41,13 +41,13 @@ def test_the_cli_table_states_the_sample_and_its_intervals(tmp_path, tiny_datase
 
     ws = make_workspace(tiny_dataset, tmp_path)
     [full] = workflows.retrieval(ws, ["cosine"], "train")
-    assert "sampled" not in _retrieval_table([full]) and "bootstrap" not in _retrieval_table([full])
+    assert "sampled" not in _retrieval_table([full])
     [sampled] = workflows.retrieval(ws, ["cosine"], "train", max_queries=6)
     table = _retrieval_table([sampled])
     assert f"(6 of {sampled.query_pool} queries sampled (stratified by label, seeded)" in table
-    low, high = sampled.intervals["map@r"].low, sampled.intervals["map@r"].high
-    assert "cosine: 95 % bootstrap intervals over the sampled queries: recall@1 [" in table
-    assert f"map@r [{low:.3f}, {high:.3f}]" in table
+    interval = sampled.intervals["map@r"]
+    assert f"{sampled.metrics['map@r']:.3f} [{interval.low:.2f}, {interval.high:.2f}]" in table  # in its cell
+    assert "(95 % bootstrap intervals over the queries in brackets)" in table
 
 
 def test_the_label_error_report_says_how_its_neighbours_were_found(tmp_path, tiny_dataset, monkeypatch):

@@ -352,20 +352,95 @@ def workspace_spec(args: argparse.Namespace) -> WorkspaceSpec:
     )
 
 
+class _PhaseBars:
+    """One tqdm bar per phase of a long step (featurizing, fitting rankers, downloading).
+
+    A bar starts at the first update (not before: an empty bar would sit on the line the next log message needs),
+    closes when its phase is done (its line stays; later log lines need not redraw it) and a new one starts when
+    the counts start over (the next phase, e.g. featurizing with a second model).
+    """
+
+    def __init__(self, description: str, unit: str) -> None:
+        self.description, self.unit = description, unit
+        self.bar: Any = None  # the bar of the phase in progress, when it drew one
+        self.finished = (0, 0)  # (done, total) of the phase whose bar closed last
+
+    def update(self, done: int, total: int, note: str = "") -> None:
+        """``done`` of ``total`` finished; ``note`` (say, what is being worked on) is shown beside the bar."""
+        from tqdm import tqdm
+
+        if self.bar is None or total != self.bar.total or done < self.bar.n:
+            self.close()  # the counts started over: a new phase
+            if total <= 0 or (done >= total and self.finished == (done, total)):
+                return  # a call repeating the end of the phase just closed
+            self.finished = (0, 0)
+            self.bar = tqdm(total=total, desc=self.description, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()  # finished: its line stays, and later log lines need not redraw it
+            self.finished = (done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _progress(
     description: str, quiet: bool, unit: str = "img"
 ) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A ``progress(done, total)`` callback drawing one bar per phase (:class:`_PhaseBars`), and its ``close``."""
     if quiet:
         return None, lambda: None
-    from tqdm import tqdm
+    bars = _PhaseBars(description, unit)
+    return bars.update, bars.close
 
-    bar = tqdm(desc=description, unit=unit, file=sys.stderr)
 
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+class _ThroughProgressBars(logging.Handler):
+    """Writes log lines with ``tqdm.write``: above a live progress bar, never on its line."""
 
-    return update, bar.close
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging's contract: report it, never raise
+            self.handleError(record)
+
+
+class _OncePerCommand(logging.Filter):
+    """Drops a log line identical to one this command already showed (a warning met once per split, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+#: Libraries whose INFO lines say nothing a user acts on (faiss lists every CPU build it tried to load).
+_CHATTY_LOGGERS = ("faiss",)
+
+
+def _configure_logging(quiet: bool) -> None:
+    """INFO (or, with ``--quiet``, WARNING) lines on stderr, written around the progress bars, each line once."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ThroughProgressBars)]:
+        root.removeHandler(handler)  # main() called again in one process (tests): one handler, a fresh filter
+    handler = _ThroughProgressBars()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(_OncePerCommand())
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _open(args: argparse.Namespace, spec: WorkspaceSpec | None = None, deep: bool | None = None) -> Workspace:
@@ -389,7 +464,7 @@ def _open(args: argparse.Namespace, spec: WorkspaceSpec | None = None, deep: boo
 
 
 def _step_bar(quiet: bool) -> tuple[Callable[[TrainProgress], None] | None, Callable[[], None]]:
-    """A tqdm bar per epoch for fine-tuning progress."""
+    """One tqdm bar for all of fine-tuning (every step of every epoch), the epoch and accuracies beside it."""
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
@@ -397,20 +472,27 @@ def _step_bar(quiet: bool) -> tuple[Callable[[TrainProgress], None] | None, Call
     bars: list[Any] = []
 
     def update(event: TrainProgress) -> None:
-        description = f"epoch {event.epoch}/{event.epochs}"
-        if not bars or bars[-1].desc != description:
-            if bars:
-                bars[-1].close()
-            bars.append(tqdm(total=event.steps, desc=description, unit="step", file=sys.stderr))
-        bars[-1].update(event.step - bars[-1].n)
-        if event.metrics:
-            bars[-1].set_postfix(
-                train_acc=f"{event.metrics.train_accuracy:.1%}", test_acc=f"{event.metrics.test_accuracy:.1%}"
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=event.epochs * event.steps, desc="fine-tune", unit="step", file=sys.stderr, dynamic_ncols=True
+                )
             )
+        bar = bars[0]
+        bar.update((event.epoch - 1) * event.steps + event.step - bar.n)
+        postfix = {"epoch": f"{event.epoch}/{event.epochs}"}
+        if event.metrics:
+            postfix |= {
+                "train_acc": f"{event.metrics.train_accuracy:.1%}",
+                "test_acc": f"{event.metrics.test_accuracy:.1%}",
+            }
+        bar.set_postfix(postfix, refresh=False)
+        if event.metrics and event.epoch == event.epochs:
+            bar.close()  # fine-tuning is over: the next phase draws its own bar
 
     def close() -> None:
         if bars:
-            bars[-1].close()
+            bars[0].close()
 
     return update, close
 
@@ -421,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = get_args_parser().parse_args(argv)
     except SystemExit as stop:  # --help (0) or a usage error, already printed in one line (2)
         return stop.code if isinstance(stop.code, int) else 2
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    _configure_logging(args.quiet)
     try:
         return COMMANDS[args.command](args)
     except WorkbenchError as err:
@@ -513,25 +595,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _retrieval_table(results: Sequence[RetrievalResult]) -> str:
-    """Full-gallery recall@1/5/10, MAP@R and MRR per ranker, one row each."""
+    """Full-gallery recall@1/5/10, MAP@R and MRR per ranker, one row each, each with its 95 % bootstrap interval
+    over the queries (when the result has them)."""
     columns = ("recall@1", "recall@5", "recall@10", "map@r", "mrr")
-    header = f"{'ranker':<10} {'queries':>7} " + " ".join(f"{name:>9}" for name in columns)
+    width = 19 if any(result.intervals for result in results) else 6
+
+    def cell(result: RetrievalResult, name: str) -> str:
+        value, interval = result.metrics.get(name, float("nan")), result.intervals.get(name)
+        text = f"{value:.3f} [{interval.low:.2f}, {interval.high:.2f}]" if interval else f"{value:.3f}"
+        return f"{text:>{width}}"
+
+    header = f"{'ranker':<10} {'queries':>7} " + " ".join(f"{name:>{width}}" for name in columns)
     lines = [header, "-" * len(header)]
-    for result in results:
-        values = " ".join(f"{result.metrics.get(name, float('nan')):>9.3f}" for name in columns)
-        lines.append(f"{result.ranker:<10} {result.n_queries:>7} {values}")
+    lines += [
+        f"{result.ranker:<10} {result.n_queries:>7} " + " ".join(cell(result, name) for name in columns)
+        for result in results
+    ]
+    if width > 6:
+        lines.append("(95 % bootstrap intervals over the queries in brackets)")
     dropped = max((result.n_dropped for result in results), default=0)
     if dropped:
         lines.append(f"({dropped} queries dropped: no other image carries their label)")
     lines.extend(f"({note})" for note in dict.fromkeys(result.note for result in results if result.note))
-    for result in results:
-        if result.query_pool and result.intervals:  # a sample: say how far its figures may be from all queries'
-            shown = ", ".join(
-                f"{name} [{result.intervals[name].low:.3f}, {result.intervals[name].high:.3f}]"
-                for name in ("recall@1", "map@r")
-                if name in result.intervals
-            )
-            lines.append(f"({result.ranker}: 95 % bootstrap intervals over the sampled queries: {shown})")
     return "\n".join(lines)
 
 
@@ -569,6 +654,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not strength.close:
         print(f"no close match: {strength.explain()}")
     return 0
+
+
+def _ranker_bar(quiet: bool) -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+    """``progress(done, total, name)`` for fitting rankers: one bar, the ranker being fitted beside it."""
+    if quiet:
+        return lambda done, total, name: None, lambda: None
+    bars = _PhaseBars("fit", "ranker")
+    return bars.update, bars.close
 
 
 def _print_fitted(fitted: Sequence[Any]) -> None:
@@ -610,15 +703,21 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     ws = _open(args, deep=True)
     requested = args.ranker or (list(READY_RANKERS) if args.missing else ["all"])
     names = list_rankers(learned=True) if "all" in requested else list(dict.fromkeys(requested))
+    progress, close = _ranker_bar(args.quiet)
+    try:
+        if not args.missing:
+            fitted = []
+            for done, name in enumerate(names):
+                progress(done, len(names), name)
+                fitted.append(fit_ranker(ws, name))
+            progress(len(names), len(names), "")
+        else:
+            ready = ensure_learned(ws, names, progress)
+    finally:
+        close()
     if not args.missing:
-        _print_fitted([fit_ranker(ws, name) for name in names])
+        _print_fitted(fitted)
         return 0
-
-    def progress(done: int, total: int, name: str) -> None:
-        if name and not args.quiet:
-            print(f"fitting the {name} ranker ({done + 1}/{total}) for {ws.fingerprint}…", file=sys.stderr, flush=True)
-
-    ready = ensure_learned(ws, names, progress)
     _print_fitted(ready.fitted)
     if ready.current:
         print(f"already fitted for {ws.fingerprint} on this data: {', '.join(ready.current)}")

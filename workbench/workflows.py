@@ -124,7 +124,7 @@ def fit_ranker(ws: Workspace, name: str, fitted: LearnedRanker | None = None) ->
     ranker.save(path, metadata)
     atomic_save_npy(fitted_on_path(path), content_hashes(prepared))
     seconds = time.perf_counter() - start
-    log.info("fitted %s ranker for %s in %.1f s: %s", name, ws.fingerprint, seconds, path)
+    log.debug("fitted %s ranker for %s in %.1f s: %s", name, ws.fingerprint, seconds, path)  # the doors report it
     return FittedRanker(name, path, seconds, train_pairs, test_pairs)
 
 
