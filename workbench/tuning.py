@@ -481,6 +481,7 @@ class _Search:
         self.step_seconds: dict[str, float] = {}  # ranker -> its fit and scoring on the latest featurizer
         self.look_seconds = 0.0  # embedding one featurizer's copies for the look metric
         self.open_seconds = 0.0  # featurizing a run
+        self.per_copy = 0.0  # decoding, editing and embedding one copy for the look metric, pretrained
         self.previous: tuple[str, str] = (PRETRAINED, "")  # the current default, set once known
         self.n_train = 0
         self.now = "starting"
@@ -546,6 +547,7 @@ class _Search:
             started = time.perf_counter()
             cosine_look = self.look(ws, CosineRanker(), data.gallery, originals)
             self.look_seconds = time.perf_counter() - started
+            self.per_copy = self.per_copy or self.look_seconds / max(len(originals), 1)
         for name in names:
             estimate = self.step_seconds.get(name, 0.0)
             if not self.fits(estimate):
@@ -578,6 +580,16 @@ class _Search:
             self.candidates.append(candidate)
             self.rankers[candidate.choice] = ranker
 
+    def featurize_estimate(self, per_epoch: float, data: _Data) -> float:
+        """Seconds to featurize every image with a new run: what the last run took; before any, twice what a copy
+        for the look metric took per image (decoding and embedding one; the run's model must also be built), or
+        without copies a third of a training epoch per image (a training step is about three forward passes)."""
+        if self.open_seconds:
+            return self.open_seconds
+        if self.per_copy:
+            return 2 * self.per_copy * len(data.labels)
+        return per_epoch * len(data.labels) / len(data.split.train) / 3
+
     def open_run(self, run: str) -> Workspace:
         """The run's workspace, featurizing what is not cached; stops at a batch when the budget runs out."""
 
@@ -604,7 +616,7 @@ class _Search:
             self.score(run, self.workspaces[run], self.config.rankers, data)
             return
         per_epoch = max((o.seconds_per_epoch for o in self.outcomes), default=0.0)
-        after = self.scoring_estimate() + (self.open_seconds or per_epoch * len(data.labels) / len(data.split.train))
+        after = self.scoring_estimate() + self.featurize_estimate(per_epoch, data)
         need = per_epoch * recipe.epochs + after
         if self.over() or not self.fits(need):
             epochs = f"{recipe.epochs} epochs x {per_epoch:.0f} s" if per_epoch else "no epoch measured yet"
@@ -631,7 +643,7 @@ class _Search:
             per_step = (now - first[0][0]) / measured if measured >= 2 else 0.0
             pace[0] = float(np.mean(epoch_seconds)) if epoch_seconds else per_step * event.steps
             rest = (total - done) * per_step
-            then = self.scoring_estimate() + (self.open_seconds or pace[0] * len(data.labels) / len(data.split.train))
+            then = self.scoring_estimate() + self.featurize_estimate(pace[0], data)
             if self.over():
                 raise _OverBudget(f"the budget ran out at epoch {event.epoch}/{event.epochs}, step {event.step}")
             if per_step and not self.fits(rest + then):
