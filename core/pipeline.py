@@ -307,8 +307,10 @@ def evaluate_rankers(
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One retrieved gallery image."""
+    """One retrieved gallery image; ``parts`` is ``(label agreement, look)`` under a ranker that blends the two
+    (:meth:`core.metric_learning.ProjectionRanker.parts`), else None."""
 
     rank: int
     record: ImageRecord
     score: float
+    parts: tuple[float, float] | None = None

@@ -26,6 +26,19 @@ def render() -> None:
         k = st.slider(
             "Results", min_value=1, max_value=30, key="k", on_change=service.kept_choice("k", range(1, 31), 12)
         )
+        look_weight = None
+        own = service.look_weight_of(ws, ranker)
+        if own is not None:  # a ranker that blends label agreement with the look (projection)
+            look_weight = st.slider(
+                "Look weight",
+                min_value=0.0,
+                max_value=1.0,
+                step=0.05,
+                key="look_weight",
+                on_change=service.kept_choice("look_weight", default=own),
+                help=f"score = (1 - w) x label agreement + w x look (cosine of the embeddings); fitted with w = {own:.2f}. "
+                "Towards 1: the photos that look most like the query, its copies first; towards 0: its label first.",
+            )
 
     upload = st.file_uploader(
         "Upload a photo",
@@ -55,7 +68,7 @@ def render() -> None:
     data, name = query.data, query.name
 
     try:
-        result = service.search(ws, data, name, ranker, k)
+        result = service.search(ws, data, name, ranker, k, look_weight)
     except service.WorkbenchError as err:
         st.error(f"Cannot use this file: {err}")
         return
@@ -88,6 +101,8 @@ def render() -> None:
                 st.image(service.thumbnail(hit.record.path), width="stretch")
                 score = 0.0 if abs(hit.score) < 5e-4 else hit.score  # no "-0.000" for the query itself under L2
                 st.markdown(f"**{hit.rank}.** {hit.record.label} · `{score:.3f}`")
+                if parts := service.hit_parts(hit):
+                    st.caption(parts)
                 st.button(
                     "Search from this",
                     key=f"search_from_{hit.rank}",

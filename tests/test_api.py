@@ -252,3 +252,32 @@ def test_decoded_pixels_follow_jpeg_reduction():
     assert decoded_pixels(ImageHeader("JPEG", 4000, 3000), 256) == 500 * 375  # 1/8: short side 375 >= 256
     assert decoded_pixels(ImageHeader("JPEG", 800, 600), 256) == 400 * 300  # 1/2 only: 1/4 would be 150 < 256
     assert decoded_pixels(ImageHeader("JPEG", 800, 600), None) == 480_000
+
+
+def test_the_look_weight_moves_projection_results_and_each_hit_shows_both_parts(client, settings, tiny_dataset):
+    from core.metric_learning import ProjectionRanker
+    from workbench.workflows import fit_ranker
+    from workbench.workspace import open_workspace
+
+    ws = open_workspace(settings.workspace)  # a saved projection (random matrix: no fit needed) the server then sees
+    matrix = np.random.default_rng(0).normal(size=(ws.embeddings.shape[1], 8)).astype(np.float32)
+    saved = fit_ranker(ws, "projection", ProjectionRanker(matrix=matrix)).path
+    try:
+        check_look_weight(client, (tiny_dataset / "fish/gc_fish2.jpg").read_bytes())
+    finally:
+        saved.unlink()  # the module's other tests expect no learned ranker
+
+
+def check_look_weight(client: TestClient, data: bytes) -> None:
+    ready = client.post("/search", files=upload(data), data={"k": "5", "ranker": "projection"})
+    assert ready.status_code == 200, ready.text
+    for hit in ready.json()["hits"]:
+        assert hit["score"] == pytest.approx(0.4 * hit["agreement"] + 0.6 * hit["look"], abs=1e-4)  # default 0.6
+    looks = client.post("/search", files=upload(data), data={"k": "5", "ranker": "projection", "look_weight": "1"})
+    cosine = client.post("/search", files=upload(data), data={"k": "5", "ranker": "cosine"}).json()
+    assert [hit["path"] for hit in looks.json()["hits"]] == [hit["path"] for hit in cosine["hits"]]
+    assert all(hit["agreement"] is None and hit["look"] is None for hit in cosine["hits"])
+    refused = client.post("/search", files=upload(data), data={"ranker": "cosine", "look_weight": "0.5"})
+    assert "the cosine ranker has no look weight" in assert_error(refused, 422, "invalid_request")["message"]
+    out_of_range = client.post("/search", files=upload(data), data={"ranker": "projection", "look_weight": "1.5"})
+    assert out_of_range.status_code == 422

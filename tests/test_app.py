@@ -377,3 +377,24 @@ def test_search_and_evaluation_offer_their_results_as_downloads(app_env):
     report = json.loads(service.evaluation_json(ws, result_eval, full, "test"))
     assert report["full_gallery"]["ranker"] == "cosine" and report["comparative_sets"]["ranker"] == "cosine"
     assert report["split"] == "test" and report["featurizer"] == ws.fingerprint
+
+
+def test_the_look_weight_slider_moves_projection_results_towards_looks(app_env):
+    app = run_app()
+    assert not [s for s in app.sidebar.slider if s.key == "look_weight"]  # cosine has no look weight
+    app.selectbox(key="ranker").select("cosine").run()
+    cosine = [line.split("`")[0] for line in result_lines(app)]
+    app.selectbox(key="ranker").select("projection").run()
+    weight = app.sidebar.slider(key="look_weight")
+    assert weight.value == pytest.approx(0.6)  # the weight the projection was fitted with
+    parts = [caption.value for caption in app.caption if caption.value.startswith("label ")]
+    assert len(parts) == 12 and all(" · look " in part for part in parts)
+    blended = result_lines(app)
+    weight.set_value(1.0).run()
+    assert not app.exception
+    assert [line.split("`")[0] for line in result_lines(app)] == cosine  # looks alone: cosine's order
+    weight.set_value(0.0).run()
+    assert result_lines(app) != blended  # label agreement alone: other scores
+    app.switch_page("pages/evaluation.py").run()
+    app.switch_page("pages/search.py").run()
+    assert app.sidebar.slider(key="look_weight").value == 0.0  # kept across pages

@@ -194,6 +194,10 @@ class Hit(BaseModel):
     label: str
     path: str = Field(description="path relative to the dataset folder")
     score: float = Field(description="higher = more similar; what the number is: the response's `score_meaning`")
+    agreement: float | None = Field(
+        None, description="label agreement part of the score, -1..1 (rankers that blend it with the look: projection)"
+    )
+    look: float | None = Field(None, description="look part of the score: cosine of the embeddings, -1..1")
 
 
 class Timing(BaseModel):
@@ -485,6 +489,15 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         file: Annotated[UploadFile, File(description="the query image")],
         k: Annotated[int, Form(ge=1, le=settings.max_k, description="how many results")] = 10,
         ranker: Annotated[RankerName, Form(description=RANKER_DESCRIPTION)] = DEFAULT_RANKER,
+        look_weight: Annotated[
+            float | None,
+            Form(
+                ge=0.0,
+                le=1.0,
+                description="projection only: the look's share of the score, (1 - w) x label agreement + w x look "
+                "(default: the ranker's own, 0.6); 1 ranks by looks alone, 0 by label agreement alone",
+            ),
+        ] = None,
     ) -> SearchResponse:
         """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
         ws = await workspace(request)
@@ -496,7 +509,9 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         decode_s = time.perf_counter() - start
         try:
             query = await anyio.to_thread.run_sync(ws.embed, [image], limiter=limiter)
-            hits = await anyio.to_thread.run_sync(ws.search_embedding, query, ranker.value, k, limiter=limiter)
+            hits = await anyio.to_thread.run_sync(
+                ws.search_embedding, query, ranker.value, k, look_weight, limiter=limiter
+            )
             strength = await anyio.to_thread.run_sync(ws.match, query, limiter=limiter)
         except (ArtifactError, RankerUnavailableError) as err:  # replaced or removed since the check above
             await usable_ranker(ws, ranker.value)
@@ -513,6 +528,8 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
                     label=printable(h.record.label),
                     path=printable(ws.relative_path(h.record)),
                     score=h.score,
+                    agreement=None if h.parts is None else h.parts[0],
+                    look=None if h.parts is None else h.parts[1],
                 )
                 for h in hits
             ],

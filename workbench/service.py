@@ -398,17 +398,34 @@ class SearchResult:
     seconds: float
 
 
-def search(ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int) -> SearchResult:
-    """Top-``k`` gallery images for uploaded bytes, with the time the query took.
+def search(
+    ws: Workspace, image_bytes: bytes, name: str, ranker: str, k: int, look_weight: float | None = None
+) -> SearchResult:
+    """Top-``k`` gallery images for uploaded bytes, with the time the query took; ``look_weight`` re-weighs a
+    ranker that has one (:func:`look_weight_of`) for this search.
 
     Raises:
         ImageLoadError: The upload is not a usable image; the message names it.
-        WorkbenchError: Unknown or unfitted ranker.
+        WorkbenchError: Unknown or unfitted ranker, or a look weight it cannot take.
     """
     start = time.perf_counter()
     image = decode_upload(ws, image_bytes, name)
-    hits = ws.search(image, ranker, k)
+    hits = ws.search(image, ranker, k, look_weight)
     return SearchResult(image, hits, time.perf_counter() - start)
+
+
+def look_weight_of(ws: Workspace, ranker: str) -> float | None:
+    """The look weight a ranker was fitted with (the share of the look in its score), None if it has none."""
+    weight = getattr(ws.ranker(ranker), "look_weight", None)
+    return None if weight is None else float(weight)
+
+
+def hit_parts(hit: SearchHit) -> str | None:
+    """A hit's two score parts in words ("label 0.97 · look 0.71"), None for rankers without parts."""
+    if hit.parts is None:
+        return None
+    agreement, look = hit.parts
+    return f"label {agreement:.2f} · look {look:.2f}"
 
 
 def evaluation(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[EvaluationResult]:

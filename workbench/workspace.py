@@ -499,13 +499,14 @@ class Workspace:
         """Embeddings of RGB images with this workspace's featurizer."""
         return self.featurizer.embed(images)
 
-    def search(self, image: Image.Image, ranker: str, k: int) -> list[SearchHit]:
-        """The ``k`` gallery images most similar to an RGB image, best first.
+    def search(self, image: Image.Image, ranker: str, k: int, look_weight: float | None = None) -> list[SearchHit]:
+        """The ``k`` gallery images most similar to an RGB image, best first (``look_weight``: see
+        :meth:`search_embedding`).
 
         Raises:
-            WorkbenchError: Unknown or unfitted ranker, or ``k`` below 1.
+            WorkbenchError: Unknown or unfitted ranker, ``k`` below 1, or a look weight the ranker cannot take.
         """
-        return self.search_embedding(self.embed([image]), ranker, k)
+        return self.search_embedding(self.embed([image]), ranker, k, look_weight)
 
     def match(self, query: np.ndarray) -> MatchStrength:
         """The "no close match" signal for a query embedding ``(1, D)``: its best cosine similarity to the gallery
@@ -521,35 +522,60 @@ class Workspace:
             best = float(top_k(CosineRanker(), query, self.embeddings, 1)[1][0, 0])
         return reference.strength(query, best)
 
-    def search_embedding(self, query: np.ndarray, ranker: str, k: int) -> list[SearchHit]:
-        """:meth:`search` for an embedding ``(1, D)`` made already (the doors also ask :meth:`match` of it)."""
+    def search_embedding(
+        self, query: np.ndarray, ranker: str, k: int, look_weight: float | None = None
+    ) -> list[SearchHit]:
+        """:meth:`search` for an embedding ``(1, D)`` made already (the doors also ask :meth:`match` of it).
+
+        ``look_weight`` re-weighs a ranker that blends label agreement with the look (projection) for this search;
+        a saved index serves the ranker's own weight only, so another weight is an exact scan. Hits of such a ranker
+        carry both ``parts``.
+
+        Raises:
+            WorkbenchError: Unknown or unfitted ranker, ``k`` below 1, or a look weight for a ranker without one or
+                outside [0, 1].
+        """
         if k < 1:
             raise WorkbenchError(f"k must be at least 1, got {k}")
         model = self.ranker(ranker)
-        index = self.saved_index(ranker)
+        if look_weight is not None:
+            if not isinstance(model, ProjectionRanker):
+                raise WorkbenchError(f"the {ranker} ranker has no look weight (projection has)")
+            if not 0.0 <= look_weight <= 1.0:
+                raise WorkbenchError(f"look weight must lie in [0, 1], got {look_weight}")
+        reweighed = isinstance(model, ProjectionRanker) and look_weight not in (None, model.look_weight)
+        index = None if reweighed else self.saved_index(ranker)
         if index is not None:  # an approximate index of exactly this gallery: sub-linear search
             hits = index.search(query, k, model, fingerprint=self.fingerprint)
-            rows = self.rows_of(hits.ids[0]).tolist()  # -1: fewer than k indexed (faiss pads with -1)
-            found = [(row, score) for row, score in zip(rows, hits.scores[0].tolist(), strict=True) if row >= 0]
-            return [
-                SearchHit(rank, self.dataset.record(row), float(score))
-                for rank, (row, score) in enumerate(found, start=1)
-            ]
-        if isinstance(model, ProjectionRanker):
-            # its score is the dot product of unit transforms: transform the gallery once, not on every search
+            rows = self.rows_of(hits.ids[0])  # -1: fewer than k indexed (faiss pads with -1)
+            kept = rows >= 0
+            rows, scores = rows[kept], hits.scores[0][kept]
+        elif isinstance(model, ProjectionRanker):
+            weight = model.look_weight if look_weight is None else look_weight
+            # label agreement of the gallery is computed once (it is narrower than the embeddings); the look is the
+            # embeddings' cosine, so nothing as wide as the gallery is copied per search
             key = (ranker, self.ranker_version(ranker))
-            gallery = self._transformed.get(key)  # read once: the API searches from several threads
-            if gallery is None:
-                gallery = model.transform(self.embeddings)
-                self._transformed.clear()  # one transformed gallery at a time: it is as large as the embeddings
-                self._transformed[key] = gallery
-            indices, scores = top_k(CosineRanker(), model.transform(query), gallery, k)
+            agreement = self._transformed.get(key)  # read once: the API searches from several threads
+            if agreement is None:
+                agreement = model.agreement_transform(self.embeddings)
+                self._transformed.clear()  # one transformed gallery at a time
+                self._transformed[key] = agreement
+            blended = (1.0 - weight) * (agreement @ model.agreement_transform(query)[0])
+            if weight > 0:
+                blended += weight * CosineRanker().score(query, self.embeddings)[0]
+            rows = _best_rows(blended, k)
+            scores = blended[rows]
         else:
-            indices, scores = top_k(model, query, self.embeddings, k)
-        records = self.dataset.records
+            indices, found = top_k(model, query, self.embeddings, k)
+            rows, scores = indices[0], found[0]
+        parts: list[tuple[float, float] | None] = [None] * len(rows)
+        if isinstance(model, ProjectionRanker) and len(rows):
+            agreement_part, look_part = model.parts(query, self.embeddings[np.sort(rows)])
+            order = np.searchsorted(np.sort(rows), rows)
+            parts = list(zip(agreement_part[0, order].tolist(), look_part[0, order].tolist(), strict=True))
         return [
-            SearchHit(rank, records[i], float(s))
-            for rank, (i, s) in enumerate(zip(indices[0], scores[0], strict=True), start=1)
+            SearchHit(rank, self.dataset.record(int(row)), float(score), part)
+            for rank, (row, score, part) in enumerate(zip(rows, scores, parts, strict=True), start=1)
         ]
 
     def saved_index(self, ranker: str) -> VectorIndex | None:
@@ -610,6 +636,15 @@ class Workspace:
             raise WorkbenchError(f"split must be 'test' or 'train', got {split!r}")
         models = [self.ranker(name) for name in rankers]
         return evaluate_rankers(self.prepared, self.embeddings, models, self.seed, split)
+
+
+def _best_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` highest of a score vector, best first, ties to the lower row (as :func:`core.rankers.top_k`)."""
+    k = min(k, len(scores))
+    candidates = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    threshold = scores[candidates].min()
+    tied = np.flatnonzero(scores >= threshold)  # every row tying the k-th, so the lower rows win the ties
+    return tied[np.lexsort((tied, -scores[tied]))][:k]
 
 
 def gallery_rows_path(spec: WorkspaceSpec, prepared: PreparedData, fingerprint: str) -> Path:
