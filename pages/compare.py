@@ -72,7 +72,7 @@ def _side_by_side(ws: service.Workspace, split: str) -> None:
         f"{first.n_negatives} negatives (top-1, mean rank) and against the whole gallery (recall@1, MAP@R); "
         "95 % bootstrap intervals in brackets. Rankers both offer, two rows each."
     )
-    st.dataframe(service.side_by_side_rows(sections), hide_index=True, key="side_by_side")
+    st.dataframe(service.side_by_side_rows(sections), hide_index=True, key="side_by_side", height="content")
     st.plotly_chart(
         service.metric_by_featurizer({run: full for run, (_, full) in sections.items()}), key="side_by_side_map"
     )
