@@ -33,6 +33,12 @@ def render() -> None:
     )
     retrieved = service.retrieval(ws, tuple(result.ranker for result in results), split)
     st.dataframe(service.retrieval_rows(retrieved), hide_index=True, key="compare_retrieval")
+    st.subheader("Looks")
+    st.caption(
+        service.LOOKS_CAPTION + " A ranker that wins the label metrics above and loses here trades looks for labels."
+    )
+    looks = service.looks(ws, tuple(result.ranker for result in results), split)
+    st.dataframe(service.look_rows(looks), hide_index=True, key="compare_looks")
     left, right = st.columns(2)
     left.subheader("Top-N accuracy")
     left.plotly_chart(service.top_n_curves(results), key="compare_top_n")

@@ -51,6 +51,14 @@ def render() -> None:
     )
     st.dataframe(service.retrieval_rows([full]), hide_index=True, key="retrieval_summary")
     st.dataframe(service.retrieval_category_rows(full), hide_index=True, key="retrieval_categories")
+
+    st.subheader("Looks")
+    [look] = service.looks(ws, (ranker,), split)
+    sampled = f" ({look.note})" if look.note else ""
+    st.caption(f"{service.LOOKS_CAPTION} {look.n_copies} {split} images{sampled}.")
+    columns = st.columns(4)
+    common.metric_with_ci(columns[0], "copy recall@1", look.recall_at_1, percent=True)
+    common.metric_with_ci(columns[1], "mean rank of original", look.mean_rank)
     st.download_button(
         "Download this evaluation (JSON)",
         service.evaluation_json(ws, result, full, split),

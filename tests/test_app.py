@@ -91,7 +91,13 @@ def test_search_page_shows_results_and_switching_ranker_changes_scores(fresh_app
 
 def test_evaluation_page_dashboard(app_env):
     app = run_app("pages/evaluation.py")
-    assert [m.label for m in app.metric] == ["mean rank", "median rank", "top-1", "top-5"]
+    assert [m.label for m in app.metric] == [
+        *("mean rank", "median rank", "top-1", "top-5"),
+        *("copy recall@1", "mean rank of original"),  # the look metric beside the label metrics
+    ]
+    looks = {m.label: m.value for m in app.metric}
+    assert float(looks["copy recall@1"].rstrip("%")) >= 75 and float(looks["mean rank of original"]) < 3
+    assert any(c.value.startswith("Looks: an edited copy") for c in app.caption)
     assert len(app.get("plotly_chart")) == 3
     categories = app.dataframe[0].value
     assert set(categories["label"]) == {"fish", "landmarks", "tools"}

@@ -81,7 +81,7 @@ def test_evaluation_and_compare_pages_fit_the_learned_rankers_and_show_full_gall
     app = open_page("pages/evaluation.py")
     expected_rankers = ["cosine", "l2", "svm", "projection", "l1", "random"]
     assert app.sidebar.selectbox(key="eval_ranker").options == expected_rankers  # fitted on first open
-    assert [m.label for m in app.metric] == ["mean rank", "median rank", "top-1", "top-5"]
+    assert [m.label for m in app.metric][:4] == ["mean rank", "median rank", "top-1", "top-5"]  # then the looks
     _, summary, categories = (frame.value for frame in app.dataframe)
     assert list(summary.columns) == [
         "ranker",
@@ -105,6 +105,8 @@ def test_evaluation_and_compare_pages_fit_the_learned_rankers_and_show_full_gall
     assert list(random_summary["ranker"]) == ["random"] and random_summary["MAP@R"][0] < summary["MAP@R"][0]
 
     app = open_page("pages/compare.py")
-    comparative, full = (frame.value for frame in app.dataframe)
-    assert list(comparative["ranker"]) == list(full["ranker"]) == expected_rankers
+    comparative, full, looks = (frame.value for frame in app.dataframe)
+    assert list(comparative["ranker"]) == list(full["ranker"]) == list(looks["ranker"]) == expected_rankers
     assert full.set_index("ranker")["MRR"]["random"] < full.set_index("ranker")["MRR"]["cosine"]
+    recall = looks.set_index("ranker")["copy recall@1"].map(lambda cell: float(cell.split("%")[0]))
+    assert recall["random"] < recall["cosine"] and "[" in looks["mean rank of original"][0]  # with its CI

@@ -122,7 +122,10 @@ def test_evaluation_page_renders_metrics_and_the_per_category_table(page, app):
     goto_app(page, app, heading="Search by image")
     open_page(page, "Evaluation")
     metrics = main(page).get_by_test_id("stMetricLabel").all_inner_texts()
-    assert [label.strip() for label in metrics] == ["mean rank", "median rank", "top-1", "top-5"]
+    assert [label.strip() for label in metrics] == [
+        *("mean rank", "median rank", "top-1", "top-5"),
+        *("copy recall@1", "mean rank of original"),  # the look metric
+    ]
     rows = read_table(main(page).get_by_test_id("stDataFrame").first)
     assert {row["label"] for row in rows} == {"fish", "landmarks", "tools"}
     charts = main(page).get_by_test_id("stPlotlyChart")

@@ -32,6 +32,7 @@ from core.data import ATTRIBUTES_FILE, ImageRecord, check_within_roots
 from core.errors import ArtifactError, DatasetError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported)
 from core.evaluate import EvaluationResult, RetrievalResult
 from core.images import decode_image, printable
+from core.looks import CopyResult
 from core.out_of_gallery import MatchStrength
 from core.pipeline import SearchHit
 from core.plots import (  # noqa: F401  (pure figure builders, re-exported for the pages)
@@ -46,7 +47,7 @@ from core.plots import (  # noqa: F401  (pure figure builders, re-exported for t
 )
 from core.train import EpochMetrics
 from core.workdir import PRETRAINED
-from workbench import analysis, app_cache
+from workbench import analysis, app_cache, attribute_fusion
 from workbench.downloads import ModelFile
 from workbench.jobs import JobBoard, TrainingJob, TuneJob
 from workbench.tuning import TuneConfig, TuneReport, default_choice
@@ -139,17 +140,9 @@ def active_condition() -> str:
 
 def conditions() -> list[str]:
     """Attributes the session's dataset offers as conditions (columns of its ``attributes.csv``)."""
-    import csv
+    from core.attributes import attribute_names
 
-    path = data_folder() / ATTRIBUTES_FILE
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError):
-        return []
-    return [column for column in header if column != "path"]
+    return attribute_names(data_folder() / ATTRIBUTES_FILE)
 
 
 def use_condition(condition: str) -> None:
@@ -691,6 +684,37 @@ def retrieval_rows(results: list[RetrievalResult]) -> list[dict[str, object]]:
     ]
 
 
+def looks(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> list[CopyResult]:
+    """The look metric of the given rankers: an edited copy of each ``split`` image (a sample of at most 500)
+    searches the whole gallery for its original (cached per spec and ranker files)."""
+    from workbench.workflows import looks as copy_retrieval
+
+    versions = tuple(ws.ranker_version(name) for name in rankers)
+    key = f"{ws.spec!r}|{ws.prepared.source}|{rankers}|{split}|{versions}"
+    return app_cache.cached("looks", key, lambda: copy_retrieval(ws, rankers, split))
+
+
+def look_rows(results: list[CopyResult]) -> list[dict[str, object]]:
+    """One row per ranker: copies, copy recall@1 and the mean rank of the original, each with its 95 % CI."""
+    return [
+        {
+            "ranker": result.ranker,
+            "copies": result.n_copies,
+            "copy recall@1": f"{result.recall_at_1.value:.1%} [{result.recall_at_1.low:.1%}, {result.recall_at_1.high:.1%}]",
+            "mean rank of original": f"{result.mean_rank.value:.2f} [{result.mean_rank.low:.2f}, {result.mean_rank.high:.2f}]",
+        }
+        for result in results
+    ]
+
+
+#: How the look metric's copies are made, for captions.
+LOOKS_CAPTION = (
+    "Looks: an edited copy of each image (a crop to 75-90 % of the area, 70 % size, brightness and colour ±15 %, "
+    "half of them mirrored, JPEG quality 40-70) searches the whole gallery; does its original come first? "
+    "Byte-identical twins of the original do not count against it."
+)
+
+
 def retrieval_category_rows(result: RetrievalResult) -> list[dict[str, object]]:
     """One row per label of one ranker's full-gallery retrieval."""
     return [
@@ -701,3 +725,125 @@ def retrieval_category_rows(result: RetrievalResult) -> list[dict[str, object]]:
         }
         for label, (n_queries, metrics) in result.per_category.items()
     ]
+
+
+# --- fusion of attribute rankers: the Search page's panel and Compare ---------------------------------------
+
+
+def fusion_conditions() -> list[str]:
+    """The meanings of "similar" this session's dataset can fuse: ``""`` (the label folders) and each attribute of
+    its ``attributes.csv``; empty when it has none."""
+    return attribute_fusion.fusion_conditions(current_spec())
+
+
+def condition_title(condition: str) -> str:
+    """How a condition is shown: its attribute, or "label folders"."""
+    return attribute_fusion.condition_title(condition)
+
+
+def fusion_weight_key(condition: str) -> str:
+    """The session-state key of a condition's fusion weight: the Search page's slider, which Compare reads too."""
+    return f"fusion_weight:{condition}"
+
+
+def default_fusion_weight(condition: str) -> float:
+    """A condition's weight until its slider is moved: 1 for the label folders, 0 for each attribute (the fused
+    ranking starts as the label folders' SVM ranks)."""
+    return 0.0 if condition else 1.0
+
+
+def fusion_weights(conditions: Sequence[str]) -> dict[str, float]:
+    """This session's fusion weight per condition: the slider's value, kept across pages like every choice."""
+    weights = {}
+    for condition in conditions:
+        key = fusion_weight_key(condition)
+        value = st.session_state.get(key, st.session_state.get(f"_kept_{key}", default_fusion_weight(condition)))
+        weights[condition] = float(value)
+    return weights
+
+
+def _attributes_stamp(ws: Workspace) -> str:
+    path = ws.spec.config.data.root / ATTRIBUTES_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return "none"
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _fusion_key(ws: Workspace) -> str:
+    return f"{ws.spec!r}|{ws.prepared.source}|{ws.fingerprint}|{_attributes_stamp(ws)}|{ws.ranker_version('svm')}"
+
+
+def attribute_rankers(
+    ws: Workspace, progress: Callable[[int, int, str], None] | None = None
+) -> attribute_fusion.AttributeRankers:
+    """The calibrated ranker of each condition of this dataset for the workspace's featurizer, fitted where missing
+    or stale (the first time: a few seconds on the demo), then kept per workspace, attributes file and SVM file.
+
+    ``progress(done, total, condition)`` is called before each fit.
+
+    Raises:
+        WorkbenchError: No attributes, or an unusable attributes file (one line naming it and the row).
+    """
+    key = _fusion_key(ws)
+    return app_cache.cached("attribute_rankers", key, lambda: attribute_fusion.attribute_rankers(ws, progress))
+
+
+def fusion_formula(rankers: attribute_fusion.AttributeRankers, weights: dict[str, float]) -> str:
+    """The fused score in words, the weights normalised: ``0.67 x P(same label folders) + 0.33 x P(same colour)``."""
+    total = sum(weights.get(condition, 0.0) for condition in rankers.conditions) or 1.0
+    return " + ".join(
+        f"{weights.get(condition, 0.0) / total:.2f} x P(same {condition_title(condition)})"
+        for condition in rankers.conditions
+        if weights.get(condition, 0.0) > 0
+    )
+
+
+def fused_search(
+    ws: Workspace,
+    rankers: attribute_fusion.AttributeRankers,
+    image_bytes: bytes,
+    name: str,
+    weights: dict[str, float],
+    k: int,
+) -> SearchResult:
+    """Top-``k`` gallery images by the fusion of the attribute rankers with ``weights``, for uploaded bytes.
+
+    Raises:
+        ImageLoadError: The upload is not a usable image; the message names it.
+        WorkbenchError: Weights that are negative or all 0.
+    """
+    start = time.perf_counter()
+    image = decode_upload(ws, image_bytes, name)
+    hits = attribute_fusion.fused_search(ws, ws.embed([image]), rankers.fused(weights), k)
+    return SearchResult(image, hits, time.perf_counter() - start)
+
+
+def fused_results(
+    ws: Workspace, rankers: attribute_fusion.AttributeRankers, weights: dict[str, float], split: str = "test"
+) -> tuple[EvaluationResult, RetrievalResult]:
+    """The fused ranker on the comparative sets and the full gallery of ``split`` (cached per weights).
+
+    Raises:
+        WorkbenchError: Weights that are negative or all 0, or a bad split.
+    """
+    model = rankers.fused(weights)
+    key = f"{_fusion_key(ws)}|{sorted(weights.items())}|{split}"
+    return app_cache.cached(
+        "fused_results",
+        key,
+        lambda: (attribute_fusion.evaluate_fused(ws, model, split), attribute_fusion.retrieve_fused(ws, model, split)),
+    )
+
+
+def attribute_line(ws: Workspace, record: ImageRecord) -> str:
+    """A gallery image's attribute values, as the fusion panel shows them under it ("plain · brown")."""
+    from pathlib import PurePosixPath
+
+    from core.attributes import read_attributes
+
+    path = ws.spec.config.data.root / ATTRIBUTES_FILE
+    rows = app_cache.cached("attribute_rows", f"{path}|{_attributes_stamp(ws)}", lambda: read_attributes(path).rows())
+    values = rows.get(PurePosixPath(gallery_name(ws, record)), {})
+    return " · ".join(values.values())
