@@ -126,7 +126,7 @@ def render() -> None:
         hit = result.hits[rank - 1]
         explanation = service.explain(ws, data, name, hit.record)
         st.caption(
-            service.explain_caption(ws, ranker, hit.score, explanation.similarity)
+            service.explain_caption(ws, ranker, hit.score, explanation.similarity, look_weight)
             + " The similarity is split exactly over the regions of each image: red regions contribute most, blue "
             "least. Each image is shown as the model sees it: resized and centre-cropped to its square input, so the "
             "edges of a wide or tall photo are not part of the match."

@@ -164,6 +164,10 @@ def test_search_page_says_what_scores_mean_and_what_the_heatmap_explains(app_env
     assert "the projection score of this result is " in explained
     [note] = [c.value for c in app.caption if c.value.startswith("score = ")]
     assert f"+ {weight:.2f} x look (cosine of the raw embeddings)" in note
+    app.slider(key="look_weight").set_value(0.3).run()  # this search's weight, not the fitted one
+    [explained] = [c.value for c in app.caption if "heatmaps explain" in c.value]
+    assert explained.startswith("The heatmaps explain the look part of this score, weighted 0.30: ")
+    assert "the label part, weighted 0.70, has no regions to show" in explained
 
     menu.select("svm").run()
     assert not app.exception

@@ -335,14 +335,17 @@ def ranker_help(rankers: Sequence[str]) -> str:
     return "\n".join(f"- **{name}**: {score_meaning(name)}" for name in rankers)
 
 
-def explain_caption(ws: Workspace, ranker: str, score: float, similarity: float) -> str:
+def explain_caption(
+    ws: Workspace, ranker: str, score: float, similarity: float, look_weight: float | None = None
+) -> str:
     """What the Explain heatmaps explain of a result the ranker ``ranker`` scored ``score``: the cosine similarity of
-    the two embeddings, which is the look part of a ranker that blends one in (it has a ``look_weight``), the score
-    itself for cosine, and something beside the score for the others (each says how in its score meaning)."""
+    the two embeddings, which is the look part of a ranker that blends one in (:func:`look_weight_of`; weighted
+    ``look_weight`` in this search, default the fitted one), the score itself for cosine, and something beside the
+    score for the others (each says how in its score meaning)."""
     meaning = f"the {ranker} score of this result is {score:.3f}: {score_meaning(ranker)}"
-    look = getattr(ws.ranker(ranker), "look_weight", None)
+    look = look_weight_of(ws, ranker)
     if look is not None:
-        look = float(look)
+        look = look if look_weight is None else float(look_weight)
         return (
             f"The heatmaps explain the look part of this score, weighted {look:.2f}: the cosine similarity "
             f"{similarity:.3f} of the two embeddings; the label part, weighted {1 - look:.2f}, has no regions to "
