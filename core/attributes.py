@@ -67,6 +67,13 @@ class AttributeTable:
             )
         return {path: value for path, value in zip(self.paths, self.values[attribute], strict=True) if value}
 
+    def rows(self) -> dict[PurePosixPath, dict[str, str]]:
+        """Each image's values by attribute (empty cells left out), keyed by its path."""
+        return {
+            path: {name: self.values[name][row] for name in self.attributes if self.values[name][row]}
+            for row, path in enumerate(self.paths)
+        }
+
 
 def read_attributes(path: Path) -> AttributeTable:
     """Read an attributes file, checking every row.

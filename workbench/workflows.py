@@ -30,7 +30,7 @@ from core.knn import KnnGraph, cached_knn_graph
 from core.label_errors import LabelSuspect, likely_label_errors
 from core.looks import MAX_COPIES
 from core.pipeline import PreparedData
-from core.rankers import LearnedRanker, list_rankers, ranker_spec
+from core.rankers import LearnedRanker, Ranker, list_rankers, ranker_spec
 from core.workdir import PRETRAINED
 from workbench.workspace import Workspace, WorkspaceSpec, fitted_ranker_path, open_workspace, prepared_data
 
@@ -459,7 +459,7 @@ def _split_queries(ws: Workspace, split: str) -> np.ndarray:
 
 def retrieval(
     ws: Workspace,
-    names: Sequence[str],
+    names: Sequence[str | Ranker],
     split: str = "test",
     ks: Sequence[int] = (1, 5, 10),
     max_queries: int | None = MAX_QUERIES,
@@ -472,7 +472,8 @@ def retrieval(
     A split of more than ``max_queries`` images is sampled (stratified by label, seeded with the workspace's
     seed, the same sample for every ranker); at most ``max_k`` results are retrieved per query, and a query with
     more same-label images has lower-bound MAP@R and R-precision. Each result's ``note`` says so. None lifts
-    either limit. Every metric comes with a bootstrap 95 % interval over the queries (``intervals``).
+    either limit. Every metric comes with a bootstrap 95 % interval over the queries (``intervals``). A ranker is
+    named (the registry's, loaded for the workspace) or given as a model (the fusion of attribute rankers).
 
     Raises:
         WorkbenchError: Unknown or unfitted ranker, a bad split, or a gallery too small for the cut-offs.
@@ -490,9 +491,10 @@ def retrieval(
     ks = usable or (len(labels) - 1,)
     results = []
     for name in names:
+        model = ws.ranker(name) if isinstance(name, str) else name
         try:
             result = evaluate_retrieval(
-                ws.ranker(name), ws.embeddings, labels, queries, ks, max_k=max_k, rng=np.random.default_rng(ws.seed)
+                model, ws.embeddings, labels, queries, ks, max_k=max_k, rng=np.random.default_rng(ws.seed)
             )
         except ValueError as err:
             raise WorkbenchError(f"full-gallery retrieval of {ws.layout.root}: {err}") from err
