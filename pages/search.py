@@ -78,7 +78,7 @@ def render() -> None:
         f"{ranker} ranker · {len(result.hits)} results in {result.seconds * 1000:.0f} ms · featurizer {ws.run} ({ws.backend})"
     )
     right.caption(f"Score: {service.score_meaning(ranker)}.")
-    if note := service.score_note(ws, ranker):
+    if note := service.score_note(ws, ranker, look_weight):
         right.caption(note)
     strength = service.match_strength(ws, result.query)
     if not strength.close:

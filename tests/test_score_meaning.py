@@ -168,6 +168,8 @@ def test_search_page_says_what_scores_mean_and_what_the_heatmap_explains(app_env
     [explained] = [c.value for c in app.caption if "heatmaps explain" in c.value]
     assert explained.startswith("The heatmaps explain the look part of this score, weighted 0.30: ")
     assert "the label part, weighted 0.70, has no regions to show" in explained
+    [note] = [c.value for c in app.caption if c.value.startswith("score = ")]
+    assert note.startswith("score = 0.70 x label agreement (") and "+ 0.30 x look" in note
 
     menu.select("svm").run()
     assert not app.exception

@@ -302,15 +302,16 @@ def ranker_choices(ws: Workspace) -> list[str]:
     return _first(on_offer, tuned[1]) if tuned and tuned[0] == ws.run else on_offer
 
 
-def score_note(ws: Workspace, ranker: str) -> str | None:
-    """The weights inside a blended score (the projection's label agreement and look), which the one-line meaning
-    of :func:`score_meaning` leaves open; None for other rankers."""
+def score_note(ws: Workspace, ranker: str, look_weight: float | None = None) -> str | None:
+    """The weights inside a blended score (the projection's label agreement and look, ``look_weight`` in this
+    search, default the fitted one), which the one-line meaning of :func:`score_meaning` leaves open; None for other
+    rankers."""
     from core.metric_learning import ProjectionRanker
 
     model = ws.ranker(ranker)
     if not isinstance(model, ProjectionRanker):
         return None
-    votes, look = model.neighbours, model.look_weight
+    votes, look = model.neighbours, model.look_weight if look_weight is None else float(look_weight)
     agreement = "cosine after the learned projection"
     if votes is not None:
         agreement = (
