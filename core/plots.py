@@ -44,7 +44,9 @@ def training_curves(history: Sequence[EpochMetrics]) -> go.Figure:
                 trace: go.Bar | go.Scatter = go.Bar(
                     x=[split],
                     y=values,
-                    name=name,
+                    name=split,  # one legend entry per split: the colours mean the same in both panels
+                    legendgroup=split,
+                    showlegend=metric == "loss",
                     text=text,
                     textposition="outside",
                     cliponaxis=False,
