@@ -48,3 +48,23 @@ def test_a_look_weight_is_refused_where_it_means_nothing(ws):
         ws.search_embedding(query, "cosine", 3, look_weight=0.5)
     with pytest.raises(WorkbenchError, match=r"look weight must lie in \[0, 1\], got 1.5"):
         ws.search_embedding(query, "projection", 3, look_weight=1.5)
+
+
+def test_the_cli_takes_a_look_weight_and_prints_both_parts(tmp_path, tiny_dataset, capsys, caplog):
+    from workbench.cli import main
+    from workbench.workspace import WorkspaceSpec, configure, open_workspace
+
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    assert main(["featurize", *common]) == 0
+    ws = open_workspace(WorkspaceSpec(configure(data={"root": tiny_dataset}), tmp_path))
+    matrix = np.random.default_rng(0).normal(size=(ws.embeddings.shape[1], 8)).astype(np.float32)
+    workflows.fit_ranker(ws, "projection", ProjectionRanker(matrix=matrix))  # saved as it is: no fit needed
+    query = tiny_dataset / "fish/gc_fish2.jpg"
+    capsys.readouterr()
+    assert main(["search", str(query), "-k", "3", "--ranker", "projection", "--look-weight", "1", *common]) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:4] == ["rank", "score", "label", "look"] and len(rows) == 3
+    first = rows[0].split()
+    assert first[-1].endswith("fish/gc_fish2.jpg") and float(first[1]) == pytest.approx(float(first[3]), abs=1e-3)
+    assert main(["search", str(query), "--ranker", "cosine", "--look-weight", "0.5", *common]) == 2
+    assert "the cosine ranker has no look weight" in caplog.text

@@ -164,6 +164,13 @@ def get_args_parser() -> argparse.ArgumentParser:
             "(default: the ranker tune chose when it ran and no --run is given, else cosine); its score:", rankers
         ),
     )
+    search.add_argument(
+        "--look-weight",
+        type=float,
+        metavar="W",
+        help="projection only: the look's share of the score, (1 - W) x label agreement + W x look (default: the "
+        "fitted ranker's, 0.6); 1 ranks by looks alone, 0 by label agreement alone",
+    )
     command(
         "train",
         "fine-tune the backbone on the training split, then fit the SVM ranker",
@@ -629,7 +636,7 @@ def _print_hits(rows: Sequence[tuple[int, float, str, str]]) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from core.images import load_image
+    from core.images import load_image, printable
     from workbench.tuning import default_choice
 
     image = load_image(args.image)
@@ -646,10 +653,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
             log.warning("tune chose the %s ranker, which cannot be used (%s); searching with cosine", tuned[1], err)
             ranker = "cosine"
     query = ws.embed([image])
-    hits = ws.search_embedding(query, ranker or "cosine", args.k)
+    hits = ws.search_embedding(query, ranker or "cosine", args.k, args.look_weight)
     if not args.quiet:
         print(f"score ({ranker or 'cosine'}): {ranker_spec(ranker or 'cosine').score_meaning}", file=sys.stderr)
-    _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
+    if hits and hits[0].parts is not None:  # a blended score: its two parts beside it
+        print(f"{'rank':>4}  {'score':>8}  {'label':>6}  {'look':>6}  {'label':<16} path")
+        for hit in hits:
+            agreement, look = hit.parts or (float("nan"), float("nan"))
+            print(
+                f"{hit.rank:>4}  {hit.score:>8.4f}  {agreement:>6.3f}  {look:>6.3f}  "
+                f"{printable(hit.record.label):<16} {printable(str(hit.record.path))}"
+            )
+    else:
+        _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
     strength = ws.match(query)
     if not strength.close:
         print(f"no close match: {strength.explain()}")
