@@ -308,9 +308,11 @@ def evaluate_rankers(
 @dataclass(frozen=True)
 class SearchHit:
     """One retrieved gallery image; ``parts`` is ``(label agreement, look)`` under a ranker that blends the two
-    (:meth:`core.metric_learning.ProjectionRanker.parts`), else None."""
+    (:meth:`core.metric_learning.ProjectionRanker.parts`), ``probability`` the calibrated probability that the two
+    photos share a label under a ranker that has one (the SVM's Platt sigmoid); None otherwise."""
 
     rank: int
     record: ImageRecord
     score: float
     parts: tuple[float, float] | None = None
+    probability: float | None = None

@@ -68,3 +68,17 @@ def test_the_cli_takes_a_look_weight_and_prints_both_parts(tmp_path, tiny_datase
     assert first[-1].endswith("fish/gc_fish2.jpg") and float(first[1]) == pytest.approx(float(first[3]), abs=1e-3)
     assert main(["search", str(query), "--ranker", "cosine", "--look-weight", "0.5", *common]) == 2
     assert "the cosine ranker has no look weight" in caplog.text
+
+
+def test_svm_hits_carry_the_calibrated_probability_of_the_same_label(ws):
+    from workbench.service import hit_parts
+
+    workflows.fit_ranker(ws, "svm")
+    model = ws.ranker("svm")
+    hits = ws.search_embedding(ws.embeddings[[2]], "svm", 6)
+    chances = [hit.probability for hit in hits]
+    np.testing.assert_allclose(chances, model.probability(np.array([hit.score for hit in hits])), atol=1e-6)
+    assert all(0 <= p <= 1 for p in chances) and chances == sorted(chances, reverse=True)  # Platt is monotonic
+    assert hit_parts(hits[0]) == f"P(same label) {chances[0]:.2f}" and hits[0].parts is None
+    cosine = ws.search_embedding(ws.embeddings[[2]], "cosine", 2)
+    assert cosine[0].probability is None and hit_parts(cosine[0]) is None

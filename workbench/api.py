@@ -198,6 +198,9 @@ class Hit(BaseModel):
         None, description="label agreement part of the score, -1..1 (rankers that blend it with the look: projection)"
     )
     look: float | None = Field(None, description="look part of the score: cosine of the embeddings, -1..1")
+    probability: float | None = Field(
+        None, description="calibrated probability that the two photos share a label (svm: Platt sigmoid of the score)"
+    )
 
 
 class Timing(BaseModel):
@@ -530,6 +533,7 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
                     score=h.score,
                     agreement=None if h.parts is None else h.parts[0],
                     look=None if h.parts is None else h.parts[1],
+                    probability=h.probability,
                 )
                 for h in hits
             ],

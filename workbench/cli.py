@@ -664,6 +664,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 f"{hit.rank:>4}  {hit.score:>8.4f}  {agreement:>6.3f}  {look:>6.3f}  "
                 f"{printable(hit.record.label):<16} {printable(str(hit.record.path))}"
             )
+    elif hits and hits[0].probability is not None:  # a calibrated probability of the same label beside the score
+        print(f"{'rank':>4}  {'score':>8}  {'P(same)':>7}  {'label':<16} path")
+        for hit in hits:
+            print(
+                f"{hit.rank:>4}  {hit.score:>8.4f}  {hit.probability or 0.0:>7.3f}  "
+                f"{printable(hit.record.label):<16} {printable(str(hit.record.path))}"
+            )
     else:
         _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
     strength = ws.match(query)

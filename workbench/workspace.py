@@ -573,9 +573,11 @@ class Workspace:
             agreement_part, look_part = model.parts(query, self.embeddings[np.sort(rows)])
             order = np.searchsorted(np.sort(rows), rows)
             parts = list(zip(agreement_part[0, order].tolist(), look_part[0, order].tolist(), strict=True))
+        calibrate = getattr(model, "probability", None)  # a calibrated P(same label) of a score (svm's Platt)
+        chances = [None] * len(rows) if calibrate is None else np.asarray(calibrate(np.asarray(scores))).tolist()
         return [
-            SearchHit(rank, self.dataset.record(int(row)), float(score), part)
-            for rank, (row, score, part) in enumerate(zip(rows, scores, parts, strict=True), start=1)
+            SearchHit(rank, self.dataset.record(int(row)), float(score), part, chance)
+            for rank, (row, score, part, chance) in enumerate(zip(rows, scores, parts, chances, strict=True), start=1)
         ]
 
     def saved_index(self, ranker: str) -> VectorIndex | None:
