@@ -16,8 +16,31 @@ def featurizer_picker() -> str:
     )
 
 
+def condition_picker() -> str:
+    """Sidebar choice of what "similar" means in this session: the label folders or an attribute of the dataset's
+    ``attributes.csv`` (drawn only when it has attributes); returns the condition ("" = the label folders)."""
+    attributes = service.conditions()
+    current = service.active_condition()
+    if not attributes:
+        return current
+    options = [service.condition_title(""), *attributes]
+    picked = st.sidebar.selectbox(
+        "Similar means: same …",
+        options,
+        index=options.index(service.condition_title(current)) if service.condition_title(current) in options else 0,
+        key="condition",
+        help="attributes come from attributes.csv in the dataset folder; each meaning has its own split, rankers "
+        "and evaluation (for this browser session only)",
+    )
+    chosen = "" if picked == options[0] else picked
+    if chosen != current:
+        service.use_condition(chosen)
+    return chosen
+
+
 def workspace(choice: str | None = None) -> service.Workspace:
     """The cached workspace; on its first use, shows a progress bar while the gallery is featurized."""
+    condition_picker()  # first: the featurizers on offer and the workspace follow the condition
     choice = choice or featurizer_picker()
     holder = st.empty()
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import common
+from pages import common, fusion_panel
 from workbench import service
 
 
@@ -18,6 +18,7 @@ def render() -> None:
         on_change=service.kept_choice("compare_split"),
     )
     results = service.evaluation(ws, tuple(service.ranker_choices(ws)), split)
+    fused, fused_retrieved = fusion_panel.compare_fused(ws, split)  # the fused ranker, when added in the sidebar
     if warning := service.in_sample_warning([result.ranker for result in results], split):
         st.warning(warning, icon=":material/warning:")
     st.caption(
@@ -25,14 +26,14 @@ def render() -> None:
         f"chance mean rank {results[0].chance_mean_rank:.1f}. Switch the featurizer in the sidebar to compare "
         "pretrained and fine-tuned, or set another featurizer beside this one below."
     )
-    st.dataframe(service.summary_rows(results), hide_index=True, key="summary")
+    st.dataframe(service.summary_rows([*results, *fused]), hide_index=True, key="summary")
     st.subheader("Full gallery")
     st.caption(
         f"Each {split} image queries all {len(ws.embeddings)} images, itself excluded: recall@k, MAP@R, MRR, "
         "R-precision (see the Evaluation page for the definitions and per-category values)."
     )
     retrieved = service.retrieval(ws, tuple(result.ranker for result in results), split)
-    st.dataframe(service.retrieval_rows(retrieved), hide_index=True, key="compare_retrieval")
+    st.dataframe(service.retrieval_rows([*retrieved, *fused_retrieved]), hide_index=True, key="compare_retrieval")
     st.subheader("Looks")
     st.caption(
         service.LOOKS_CAPTION + " A ranker that wins the label metrics above and loses here trades looks for labels."
@@ -41,9 +42,9 @@ def render() -> None:
     st.dataframe(service.look_rows(looks), hide_index=True, key="compare_looks")
     left, right = st.columns(2)
     left.subheader("Top-N accuracy")
-    left.plotly_chart(service.top_n_curves(results), key="compare_top_n")
+    left.plotly_chart(service.top_n_curves([*results, *fused]), key="compare_top_n")
     right.subheader("Rank distributions")
-    right.plotly_chart(service.rank_distributions(results), key="compare_ranks")
+    right.plotly_chart(service.rank_distributions([*results, *fused]), key="compare_ranks")
     _side_by_side(ws, split)
 
 

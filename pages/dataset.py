@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from pages import common
 from workbench import service
 
 
@@ -19,20 +20,7 @@ def render() -> None:
                 )
             except service.WorkbenchError as err:
                 st.error(str(err))
-    attributes = service.conditions()
-    if attributes:
-        options = ["label folders", *attributes]
-        current = service.active_condition() or "label folders"
-        picked = st.selectbox(
-            "Similar means: same …",
-            options,
-            index=options.index(current),
-            key="condition",
-            help="attributes come from attributes.csv in the dataset folder",
-        )
-        chosen = "" if picked == "label folders" else picked
-        if chosen != service.active_condition():
-            service.use_condition(chosen)
+    common.condition_picker()
     summary = service.dataset_summary()
     n_train = sum(train for train, _ in summary.counts.values())
     n_test = sum(test for _, test in summary.counts.values())

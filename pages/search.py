@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import common
+from pages import common, fusion_panel
 from workbench import service
 
 GRID_COLUMNS = 4
@@ -112,6 +112,7 @@ def render() -> None:
                     icon=":material/search:",
                 )
 
+    fusion_panel.search_panel(ws, data, name, k)  # the label folders and attributes weighed with sliders
     if not st.toggle("Explain a result (similarity heatmaps)", key="explain"):
         return
     with st.container(border=True):
