@@ -13,8 +13,8 @@ never measured before (the first fit of each learned ranker, the first run) is s
 caps on rows and steps bound it. Whatever was not done is listed with why (:class:`Skipped`,
 :attr:`RecipeOutcome.reason`).
 
-**The look constraint**: with a look probe (:data:`LookFn`, an edited copy of each validation image searching for
-its original), a candidate whose copy recall@1 is below :attr:`TuneConfig.look_ratio` times cosine's on the same
+**The look constraint**: with a look probe (:data:`LookFn`; by default :class:`CopyLook`, the seeded edited copy of
+each validation image searching the training split for its original), a candidate whose copy recall@1 is below :attr:`TuneConfig.look_ratio` times cosine's on the same
 featurizer is rejected: a ranker that wins labels by burying the photo asked about is not chosen.
 
 **Never worse**: the current default (``tune``'s earlier choice, else what the app opens with) is scored on the
