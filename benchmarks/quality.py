@@ -3,7 +3,10 @@
 For the demo (``data/demo``) and the held-out sets of ``scripts/heldout_data.py`` (``heldout_scenes``: 57 scene
 photos in 4 labels; ``heldout_fashion_mnist``: 1,000 Fashion-MNIST product photos, 28x28 greyscale, in 10
 labels): comparative-set mean rank, top-1 and top-5 with 95 % CIs (:func:`core.evaluate.evaluate`), full-gallery
-recall@1 and MAP@R (test images query the whole dataset, :func:`core.evaluate.evaluate_retrieval`), and the
+recall@1 and MAP@R (test images query the whole dataset, :func:`core.evaluate.evaluate_retrieval`), the look metric
+(:mod:`core.looks`: a seeded edited copy of each test image searches the whole dataset; copy recall@1 and the mean
+rank of its original; the ``projection (w=0)`` row is the projection without its look weight, for before/after), and
+the
 out-of-gallery check: top-5 label agreement of each ranker's results with the query's label for (a) test photos
 searched against their set's training gallery and (b, demo only) out-of-style photos searched against the whole
 demo. Learned rankers are fitted on the training split with their library defaults (no per-dataset tuning: the
@@ -31,7 +34,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,6 +43,8 @@ from core.config import DataConfig
 from core.data import ComparativeSets, scan_folder
 from core.evaluate import evaluate, evaluate_retrieval
 from core.featurize import Featurizer, TorchFeaturizer, embed_files
+from core.images import load_image
+from core.looks import COPY_EDITS_VERSION, copy_retrieval, copy_rng, make_copy
 from core.metric_learning import ProjectionConfig, ProjectionRanker
 from core.pipeline import PreparedData, prepare
 from core.rankers import CosineRanker, L2Ranker, Ranker, top_k
@@ -57,7 +62,17 @@ SECTIONS = {
 }
 RANKERS = ("cosine", "l2", "svm", "projection")
 DEFAULT_BACKBONE = "efficientnet_lite0"
-COLUMNS = ("fit_s", "mean_rank", "top1", "top5", "recall@1", "map@r", "heldout_gallery_agreement")
+COLUMNS = (
+    "fit_s",
+    "mean_rank",
+    "top1",
+    "top5",
+    "recall@1",
+    "map@r",
+    "copy_recall@1",
+    "original_rank",
+    "heldout_gallery_agreement",
+)
 
 
 def embeddings_for(paths: list[Path], workdir: Path, name: str, featurizer: Featurizer) -> np.ndarray:
@@ -75,6 +90,19 @@ def embeddings_for(paths: list[Path], workdir: Path, name: str, featurizer: Feat
     workdir.mkdir(parents=True, exist_ok=True)
     np.save(cache, embeddings)
     return embeddings
+
+
+def copies_for(paths: list[Path], rows: np.ndarray, workdir: Path, name: str, featurizer: Featurizer) -> np.ndarray:
+    """Embeddings of the look metric's copies of ``paths[rows]`` (seed 0), cached in ``workdir`` like the gallery."""
+    key = "\n".join(str(paths[row]) for row in rows) + f"\ncopies v{COPY_EDITS_VERSION}\n{featurizer.fingerprint}"
+    cache = workdir / f"{name}-copies-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
+    if cache.exists():
+        return np.load(cache)
+    images = [make_copy(load_image(paths[row], draft_size=512), copy_rng(0, int(row))) for row in rows]
+    copies = featurizer.embed(images)
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(cache, copies)
+    return copies
 
 
 def agreement(
@@ -129,11 +157,17 @@ def run(
     embeddings = embeddings_for(paths, workdir, root.name, featurizer)
     labels = prepared.dataset.label_array.astype(str)
     fitted = fit_rankers(embeddings, labels, prepared, rankers, projection)
+    if "projection" in fitted:  # the same fit without its look weight: label agreement alone, as before
+        model, fit_s = fitted["projection"]
+        fitted["projection (w=0)"] = (cast(ProjectionRanker, model).with_look_weight(0.0), fit_s)
     rows = {}
     train, test = prepared.split.train, prepared.split.test
+    copies = copies_for(paths, test, workdir, root.name, featurizer)
+    sha256s = np.asarray(prepared.dataset.sha256s)
     for name, (ranker, fit_s) in fitted.items():
         result = evaluate(ranker, embeddings, labels, prepared.test_sets, np.random.default_rng(0))
         retrieval = evaluate_retrieval(ranker, embeddings, labels, test)
+        look = copy_retrieval(ranker, copies, embeddings, test, np.random.default_rng(0), sha256s)
         agreeing = agreement(ranker, embeddings[test], labels[test], embeddings[train], labels[train])
         row: dict[str, Any] = {
             "fit_s": fit_s,
@@ -142,6 +176,8 @@ def run(
             "top5": str(result.top5),
             "recall@1": retrieval.metrics["recall@1"],
             "map@r": retrieval.metrics["map@r"],
+            "copy_recall@1": look.recall_at_1.value,
+            "original_rank": look.mean_rank.value,
             "heldout_gallery_agreement": f"{agreeing}/{5 * len(test)}",
             "git": git_state(),
         }
@@ -188,8 +224,9 @@ def table(name: str, section: dict[str, Any], fresh: Sequence[str] = RANKERS) ->
     )
     cells = [["ranker", *columns]]
     for ranker, row in rows.items():
-        mark = "" if ranker in fresh else f" (kept, {row.get('git', '?')})"
-        cells.append([ranker + mark, *(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns)])
+        mark = "" if ranker.split(" ")[0] in fresh else f" (kept, {row.get('git', '?')})"
+        values = [row.get(column, "-") for column in columns]  # rows kept from older runs lack newer columns
+        cells.append([ranker + mark, *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)])
     widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
     return "\n".join([header, *lines])
