@@ -5,14 +5,17 @@ One contract for every back end: ``embed(images) -> float32[N, D]`` with unit-le
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import math
 import os
+import struct
 import time
 import uuid
+import zipfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,14 +294,179 @@ def embed_files(
     return np.concatenate(outputs)
 
 
+#: Parts are merged into the main file once they hold this share of its rows (so each row is rewritten a bounded
+#: number of times: a change costs O(changes) amortised, not a rewrite of the whole cache).
+MERGE_SHARE = 0.25
+#: Above this many parts they are merged into one part (the main file untouched), bounding what a lookup opens.
+MAX_PARTS = 16
+#: Rows checked for NaN / infinity at a time while reading a cache file (bounds the temporary mask).
+_CHECK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class Hashes:
+    """Content hashes as text, with the first 64 bits of each as a number when every one is a 64-hex digest, so they
+    can be sorted and searched as integers (numpy searches text about a thousand times slower).
+
+    Attributes:
+        text: ``str[n]``.
+        prefix: ``uint64[n]``, or None when a hash is not 64 hex digits (then the text is searched).
+    """
+
+    text: np.ndarray
+    prefix: np.ndarray | None
+
+    @classmethod
+    def of(cls, values: Sequence[str] | np.ndarray) -> Hashes:
+        text = np.asarray(values)
+        if text.dtype.kind != "U":
+            text = text.astype(str)
+        prefix = None
+        if text.dtype.itemsize == 4 * 64:  # at most 64 characters: then 64 each if they add up to 64 n
+            joined = "".join(text.tolist())
+            if len(joined) == 64 * len(text):
+                try:
+                    prefix = np.frombuffer(bytes.fromhex(joined), ">u8").reshape(len(text), 4)[:, 0].astype(np.uint64)
+                except ValueError:
+                    prefix = None
+        return cls(text, prefix)
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def sort_order(self) -> np.ndarray:
+        """The order that sorts them (by number where there is one)."""
+        return np.argsort(self.prefix if self.prefix is not None else self.text, kind="stable")
+
+    def is_sorted(self) -> bool:
+        values = self.prefix if self.prefix is not None else self.text
+        return len(values) < 2 or bool((values[1:] >= values[:-1]).all())
+
+    def take(self, rows: np.ndarray) -> Hashes:
+        return Hashes(self.text[rows], None if self.prefix is None else self.prefix[rows])
+
+
+@dataclass(frozen=True)
+class CachedRows:
+    """The rows of one feature-cache file: content hashes sorted for binary search, and the vectors.
+
+    Attributes:
+        path: The file.
+        keys: Its content hashes, sorted.
+        vectors: ``float32[n, D]`` in the file's own order (memory-mapped for an uncompressed file).
+        order: Row of ``vectors`` for each sorted key; None when the file is already sorted by hash (as this cache
+            writes them; files of older versions were not).
+    """
+
+    path: Path
+    keys: Hashes
+    vectors: np.ndarray
+    order: np.ndarray | None = None
+
+    def find(self, wanted: Hashes) -> np.ndarray:
+        """The row of ``vectors`` holding each wanted hash, -1 where this file has none (vectorised search)."""
+        size = len(self.keys)
+        found = np.full(len(wanted), -1, np.int64)
+        if not size or not len(wanted):
+            return found
+        mine, theirs = self.keys.prefix, wanted.prefix
+        if mine is None or theirs is None:  # not all content hashes: search the text
+            at = np.minimum(np.searchsorted(self.keys.text, wanted.text), size - 1)
+            hit = np.flatnonzero(self.keys.text[at] == wanted.text)
+        else:
+            at = np.minimum(np.searchsorted(mine, theirs), size - 1)
+            same = np.flatnonzero(mine[at] == theirs)
+            equal = self.keys.text[at[same]] == wanted.text[same]
+            hit = same[equal]
+            shared = same[~equal]  # another hash with the same first 64 bits: search those by text
+            if len(shared):
+                by_text = self.text_order
+                text = self.keys.text[by_text]
+                near = np.minimum(np.searchsorted(text, wanted.text[shared]), size - 1)
+                match = text[near] == wanted.text[shared]
+                at[shared[match]] = by_text[near[match]]
+                hit = np.concatenate([hit, shared[match]])
+        found[hit] = at[hit] if self.order is None else self.order[at[hit]]
+        return found
+
+    @functools.cached_property
+    def text_order(self) -> np.ndarray:
+        """The order of :attr:`keys` by text (computed when first needed: only for hashes sharing 64 bits)."""
+        return np.argsort(self.keys.text, kind="stable")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class CachedEmbeddings(Mapping[str, np.ndarray]):
+    """Every cached embedding of a featurizer, by content hash, over its files (later files win); built without a
+    table of every row."""
+
+    def __init__(self, files: Sequence[CachedRows]) -> None:
+        self.files = list(files)
+
+    def locate(self, wanted: Hashes) -> tuple[np.ndarray, np.ndarray]:
+        """``(file, row)`` of each wanted hash (``file`` -1 where no file has it); a later file wins."""
+        source = np.full(len(wanted), -1, np.int64)
+        rows = np.full(len(wanted), -1, np.int64)
+        for number, cached in enumerate(self.files):
+            found = cached.find(wanted)
+            hit = found >= 0
+            source[hit], rows[hit] = number, found[hit]
+        return source, rows
+
+    def gather(self, wanted: Hashes, located: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``float32[len(wanted), D]``, the rows of hashes that are all cached (one vectorised copy per file).
+
+        Args:
+            wanted: The hashes.
+            located: Their :meth:`locate`, when known already.
+
+        Raises:
+            KeyError: A hash no file holds.
+        """
+        source, rows = located if located is not None else self.locate(wanted)
+        if (source < 0).any():
+            raise KeyError(str(wanted.text[np.argmax(source < 0)]))
+        width = self.files[0].vectors.shape[1] if self.files else 0
+        out = np.empty((len(wanted), width), np.float32)
+        for number, cached in enumerate(self.files):
+            mine = np.flatnonzero(source == number)
+            if len(mine):
+                order = np.argsort(rows[mine], kind="stable")  # read the file front to back
+                out[mine[order]] = cached.vectors[rows[mine][order]]
+        return out
+
+    def keys_array(self) -> np.ndarray:
+        """Every cached hash once, sorted."""
+        if not self.files:
+            return np.array([], str)
+        return np.unique(np.concatenate([cached.keys.text for cached in self.files]))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.gather(Hashes.of([key]))[0]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool((self.locate(Hashes.of([key]))[0] >= 0).all())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_array().tolist())
+
+    def __len__(self) -> int:
+        return len(self.keys_array())
+
+
 class FeatureCache:
     """Embeddings on disk per featurizer fingerprint, keyed by the content hash of the bytes embedded.
 
     Re-running on the same images is a lookup; renamed or moved files are still hits. Layout:
-    ``<fingerprint>.npz`` (``sha256``, ``embeddings``) plus, while a featurize is running or after one was
-    killed, ``<fingerprint>.part-*.npz`` files holding what was embedded since; a finished run merges them into
-    the main file. Every file is written atomically, so a killed run keeps every saved part and a rerun embeds
-    only the rest. A truncated or corrupt file is a cache miss (logged, naming the file), never an error.
+    ``<fingerprint>.npz`` (``sha256`` sorted, ``embeddings``) plus ``<fingerprint>.part-*.npz`` files holding what
+    was embedded since (each written once, sorted, atomically). A run saves what it embeds as new parts; the parts are
+    merged into the main file only once they hold :data:`MERGE_SHARE` of its rows (and into one part above
+    :data:`MAX_PARTS` parts), so a change of a few photos in a cache of 10^6 costs a small new part and a binary search
+    of each file, not a rewrite of the cache. Files are memory-mapped where possible, and never become a table of
+    every row. A killed run keeps every saved part and a rerun embeds only the rest. A truncated or corrupt file is a
+    cache miss (logged, naming the file), never an error.
 
     Args:
         directory: Folder of the cache.
@@ -317,44 +485,46 @@ class FeatureCache:
         """Saved progress of unfinished runs, oldest name first."""
         return sorted(self.directory.glob(f"{glob.escape(fingerprint)}.part-*.npz"))
 
-    def load(self, fingerprint: str) -> dict[str, np.ndarray]:
+    def load(self, fingerprint: str) -> CachedEmbeddings:
         """All cached embeddings for a featurizer, by sha256 (empty when none).
 
         Unreadable files are skipped, and so are files holding NaN or infinite values, or vectors of another width
         than the first readable file (the main one when it is readable): each is one warning naming the file, and
         its images are embedded again.
         """
-        cached: dict[str, np.ndarray] = {}
-        width: int | None = None
+        files: list[CachedRows] = []
         for path in [self.path_for(fingerprint), *self.part_paths(fingerprint)]:
             found = self._read(path)
-            if not found:
+            if found is None or not len(found):
                 continue
-            found_width = len(next(iter(found.values())))
-            if width is not None and found_width != width:
+            if files and found.vectors.shape[1] != files[0].vectors.shape[1]:
                 log.warning(
                     "%s: feature cache file of %d-d vectors beside %d-d ones, ignored: its images are embedded again",
                     printable(str(path)),
-                    found_width,
-                    width,
+                    found.vectors.shape[1],
+                    files[0].vectors.shape[1],
                 )
                 continue
-            width = found_width
-            cached.update(found)
-        return cached
+            files.append(found)
+        return CachedEmbeddings(files)
 
     @staticmethod
-    def _read(path: Path) -> dict[str, np.ndarray]:
+    def _read(path: Path) -> CachedRows | None:
         if not path.exists():
-            return {}
+            return None
         try:
             with np.load(path, allow_pickle=False) as archive:
-                hashes, embeddings = archive["sha256"], archive["embeddings"]
-                if hashes.ndim != 1 or embeddings.ndim != 2 or len(hashes) != len(embeddings):
-                    raise ValueError(f"sha256 {hashes.shape} does not match embeddings {embeddings.shape}")
-                if not np.isfinite(embeddings).all():
+                hashes = archive["sha256"]
+                embeddings = mapped_npz_member(path, "embeddings")
+                if embeddings is None:  # compressed: read whole
+                    embeddings = archive["embeddings"]
+            if hashes.ndim != 1 or embeddings.ndim != 2 or len(hashes) != len(embeddings):
+                raise ValueError(f"sha256 {hashes.shape} does not match embeddings {embeddings.shape}")
+            if embeddings.dtype != np.float32:
+                embeddings = embeddings.astype(np.float32)
+            for start in range(0, len(embeddings), _CHECK_ROWS):
+                if not np.isfinite(embeddings[start : start + _CHECK_ROWS]).all():
                     raise ValueError("embeddings hold NaN or infinite values")
-                return dict(zip(hashes.tolist(), embeddings.astype(np.float32), strict=True))
         except UNREADABLE_NPZ as err:
             log.warning(
                 "%s: unreadable feature cache file, ignored: its images are embedded again (%s: %s)",
@@ -362,7 +532,12 @@ class FeatureCache:
                 type(err).__name__,
                 printable(str(err)),
             )
-            return {}
+            return None
+        keys = Hashes.of(hashes)
+        if not keys.is_sorted():  # written by an older version
+            order = keys.sort_order()
+            return CachedRows(path, keys.take(order), embeddings, order)
+        return CachedRows(path, keys, embeddings)
 
     def add(self, fingerprint: str, sha256s: Sequence[str], embeddings: np.ndarray) -> Path:
         """Add embeddings computed elsewhere (e.g. by the Spark job) for a featurizer, as one more saved part.
@@ -378,22 +553,42 @@ class FeatureCache:
         if any(len(sha) != 64 for sha in sha256s):
             raise ValueError("a content hash is not 64 hex digits")
         self.directory.mkdir(parents=True, exist_ok=True)
-        return self._save_part(fingerprint, dict(zip(sha256s, embeddings, strict=True)))
+        return self._save_part(fingerprint, np.asarray(sha256s, str), embeddings)
 
-    def _save_part(self, fingerprint: str, new: dict[str, np.ndarray]) -> Path:
+    def _save_part(self, fingerprint: str, hashes: np.ndarray, embeddings: np.ndarray) -> Path:
         path = self.directory / f"{fingerprint}.part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
-        atomic_save_npz(path, sha256=np.array(list(new), dtype=str), embeddings=np.stack(list(new.values())))
+        _save_sorted(path, hashes, embeddings)
         return path
 
-    def _consolidate(self, fingerprint: str, cached: dict[str, np.ndarray], parts: list[Path]) -> None:
-        """Write everything into the main file, then drop the parts it now holds."""
-        atomic_save_npz(
-            self.path_for(fingerprint),
-            sha256=np.array(list(cached), dtype=str),
-            embeddings=np.stack(list(cached.values())).astype(np.float32),
+    def _tidy(self, fingerprint: str, cached: CachedEmbeddings, parts: list[Path]) -> None:
+        """Merge the parts into the main file once they hold :data:`MERGE_SHARE` of its rows, or into one part when
+        there are more than :data:`MAX_PARTS`; otherwise leave them (a small change stays a small part)."""
+        main = self.path_for(fingerprint)
+        main_rows = sum(len(found) for found in cached.files if found.path == main)
+        part_rows = sum(len(found) for found in cached.files if found.path != main)
+        if part_rows and part_rows >= MERGE_SHARE * main_rows:
+            merged, target = cached.files, main
+        elif len(parts) > MAX_PARTS:
+            merged = [found for found in cached.files if found.path != main]
+            target = self.directory / f"{fingerprint}.part-{time.time_ns():020d}-{os.getpid()}-merged.npz"
+        else:
+            return
+        prefixes = [found.keys.prefix for found in merged]
+        keys = Hashes(
+            np.concatenate([found.keys.text for found in merged]),
+            None if any(prefix is None for prefix in prefixes) else np.concatenate(prefixes),  # type: ignore[arg-type]
         )
+        files = np.concatenate([np.full(len(found), number) for number, found in enumerate(merged)])
+        rows = np.concatenate([np.arange(len(found)) if found.order is None else found.order for found in merged])
+        keep = _sorted_last(keys)  # a later file wins
+        vectors = np.empty((len(keep), merged[0].vectors.shape[1]), np.float32)
+        for number, found in enumerate(merged):
+            mine = np.flatnonzero(files[keep] == number)
+            vectors[mine] = found.vectors[rows[keep[mine]]]
+        atomic_save_npz(target, sha256=keys.text[keep], embeddings=vectors)
         for part in parts:
-            part.unlink(missing_ok=True)
+            if part != target:
+                part.unlink(missing_ok=True)
 
     def embed(
         self,
@@ -406,7 +601,9 @@ class FeatureCache:
 
         A file is read once; the bytes read are hashed and decoded, and the embedding is stored under that
         hash. A file changed since it was listed (``record.sha256`` is then stale) gets the embedding of its
-        new content, stored under the new content's hash, never under the old one.
+        new content, stored under the new content's hash, never under the old one. The records' hashes are looked
+        up by binary search in each cache file; only the missing records are made into paths (records kept as
+        columns, :class:`core.data.RecordColumns`, are never iterated).
 
         Raises:
             ImageLoadError: A file cannot be read or decoded (what was embedded before it stays saved).
@@ -414,37 +611,142 @@ class FeatureCache:
         fingerprint = featurizer.fingerprint
         parts = self.part_paths(fingerprint)
         cached = self.load(fingerprint)
-        missing: dict[str, Path] = {}
-        for record in records:
-            if record.sha256 not in cached:
-                missing.setdefault(record.sha256, record.path)
-        content_of: dict[Path, str] = {}  # files read in this run -> hash of the bytes read
-        if missing:
+        column = getattr(records, "sha256s", None)
+        wanted = Hashes.of(column if column is not None else [record.sha256 for record in records])
+        source, rows = cached.locate(wanted)
+        missing = np.flatnonzero(source < 0)
+        if len(missing):
             log.info("featurizing %d of %d images (%d cached)", len(missing), len(records), len(records) - len(missing))
-            unsaved: dict[str, np.ndarray] = {}
-            last_save = -math.inf  # the first batch is saved at once: a run killed early still keeps it
-            listed = {path: sha256 for sha256, path in missing.items()}
-            paths = list(listed)
-            try:
-                for batch in iter_embed_files(featurizer, paths, batch_size=batch_size, progress=progress):
-                    for path, sha256, embedding in zip(
-                        paths[batch.start :], batch.sha256, batch.embeddings, strict=False
-                    ):
-                        content_of[path] = sha256
-                        if sha256 != listed[path]:
-                            log.warning("%s: changed since it was listed; embedded as it is now", printable(str(path)))
-                        unsaved[sha256] = cached[sha256] = np.asarray(embedding, np.float32)
-                    if time.monotonic() - last_save >= self.save_every_s:
-                        parts.append(self._save_part(fingerprint, unsaved))
-                        unsaved, last_save = {}, time.monotonic()
-            except BaseException:  # a bad file or Ctrl-C: keep what was embedded before it
-                if unsaved:
-                    self._save_part(fingerprint, unsaved)
-                raise
+            # the hash each missing record's embedding is stored under: a file changed since it was listed gets
+            # its new content's
+            keys = wanted.text[missing].astype(f"U{max(64, wanted.text.dtype.itemsize // 4)}")
+            cached, parts = self._embed_missing(featurizer, records, missing, keys, cached, parts, batch_size, progress)
+            source[missing], rows[missing] = cached.locate(Hashes.of(keys))
         elif progress:
             progress(len(records), len(records))
-        if missing or parts:
-            self._consolidate(fingerprint, cached, parts)
-        if not records:
+        if parts:
+            self._tidy(fingerprint, cached, parts)
+        if not len(records):
             return np.zeros((0, 0), np.float32)
-        return np.stack([cached[content_of.get(record.path, record.sha256)] for record in records]).astype(np.float32)
+        return cached.gather(wanted, (source, rows))
+
+    def _embed_missing(
+        self,
+        featurizer: Featurizer,
+        records: Sequence[ImageRecord],
+        missing: np.ndarray,
+        keys: np.ndarray,
+        cached: CachedEmbeddings,
+        parts: list[Path],
+        batch_size: int,
+        progress: ProgressFn | None,
+    ) -> tuple[CachedEmbeddings, list[Path]]:
+        """Embed the records at ``missing`` (``keys``: their hashes, aligned), one file per missing hash, save them as
+        parts and set each read record's key to the hash of what was read. Returns the cache with the new parts, and
+        every part."""
+        first = np.sort(np.unique(keys, return_index=True)[1])  # positions in ``missing``, in record order
+        cached = self._embed_group(featurizer, records, missing, first, keys, cached, parts, batch_size, progress)
+        # records listing the hash of a file that had changed when it was read: read their own files
+        rest = np.setdiff1d(np.arange(len(missing)), first)
+        rest = rest[cached.locate(Hashes.of(keys[rest]))[0] < 0]
+        if len(rest):
+            cached = self._embed_group(featurizer, records, missing, rest, keys, cached, parts, batch_size, progress)
+        return cached, parts
+
+    def _embed_group(
+        self,
+        featurizer: Featurizer,
+        records: Sequence[ImageRecord],
+        missing: np.ndarray,
+        group: np.ndarray,
+        keys: np.ndarray,
+        cached: CachedEmbeddings,
+        parts: list[Path],
+        batch_size: int,
+        progress: ProgressFn | None,
+    ) -> CachedEmbeddings:
+        """Embed the records at ``missing[group]`` and save them as parts; ``keys[group]`` become what was read."""
+        paths = [records[int(missing[position])].path for position in group]
+        new_files: list[CachedRows] = []
+        unsaved_keys: list[str] = []
+        unsaved: list[np.ndarray] = []
+
+        def save() -> None:
+            path = self._save_part(featurizer.fingerprint, np.asarray(unsaved_keys, str), np.concatenate(unsaved))
+            parts.append(path)
+            found = self._read(path)
+            if found is not None:
+                new_files.append(found)
+            unsaved_keys.clear()
+            unsaved.clear()
+
+        last_save = -math.inf  # the first batch is saved at once: a run killed early still keeps it
+        try:
+            for batch in iter_embed_files(featurizer, paths, batch_size=batch_size, progress=progress):
+                for offset, sha256 in enumerate(batch.sha256):
+                    index = int(group[batch.start + offset])
+                    if sha256 != keys[index]:
+                        path = printable(str(paths[batch.start + offset]))
+                        log.warning("%s: changed since it was listed; embedded as it is now", path)
+                        keys[index] = sha256
+                unsaved_keys.extend(batch.sha256)
+                unsaved.append(np.asarray(batch.embeddings, np.float32))
+                if time.monotonic() - last_save >= self.save_every_s:
+                    save()
+                    last_save = time.monotonic()
+        except BaseException:  # a bad file or Ctrl-C: keep what was embedded before it
+            if unsaved:
+                save()
+            raise
+        if unsaved:
+            save()
+        return CachedEmbeddings([*cached.files, *new_files])
+
+
+def _sorted_last(keys: Hashes) -> np.ndarray:
+    """Rows of ``keys`` sorted by hash, each hash once: the last of its rows (a later file or batch wins)."""
+    order = keys.sort_order()  # stable: a hash's rows keep their order
+    text = keys.text[order]
+    keep = np.ones(len(order), bool)
+    keep[:-1] = text[1:] != text[:-1]
+    return order[keep]
+
+
+def _save_sorted(path: Path, hashes: np.ndarray, embeddings: np.ndarray) -> None:
+    """Write a cache file sorted by hash, each hash once (the last row of a repeated hash wins)."""
+    keep = _sorted_last(Hashes.of(hashes))
+    atomic_save_npz(path, sha256=hashes[keep], embeddings=np.ascontiguousarray(embeddings[keep], np.float32))
+
+
+def mapped_npz_member(path: Path, name: str) -> np.ndarray | None:
+    """The array ``name`` of an uncompressed ``.npz`` (what ``np.savez`` writes), memory-mapped read-only; None when
+    the member is compressed.
+
+    Raises:
+        KeyError: No such member.
+        ValueError, OSError, zipfile.BadZipFile: Not a readable ``.npz``.
+    """
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{name}.npy: no local zip header")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+        offset = handle.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{name}.npy holds Python objects")
+    if offset + dtype.itemsize * math.prod(shape) > path.stat().st_size:
+        raise ValueError(f"{name}.npy: {shape} {dtype} runs past the end of the file")
+    if not math.prod(shape):
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype, "r", offset, shape, "F" if fortran_order else "C")
