@@ -39,7 +39,7 @@ def cli_hits(capsys, common, backend, ranker, tiny_dataset):
     query = str(tiny_dataset / QUERY)
     assert main(["search", query, "-k", str(K), "--ranker", ranker, "--backend", backend, *common]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    return [(str(Path(row[3]).relative_to(tiny_dataset)), float(row[1])) for row in rows]
+    return [(str(Path(row[-1]).relative_to(tiny_dataset)), float(row[1])) for row in rows]  # path last, score 2nd
 
 
 def api_hits(client, ranker, tiny_dataset):
