@@ -75,6 +75,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk", type=int, default=50_000, help="rows per add call (default: %(default)s)")
     parser.add_argument("--uri", help="a Milvus server URI (default: a Milvus Lite file under --workdir)")
     parser.add_argument("--workdir", type=Path, help="where the Lite file goes (default: a temporary folder)")
+    parser.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=10.0,
+        help="stop inserting once the process holds this much (default: %(default)s); what was inserted is measured",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/milvus_scale.json"))
     return parser
@@ -187,6 +193,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 f"  inserted {offset + len(rows):>9,} rows in {insert_s:7.1f} s  RSS {rss_mb():7.0f} MB  load {load()}",
                 flush=True,
             )
+        if rss_mb() > 1024 * args.max_rss_gb and chunk < n_chunks - 1:
+            result["stopped"] = (
+                f"RSS {rss_mb() / 1024:.1f} GB over --max-rss-gb {args.max_rss_gb} after {offset + len(rows):,} rows"
+            )
+            print(f"  stopped: {result['stopped']}", flush=True)
+            break
     truth = np.take_along_axis(best[0], np.argsort(-best[1], 1), 1)
     result |= {"insert_s": round(insert_s, 1), "load_after_insert": load(), "rss_after_insert_mb": round(rss_mb())}
 
@@ -219,11 +231,13 @@ def folder_mb(path: Path) -> float:
 
 def format_table(args: argparse.Namespace, result: dict[str, Any]) -> str:
     head = (
-        f"Milvus ({'server' if args.uri else 'Lite'}) {args.index_type}, {args.n:,} x {args.dim} {args.data}: "
+        f"Milvus ({'server' if args.uri else 'Lite'}) {args.index_type}, {result['count']:,} x {args.dim} {args.data}: "
         f"insert {result['insert_s']} s (load {result['load_after_insert']}), "
         f"index ready +{result['index_ready_s']} s (load {result['load_after_index']}), save {result['save_s']} s; "
         f"peak RSS {result['peak_rss_mb'] / 1024:.1f} GB, disk {result['disk_mb']} MB"
     )
+    if result.get("stopped"):
+        head += f"\n  stopped early: {result['stopped']}"
     lines = [head, f"{'search':<14} {'p50 ms':>8} {'p95 ms':>8} {'R@10':>6} {'load':>11}"]
     for row in result["searches"]:
         lines.append(

@@ -111,3 +111,9 @@ def test_cli_index_build_kind_milvus_then_search_rebuild_remove_add(tmp_path, ti
     assert "removed 1 image(s); 17 indexed" in capsys.readouterr().out
     assert main(["index", "add", *common]) == 0
     assert "added 1 image(s); 18 indexed" in capsys.readouterr().out
+
+
+def test_an_unreachable_server_is_refused_in_one_line():
+    with pytest.raises(ArtifactError, match=r"^http://127\.0\.0\.1:9: cannot open Milvus .*MILVUS_TOKEN") as refused:
+        connect(MilvusConfig(uri="http://127.0.0.1:9"))
+    assert "\n" not in str(refused.value)
