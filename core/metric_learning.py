@@ -171,11 +171,13 @@ class ProjectionRanker(Ranker):
         matrix: np.ndarray | None = None,
         identity_weight: float = 1.0,
         neighbours: NeighbourLabels | None = None,
+        platt: tuple[float, float] | None = None,
     ) -> None:
         self.config = config or ProjectionConfig()
         self.matrix = None if matrix is None else np.asarray(matrix, np.float32)
         self.identity_weight = float(identity_weight)
         self.neighbours = neighbours
+        self.platt = None if platt is None else (float(platt[0]), float(platt[1]))
 
     @property
     def label_space(self) -> LabelSpace:
@@ -194,7 +196,15 @@ class ProjectionRanker(Ranker):
             ConfigValueError: A weight outside [0, 1].
         """
         config = replace(self.config, look_weight=float(look_weight))
-        return ProjectionRanker(config, self.matrix, self.identity_weight, self.neighbours)
+        return ProjectionRanker(config, self.matrix, self.identity_weight, self.neighbours, self.platt)
+
+    def agreement_probability(self, agreement: np.ndarray) -> np.ndarray | None:
+        """Calibrated probability that two photos share a label, from their label agreement (:meth:`parts`): a
+        Platt sigmoid fitted on validation pairs the fit did not train on; None when the fit had no validation."""
+        if self.platt is None:
+            return None
+        a, b = self.platt
+        return 1.0 / (1.0 + np.exp(np.clip(a * np.asarray(agreement, np.float64) + b, -500, 500)))
 
     @property
     def output_dim(self) -> int:
@@ -297,11 +307,13 @@ class ProjectionRanker(Ranker):
                 ", ".join(f"{a:.2f}" for a in candidates),
                 self.identity_weight,
             )
+            matrix = ((1 - self.identity_weight) * learned + self.identity_weight * base).astype(np.float32)
             if self.config.label_weight > 0:
-                matrix = ((1 - self.identity_weight) * learned + self.identity_weight * base).astype(np.float32)
                 space = self._choose_label_space(embeddings, labels, label_ids, len(names), split, matrix)
+            self.platt = self._calibrate(embeddings, label_ids, split, matrix, space)
         else:
             self.identity_weight = candidates[-1]
+            self.platt = None
         learned, base = self._train(embeddings, labels, dims)
         self.matrix = ((1 - self.identity_weight) * learned + self.identity_weight * base).astype(np.float32)
         self.neighbours = self._neighbours(space, embeddings, label_ids, len(names), self.matrix)
@@ -326,6 +338,27 @@ class ProjectionRanker(Ranker):
             self.config.temperature,
             self.config.label_weight,
         )
+
+    def _calibrate(
+        self, embeddings: np.ndarray, label_ids: np.ndarray, split: Split, matrix: np.ndarray, space: LabelSpace
+    ) -> tuple[float, float] | None:
+        """Platt ``(a, b)`` of ``P(same label) = 1 / (1 + exp(a x agreement + b))`` on pairs of a validation image
+        (at most 500) and every training image of the validation fit, which never saw the validation images."""
+        from sklearn.linear_model import LogisticRegression
+
+        queries = split.test[: min(len(split.test), 500)]
+        neighbours = self._neighbours(
+            space, embeddings[split.train], label_ids[split.train], len(np.unique(label_ids)), matrix
+        )
+        held_out = ProjectionRanker(self.config, matrix, self.identity_weight, neighbours)
+        agreement = (
+            held_out.agreement_transform(embeddings[queries]) @ held_out.agreement_transform(embeddings[split.train]).T
+        )
+        same = label_ids[queries][:, None] == label_ids[split.train][None, :]
+        if same.all() or not same.any():
+            return None
+        sigmoid = LogisticRegression(C=1e6).fit(agreement.reshape(-1, 1), same.reshape(-1))
+        return -float(sigmoid.coef_[0, 0]), -float(sigmoid.intercept_[0])
 
     def _choose_label_space(
         self,
@@ -400,6 +433,7 @@ class ProjectionRanker(Ranker):
             "label_space": self.label_space,
             "n_labels": 0 if votes is None else votes.n_labels,
             "config": asdict(self.config),
+            "platt": None if self.platt is None else list(self.platt),
         }
         arrays = {"matrix": self._matrix()}
         if votes is not None:
@@ -433,7 +467,10 @@ class ProjectionRanker(Ranker):
         identity_weight = float(header["identity_weight"])
         if not np.isfinite(identity_weight) or not 0.0 <= identity_weight <= 1.0:
             raise ValueError(f"identity weight must be in [0, 1], got {identity_weight}")
-        return cls(config, matrix, identity_weight, neighbours)
+        platt = header.get("platt")
+        if platt is not None and (len(platt) != 2 or not np.isfinite(np.asarray(platt, np.float64)).all()):
+            raise ValueError(f"platt must be two finite numbers, got {platt}")
+        return cls(config, matrix, identity_weight, neighbours, None if platt is None else (platt[0], platt[1]))
 
     def same_scores_as(self, other: ProjectionRanker) -> bool:
         """Whether ``other`` scores every pair as this ranker does (same arrays and settings)."""

@@ -63,9 +63,9 @@ def test_the_cli_takes_a_look_weight_and_prints_both_parts(tmp_path, tiny_datase
     capsys.readouterr()
     assert main(["search", str(query), "-k", "3", "--ranker", "projection", "--look-weight", "1", *common]) == 0
     header, *rows = capsys.readouterr().out.strip().splitlines()
-    assert header.split()[:4] == ["rank", "score", "label", "look"] and len(rows) == 3
+    assert header.split()[:5] == ["rank", "score", "label", "P(same)", "look"] and len(rows) == 3
     first = rows[0].split()
-    assert first[-1].endswith("fish/gc_fish2.jpg") and float(first[1]) == pytest.approx(float(first[3]), abs=1e-3)
+    assert first[-1].endswith("fish/gc_fish2.jpg") and float(first[1]) == pytest.approx(float(first[4]), abs=1e-3)
     assert main(["search", str(query), "--ranker", "cosine", "--look-weight", "0.5", *common]) == 2
     assert "the cosine ranker has no look weight" in caplog.text
 

@@ -241,3 +241,23 @@ def test_damaged_ranker_files_get_one_line_errors_that_never_suggest_unpickling(
         message = str(caught.value)
         assert message.startswith(f"{path}: unreadable ") and "\n" not in message
         assert "pickle" not in message and "python -m workbench fit --ranker" in message
+
+
+def test_label_agreement_is_calibrated_on_held_out_pairs_and_saved():
+    embeddings, all_labels = hidden_signal_data(np.random.default_rng(0), n_per_label=50)
+    train, labels, test, test_labels = embeddings[::2], all_labels[::2], embeddings[1::2], all_labels[1::2]
+    ranker = ProjectionRanker(ProjectionConfig(epochs=3, identity_weights=(0.0,))).fit(train, labels)
+    assert ranker.platt is not None
+    agreement, _ = ranker.parts(test, train)
+    chances = ranker.agreement_probability(agreement)
+    assert chances is not None and ((chances >= 0) & (chances <= 1)).all()
+    order = np.argsort(agreement.reshape(-1))
+    assert (np.diff(chances.reshape(-1)[order]) >= -1e-12).all()  # more agreement, more probable
+    same = test_labels[:, None] == labels[None, :]
+    assert chances[same].mean() > 0.5 > chances[~same].mean()  # new pairs: same labels probable, others not
+    assert abs(chances.mean() - same.mean()) < 0.1  # calibrated in the large on pairs it never saw
+    header, arrays = ranker.state()
+    assert ProjectionRanker.from_state(header, arrays).platt == ranker.platt
+    assert ranker.with_look_weight(0.2).platt == ranker.platt
+    with pytest.raises(ValueError, match="platt must be two finite numbers"):
+        ProjectionRanker.from_state({**header, "platt": [1.0, float("nan")]}, arrays)

@@ -199,7 +199,9 @@ class Hit(BaseModel):
     )
     look: float | None = Field(None, description="look part of the score: cosine of the embeddings, -1..1")
     probability: float | None = Field(
-        None, description="calibrated probability that the two photos share a label (svm: Platt sigmoid of the score)"
+        None,
+        description="calibrated probability that the two photos share a label (svm: a Platt sigmoid of the score; "
+        "projection: of its label agreement part, fitted on validation pairs)",
     )
 
 

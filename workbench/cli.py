@@ -657,11 +657,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"score ({ranker or 'cosine'}): {ranker_spec(ranker or 'cosine').score_meaning}", file=sys.stderr)
     if hits and hits[0].parts is not None:  # a blended score: its two parts beside it
-        print(f"{'rank':>4}  {'score':>8}  {'label':>6}  {'look':>6}  {'label':<16} path")
+        print(f"{'rank':>4}  {'score':>8}  {'label':>6}  {'P(same)':>7}  {'look':>6}  {'label':<16} path")
         for hit in hits:
             agreement, look = hit.parts or (float("nan"), float("nan"))
+            chance = float("nan") if hit.probability is None else hit.probability
             print(
-                f"{hit.rank:>4}  {hit.score:>8.4f}  {agreement:>6.3f}  {look:>6.3f}  "
+                f"{hit.rank:>4}  {hit.score:>8.4f}  {agreement:>6.3f}  {chance:>7.3f}  {look:>6.3f}  "
                 f"{printable(hit.record.label):<16} {printable(str(hit.record.path))}"
             )
     elif hits and hits[0].probability is not None:  # a calibrated probability of the same label beside the score

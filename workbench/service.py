@@ -418,11 +418,12 @@ def look_weight_of(ws: Workspace, ranker: str) -> float | None:
 
 
 def hit_parts(hit: SearchHit) -> str | None:
-    """What a hit's score is made of, in words: its two parts ("label 0.97 · look 0.71") or its calibrated
-    probability of the same label ("P(same label) 0.93"); None for rankers with neither."""
+    """What a hit's score is made of, in words: its two parts ("label 0.97 (P(same label) 0.93) · look 0.71") or its
+    calibrated probability of the same label ("P(same label) 0.93"); None for rankers with neither."""
     if hit.parts is not None:
         agreement, look = hit.parts
-        return f"label {agreement:.2f} · look {look:.2f}"
+        chance = "" if hit.probability is None else f" (P(same label) {hit.probability:.2f})"
+        return f"label {agreement:.2f}{chance} · look {look:.2f}"
     if hit.probability is not None:
         return f"P(same label) {hit.probability:.2f}"
     return None

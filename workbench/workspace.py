@@ -569,12 +569,15 @@ class Workspace:
             indices, found = top_k(model, query, self.embeddings, k)
             rows, scores = indices[0], found[0]
         parts: list[tuple[float, float] | None] = [None] * len(rows)
+        calibrate = getattr(model, "probability", None)  # a calibrated P(same label) of a score (svm's Platt)
+        chances = [None] * len(rows) if calibrate is None else np.asarray(calibrate(np.asarray(scores))).tolist()
         if isinstance(model, ProjectionRanker) and len(rows):
             agreement_part, look_part = model.parts(query, self.embeddings[np.sort(rows)])
             order = np.searchsorted(np.sort(rows), rows)
-            parts = list(zip(agreement_part[0, order].tolist(), look_part[0, order].tolist(), strict=True))
-        calibrate = getattr(model, "probability", None)  # a calibrated P(same label) of a score (svm's Platt)
-        chances = [None] * len(rows) if calibrate is None else np.asarray(calibrate(np.asarray(scores))).tolist()
+            agreement_rows = agreement_part[0, order]
+            parts = list(zip(agreement_rows.tolist(), look_part[0, order].tolist(), strict=True))
+            probability = model.agreement_probability(agreement_rows)  # of the label part, when calibrated
+            chances = [None] * len(rows) if probability is None else probability.tolist()
         return [
             SearchHit(rank, self.dataset.record(int(row)), float(score), part, chance)
             for rank, (row, score, part, chance) in enumerate(zip(rows, scores, parts, chances, strict=True), start=1)
