@@ -110,6 +110,7 @@ def original_ranks(
     originals: np.ndarray,
     content: np.ndarray | None = None,
     budget: int = BLOCK_ELEMENTS,
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rank of each copy's original in the whole gallery by ``ranker``; 1 is best.
 
@@ -121,6 +122,8 @@ def original_ranks(
         content: Optional ``[N]`` content id per gallery row (e.g. SHA-256): rows with the original's content are
             its twins and never rank above it.
         budget: Score-matrix elements per block (the gallery is scored in blocks, never ``Q x N`` at once).
+        exclude: Optional ``int64[Q]`` gallery row never counted against each copy (the query photo itself, when a
+            gallery photo searches for its near-duplicate); -1 for none.
 
     Returns:
         ``int64[Q]``: ``1 +`` gallery rows of other content scoring at least the original's score.
@@ -136,6 +139,9 @@ def original_ranks(
         raise ValueError(f"originals must lie in [0, {len(gallery)})")
     if content is not None and len(content) != len(gallery):
         raise ValueError(f"{len(gallery)} gallery rows but {len(content)} content ids")
+    skip = np.full(len(copies), -1, np.int64) if exclude is None else np.asarray(exclude, np.int64)
+    if skip.shape != (len(copies),):
+        raise ValueError(f"{len(copies)} copies but {skip.shape} rows to exclude")
     if content is None:
         codes = np.arange(len(gallery))
     else:
@@ -147,6 +153,7 @@ def original_ranks(
     for start in range(0, len(gallery), step):
         scores = ranker.score(copies, gallery[start : start + step])
         other = codes[start : start + step][None, :] != own[:, None]
+        other &= np.arange(start, min(start + step, len(gallery)))[None, :] != skip[:, None]
         ranks += ((scores >= target[:, None]) & other).sum(axis=1)
     return ranks
 
@@ -202,6 +209,7 @@ def copy_retrieval(
     rng: np.random.Generator,
     content: Sequence[str] | np.ndarray | None = None,
     query_pool: int = 0,
+    exclude: np.ndarray | None = None,
 ) -> CopyResult:
     """Recall@1 and mean rank of the originals of ``copies`` (see :func:`original_ranks`), with 95 % intervals.
 
@@ -213,13 +221,15 @@ def copy_retrieval(
         rng: Drives the bootstrap.
         content: Optional content id per gallery row (twins of an original never rank above it).
         query_pool: Photos the copies were sampled from, for the report (0: none were left out).
+        exclude: Optional gallery row per copy never counted against it (see :func:`original_ranks`).
 
     Raises:
         ValueError: No copies, or misaligned inputs.
     """
     if len(copies) == 0:
         raise ValueError("no copies to evaluate")
-    ranks = original_ranks(ranker, copies, gallery, originals, None if content is None else np.asarray(content))
+    content_ids = None if content is None else np.asarray(content)
+    ranks = original_ranks(ranker, copies, gallery, originals, content_ids, exclude=exclude)
     return CopyResult(
         ranker=ranker.name,
         n_copies=len(ranks),
@@ -231,8 +241,9 @@ def copy_retrieval(
     )
 
 
-def format_looks_table(results: Sequence[CopyResult]) -> str:
-    """A fixed-width table of the look metric per ranker: copy recall@1 and mean rank of the original, 95 % CIs."""
+def format_looks_table(results: Sequence[CopyResult], edited: bool = True) -> str:
+    """A fixed-width table of the look metric per ranker: copy recall@1 and mean rank of the original, 95 % CIs
+    (``edited``: the copies are :func:`make_copy`'s, and a line says how they were made)."""
     header = f"{'ranker':<10} {'copies':>6} {'copy recall@1':>24} {'mean rank of original':>27}"
     lines = [header, "-" * len(header)]
     for result in results:
@@ -243,7 +254,8 @@ def format_looks_table(results: Sequence[CopyResult]) -> str:
         )
     notes = dict.fromkeys(result.note for result in results if result.note)
     lines.extend(f"({note})" for note in notes)
-    lines.append(
-        "(copies: crop to 75-90 % of the area, 70 % size, brightness and colour +-15 %, half mirrored, JPEG 40-70)"
-    )
+    if edited:
+        lines.append(
+            "(copies: crop to 75-90 % of the area, 70 % size, brightness and colour +-15 %, half mirrored, JPEG 40-70)"
+        )
     return "\n".join(lines)

@@ -276,8 +276,13 @@ def test_cli_fit_missing_then_evaluate_prints_full_gallery_metrics(tmp_path, tin
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "recall@1" in line)
     assert header.split() == ["ranker", "queries", "recall@1", "recall@5", "recall@10", "map@r", "mrr"]
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["cosine"], ["svm"])}
-    assert len(rows["svm"]) == 7 and 0.0 <= float(rows["svm"][5]) <= 1.0  # the full-gallery row, not the CI table
+    lines = out.splitlines()
+    table = lines[lines.index(header) :]
+    table = table[: table.index("")]  # the full-gallery table, not the CI or looks tables after it
+    rows = {line.split()[0]: line.split() for line in table if line.split()[:1] in (["cosine"], ["svm"])}
+    assert len(rows["svm"]) == 2 + 5 * 3  # name, queries, then each metric with its interval [low, high]
+    assert 0.0 <= float(rows["svm"][11]) <= 1.0  # MAP@R
+    assert "copy recall@1" in out  # the look metric beside the label metrics
     assert "likely label error(s)" in out
     report = json.loads(next((tmp_path).glob("*/*/reports/*.json")).read_text())
     assert set(report["retrieval"]) == {"cosine", "svm"} and "errors" in report["label_errors"]
@@ -385,3 +390,31 @@ def test_the_look_metric_copies_each_photo_once_and_samples_large_splits(tmp_pat
     assert sampled.n_copies == 3 and sampled.query_pool == len(ws.prepared.split.train)
     assert set(sampled.originals.tolist()) <= set(ws.prepared.split.train.tolist())
     assert "copies of 3 of" in sampled.note
+
+
+def test_the_datas_own_near_duplicates_are_a_second_look_metric(tmp_path, tiny_dataset, lite0_featurizer):
+    from core.featurize import embed_files
+
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_dataset, data)
+    original = data / "fish/gc_fish2.jpg"
+    Image.open(original).save(data / "fish/resaved_fish2.jpg", quality=80)  # a re-saved copy: other bytes, same look
+    spec = WorkspaceSpec(configure(data={"root": data, "seed": 0}), tmp_path / "work", backend="torch")
+    from workbench.workspace import refresh_data
+
+    prepared = refresh_data(spec.config.data, spec.layout).prepared  # the catalogue holds every difference hash
+    embeddings = embed_files(lite0_featurizer, [record.path for record in prepared.dataset.records])
+    ws = Workspace(spec, prepared, lite0_featurizer, embeddings)
+    names = [record.path.name for record in ws.dataset.records]
+    pairs = set()
+    for split in ("test", "train"):
+        queries, partners, pool = workflows.near_duplicate_pairs(ws, split)
+        pairs |= {(names[q], names[p]) for q, p in zip(queries, partners, strict=True)}
+        assert pool == 0
+    assert pairs and pairs <= {("gc_fish2.jpg", "resaved_fish2.jpg"), ("resaved_fish2.jpg", "gc_fish2.jpg")}
+    split = "test" if names.index("gc_fish2.jpg") in ws.prepared.split.test else "train"
+    cosine, random = workflows.near_duplicate_looks(ws, ["cosine", "random"], split)
+    assert cosine.n_copies >= 1 and cosine.recall_at_1.value == 1.0  # the re-saved photo comes first, itself left out
+    assert random.mean_rank.value > 1
+    report = json.loads(workflows.save_report(ws, ws.evaluate(["cosine"], split), split=split).read_text())
+    assert report["near_duplicate_looks"]["cosine"]["recall@1"]["value"] == 1.0

@@ -555,7 +555,15 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluate import format_table
     from core.looks import format_looks_table
-    from workbench.workflows import in_sample_warning, label_errors, looks, result_summary, retrieval, save_report
+    from workbench.workflows import (
+        in_sample_warning,
+        label_errors,
+        looks,
+        near_duplicate_looks,
+        result_summary,
+        retrieval,
+        save_report,
+    )
 
     ws = _open(args)
     requested = args.ranker or ["all"]
@@ -591,6 +599,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(_retrieval_table(retrieved))
         print(f"\nlooks: an edited copy of each {args.split} image searches the whole gallery for its original")
         print(format_looks_table(copies))
+        natural = near_duplicate_looks(ws, names, args.split)
+        if natural:
+            print(
+                f"\nnear-duplicates in the data: each {args.split} photo with one (dedup's hash rule) searches the "
+                "gallery, itself left out"
+            )
+            print(format_looks_table(natural, edited=False))
         print(
             f"\n{len(suspects.errors)} likely label error(s) ({suspects.ranker}, {suspects.k} neighbours, "
             f"majority share >= {suspects.min_share:.0%}"

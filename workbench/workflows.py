@@ -590,6 +590,73 @@ def looks(
     ]
 
 
+def near_duplicate_pairs(
+    ws: Workspace, split: str = "test", max_pairs: int | None = MAX_COPIES
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Photos of ``split`` that have a near-duplicate elsewhere in the gallery, each with its closest one.
+
+    Near-duplicates as ``dedup`` finds them by default (difference hashes within
+    :attr:`core.dedup.DedupConfig.hash_threshold` bits, read from the folder's catalogue; byte-identical files are
+    one photo already). At most ``max_pairs`` (a seeded sample).
+
+    Returns:
+        ``(queries, partners, pool)``: record indices of each query photo and its near-duplicate, and the number of
+        pairs sampled from (0 when none was left out). Empty without a catalogue.
+    """
+    from core.catalogue import load_catalogue
+    from core.dedup import DedupConfig, hash_neighbours
+
+    empty = np.zeros(0, np.int64)
+    catalogue = load_catalogue(ws.layout.catalogue)
+    if catalogue is None:
+        return empty, empty, 0
+    known = np.asarray(catalogue.sha256, dtype=str)
+    order = np.argsort(known)
+    mine = np.asarray(ws.dataset.sha256s, dtype=str)
+    at = np.minimum(np.searchsorted(known[order], mine), len(known) - 1)
+    found = known[order][at] == mine  # every photo of the dataset, unless the catalogue is of another look
+    hashes = np.asarray(catalogue.dhash)[order[at]]
+    rows = _split_queries(ws, split)
+    rows = rows[found[rows]]
+    (query, reference, _), _ = hash_neighbours(hashes[rows], hashes, DedupConfig().hash_threshold, k=2)
+    partner = reference
+    keep = found[partner] & (partner != rows[query])  # the photo itself is its own nearest hash
+    query, partner = query[keep], partner[keep]
+    if not len(query):
+        return empty, empty, 0
+    first = np.r_[True, query[1:] != query[:-1]]  # the closest other photo per query (sorted by closeness)
+    queries, partners = rows[query[first]], partner[first]
+    pool = 0
+    if max_pairs is not None and len(queries) > max_pairs:
+        pool = len(queries)
+        keep = np.sort(np.random.default_rng(ws.seed).choice(len(queries), max_pairs, replace=False))
+        queries, partners = queries[keep], partners[keep]
+    return queries.astype(np.int64), partners.astype(np.int64), pool
+
+
+def near_duplicate_looks(ws: Workspace, names: Sequence[str], split: str = "test") -> list[CopyResult]:
+    """The look metric on the data's own near-duplicates: each photo of ``split`` with one
+    (:func:`near_duplicate_pairs`) searches the gallery, itself left out; does its near-duplicate come first?
+    Empty when the data have no near-duplicate pairs.
+
+    Raises:
+        WorkbenchError: Unknown or unfitted ranker.
+    """
+    from core.looks import copy_retrieval
+
+    queries, partners, pool = near_duplicate_pairs(ws, split)
+    if not len(queries):
+        return []
+    content = np.asarray(ws.dataset.sha256s)
+    copies = np.asarray(ws.embeddings[queries], np.float32)
+    return [
+        copy_retrieval(
+            ws.ranker(name), copies, ws.embeddings, partners, np.random.default_rng(ws.seed), content, pool, queries
+        )
+        for name in names
+    ]
+
+
 def knn(ws: Workspace, k: int, ranker: str = "cosine") -> KnnGraph:
     """The workspace's k-NN graph by ``ranker`` (each image's ``k`` nearest other images, best first).
 
@@ -720,6 +787,7 @@ def save_report(
         retrieval_results = retrieval(ws, [result.ranker for result in results], split)
     if look_results is None:
         look_results = looks(ws, [result.ranker for result in results], split)
+    natural = near_duplicate_looks(ws, [result.ranker for result in results], split)
     if label_error_report is None:
         label_error_report = label_errors(ws)
     path = ws.layout.report(ws.fingerprint)
@@ -736,6 +804,7 @@ def save_report(
             "results": {result.ranker: result.to_dict() for result in results},
             "retrieval": {result.ranker: result.to_dict() for result in retrieval_results},
             "looks": {result.ranker: result.to_dict() for result in look_results},
+            "near_duplicate_looks": {result.ranker: result.to_dict() for result in natural},
             "label_errors": label_errors_summary(ws, label_error_report),
         },
     )
