@@ -429,15 +429,25 @@ def content_split(
 
 def _content_positions(sha256s: Sequence[str], seed: int) -> np.ndarray:
     """A uniform position in [0, 1) per content hash and seed (splitmix64 of the hash's first 64 bits)."""
+    return (_content_keys(sha256s, seed) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _content_keys(sha256s: Sequence[str], seed: int, salt: int = 0) -> np.ndarray:
+    """A uniform 64-bit key per content hash, seed and salt: splitmix64 of the hash's first 64 bits.
+
+    Salt 0 is the split's key (:func:`content_split`); other salts give keys independent of it and of each other.
+    """
+    prefixes = bytes.fromhex("".join(sha[:16] for sha in sha256s))
     with np.errstate(over="ignore"):
-        x = np.array([int(sha[:16], 16) for sha in sha256s], dtype=np.uint64)
+        x = np.frombuffer(prefixes, dtype=">u8").astype(np.uint64)
         x ^= np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        x ^= np.uint64(0xD1B54A32D192ED03) * np.uint64(salt)
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return x
 
 
 def _queryable_sides(sizes: np.ndarray, n_train: np.ndarray) -> np.ndarray:
@@ -506,25 +516,18 @@ def make_comparative_sets(
 
     Each query gets one positive (same label, another image) and ``n_negatives`` distinct negatives
     from other labels. When the data are too small, the number of negatives shrinks to what every
-    label can offer, so all sets have the same size and ranks stay comparable.
+    label can offer, so all sets have the same size and ranks stay comparable. The draw follows record positions:
+    one added image redraws every set; :func:`content_comparative_sets` keeps sets stable as a folder grows.
 
     Raises:
         DatasetError: Fewer than two labels, or no label with two images.
     """
     labels = np.asarray(labels, dtype=object)
     names = sorted(set(labels.tolist()))
-    if len(names) < 2:
-        raise DatasetError(f"need at least 2 labels to draw negatives, found {len(names)}")
     members_of = {name: np.flatnonzero(labels == name) for name in names}
-    usable = [name for name in names if len(members_of[name]) >= 2]
-    if not usable:
-        raise DatasetError("no label has 2 or more images, so no query can have a positive")
-    available = min(len(labels) - len(members_of[name]) for name in usable)
-    if n_negatives > available:
-        log.warning(
-            "only %d negatives available for some label; using %d instead of %d", available, available, n_negatives
-        )
-        n_negatives = available
+    sizes = np.array([len(members_of[name]) for name in names], dtype=np.int64)
+    usable_mask, n_negatives = _set_sizes(sizes, n_negatives)
+    usable = [name for name, ok in zip(names, usable_mask.tolist(), strict=True) if ok]
     queries, references = [], []
     for name in usable:
         members = members_of[name]
@@ -544,6 +547,104 @@ def make_comparative_sets(
         queries.append(members[query_pos])
         references.append(np.column_stack([positives, negatives]))
     return ComparativeSets(np.concatenate(queries), np.concatenate(references).astype(np.int64))
+
+
+def _set_sizes(sizes: np.ndarray, n_negatives: int) -> tuple[np.ndarray, int]:
+    """Which labels can be queried (2 or more images), and the negatives per set every such label can offer.
+
+    Raises:
+        DatasetError: Fewer than two labels, or no label with two images.
+    """
+    if len(sizes) < 2:
+        raise DatasetError(f"need at least 2 labels to draw negatives, found {len(sizes)}")
+    usable = sizes >= 2
+    if not usable.any():
+        raise DatasetError("no label has 2 or more images, so no query can have a positive")
+    available = int((sizes.sum() - sizes[usable]).min())
+    if n_negatives > available:
+        log.warning(
+            "only %d negatives available for some label; using %d instead of %d", available, available, n_negatives
+        )
+        n_negatives = available
+    return usable, n_negatives
+
+
+#: Salts of :func:`_content_keys` for the comparative sets (0 is the split's).
+_QUERY_SALT, _CIRCLE_SALT = 1, 2
+
+
+def content_comparative_sets(
+    labels: Sequence[str] | np.ndarray,
+    sha256s: Sequence[str],
+    n_queries_per_label: int,
+    n_negatives: int,
+    seed: int,
+) -> ComparativeSets:
+    """Comparative sets drawn by content, so that photos added to a folder change only the sets they meet.
+
+    Like :func:`make_comparative_sets` (same sizes, same shrinking of ``n_negatives``, same errors), but every choice
+    follows from seeded hashes of the photos' content (as :func:`content_split` does), not from record positions:
+
+    - the queries of a label are its ``n_queries_per_label`` photos of smallest query key;
+    - all photos stand on a circle ordered by a second key; walking on from a query, the first photo of its label
+      is its positive and the first ``n_negatives`` photos of other labels are its negatives.
+
+    An added photo changes a label's queries only when its query key is among the smallest, and a set only when it
+    lands between the query and the set's last reference on the circle: there it replaces one reference. A set
+    holds each other photo with the same chance, as a uniform draw would. Cost O(N log N + Q * n_negatives * log N)
+    for N photos and Q queries; nothing Q x N.
+
+    Args:
+        labels: Label of each record.
+        sha256s: Content hash (hex) of each record.
+        n_queries_per_label: Queries per label (fewer where a label is smaller).
+        n_negatives: Negatives per query (shrunk when the data are too small).
+        seed: Salts the hashes (another seed, other sets).
+
+    Raises:
+        DatasetError: Fewer than two labels, or no label with two images.
+        ValueError: As many content hashes as labels are needed.
+    """
+    labels = np.asarray(labels, dtype=object)
+    if len(sha256s) != len(labels):
+        raise ValueError(f"{len(sha256s)} content hashes but {len(labels)} labels")
+    names, codes = np.unique(labels.astype(str), return_inverse=True)
+    codes = codes.astype(np.int64)
+    sizes = np.bincount(codes, minlength=len(names)).astype(np.int64)
+    usable, n_negatives = _set_sizes(sizes, n_negatives)
+    count = len(labels)
+    records = np.arange(count, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    rank_of_sorted = records - np.repeat(starts, sizes)  # rank within the label, for records sorted by label first
+
+    # queries: per label the smallest query keys (ties by record), grouped by label name
+    by_query_key = np.lexsort((records, _content_keys(sha256s, seed, _QUERY_SALT), codes))
+    chosen = (rank_of_sorted < n_queries_per_label) & usable[codes[by_query_key]]
+    queries = by_query_key[chosen]
+    query_codes = codes[queries]
+
+    # the circle: records in order of a second key; each label's records in circle order
+    circle = np.lexsort((records, _content_keys(sha256s, seed, _CIRCLE_SALT)))
+    place = np.empty(count, np.int64)
+    place[circle] = records
+    by_label_place = np.lexsort((place, codes))
+    rank_on_circle = np.empty(count, np.int64)
+    rank_on_circle[by_label_place] = rank_of_sorted
+    query_ranks = rank_on_circle[queries]
+    positives = by_label_place[starts[query_codes] + (query_ranks + 1) % sizes[query_codes]]
+
+    # negatives: other-label records numbered in circle order; the j-th sits at place j + (own-label records before
+    # it), counted by one search in the labels' "other-label records before each own one", offset per label
+    others_before_own = place[by_label_place] - rank_of_sorted
+    stride = count + 1
+    searchable = codes[by_label_place] * stride + others_before_own  # ascending: by label, then along the circle
+    first_other = place[queries] - query_ranks  # other-label records up to the query on the circle
+    n_others = count - sizes[query_codes]
+    other_ranks = (first_other[:, None] + np.arange(n_negatives)[None, :]) % n_others[:, None]
+    own_before = np.searchsorted(searchable, query_codes[:, None] * stride + other_ranks, side="right")
+    negatives = circle[other_ranks + own_before - starts[query_codes][:, None]]
+    references = np.column_stack([positives, negatives]).astype(np.int64)
+    return ComparativeSets(queries.astype(np.int64), references)
 
 
 def apply_condition(report: ScanReport, condition: str, attributes: Path | None = None) -> ScanReport:

@@ -38,8 +38,8 @@ from core.data import (
     Split,
     apply_condition,
     check_disjoint,
+    content_comparative_sets,
     content_split,
-    make_comparative_sets,
     scan_folder,
 )
 from core.dedup import NO_LEAKS, LeakReport, leaks_from_json, leaks_to_json
@@ -50,9 +50,9 @@ from core.rankers import Ranker
 
 log = logging.getLogger(__name__)
 
-#: ``prepared.json`` + ``prepared.npz`` (2: records, split and sets moved into the arrays file); another is prepared
-#: again.
-PREPARED_SCHEMA = 2
+#: ``prepared.json`` + ``prepared.npz`` (2: records, split and sets moved into the arrays file; 3: comparative sets
+#: drawn by content, :func:`core.data.content_comparative_sets`); another is prepared again.
+PREPARED_SCHEMA = 3
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,11 @@ class PreparedData:
 def prepare(config: DataConfig, scan: ScanReport | None = None, source: str | None = None) -> PreparedData:
     """Split the images of ``config.root`` and draw comparative sets, all seeded by ``config.seed``.
 
-    Each image's side of the split follows from its content (:func:`core.data.content_split`), so photos added
-    later join a side without moving the others. Exact duplicates are dropped by the scan; near-duplicates
-    (perceptual hash) that land on both sides of the split are logged as warnings naming both files (see
-    :func:`near_duplicate_leaks`).
+    Each image's side of the split and each comparative set follow from the photos' content
+    (:func:`core.data.content_split`, :func:`core.data.content_comparative_sets`), so photos added later join a side
+    without moving the others and change only the few sets they meet. Exact duplicates are dropped by the scan;
+    near-duplicates (perceptual hash) that land on both sides of the split are logged as warnings naming both files
+    (see :func:`near_duplicate_leaks`).
 
     Args:
         config: Data settings.
@@ -90,14 +91,16 @@ def prepare(config: DataConfig, scan: ScanReport | None = None, source: str | No
     if config.condition:
         report = apply_condition(report, config.condition, Path(config.attributes) if config.attributes else None)
     dataset = report.dataset
-    rng = np.random.default_rng(config.seed)
     labels = dataset.label_array
+    sha256s = np.asarray(dataset.sha256s, dtype=object)
     split = content_split(dataset.sha256s, labels, config.train_fraction, config.seed)
     check_disjoint(dataset, split)
     leaks = near_duplicate_leaks(dataset, split, report.dhashes, config.near_duplicate_threshold)
 
     def sets_for(indices: np.ndarray, per_label: int) -> ComparativeSets:
-        local = make_comparative_sets(labels[indices], per_label, config.n_negatives, rng)
+        local = content_comparative_sets(
+            labels[indices], sha256s[indices].tolist(), per_label, config.n_negatives, config.seed
+        )
         return ComparativeSets(indices[local.queries], indices[local.references])
 
     prepared = PreparedData(
