@@ -45,15 +45,9 @@ def quick_projection(monkeypatch):
     original = metric_learning.ProjectionRanker.__init__
     quick = metric_learning.ProjectionConfig(epochs=3, identity_weights=(0.0,))
 
-    def init(self, config=None, matrix=None, identity_weight=1.0, neighbours=None):
+    def init(self, config=None, *args, **kwargs):
         # the workspace passes its [projection] section: the default one is replaced too
-        original(
-            self,
-            quick if config in (None, metric_learning.ProjectionConfig()) else config,
-            matrix,
-            identity_weight,
-            neighbours,
-        )
+        original(self, quick if config in (None, metric_learning.ProjectionConfig()) else config, *args, **kwargs)
 
     monkeypatch.setattr(metric_learning.ProjectionRanker, "__init__", init)
 
