@@ -429,3 +429,28 @@ def test_a_manifest_written_before_neighbour_labels_still_loads_its_matrix() -> 
     np.testing.assert_array_equal(space.projection.matrix, matrix)
     assert space.same_as(space_for(ProjectionRanker(matrix=matrix)))
     assert VectorSpace.from_json(space.to_json()).same_as(space)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "flat"])
+def test_adding_in_blocks_builds_the_same_index_as_one_add(monkeypatch, kind) -> None:
+    """A gallery is transformed and added a block at a time (no second copy of it); same ids, same hits."""
+    pytest.importorskip("faiss")
+    from core.index import faiss_backend
+    from core.index.faiss_backend import FaissConfig
+
+    rng = np.random.default_rng(3)
+    gallery, query = clustered(rng, 500, 16), clustered(rng, 5, 16)
+    ids = np.arange(500) * 7
+    whole = create_index(FaissConfig(kind=kind, nlist=8, nprobe=8), MODEL, 16, CosineRanker())
+    whole.add(ids, gallery)
+    monkeypatch.setattr(faiss_backend, "ADD_BLOCK", 64)
+    blocks = create_index(FaissConfig(kind=kind, nlist=8, nprobe=8), MODEL, 16, CosineRanker())
+    blocks.add(ids, gallery)
+    np.testing.assert_array_equal(np.sort(blocks.ids()), ids)
+    expected, found = whole.search(query, 10, CosineRanker()), blocks.search(query, 10, CosineRanker())
+    np.testing.assert_array_equal(found.ids, expected.ids)
+    np.testing.assert_allclose(found.scores, expected.scores, atol=1e-6)
+    bad = gallery.copy()
+    bad[300, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        create_index(FaissConfig(kind=kind, nlist=8), MODEL, 16, CosineRanker()).add(ids, bad)

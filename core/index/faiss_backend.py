@@ -32,6 +32,9 @@ from core.rankers import Ranker
 
 log = logging.getLogger(__name__)
 
+#: Rows transformed and added at once: bounds the copy made while indexing a (memory-mapped) 10^6-row gallery.
+ADD_BLOCK = 65_536
+
 
 @dataclass(frozen=True)
 class FaissConfig:
@@ -105,19 +108,21 @@ class FaissIndex(VectorIndex):
             return faiss.IndexIDMap2(hnsw)
         return None  # IVF: built and trained on the first add
 
-    def _train_ivf(self, vectors: np.ndarray) -> Any:
-        faiss, width = self._faiss, vectors.shape[1]
-        n = len(vectors)
+    def _train_ivf(self, embeddings: np.ndarray) -> Any:
+        """An empty IVF index trained on (a seeded sample of) these untransformed embeddings."""
+        faiss, width = self._faiss, self.space.output_dim(self.dim)
+        n = len(embeddings)
         nlist = self.config.nlist or round(4 * math.sqrt(n))
         nlist = max(1, min(nlist, n // 39 or 1))  # faiss wants >= 39 training points per centroid
         quantizer = faiss.IndexFlatIP(width) if self.space.inner_product else faiss.IndexFlatL2(width)
         index = faiss.IndexIVFFlat(quantizer, width, nlist, self._metric())
         rng = np.random.default_rng(self.config.seed)
-        sample = (
-            vectors
+        rows = (
+            np.arange(n)
             if n <= self.config.train_size
-            else vectors[np.sort(rng.choice(n, self.config.train_size, replace=False))]
+            else np.sort(rng.choice(n, self.config.train_size, replace=False))
         )
+        sample = self.space.transform(embeddings[rows])
         log.info("training IVF: %d lists on %d vectors", nlist, len(sample))
         index.train(np.ascontiguousarray(sample))
         index.nprobe = min(self.config.nprobe, nlist)
@@ -161,10 +166,12 @@ class FaissIndex(VectorIndex):
             raise ValueError(
                 f"add: {int(clash.sum())} id(s) already in the index (e.g. {int(ids[clash][0])}); remove them first"
             )
-        vectors = np.ascontiguousarray(self.space.transform(embeddings))
         if self._index is None:
-            self._index = self._train_ivf(vectors)
-        self._index.add_with_ids(vectors, np.ascontiguousarray(ids))
+            self._index = self._train_ivf(embeddings)
+        # transformed and added a block at a time: never a second copy of the whole (memory-mapped) gallery
+        for start in range(0, len(ids), ADD_BLOCK):
+            block = np.ascontiguousarray(self.space.transform(embeddings[start : start + ADD_BLOCK]))
+            self._index.add_with_ids(block, np.ascontiguousarray(ids[start : start + ADD_BLOCK]))
         self._gpu_index = None
 
     def _remove(self, ids: np.ndarray) -> int:
