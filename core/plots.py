@@ -199,22 +199,36 @@ def label_counts_bar(counts: dict[str, tuple[int, int]]) -> go.Figure:
     return _tight(figure)
 
 
+#: Above this many points a map is drawn with WebGL (``Scattergl``): SVG markers make a browser crawl.
+WEBGL_POINTS = 2_000
+
+
 def embedding_map(
-    points: np.ndarray, labels: Sequence[str], names: Sequence[str], query: np.ndarray | None = None
+    points: np.ndarray,
+    labels: Sequence[str],
+    names: Sequence[str],
+    query: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> go.Figure:
-    """Gallery points coloured by label (hover: file name), with an optional query marker."""
+    """Gallery points coloured by label (hover: file name), with an optional query marker.
+
+    Each point's ``customdata`` is its row in ``rows`` (the record rows of a sampled map), or its position in
+    ``points`` without them.
+    """
     label_array, name_array = np.asarray(labels), np.asarray(names)
+    row_array = np.arange(len(points)) if rows is None else np.asarray(rows)
+    scatter = go.Scattergl if len(points) > WEBGL_POINTS else go.Scatter
     figure = go.Figure()
     for label in sorted(set(label_array.tolist())):
         mask = label_array == label
         figure.add_trace(
-            go.Scatter(
+            scatter(
                 x=points[mask, 0],
                 y=points[mask, 1],
                 mode="markers",
                 name=str(label),
                 text=name_array[mask],
-                customdata=np.flatnonzero(mask),
+                customdata=row_array[mask],
                 hovertemplate="%{text}<extra>%{fullData.name}</extra>",
             )
         )

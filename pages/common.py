@@ -91,3 +91,45 @@ def folder_status(ws: service.Workspace) -> None:
     line = service.since_fit_line(ws)
     if line:
         st.sidebar.warning(line)
+
+
+def gallery_picker(
+    ws: service.Workspace, key: str, label: str, remember: bool = False, disabled: bool = False, help: str | None = None
+) -> str:
+    """A gallery photo to query with (its name); ``remember`` keeps the choice across pages.
+
+    A small gallery is one menu of every name. A large one (:func:`workbench.service.bounded_picker`) is a label menu,
+    a page number and a menu of that page's names (at most 200, beside the current pick): a rerun never lists, sends
+    or scans every name.
+    """
+    if not service.bounded_picker(ws):
+        names = service.gallery_names(ws)
+        remember_choice = service.kept_choice(key, names) if remember else None
+        return st.selectbox(label, names, key=key, on_change=remember_choice, disabled=disabled, help=help)
+    index = service.gallery_index(ws)
+    remember_choice = service.kept_choice(key, index) if remember else None
+    page_key = f"{key}_page"
+    left, middle, right = st.columns([2, 1, 4])
+    chosen_label = left.selectbox(
+        "Label",
+        index.labels,
+        key=f"{key}_label",
+        disabled=disabled,
+        on_change=lambda: st.session_state.update({page_key: 1}),  # a new label starts at its first page
+    )
+    pages = index.pages(chosen_label)
+    if st.session_state.get(page_key, 1) > pages:
+        st.session_state[page_key] = pages
+    page = middle.number_input(
+        "Page", min_value=1, max_value=pages, step=1, key=page_key, disabled=disabled, help=f"{pages} pages"
+    )
+    names = index.page(chosen_label, int(page))
+    current = st.session_state.get(key)
+    if isinstance(current, str) and current not in names and current in index:  # the pick stays until another one
+        names = [current, *names]
+    picked = right.selectbox(label, names, key=key, on_change=remember_choice, disabled=disabled, help=help)
+    st.caption(
+        f"{len(index):,} photos in {len(index.labels):,} labels: choose a label and a page "
+        f"({pages:,} for {chosen_label}) to list its names."
+    )
+    return picked

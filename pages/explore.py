@@ -22,14 +22,10 @@ def render() -> None:
         if "umap" in methods
         else "UMAP is not offered: install umap-learn (pip install umap-learn) to add it",
     )
-    names = service.gallery_names(ws)
     upload = st.file_uploader("Query photo (optional; default: the picked gallery image)", key="explore_upload")
-    picked = st.selectbox("Gallery query", names, key="explore_pick", disabled=upload is not None)
-    data, name = (
-        (upload.getvalue(), upload.name)
-        if upload is not None
-        else (ws.dataset.records[names.index(picked)].path.read_bytes(), picked)
-    )
+    picked = common.gallery_picker(ws, "explore_pick", "Gallery query", disabled=upload is not None)
+    query = service.Upload(upload.name, upload.getvalue()) if upload is not None else service.gallery_query(ws, picked)
+    data, name = query.data, query.name
 
     try:
         with st.spinner(f"Fitting the {method.upper()} map…"):
@@ -43,23 +39,29 @@ def render() -> None:
     st.subheader("Embedding map")
     if mapping.projection.method != method:  # never a PCA map under the UMAP label
         st.warning(f"{method.upper()} is not available here; this is the {mapping.projection.method.upper()} map.")
+    shown = (
+        f"a sample of {len(mapping.rows):,} of {mapping.total:,} photos (stratified by label; the map is fitted on "
+        "the sample and the query placed on it)"
+        if mapping.sampled
+        else f"{mapping.total:,} gallery embeddings"
+    )
     st.caption(
-        f"{mapping.projection.method.upper()} of {len(names)} gallery embeddings ({ws.run}); the star is the query. Select a point to see it."
+        f"{mapping.projection.method.upper()} of {shown} ({ws.run}); the star is the query. Select a point to see it."
     )
     event = st.plotly_chart(
-        service.embedding_map(mapping.projection.points, mapping.labels, names, query_point),
+        service.embedding_map(mapping.projection.points, mapping.labels, mapping.names, query_point, mapping.rows),
         key="embedding_map",
         on_select="rerun",
         selection_mode="points",
     )
     points = event.selection.points if event else []
     selected = [int(index) for point in points if (index := point.get("customdata")) is not None]
-    if selected:
-        record = ws.dataset.records[selected[0]]
-        st.image(str(record.path), caption=f"{record.label} · {names[selected[0]]}", width=220)
+    if selected:  # a point's customdata is its record row
+        record = service.gallery_record(ws, selected[0])
+        st.image(str(record.path), caption=f"{record.label} · {service.gallery_name(ws, record)}", width=220)
 
     st.subheader("Why these results?")
-    labels = [f"{hit.rank}. {hit.record.label} · {names[ws.dataset.records.index(hit.record)]}" for hit in hits]
+    labels = [f"{hit.rank}. {hit.record.label} · {service.gallery_name(ws, hit.record)}" for hit in hits]
     choice = st.selectbox(
         "Result to explain (cosine ranking)", labels, index=min(1, len(labels) - 1), key="explain_hit"
     )

@@ -55,12 +55,11 @@ def render() -> None:
         st.success("No likely label errors: every image's neighbours mostly share its label.")
         return
     st.markdown(f"**{len(report.errors)} likely label error(s)**, most suspicious first.")
-    names = service.gallery_names(ws)
     for error in report.errors:
         with st.container(border=True):
             left, right = st.columns([1, 3])
             left.image(str(error.record.path), width=160)
-            left.markdown(f"`{names[error.index]}`  \nlabelled **{error.record.label}**")
+            left.markdown(f"`{service.gallery_name(ws, error.record)}`  \nlabelled **{error.record.label}**")
             right.markdown(
                 f"{error.share:.0%} of its {report.k} neighbours are **{error.neighbour_label}**; "
                 f"{error.own_share:.0%} are {error.record.label}."

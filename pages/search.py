@@ -55,12 +55,11 @@ def render() -> None:
             icon=":material/close:",
             type="tertiary",
         )
-    names = service.gallery_names(ws)
-    picked = st.selectbox(
+    picked = common.gallery_picker(
+        ws,
+        "gallery_pick",
         "…or pick a gallery image",
-        names,
-        key="gallery_pick",
-        on_change=service.kept_choice("gallery_pick", names),
+        remember=True,
         disabled=kept is not None,
         help="clear the upload to search with a gallery image",
     )

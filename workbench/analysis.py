@@ -44,20 +44,45 @@ def explain(backbone: Backbone, query: Image.Image, record: ImageRecord) -> Expl
     )
 
 
+#: The most photos a 2-D map is fitted on and draws: a larger gallery is mapped through a stratified sample (UMAP on
+#: 10^6 points takes hours and a browser cannot draw them); queries are placed with the fitted projection.
+MAP_POINTS = 20_000
+
+
 @dataclass(frozen=True)
 class EmbeddingMap:
-    """Gallery coordinates on a 2-D map, with the projection to place queries."""
+    """A 2-D map of the gallery, or of a stratified sample of it, with the projection to place queries.
+
+    ``rows`` are the record rows of the points (ascending), ``labels`` and ``names`` their labels and display names,
+    ``total`` the number of photos in the gallery.
+    """
 
     projection: Projection
+    rows: np.ndarray
     labels: list[str]
+    names: list[str]
+    total: int
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the map shows a sample rather than every photo."""
+        return len(self.rows) < self.total
 
 
-def embedding_map(ws: Workspace, method: Literal["pca", "umap"] = "pca") -> EmbeddingMap:
-    """The gallery's 2-D map, seeded by the dataset seed."""
+def embedding_map(ws: Workspace, method: Literal["pca", "umap"] = "pca", max_points: int = MAP_POINTS) -> EmbeddingMap:
+    """The gallery's 2-D map, seeded by the dataset seed: fitted on every photo up to ``max_points``, beyond that on a
+    sample of ``max_points`` stratified by label (:func:`core.evaluate.sample_queries`), so its cost does not grow
+    with the gallery."""
+    from core.evaluate import sample_queries
+    from core.images import printable
     from core.projection import project_2d
 
-    projection = project_2d(ws.embeddings, np.random.default_rng(ws.seed), method)
-    return EmbeddingMap(projection, [record.label for record in ws.dataset.records])
+    rng = np.random.default_rng(ws.seed)
+    label_array = ws.dataset.label_array
+    rows = sample_queries(np.arange(len(label_array)), label_array, max_points, rng)
+    projection = project_2d(ws.embeddings[rows], rng, method)
+    names = [printable(ws.relative_path(ws.dataset.record(int(row)))) for row in rows]
+    return EmbeddingMap(projection, rows, [str(label) for label in label_array[rows]], names, len(label_array))
 
 
 def place_on_map(ws: Workspace, mapping: EmbeddingMap, image: Image.Image) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +53,7 @@ from workbench.jobs import JobBoard, TrainingJob, TuneJob
 from workbench.tuning import TuneConfig, TuneReport, default_choice
 from workbench.views import (  # noqa: F401  (re-exported for the pages)
     DatasetSummary,
+    GalleryIndex,
     QualitativeRow,
     category_rows,
     gallery_name,
@@ -155,7 +156,7 @@ def use_condition(condition: str) -> None:
 # --- cached workspaces ------------------------------------------------------------------------------
 
 
-def kept_choice(key: str, options: Sequence[object] | None = None, default: object = None) -> Callable[[], None]:
+def kept_choice(key: str, options: Container[object] | None = None, default: object = None) -> Callable[[], None]:
     """Keep this session's choice in the widget ``key`` across page switches; call before drawing the widget and
     pass what it returns as the widget's ``on_change``.
 
@@ -231,10 +232,42 @@ def forget_upload() -> None:
     st.session_state["upload_generation"] = st.session_state.get("upload_generation", 0) + 1
 
 
+#: Galleries larger than this are picked from by label and page (:func:`gallery_index`), not from one menu that
+#: lists every name (at 10^6 photos that menu alone sends tens of MB to the browser on every rerun).
+PICKER_LIMIT = 5_000
+
+
+def bounded_picker(ws: Workspace) -> bool:
+    """Whether the gallery is too large for one menu of every name: pick by label and page instead."""
+    return len(ws.dataset) > PICKER_LIMIT
+
+
+def gallery_index(ws: Workspace) -> GalleryIndex:
+    """Each label's rows and each name's row in the workspace's gallery (built once per gallery: O(N), then each
+    picker page and name lookup costs O(page))."""
+    return app_cache.cached("gallery_index", f"{ws.spec!r}|{ws.prepared.source}", lambda: GalleryIndex.of(ws))
+
+
+def gallery_row(ws: Workspace, name: str) -> int:
+    """The record row of the gallery image ``name`` (as :func:`gallery_names` gives it).
+
+    Raises:
+        DatasetError: No gallery image has this name (the folder changed).
+    """
+    row = gallery_index(ws).row(name)
+    if row is None:
+        raise DatasetError(f"{printable(name)}: not in this gallery")
+    return row
+
+
+def gallery_record(ws: Workspace, row: int) -> ImageRecord:
+    """The gallery record at ``row`` (a map point's ``customdata``)."""
+    return ws.dataset.record(row)
+
+
 def gallery_query(ws: Workspace, name: str) -> Upload:
     """The gallery image ``name`` (as :func:`gallery_names` gives it) as a query's bytes."""
-    record = ws.dataset.records[gallery_names(ws).index(name)]
-    return Upload(name, record.path.read_bytes())
+    return Upload(name, ws.dataset.record(gallery_row(ws, name)).path.read_bytes())
 
 
 def featurizer_choices() -> list[str]:
@@ -532,10 +565,12 @@ def explain(ws: Workspace, image_bytes: bytes, name: str, record: ImageRecord) -
 
 
 def embedding_projection(ws: Workspace, method: str = "pca") -> analysis.EmbeddingMap:
-    """The gallery's 2-D map (cached per workspace and method)."""
+    """The gallery's 2-D map, of a stratified sample of at most :data:`workbench.analysis.MAP_POINTS` photos (cached
+    per workspace, method and cap)."""
     chosen: Literal["pca", "umap"] = "umap" if method == "umap" else "pca"
+    cap = analysis.MAP_POINTS
     return app_cache.cached(
-        "map", f"{ws.spec!r}|{ws.prepared.source}|{chosen}", lambda: analysis.embedding_map(ws, chosen)
+        "map", f"{ws.spec!r}|{ws.prepared.source}|{chosen}|{cap}", lambda: analysis.embedding_map(ws, chosen, cap)
     )
 
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from core.data import ImageRecord
 from core.evaluate import Estimate, EvaluationResult, RetrievalResult
 from core.images import printable
@@ -21,6 +23,61 @@ def gallery_names(ws: Workspace) -> list[str]:
 def gallery_name(ws: Workspace, record: ImageRecord) -> str:
     """The display name of one gallery image (as :func:`gallery_names` gives it)."""
     return printable(ws.relative_path(record))
+
+
+#: Names a bounded gallery picker lists at once (one page of one label).
+PICKER_PAGE = 200
+
+
+@dataclass(frozen=True)
+class GalleryIndex:
+    """Where each gallery photo sits, built once per workspace in O(N), so that picking a photo from a large gallery
+    and finding the row of a picked name cost O(page) in each rerun (not a list of every name, nor a scan of it).
+
+    ``label_rows[label]`` are the record rows of a label (ascending); ``path_rows`` maps each relative path to its row.
+    """
+
+    labels: tuple[str, ...]
+    label_rows: Mapping[str, np.ndarray]
+    paths: Sequence[str]
+    path_rows: Mapping[str, int]
+
+    @classmethod
+    def of(cls, ws: Workspace) -> GalleryIndex:
+        """The index of a workspace's gallery."""
+        names, codes = np.unique(ws.dataset.label_array.astype(str), return_inverse=True)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        label_rows = {str(name): order[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}
+        paths = ws.dataset.relative_paths if ws.dataset.root else [ws.relative_path(r) for r in ws.dataset.records]
+        return cls(tuple(label_rows), label_rows, paths, {path: row for row, path in enumerate(paths)})
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def row(self, name: str) -> int | None:
+        """The row of the photo shown as ``name`` (as :func:`gallery_names` gives it); None when there is none."""
+        row = self.path_rows.get(name)
+        if row is not None and printable(self.paths[row]) == name:
+            return row
+        if "\\" in name:  # a name shown with escapes (not UTF-8, control characters): rare, one scan
+            return next((row for row, path in enumerate(self.paths) if printable(path) == name), None)
+        return None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.row(name) is not None
+
+    def pages(self, label: str, size: int | None = None) -> int:
+        """How many pages of ``size`` names (default :data:`PICKER_PAGE`) the photos of ``label`` fill (at least 1)."""
+        size = size or PICKER_PAGE
+        return max(1, -(-len(self.label_rows[label]) // size))
+
+    def page(self, label: str, page: int, size: int | None = None) -> list[str]:
+        """Display names of page ``page`` (from 1) of the photos of ``label``: at most ``size`` (default
+        :data:`PICKER_PAGE`)."""
+        size = size or PICKER_PAGE
+        rows = self.label_rows[label][(page - 1) * size : page * size]
+        return [printable(self.paths[int(row)]) for row in rows]
 
 
 def summary_rows(results: list[EvaluationResult]) -> list[dict[str, object]]:
