@@ -175,3 +175,19 @@ def test_the_sidebar_condition_switches_what_similar_means(app_on_attributes):
     assert not app.exception, app.exception
     lines = [md.value for md in app.markdown if md.value.startswith("**1.**")]
     assert lines and lines[0].split("·")[0].strip().endswith(("plain", "scene"))  # results carry setting labels
+
+
+def test_cli_search_fuses_the_meanings_given_and_refuses_unknown_ones(attributed, tmp_path, capsys, caplog):
+    from workbench.cli import main
+
+    common = ["--data", str(attributed), "--workdir", str(tmp_path / "work"), "--backend", "torch", "--quiet"]
+    query = str(attributed / "fish/gc_fish2.jpg")
+    assert main(["search", query, "-k", "18", "--fuse", "label=1", *common]) == 0
+    by_label = capsys.readouterr().out.strip().splitlines()[1:]
+    assert main(["search", query, "-k", "18", "--fuse", "label=0", "--fuse", "setting=1", *common]) == 0
+    by_setting = capsys.readouterr().out.strip().splitlines()[1:]
+    assert len(by_label) == len(by_setting) == 18 and by_label != by_setting  # the weights move the ranking
+    assert main(["search", query, "--fuse", "sleeve=1", *common]) == 2
+    assert "no meaning 'sleeve' to fuse here; choose from label, setting, colour" in caplog.text
+    assert main(["search", query, "--fuse", "setting", *common]) == 2
+    assert "expected MEANING=WEIGHT" in caplog.text

@@ -165,6 +165,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         ),
     )
     search.add_argument(
+        "--fuse",
+        action="append",
+        metavar="MEANING=WEIGHT",
+        help="fuse the meanings of 'similar' of the folder's attributes.csv, e.g. --fuse label=1 --fuse setting=1 "
+        "(label: the label folders; each attribute by its column name; unnamed meanings weigh 0): the fused score is "
+        "the weighted mean of each meaning's calibrated probability of the same value",
+    )
+    search.add_argument(
         "--look-weight",
         type=float,
         metavar="W",
@@ -668,6 +676,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             log.warning("tune chose the %s ranker, which cannot be used (%s); searching with cosine", tuned[1], err)
             ranker = "cosine"
     query = ws.embed([image])
+    if args.fuse:
+        return _fused_search(ws, query, args)
     hits = ws.search_embedding(query, ranker or "cosine", args.k, args.look_weight)
     if not args.quiet:
         print(f"score ({ranker or 'cosine'}): {ranker_spec(ranker or 'cosine').score_meaning}", file=sys.stderr)
@@ -692,6 +702,31 @@ def _cmd_search(args: argparse.Namespace) -> int:
     strength = ws.match(query)
     if not strength.close:
         print(f"no close match: {strength.explain()}")
+    return 0
+
+
+def _fused_search(ws: Any, query: Any, args: argparse.Namespace) -> int:
+    """``search --fuse``: the attribute rankers (fitted where missing) fused with the given weights."""
+    from workbench.attribute_fusion import LABEL_FOLDERS, attribute_rankers, condition_title, fused_search
+
+    weights: dict[str, float] = {}
+    for item in args.fuse:
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise WorkbenchError(f"--fuse {item}: expected MEANING=WEIGHT, e.g. setting=1") from None
+        weights["" if name in ("label", LABEL_FOLDERS) else name] = weight
+    rankers = attribute_rankers(ws)
+    unknown = sorted(set(weights) - set(rankers.conditions))
+    if unknown:
+        offered = ", ".join(c or "label" for c in rankers.conditions)
+        raise WorkbenchError(f"--fuse: no meaning {unknown[0]!r} to fuse here; choose from {offered}")
+    hits = fused_search(ws, query, rankers.fused(weights), args.k)
+    if not args.quiet:
+        shown = " + ".join(f"{weights.get(c, 0.0):g} x P(same {condition_title(c)})" for c in rankers.conditions)
+        print(f"score (fusion): ({shown}) / sum of weights, 0..1; higher = more alike", file=sys.stderr)
+    _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
     return 0
 
 
