@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest import run_app
 from workbench import service
 
 
@@ -44,16 +45,6 @@ def app_env(monkeypatch, tmp_path_factory, tiny_dataset, ready_workdir):
 def fresh_app_env(monkeypatch, tmp_path_factory, tiny_dataset):
     """An empty workdir: the app featurizes and fits everything itself."""
     return use_workdir(monkeypatch, tmp_path_factory.mktemp("app-fresh"), tiny_dataset)
-
-
-def run_app(page: str | None = None) -> AppTest:
-    app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
-    app.run()
-    if page:
-        app.switch_page(page)
-        app.run()
-    assert not app.exception, app.exception
-    return app
 
 
 def result_lines(app: AppTest) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest import run_app
 from workbench import analysis, service, views
 
 
@@ -42,16 +43,6 @@ def large_app(monkeypatch, tmp_path_factory, tiny_dataset, ready_workdir):
     monkeypatch.setattr(service, "PICKER_LIMIT", 5)
     monkeypatch.setattr(views, "PICKER_PAGE", 4)
     return tiny_dataset
-
-
-def run_app(page: str | None = None) -> AppTest:
-    app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
-    app.run()
-    if page:
-        app.switch_page(page)
-        app.run()
-    assert not app.exception, app.exception
-    return app
 
 
 def values(array: object) -> list:

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest import run_app
 from workbench import service
 
 RUN = "small"
@@ -41,16 +42,6 @@ def app_env(monkeypatch, tmp_path_factory, tiny_dataset, ready_workdir):
     monkeypatch.setenv("WORKBENCH_WORKDIR", str(workdir))
     monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
     return workdir
-
-
-def run_app(page: str | None = None) -> AppTest:
-    app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
-    app.run()
-    if page:
-        app.switch_page(page)
-        app.run()
-    assert not app.exception, app.exception
-    return app
 
 
 def side_by_side_table(app: AppTest):

@@ -14,6 +14,7 @@ from core.errors import DatasetError
 from core.fusion import ValueAgreementRanker
 from core.images import load_image
 from core.svm import SVMRanker
+from tests.apptest import run_app as _run_app
 from workbench import attribute_fusion
 from workbench.workspace import WorkspaceSpec, configure, open_workspace
 
@@ -112,18 +113,6 @@ def app_on_attributes(monkeypatch, attributed, tmp_path):
     return attributed
 
 
-def run_app(page=None):
-    from streamlit.testing.v1 import AppTest
-
-    app = AppTest.from_file("../streamlit_app.py", default_timeout=240)
-    app.run()
-    if page:
-        app.switch_page(page)
-        app.run()
-    assert not app.exception, app.exception
-    return app
-
-
 def fused_lines(app) -> list[str]:
     """The fused results' lines ("**1.** fish · `0.812`"), in rank order: the 12 after the ranker's own 12."""
     return [md.value for md in app.markdown if md.value.startswith("**") and "·" in md.value][-12:]
@@ -191,3 +180,7 @@ def test_cli_search_fuses_the_meanings_given_and_refuses_unknown_ones(attributed
     assert "no meaning 'sleeve' to fuse here; choose from label, setting, colour" in caplog.text
     assert main(["search", query, "--fuse", "setting", *common]) == 2
     assert "expected MEANING=WEIGHT" in caplog.text
+
+
+def run_app(page=None):
+    return _run_app(page, timeout=240)  # fitting the attribute rankers takes longer

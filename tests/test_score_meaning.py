@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from core.rankers import CosineRanker, RankerSpec, list_rankers, ranker_spec, register_ranker
+from tests.apptest import run_app
 from workbench.cli import main
 from workbench.workflows import in_sample_rankers, in_sample_warning
 
@@ -127,18 +128,6 @@ def app_env(monkeypatch, tmp_path, fitted_workdir, tiny_dataset):
     monkeypatch.setenv("WORKBENCH_WORKDIR", str(workdir))
     monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
     return workdir
-
-
-def run_app(page=None):
-    from streamlit.testing.v1 import AppTest
-
-    app = AppTest.from_file("../streamlit_app.py", default_timeout=180)
-    app.run()
-    if page:
-        app.switch_page(page)
-        app.run()
-    assert not app.exception, app.exception
-    return app
 
 
 def test_search_page_says_what_scores_mean_and_what_the_heatmap_explains(app_env):
