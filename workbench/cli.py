@@ -580,7 +580,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     retrieved = retrieval(ws, names, args.split)
     suspects = label_errors(ws)
     copies = looks(ws, names, args.split)
-    report = save_report(ws, results, retrieved, suspects, args.split, copies)
+    natural = near_duplicate_looks(ws, names, args.split)  # computed once: for the report and the table below
+    report = save_report(ws, results, retrieved, suspects, args.split, copies, natural)
     warning = in_sample_warning(names, args.split)
     if warning and args.json:
         print(warning, file=sys.stderr)
@@ -607,7 +608,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(_retrieval_table(retrieved))
         print(f"\nlooks: an edited copy of each {args.split} image searches the whole gallery for its original")
         print(format_looks_table(copies))
-        natural = near_duplicate_looks(ws, names, args.split)
         if natural:
             print(
                 f"\nnear-duplicates in the data: each {args.split} photo with one (dedup's hash rule) searches the "

@@ -776,18 +776,22 @@ def save_report(
     label_error_report: LabelErrorReport | None = None,
     split: str = "test",
     look_results: Sequence[CopyResult] | None = None,
+    near_duplicate_results: Sequence[CopyResult] | None = None,
 ) -> Path:
     """Write the evaluation report of a featurizer (all its rankers) atomically.
 
     Beside the comparative-set ``results`` it holds a ``retrieval`` section per ranker (full-gallery metrics on
-    ``split``), a ``looks`` section per ranker (the look metric, :func:`looks`) and the ``label_errors`` list; each
+    ``split``), ``looks`` and ``near_duplicate_looks`` sections per ranker (:func:`looks`, :func:`near_duplicate_looks`)
+    and the ``label_errors`` list; each
     is computed here when not given.
     """
     if retrieval_results is None:
         retrieval_results = retrieval(ws, [result.ranker for result in results], split)
     if look_results is None:
         look_results = looks(ws, [result.ranker for result in results], split)
-    natural = near_duplicate_looks(ws, [result.ranker for result in results], split)
+    natural = near_duplicate_results
+    if natural is None:
+        natural = near_duplicate_looks(ws, [result.ranker for result in results], split)
     if label_error_report is None:
         label_error_report = label_errors(ws)
     path = ws.layout.report(ws.fingerprint)
