@@ -11,7 +11,12 @@ SPARK_STAMP := $(VENV)/.spark-$(shell cat requirements-spark.txt | sha256sum | c
 API_PORT ?= 8000
 BROWSER_STAMP := $(VENV)/.browser-$(shell cat requirements-browser.txt | sha256sum | cut -c1-12)
 
+# PyTorch's CUDA build with its libraries is most of the environment (about 7 GiB in all): check the disk first
+SETUP_FREE_GIB ?= 8
 $(STAMP): $(REQS)
+	@ls -d $(VENV)/lib/python*/site-packages/torch >/dev/null 2>&1 || $(PYTHON) -c 'import shutil, sys; \
+	free = shutil.disk_usage(".").free / 2**30; \
+	free >= $(SETUP_FREE_GIB) or sys.exit(f"make setup: only {free:.1f} GiB free on the disk of $(CURDIR); the environment needs about $(SETUP_FREE_GIB) GiB (PyTorch and its CUDA libraries). Free some space, or run with SETUP_FREE_GIB=0 to try anyway.")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	rm -f $(VENV)/.installed-* && touch $@
