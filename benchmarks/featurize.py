@@ -13,7 +13,8 @@ Modes:
 Each configuration runs in its own process (so peak RSS is its own), is warmed up once, repeated
 ``--repeats`` times; with ``--rounds`` > 1 the configurations are run in turn that many times, so a busy
 spell of a shared machine hits all of them alike. The figure is the median of all runs.
-Prints a table with ratios to the PyTorch model and to the onnxruntime model, and writes JSON (default
+Prints a table with ratios to the PyTorch model and to the onnxruntime model, the CPU-bound ceiling of the file
+pipeline (cores / (model CPU + decode CPU) per image: decoding on a CPU takes cores from the model), and writes JSON (default
 ``benchmarks/results/featurize.json``, git-ignored). Compare ratios from one run.
 
     python benchmarks/featurize.py [--data data/demo] [--repeats 5] [--rounds 3] [--batch-sizes 1 32]
@@ -210,6 +211,7 @@ def main(args: argparse.Namespace) -> None:
         backend, mode, batch_size = args.one.split(":")
         print(json.dumps(run_one(args, backend, mode, int(batch_size))))
         return
+    load_before = os.getloadavg()
     export = _export(args)
     stages = stage_costs(args)
     configs = [*CONFIGS, *((("torch", "files"),) if args.with_torch_files else ())]
@@ -263,6 +265,14 @@ def main(args: argparse.Namespace) -> None:
             r["images_per_s"] for r in rows if (r["backend"], r["mode"], r["batch_size"]) == (backend, mode, batch_size)
         )
 
+    def files_ceiling(backend: str, batch_size: int) -> float:
+        model_cpu_ms = next(
+            r["cpu_ms_per_image"]
+            for r in rows
+            if (r["backend"], r["mode"], r["batch_size"]) == (backend, "parallel", batch_size)
+        )
+        return 1000 * (os.cpu_count() or 1) / (model_cpu_ms + stages["read_and_prepare"] / 1000)
+
     print(
         f"{args.backbone} on {platform.processor() or platform.machine()} ({os.cpu_count()} cores), {args.images} images, "
         f"median of {args.rounds} x {args.repeats} runs"
@@ -290,6 +300,10 @@ def main(args: argparse.Namespace) -> None:
             "int8_files_over_int8_model": rate("int8", "files", batch_size) / rate("int8", "model", batch_size),
             "int8_files_over_int8_parallel": rate("int8", "files", batch_size) / rate("int8", "parallel", batch_size),
             "int8_files_over_onnx_files": rate("int8", "files", batch_size) / rate("onnx", "files", batch_size),
+            # On a CPU the decoders and the model share the cores, so files can go at most cores / (model CPU +
+            # decode CPU) per image: the ceiling the pipeline's ratio to the bare model is bounded by.
+            "onnx_files_ceiling_over_onnx_model": files_ceiling("onnx", batch_size) / rate("onnx", "model", batch_size),
+            "onnx_files_over_ceiling": rate("onnx", "files", batch_size) / files_ceiling("onnx", batch_size),
         }
         print(
             f"batch {batch_size}: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios[str(batch_size)].items())
@@ -306,6 +320,7 @@ def main(args: argparse.Namespace) -> None:
         {
             "backbone": args.backbone,
             "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "export": export,
             "stage_cpu_us_per_image": stages,
@@ -313,7 +328,7 @@ def main(args: argparse.Namespace) -> None:
             "ratios": ratios,
         },
     )
-    print(f"wrote {args.out}")
+    print(f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; wrote {args.out}")
 
 
 if __name__ == "__main__":
