@@ -172,6 +172,13 @@ def test_bad_fields_get_422(client, tiny_dataset, data, code):
     assert error["message"]
 
 
+def test_fuse_on_a_dataset_without_attributes_is_refused(client, tiny_dataset):
+    photo = (tiny_dataset / "fish/gc_fish1.jpg").read_bytes()
+    refused = client.post("/search", files=upload(photo), data={"fuse": ["label=1"]})
+    error = assert_error(refused, 422, "fusion_unavailable")
+    assert error["message"] == "fuse: this dataset has no attributes.csv with attributes to fuse"
+
+
 def test_missing_file_and_unknown_routes_are_structured(client):
     assert_error(client.post("/search", data={"k": "3"}), 422, "invalid_request")
     assert_error(client.get("/nowhere"), 404, "not_found")

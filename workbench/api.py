@@ -16,10 +16,15 @@ Input limits, each answered with ``{"error": {"code", "message"}}`` and never a 
   corrupt image, or one too small to rank: 422 ``invalid_image``;
 * costly images (over ``heavy_pixels`` once decoded) are decoded one at a time at low CPU priority, beside
   the ordinary slots; when too many wait: 503 ``server_busy`` with ``Retry-After``;
-* bad form fields (``k`` outside 1..100, an unknown ranker, a missing file): 422 ``invalid_request``;
+* bad form fields (``k`` outside 1..100, an unknown ranker, a missing file, a ``fuse`` item that is not
+  ``MEANING=WEIGHT``, a meaning the dataset lacks, weights negative or all 0, ``fuse`` beside another ranker or a
+  look weight): 422 ``invalid_request``; ``fuse`` on a dataset without an ``attributes.csv`` to fuse (or with an
+  unusable one), or weighing a meaning whose ranker cannot be fitted: 422 ``fusion_unavailable``;
   a learned ranker (``svm``, ``projection``) before it was fitted for this featurizer, or whose saved file is
   damaged or does not fit the featurizer (checked before the upload is decoded): 422 ``ranker_unavailable`` (the
-  server log names the file and the command that refits it);
+  server log names the file and the command that refits it); likewise a fused search weighing a meaning whose ranker
+  is missing or stale: the service never fits one on a request, the message names ``python -m workbench fit
+  --fusion``;
 * any other unusable saved artifact: 503 ``artifact_unavailable``; no library error is ever a 500;
 * a client (by address) that earned more than ``refusal_burst`` refusals (4xx answers) at more than
   ``refusals_per_s``: 429 ``too_many_refusals`` with ``Retry-After``, answered after ``refusal_delay_s`` without
@@ -53,10 +58,13 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.attributes import ATTRIBUTES_FILE
 from core.config import ImageLimits
 from core.errors import ArtifactError, ImageLoadError, ImageTooLargeError, UnsupportedImageError, WorkbenchError
+from core.fusion import FusionRanker
 from core.images import ImageHeader, decode_image, printable, probe_image
 from core.rankers import list_rankers, ranker_spec
+from workbench import attribute_fusion
 from workbench.workflows import since_fit
 from workbench.workspace import RankerUnavailableError, Workspace, WorkspaceSpec, open_workspace
 
@@ -133,6 +141,21 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+@dataclass(frozen=True)
+class FusedSearch:
+    """A fused search, checked and ready before the upload is decoded.
+
+    Attributes:
+        model: The fused ranker.
+        score_meaning: What its score is (:func:`workbench.attribute_fusion.fusion_score_meaning`).
+        shares: Each meaning's share of the score, by its ``fuse`` name.
+    """
+
+    model: FusionRanker
+    score_meaning: str
+    shares: dict[str, float]
 
 
 def load_workspace(settings: ServeSettings) -> Workspace:
@@ -232,12 +255,27 @@ class Match(BaseModel):
     explanation: str = Field(description="the verdict in one sentence, the same as the app's banner and the CLI's line")
 
 
+#: The ``fuse`` field's OpenAPI text.
+FUSE_DESCRIPTION = (
+    'fuse meanings of "similar" instead of one ranker, one `MEANING=WEIGHT` item each (repeat the field), as the '
+    "CLI's `search --fuse`: `label` (the label folders) or a column of the dataset's `attributes.csv`; meanings not "
+    'named weigh 0. The score is then the weighted mean of each meaning\'s calibrated probability of "same", 0..1. '
+    "Leave `ranker` and `look_weight` out. The rankers are fitted by `python -m workbench fit --fusion`, never by a "
+    "request"
+)
+
+
 class SearchResponse(BaseModel):
     """Hits for one query image, best first."""
 
     fingerprint: str
-    ranker: str
+    ranker: str = Field(description="the ranker's name; `fusion` for a fused search (`fuse`)")
     score_meaning: str = Field(description="what the ranker's scores are, their range and which way is more alike")
+    fusion_weights: dict[str, float] | None = Field(
+        None,
+        description="fused search only: each meaning's share of the score (`label` = the label folders), the "
+        'weights normalised to sum 1; the score is the fused probability of "same", 0..1, higher = more alike',
+    )
     k: int
     hits: list[Hit]
     timing: Timing
@@ -462,6 +500,68 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
                 "names the file",
             ) from err
 
+    fusion_kept: list[tuple[Workspace, tuple[int, int, float], attribute_fusion.AttributeRankers]] = []
+
+    def attribute_rankers(ws: Workspace) -> attribute_fusion.AttributeRankers:
+        """The workspace's attribute rankers, none fitted here; kept while the workspace, its attributes file and
+        its label folders' ranker stay the same and every ranker was ready (until then each request looks again,
+        so a `fit --fusion` run meanwhile is seen)."""
+        stamp = attribute_fusion.fusion_stamp(ws)
+        if fusion_kept and fusion_kept[0][0] is ws and fusion_kept[0][1] == stamp:
+            return fusion_kept[0][2]
+        rankers = attribute_fusion.attribute_rankers(ws, fit=False)
+        if not rankers.unfitted:
+            fusion_kept[:] = [(ws, stamp, rankers)]
+        return rankers
+
+    async def fused_ranker(ws: Workspace, items: list[str]) -> FusedSearch:
+        """The fused ranker of ``fuse`` items, checked before the upload is decoded; nothing is fitted.
+
+        Raises:
+            ApiError: 422 ``invalid_request`` (syntax, unknown meaning, weights), ``fusion_unavailable`` (no or an
+                unusable attributes file, a meaning that cannot be fitted), ``ranker_unavailable`` (not fitted yet).
+        """
+        option = "fuse"
+        try:
+            weights = attribute_fusion.parse_fusion_weights(items, option)
+        except WorkbenchError as err:
+            raise ApiError(422, "invalid_request", printable(str(err))[:300]) from err
+        if not attribute_fusion.fusion_conditions(ws.spec):
+            raise ApiError(
+                422, "fusion_unavailable", f"{option}: this dataset has no {ATTRIBUTES_FILE} with attributes to fuse"
+            )
+        try:
+            rankers = await anyio.to_thread.run_sync(attribute_rankers, ws, limiter=limiter)
+        except ArtifactError as err:
+            log.warning("fusion refused: %s", err)
+            raise ApiError(
+                422,
+                "ranker_unavailable",
+                f"{option}: a saved ranker of the fusion is damaged or fits another featurizer than {ws.fingerprint}; "
+                f"run `{attribute_fusion.FIT_FUSION_COMMAND}`; the server log names the file",
+            ) from err
+        except WorkbenchError as err:
+            log.warning("fusion refused: %s", err)
+            raise ApiError(
+                422,
+                "fusion_unavailable",
+                f"{option}: this dataset's {ATTRIBUTES_FILE} is unusable; the server log names the file and the row",
+            ) from err
+        try:
+            model = attribute_fusion.fusion_model(rankers, weights, option)
+        except attribute_fusion.UnfittedFusionError as err:
+            raise ApiError(422, "ranker_unavailable", printable(str(err))[:300]) from err
+        except attribute_fusion.FusionUnavailableError as err:
+            raise ApiError(422, "fusion_unavailable", printable(str(err))[:300]) from err
+        except WorkbenchError as err:
+            raise ApiError(422, "invalid_request", printable(str(err))[:300]) from err
+        total = sum(weights.get(condition, 0.0) for condition in rankers.conditions)
+        shares = {
+            attribute_fusion.meaning_name(condition): weights.get(condition, 0.0) / total
+            for condition in rankers.conditions
+        }
+        return FusedSearch(model, attribute_fusion.fusion_score_meaning(rankers, weights), shares)
+
     @app.get("/health", response_model=Health, tags=["service"])
     async def health(request: Request) -> Health:
         """Liveness and what is being served."""
@@ -503,10 +603,20 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
                 "(default: the ranker's own, 0.6); 1 ranks by looks alone, 0 by label agreement alone",
             ),
         ] = None,
+        fuse: Annotated[list[str] | None, Form(description=FUSE_DESCRIPTION)] = None,
     ) -> SearchResponse:
-        """The ``k`` gallery images most similar to an uploaded image, best first, with scores."""
+        """The ``k`` gallery images most similar to an uploaded image, best first, with scores; with ``fuse``, by
+        the fused probability of "same" over the meanings weighed."""
         ws = await workspace(request)
-        await usable_ranker(ws, ranker.value)
+        fused: FusedSearch | None = None
+        if fuse:
+            if ranker != DEFAULT_RANKER or look_weight is not None:
+                raise ApiError(
+                    422, "invalid_request", "fuse ranks by the fused meanings; leave out ranker and look_weight"
+                )
+            fused = await fused_ranker(ws, fuse)
+        else:
+            await usable_ranker(ws, ranker.value)
         data, name = await read_upload(file)
 
         start = time.perf_counter()
@@ -514,18 +624,25 @@ def create_app(settings: ServeSettings = ServeSettings()) -> FastAPI:
         decode_s = time.perf_counter() - start
         try:
             query = await anyio.to_thread.run_sync(ws.embed, [image], limiter=limiter)
-            hits = await anyio.to_thread.run_sync(
-                ws.search_embedding, query, ranker.value, k, look_weight, limiter=limiter
-            )
+            if fused is None:
+                hits = await anyio.to_thread.run_sync(
+                    ws.search_embedding, query, ranker.value, k, look_weight, limiter=limiter
+                )
+            else:
+                hits = await anyio.to_thread.run_sync(
+                    attribute_fusion.fused_search, ws, query, fused.model, k, limiter=limiter
+                )
             strength = await anyio.to_thread.run_sync(ws.match, query, limiter=limiter)
         except (ArtifactError, RankerUnavailableError) as err:  # replaced or removed since the check above
-            await usable_ranker(ws, ranker.value)
+            if fused is None:
+                await usable_ranker(ws, ranker.value)
             raise ApiError(503, "artifact_unavailable", "the ranker changed during the search; retry") from err
         search_s = time.perf_counter() - start - decode_s
         return SearchResponse(
             fingerprint=ws.fingerprint,
-            ranker=ranker.value,
-            score_meaning=ranker_spec(ranker.value).score_meaning,
+            ranker=ranker.value if fused is None else fused.model.name,
+            score_meaning=ranker_spec(ranker.value).score_meaning if fused is None else fused.score_meaning,
+            fusion_weights=None if fused is None else fused.shares,
             k=k,
             hits=[
                 Hit(

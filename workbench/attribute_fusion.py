@@ -9,14 +9,20 @@ condition (``--condition colour``: that attribute's labels, split and workdir) f
 there, and fitted again when that condition's data change; features are shared by the conditions, so a fit costs
 the fit alone. Scoring, searching and evaluating the fused ranker then use the workspace's own gallery, split and
 comparative sets.
+
+Every door names the meanings the same way, ``MEANING=WEIGHT`` (:func:`parse_fusion_weights`: ``label`` for the label
+folders, an attribute by its column name), and gets the fused ranker and what its score means from here
+(:func:`fusion_model`, :func:`fusion_score_meaning`). The CLI and the app fit missing rankers on use; the REST service
+asks :func:`attribute_rankers` not to (``fit=False``) and refuses until ``python -m workbench fit --fusion`` ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: What the condition ``""`` (the label folders) is called where conditions are listed.
 LABEL_FOLDERS = "label folders"
+#: What ``MEANING=WEIGHT`` calls the label folders (:data:`LABEL_FOLDERS` is understood too).
+LABEL_MEANING = "label"
+#: The command that fits every ranker the fusion uses, named where a door refuses to fit them itself.
+FIT_FUSION_COMMAND = "python -m workbench fit --fusion"
 #: The registry's ranker the label folders bring (calibrated: it has probabilities).
 LABEL_RANKER = "svm"
 #: The file name (under a condition's rankers folder, per featurizer) of an attribute's value-agreement ranker.
@@ -47,6 +57,60 @@ FusionProgressFn = Callable[[int, int, str], None]
 def condition_title(condition: str) -> str:
     """How a condition is shown: its attribute, or :data:`LABEL_FOLDERS`."""
     return condition or LABEL_FOLDERS
+
+
+def meaning_name(condition: str) -> str:
+    """How ``MEANING=WEIGHT`` names a condition: its attribute, or :data:`LABEL_MEANING`."""
+    return condition or LABEL_MEANING
+
+
+class FusionUnavailableError(WorkbenchError):
+    """A meaning weighted above 0 whose ranker this dataset cannot fit (a single value, too few photos...)."""
+
+
+class UnfittedFusionError(WorkbenchError):
+    """Weighted meanings whose rankers are missing or stale, where the caller asked for no fit (the REST service).
+
+    Attributes:
+        conditions: Those meanings' conditions (``""``: the label folders).
+    """
+
+    def __init__(self, message: str, conditions: Sequence[str]) -> None:
+        super().__init__(message)
+        self.conditions = tuple(conditions)
+
+
+def parse_fusion_weights(items: Sequence[str], option: str = "--fuse") -> dict[str, float]:
+    """The weight of each condition named by ``MEANING=WEIGHT`` items (``label=1``, ``setting=0.5``), the one
+    syntax of the CLI's ``--fuse`` and the REST service's ``fuse`` field (``option`` names it in messages).
+
+    Whether each meaning exists and the weights add up is checked by :func:`fusion_model`.
+
+    Raises:
+        WorkbenchError: An item without ``=``, an empty meaning, a weight that is not a finite number, or a meaning
+            named twice.
+    """
+    weights: dict[str, float] = {}
+    for item in items:
+        name, equals, value = (part.strip() for part in item.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not equals or not name or not math.isfinite(weight):
+            raise WorkbenchError(f"{option} {item}: expected MEANING=WEIGHT, e.g. setting=1")
+        condition = "" if name in (LABEL_MEANING, LABEL_FOLDERS) else name
+        if condition in weights:
+            raise WorkbenchError(f"{option} {item}: {name} is weighted twice")
+        weights[condition] = weight
+    return weights
+
+
+def _check_weights(weights: Mapping[str, float], conditions: Sequence[str]) -> None:
+    values = [float(weights.get(condition, 0.0)) for condition in conditions]
+    if any(value < 0 for value in values) or not sum(values) > 0:
+        shown = ", ".join(f"{condition_title(c)} {v:g}" for c, v in zip(conditions, values, strict=True))
+        raise WorkbenchError(f"fusion weights must be non-negative with one above 0, got {shown or 'none'}")
 
 
 def fusion_conditions(spec: WorkspaceSpec) -> list[str]:
@@ -80,11 +144,15 @@ class AttributeRankers:
         conditions: The conditions with a ranker, in :func:`fusion_conditions` order (``""``: the label folders).
         rankers: Their rankers, aligned with ``conditions``.
         failed: ``(condition, reason)`` of conditions whose ranker could not be fitted (a single value...).
+        unfitted: Conditions whose ranker is missing or stale and was left so (``attribute_rankers(fit=False)``).
+        meanings: Every condition of the dataset, in :func:`fusion_conditions` order, whatever became of its ranker.
     """
 
     conditions: tuple[str, ...]
     rankers: tuple[CalibratedRanker, ...]
     failed: tuple[tuple[str, str], ...] = ()
+    unfitted: tuple[str, ...] = ()
+    meanings: tuple[str, ...] = ()
 
     def fused(self, weights: Mapping[str, float]) -> FusionRanker:
         """The fusion of the rankers with a weight per condition (missing: 0).
@@ -92,11 +160,8 @@ class AttributeRankers:
         Raises:
             WorkbenchError: A negative weight, or no positive one.
         """
-        values = [float(weights.get(condition, 0.0)) for condition in self.conditions]
-        if any(value < 0 for value in values) or not sum(values) > 0:
-            shown = ", ".join(f"{condition_title(c)} {v:g}" for c, v in zip(self.conditions, values, strict=True))
-            raise WorkbenchError(f"fusion weights must be non-negative with one above 0, got {shown or 'none'}")
-        return FusionRanker(self.rankers, values)
+        _check_weights(weights, self.conditions)
+        return FusionRanker(self.rankers, [float(weights.get(condition, 0.0)) for condition in self.conditions])
 
 
 def agreement_path(ws: Workspace) -> Path:
@@ -150,9 +215,15 @@ def fit_agreement(ws: Workspace) -> ValueAgreementRanker:
     return ranker
 
 
-def attribute_rankers(ws: Workspace, progress: FusionProgressFn | None = None) -> AttributeRankers:
+def attribute_rankers(ws: Workspace, progress: FusionProgressFn | None = None, fit: bool = True) -> AttributeRankers:
     """The calibrated ranker of every condition of the workspace's dataset for its featurizer, fitted where missing
     or stale (see the module docstring).
+
+    Args:
+        ws: The workspace (its dataset, condition and featurizer).
+        progress: Called before each fit.
+        fit: False to fit nothing: rankers that need a fit are listed in ``unfitted`` instead (each condition's
+            prepared data are still opened, as a workspace opens them).
 
     Raises:
         WorkbenchError: The dataset has no attributes, or its attributes file is unusable.
@@ -174,22 +245,25 @@ def attribute_rankers(ws: Workspace, progress: FusionProgressFn | None = None) -
         condition: None if not condition else _current_agreement(cws, agreement_path(cws))
         for condition, cws in workspaces.items()
     }
-    todo = [
+    needs_fit = [
         condition
         for condition, cws in workspaces.items()
         if (stale_rankers(cws, (LABEL_RANKER,)) if not condition else saved[condition] is None)
     ]
+    todo, unfitted = (needs_fit, ()) if fit else ([], tuple(needs_fit))
     kept: list[str] = []
     rankers: list[CalibratedRanker] = []
     for condition, cws in workspaces.items():
+        if condition in unfitted:
+            continue
         if progress is not None and condition in todo:
             progress(todo.index(condition), len(todo), condition_title(condition))
         ranker: CalibratedRanker | None
         if not condition:
-            ready = ensure_learned(cws, (LABEL_RANKER,))
-            svm = None if ready.failed else cws.ranker(LABEL_RANKER)
+            not_fitted = ensure_learned(cws, (LABEL_RANKER,)).failed if fit else ()
+            svm = None if not_fitted else cws.ranker(LABEL_RANKER)
             ranker = svm if isinstance(svm, SVMRanker) else None
-            reason = ready.failed[0][1] if ready.failed else f"the {LABEL_RANKER} ranker gives no probabilities"
+            reason = not_fitted[0][1] if not_fitted else f"the {LABEL_RANKER} ranker gives no probabilities"
         else:
             try:
                 ranker = saved[condition] or fit_agreement(cws)
@@ -204,7 +278,60 @@ def attribute_rankers(ws: Workspace, progress: FusionProgressFn | None = None) -
     if progress is not None:
         progress(len(todo), len(todo), "")
     order = {condition: index for index, condition in enumerate(conditions)}
-    return AttributeRankers(tuple(kept), tuple(rankers), tuple(sorted(failed, key=lambda item: order[item[0]])))
+    failed.sort(key=lambda item: order[item[0]])
+    return AttributeRankers(tuple(kept), tuple(rankers), tuple(failed), unfitted, tuple(conditions))
+
+
+def fusion_model(rankers: AttributeRankers, weights: Mapping[str, float], option: str = "--fuse") -> FusionRanker:
+    """The fused ranker of ``weights`` (from :func:`parse_fusion_weights`; meanings not named weigh 0), every
+    named meaning checked against the dataset's.
+
+    Raises:
+        UnfittedFusionError: A meaning weighted above 0 whose ranker awaits a fit (``rankers`` got with
+            ``fit=False``); the message names :data:`FIT_FUSION_COMMAND`.
+        FusionUnavailableError: A meaning weighted above 0 whose ranker cannot be fitted (the reason).
+        WorkbenchError: A meaning the dataset does not have, a negative weight or none above 0.
+    """
+    meanings = rankers.meanings or rankers.conditions
+    failed = dict(rankers.failed)
+    unknown = [condition for condition in weights if condition not in meanings]
+    if unknown:
+        offered = ", ".join(meaning_name(c) for c in meanings if c not in failed)
+        raise WorkbenchError(f"{option}: no meaning {unknown[0]!r} to fuse here; choose from {offered}")
+    _check_weights(weights, meanings)
+    weighted = [condition for condition in meanings if weights.get(condition, 0.0) > 0]
+    for condition in weighted:
+        if condition in failed:
+            raise FusionUnavailableError(
+                f"{option}: no {condition_title(condition)} ranker to fuse: {failed[condition]}"
+            )
+    waiting = [condition for condition in weighted if condition in rankers.unfitted]
+    if waiting:
+        names = ", ".join(condition_title(condition) for condition in waiting)
+        raise UnfittedFusionError(
+            f"{option}: the {names} ranker{'s are' if len(waiting) > 1 else ' is'} not fitted for this featurizer "
+            f"and data; run `{FIT_FUSION_COMMAND}`",
+            waiting,
+        )
+    return rankers.fused(weights)
+
+
+def fusion_score_meaning(rankers: AttributeRankers, weights: Mapping[str, float]) -> str:
+    """What a fused score is, in one line: ``(1 x P(same label folders) + 1 x P(same setting)) / sum of weights:
+    the fused probability of "same", 0..1; higher = more alike``."""
+    shown = " + ".join(f"{weights.get(c, 0.0):g} x P(same {condition_title(c)})" for c in rankers.conditions)
+    return f'({shown}) / sum of weights: the fused probability of "same", 0..1; higher = more alike'
+
+
+def fusion_stamp(ws: Workspace) -> tuple[int, int, float]:
+    """Changes when :func:`attribute_rankers` may answer otherwise for the same workspace: the attributes file (size,
+    time) and the label folders' ranker (its file time); a long-running door keeps its rankers until it does."""
+    path = ws.spec.config.data.root / ATTRIBUTES_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, 0, ws.ranker_version(LABEL_RANKER))
+    return (stat.st_size, stat.st_mtime_ns, ws.ranker_version(LABEL_RANKER))
 
 
 def fused_search(ws: Workspace, query: np.ndarray, model: FusionRanker, k: int) -> list[SearchHit]:

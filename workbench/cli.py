@@ -196,6 +196,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="fit only rankers not yet fitted for this featurizer and data (default rankers: the quick ones, "
         "svm and projection)",
     )
+    fit.add_argument(
+        "--fusion",
+        action="store_true",
+        help="fit instead the rankers that search --fuse and the REST fuse field weigh, where missing or stale: the "
+        "label folders' svm and one per column of the folder's attributes.csv",
+    )
     export = command("export", "export the featurizer to ONNX, validated against PyTorch", "featurizer")
     export.add_argument("--out", type=Path, help="target .onnx file (default: the workdir's export cache)")
     export.add_argument(
@@ -707,25 +713,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _fused_search(ws: Any, query: Any, args: argparse.Namespace) -> int:
     """``search --fuse``: the attribute rankers (fitted where missing) fused with the given weights."""
-    from workbench.attribute_fusion import LABEL_FOLDERS, attribute_rankers, condition_title, fused_search
+    from workbench.attribute_fusion import (
+        attribute_rankers,
+        fused_search,
+        fusion_model,
+        fusion_score_meaning,
+        parse_fusion_weights,
+    )
 
-    weights: dict[str, float] = {}
-    for item in args.fuse:
-        name, _, value = item.partition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise WorkbenchError(f"--fuse {item}: expected MEANING=WEIGHT, e.g. setting=1") from None
-        weights["" if name in ("label", LABEL_FOLDERS) else name] = weight
+    weights = parse_fusion_weights(args.fuse)
     rankers = attribute_rankers(ws)
-    unknown = sorted(set(weights) - set(rankers.conditions))
-    if unknown:
-        offered = ", ".join(c or "label" for c in rankers.conditions)
-        raise WorkbenchError(f"--fuse: no meaning {unknown[0]!r} to fuse here; choose from {offered}")
-    hits = fused_search(ws, query, rankers.fused(weights), args.k)
+    hits = fused_search(ws, query, fusion_model(rankers, weights), args.k)
     if not args.quiet:
-        shown = " + ".join(f"{weights.get(c, 0.0):g} x P(same {condition_title(c)})" for c in rankers.conditions)
-        print(f"score (fusion): ({shown}) / sum of weights, 0..1; higher = more alike", file=sys.stderr)
+        print(f"score (fusion): {fusion_score_meaning(rankers, weights)}", file=sys.stderr)
     _print_hits([(hit.rank, hit.score, hit.record.label, str(hit.record.path)) for hit in hits])
     return 0
 
@@ -774,6 +774,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from workbench.workflows import READY_RANKERS, ensure_learned, fit_ranker
 
+    if args.fusion:
+        return _fit_fusion(args)
     ws = _open(args, deep=True)
     requested = args.ranker or (list(READY_RANKERS) if args.missing else ["all"])
     names = list_rankers(learned=True) if "all" in requested else list(dict.fromkeys(requested))
@@ -797,6 +799,25 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(f"already fitted for {ws.fingerprint} on this data: {', '.join(ready.current)}")
     for name, reason in ready.failed:
         print(f"not fitted: {name}: {reason}")
+    return 0
+
+
+def _fit_fusion(args: argparse.Namespace) -> int:
+    """``fit --fusion``: the attribute rankers, fitted where missing or stale (what ``search --fuse`` does first)."""
+    from workbench.attribute_fusion import attribute_rankers, condition_title
+
+    if args.ranker or args.missing:
+        raise WorkbenchError("fit --fusion fits the rankers the fusion weighs; leave out --ranker and --missing")
+    ws = _open(args, deep=True)
+    progress, close = _ranker_bar(args.quiet)
+    try:
+        rankers = attribute_rankers(ws, progress)
+    finally:
+        close()
+    if rankers.conditions:
+        print(f"fusion rankers ready for {ws.fingerprint}: {', '.join(map(condition_title, rankers.conditions))}")
+    for condition, reason in rankers.failed:
+        print(f"not fitted: {condition_title(condition)}: {reason}")
     return 0
 
 
