@@ -205,6 +205,25 @@ def test_index_build_search_remove_add(tmp_path, tiny_dataset, capsys):
     assert main(["index", "search", str(query), "-k", "1", *common, "--run", "missing"]) == 2  # no such run
 
 
+def test_index_build_dtype_int8_on_faiss_and_refused_where_not_stored(tmp_path, tiny_dataset, capsys):
+    pytest.importorskip("faiss")
+    common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
+    query = tiny_dataset / "tools" / "gc_wrench.jpg"
+    assert main(["index", "build", "--kind", "faiss-flat", "--dtype", "int8", *common]) == 0
+    assert "indexed 18 images (faiss)" in capsys.readouterr().out
+    assert main(["index", "search", str(query), "-k", "1", *common]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[3].endswith("gc_wrench.jpg")  # its own photo first
+    for kind, message in (
+        ("exact", "--dtype int8: the exact index stores float32 or float16"),
+        ("auto", "--dtype int8: the exact index stores float32 or float16"),  # 18 photos: auto picks exact
+        ("milvus", "--dtype int8: Milvus stores float32"),
+    ):
+        assert main(["index", "build", "--kind", kind, "--dtype", "int8", *common]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["index", "search", str(query), "-k", "1", *common]) == 0  # the refused builds left it as it was
+    assert capsys.readouterr().out.splitlines()[1].split()[3].endswith("gc_wrench.jpg")
+
+
 def test_fit_projection_then_evaluate_includes_it(tmp_path, tiny_dataset, capsys):
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
     assert main(["fit", "--ranker", "projection", *common]) == 0

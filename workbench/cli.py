@@ -243,7 +243,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     build = index_command("build", "index every dataset image (replaces the saved index)")
     build.add_argument("--kind", choices=INDEX_KINDS, default="auto")
-    build.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="exact index storage")
+    build.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "int8"),
+        default="float32",
+        help="how vectors are stored (exact: float32 or float16; faiss: also int8, scalar-quantised; "
+        "float16 halves and int8 quarters the index, see docs/scale.md)",
+    )
     build.add_argument("--ranker", choices=servable, default="cosine", help="what an approximate index serves")
     build.add_argument("--milvus-uri", help="Milvus server URI (default: Milvus Lite file <index-dir>/milvus.db)")
     index_command("add", "add dataset images missing from the index (no rebuild)")

@@ -992,20 +992,34 @@ def bake_projection_into(spec: WorkspaceSpec, exported: ExportResult, out: Path)
 
 
 def index_config(kind: str, n_images: int, folder: Path, dtype: str = "float32", milvus_uri: str | None = None) -> Any:
-    """The index back-end config for ``kind`` (``auto`` picks by gallery size)."""
+    """The index back-end config for ``kind`` (``auto`` picks by gallery size), storing vectors as ``dtype``.
+
+    Raises:
+        WorkbenchError: ``dtype`` is one the chosen back end cannot store (exact: float32 or float16; faiss: also
+            int8; Milvus: float32).
+    """
     from core.index import default_config
     from core.index.exact import ExactConfig
-    from core.index.faiss_backend import FaissConfig
+    from core.index.faiss_backend import FAISS_DTYPES, FaissConfig
     from core.index.milvus_backend import MilvusConfig
 
-    if kind == "auto":
-        chosen = default_config(n_images)
-        return ExactConfig(dtype=dtype) if isinstance(chosen, ExactConfig) else chosen
-    if kind == "exact":
+    chosen = default_config(n_images) if kind == "auto" else None
+    stored: tuple[str, ...]
+    if kind == "exact" or isinstance(chosen, ExactConfig):
+        backend, stored = "the exact index", ("float32", "float16")
+    elif kind == "milvus":
+        backend, stored = "Milvus", ("float32",)
+    else:
+        backend, stored = "a faiss index", FAISS_DTYPES
+    if dtype not in stored:
+        raise WorkbenchError(f"--dtype {dtype}: {backend} stores {' or '.join(stored)}")
+    if backend == "the exact index":
         return ExactConfig(dtype=dtype)
-    if kind == "milvus":
+    if backend == "Milvus":
         return MilvusConfig(uri=milvus_uri or str(folder / "milvus.db"))
-    return FaissConfig(kind=kind.removeprefix("faiss-"))
+    return FaissConfig(
+        kind=chosen.kind if isinstance(chosen, FaissConfig) else kind.removeprefix("faiss-"), dtype=dtype
+    )
 
 
 INDEX_KINDS = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "milvus")

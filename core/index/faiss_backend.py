@@ -12,6 +12,11 @@ Vectors are mapped into the index's :class:`~core.index.VectorSpace` first (unit
   search excludes through an ``IDSelector``; :meth:`FaissIndex.compact` rebuilds the graph without them
   (automatic once a quarter of the nodes are dead).
 
+Storage (``dtype``): ``float32`` as above; ``float16`` and ``int8`` keep each vector scalar-quantised (faiss
+``IndexScalarQuantizer``, ``IndexIVFScalarQuantizer``, ``IndexHNSWSQ``: 2 bytes or 1 byte per dimension, int8 with
+per-dimension ranges trained on the same sample as IVF), halving or quartering the index for a small loss of
+recall and score precision (measured in ``docs/scale.md``).
+
 Persistence: ``faiss.write_index`` (atomic rename) plus ``deleted.npy`` for HNSW tombstones; the manifest
 carries the vector space, so a loaded index serves the same ranker.
 """
@@ -49,7 +54,8 @@ class FaissConfig:
         ef_construction: HNSW candidate list while building.
         ef_search: HNSW candidate list while searching (recall vs speed).
         use_gpu: Search flat/IVF on a GPU when faiss has one (None = when available).
-        seed: Seed of the IVF training sample.
+        seed: Seed of the IVF (and int8 range) training sample.
+        dtype: How each vector is stored: ``"float32"``, ``"float16"`` or ``"int8"`` (scalar-quantised).
     """
 
     kind: str = "hnsw"
@@ -61,10 +67,17 @@ class FaissConfig:
     ef_search: int = 128
     use_gpu: bool | None = None
     seed: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.kind not in ("flat", "ivf", "hnsw"):
             raise ValueError(f"faiss kind must be flat, ivf or hnsw, got {self.kind!r}")
+        if self.dtype not in FAISS_DTYPES:
+            raise ValueError(f"faiss dtype must be one of {', '.join(FAISS_DTYPES)}, got {self.dtype!r}")
+
+
+#: How a faiss index may store its vectors (:attr:`FaissConfig.dtype`).
+FAISS_DTYPES = ("float32", "float16", "int8")
 
 
 def _faiss():
@@ -96,35 +109,53 @@ class FaissIndex(VectorIndex):
     def _metric(self) -> int:
         return self._faiss.METRIC_INNER_PRODUCT if self.space.inner_product else self._faiss.METRIC_L2
 
+    def _quantizer_type(self) -> int | None:
+        """faiss's scalar-quantiser type for :attr:`FaissConfig.dtype`; None for float32."""
+        sq = self._faiss.ScalarQuantizer
+        return {"float32": None, "float16": sq.QT_fp16, "int8": sq.QT_8bit}[self.config.dtype]
+
     def _empty(self) -> Any:
-        faiss, width = self._faiss, self.space.output_dim(self.dim)
+        faiss, width, qtype = self._faiss, self.space.output_dim(self.dim), self._quantizer_type()
         if self.config.kind == "flat":
+            if qtype is not None:
+                return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(width, qtype, self._metric()))
             flat = faiss.IndexFlatIP(width) if self.space.inner_product else faiss.IndexFlatL2(width)
             return faiss.IndexIDMap2(flat)
         if self.config.kind == "hnsw":
-            hnsw = faiss.IndexHNSWFlat(width, self.config.hnsw_m, self._metric())
+            if qtype is not None:
+                hnsw = faiss.IndexHNSWSQ(width, qtype, self.config.hnsw_m, self._metric())
+            else:
+                hnsw = faiss.IndexHNSWFlat(width, self.config.hnsw_m, self._metric())
             hnsw.hnsw.efConstruction = self.config.ef_construction
             hnsw.hnsw.efSearch = self.config.ef_search
             return faiss.IndexIDMap2(hnsw)
         return None  # IVF: built and trained on the first add
 
-    def _train_ivf(self, embeddings: np.ndarray) -> Any:
-        """An empty IVF index trained on (a seeded sample of) these untransformed embeddings."""
-        faiss, width = self._faiss, self.space.output_dim(self.dim)
+    def _training_sample(self, embeddings: np.ndarray) -> np.ndarray:
+        """A seeded sample of at most ``train_size`` of these embeddings, transformed into the index's space."""
         n = len(embeddings)
-        nlist = self.config.nlist or round(4 * math.sqrt(n))
-        nlist = max(1, min(nlist, n // 39 or 1))  # faiss wants >= 39 training points per centroid
-        quantizer = faiss.IndexFlatIP(width) if self.space.inner_product else faiss.IndexFlatL2(width)
-        index = faiss.IndexIVFFlat(quantizer, width, nlist, self._metric())
         rng = np.random.default_rng(self.config.seed)
         rows = (
             np.arange(n)
             if n <= self.config.train_size
             else np.sort(rng.choice(n, self.config.train_size, replace=False))
         )
-        sample = self.space.transform(embeddings[rows])
+        return np.ascontiguousarray(self.space.transform(embeddings[rows]))
+
+    def _train_ivf(self, embeddings: np.ndarray) -> Any:
+        """An empty IVF index trained on (a seeded sample of) these untransformed embeddings."""
+        faiss, width, qtype = self._faiss, self.space.output_dim(self.dim), self._quantizer_type()
+        n = len(embeddings)
+        nlist = self.config.nlist or round(4 * math.sqrt(n))
+        nlist = max(1, min(nlist, n // 39 or 1))  # faiss wants >= 39 training points per centroid
+        quantizer = faiss.IndexFlatIP(width) if self.space.inner_product else faiss.IndexFlatL2(width)
+        if qtype is not None:
+            index = faiss.IndexIVFScalarQuantizer(quantizer, width, nlist, qtype, self._metric())
+        else:
+            index = faiss.IndexIVFFlat(quantizer, width, nlist, self._metric())
+        sample = self._training_sample(embeddings)
         log.info("training IVF: %d lists on %d vectors", nlist, len(sample))
-        index.train(np.ascontiguousarray(sample))
+        index.train(sample)
         index.nprobe = min(self.config.nprobe, nlist)
         return index
 
@@ -168,6 +199,8 @@ class FaissIndex(VectorIndex):
             )
         if self._index is None:
             self._index = self._train_ivf(embeddings)
+        elif not self._index.is_trained:  # int8 storage: per-dimension ranges from the first add's sample
+            self._index.train(self._training_sample(embeddings))
         # transformed and added a block at a time: never a second copy of the whole (memory-mapped) gallery
         for start in range(0, len(ids), ADD_BLOCK):
             block = np.ascontiguousarray(self.space.transform(embeddings[start : start + ADD_BLOCK]))
@@ -197,6 +230,8 @@ class FaissIndex(VectorIndex):
         log.info("rebuilding HNSW without %d removed vectors", int((~keep).sum()))
         self._index = self._empty()
         self._deleted = np.zeros(0, np.int64)
+        if keep.any() and not self._index.is_trained:  # int8 ranges again, from the kept vectors
+            self._index.train(np.ascontiguousarray(vectors[keep][: self.config.train_size]))
         if keep.any():
             self._index.add_with_ids(np.ascontiguousarray(vectors[keep]), np.ascontiguousarray(ids[keep]))
 
