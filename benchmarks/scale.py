@@ -262,12 +262,14 @@ def quality(
         ranker = ranker_of()
         fit_seconds = time.perf_counter() - start
         result = evaluate_retrieval(ranker, gallery, gallery_labels, queries, (1,), max_k=None)
+        map_ci = result.interval("map@r", np.random.default_rng(0))  # bootstrap
+        recall_ci = result.interval("recall@1", np.random.default_rng(0))  # Wilson score
         figures[name] = {
             "fit_seconds": fit_seconds,
             "map@r": result.metrics["map@r"],
             "recall@1": result.metrics["recall@1"],
-            "map@r_ci": list(vars(result.interval("map@r", np.random.default_rng(0))).values()),
-            "recall@1_ci": list(vars(result.interval("recall@1", np.random.default_rng(0))).values()),
+            "map@r_ci": [map_ci.value, map_ci.low, map_ci.high],
+            "recall@1_ci": [recall_ci.value, recall_ci.low, recall_ci.high],
         }
         log.info("quality %s: %s", name, figures[name])
     return figures

@@ -1,10 +1,19 @@
-"""Evaluation on comparative sets: rank of the positive, summary metrics with bootstrap CIs."""
+"""Evaluation on comparative sets: rank of the positive, summary metrics with 95 % CIs.
+
+Every interval is 95 %. A proportion (top-1, top-5, recall@k, copy recall@1, pair accuracy) gets a Wilson score
+interval (:func:`proportion_interval`), which stays honest at 0 % and 100 %: 55 of 55 queries right gives
+[93.5 %, 100 %], where a bootstrap of the same queries collapses to [100 %, 100 %]. Every proportion gets it, not only
+the degenerate ones, so the method of an interval follows from the metric, never from the data. A mean of anything
+else (mean and median rank, MAP@R, MRR, precision@k) keeps its percentile bootstrap over the queries
+(:func:`mean_with_interval`). :attr:`Estimate.method` says which one made an interval.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -38,16 +47,120 @@ def score_comparative_sets(ranker: Ranker, embeddings: np.ndarray, sets: Compara
     return ranker.score_pairs(queries, references).reshape(len(sets), n_refs)
 
 
+#: ``Estimate.method`` -> how that interval was computed, in words (front ends show it beside the interval).
+INTERVAL_METHODS = {
+    "bootstrap": "percentile bootstrap over the queries",
+    "wilson": "Wilson score interval of the proportion",
+    "wilson-mover": "Wilson score intervals of the proportions, combined by MOVER",
+}
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A metric with its bootstrap 95 % confidence interval."""
+    """A metric with its 95 % confidence interval.
+
+    Attributes:
+        value: The point estimate (NaN when there was nothing to measure, see :func:`proportion_interval`).
+        low: Lower end of the interval.
+        high: Upper end of the interval.
+        method: How the interval was computed, a key of :data:`INTERVAL_METHODS`: ``"bootstrap"`` (means over
+            queries), ``"wilson"`` (a proportion) or ``"wilson-mover"`` (a mean of proportions, e.g. a balanced
+            accuracy).
+    """
 
     value: float
     low: float
     high: float
+    method: str = "bootstrap"
+
+    @property
+    def how(self) -> str:
+        """The interval's method in words."""
+        return INTERVAL_METHODS.get(self.method, self.method)
 
     def __str__(self) -> str:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    def __format__(self, spec: str) -> str:
+        """``f"{estimate:.1%}"`` formats value and ends alike: ``"88.3% [87.8%, 88.7%]"`` (no spec: ``str``)."""
+        if not spec:
+            return str(self)
+        return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+
+def _normal_quantile(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_bounds(
+    successes: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of ``successes`` out of ``n`` trials, elementwise (arrays broadcast).
+
+    ``(s + z^2 / 2 -+ z sqrt(s (n - s) / n + z^2 / 4)) / (n + z^2)`` with ``z`` the normal quantile of
+    ``confidence`` (1.96 at 95 %): the proportions ``p`` for which ``|s / n - p|`` lies within ``z`` standard
+    errors ``sqrt(p (1 - p) / n)``. At ``s = n`` the interval is ``[n / (n + z^2), 1]`` (at ``s = 0``
+    ``[0, z^2 / (n + z^2)]``), never of zero width; ``n = 0`` gives ``[0, 1]``, the formula's limit: no trials rule
+    nothing out.
+
+    Returns:
+        ``(low, high)``, float64 arrays of the broadcast shape.
+
+    Raises:
+        ValueError: ``n < 0``, ``successes`` outside ``[0, n]``, or ``confidence`` outside ``(0, 1)``.
+    """
+    z = _normal_quantile(confidence)
+    successes = np.asarray(successes, np.float64)
+    n = np.asarray(n, np.float64)
+    if np.any(n < 0) or np.any(successes < 0) or np.any(successes > n):
+        raise ValueError(f"successes must lie in [0, n] with n >= 0, got {successes} of {n}")
+    trials = np.where(n > 0, n, 1.0)  # n = 0 is answered below, without dividing by it
+    spread = z * np.sqrt(successes * (trials - successes) / trials + z * z / 4)
+    low = (successes + z * z / 2 - spread) / (trials + z * z)
+    high = (successes + z * z / 2 + spread) / (trials + z * z)
+    low = np.where((n == 0) | (successes == 0), 0.0, np.clip(low, 0.0, 1.0))
+    high = np.where((n == 0) | (successes == n), 1.0, np.clip(high, 0.0, 1.0))
+    return low, high
+
+
+def proportion_interval(successes: int, n: int, confidence: float = 0.95) -> Estimate:
+    """The share ``successes / n`` with its Wilson score interval (:func:`wilson_bounds`).
+
+    The one home of a proportion's interval: top-1 and top-5, full-gallery recall@k, copy recall@1 and the SVM's
+    pair accuracy all come here. ``n = 0`` gives ``Estimate(nan, 0.0, 1.0)``: nothing measured, nothing ruled out.
+
+    Raises:
+        ValueError: ``n < 0``, ``successes`` outside ``[0, n]``, or ``confidence`` outside ``(0, 1)``.
+    """
+    low, high = wilson_bounds(successes, n, confidence)
+    return Estimate(successes / n if n else float("nan"), float(low), float(high), "wilson")
+
+
+def mean_proportion_interval(successes: Sequence[int], totals: Sequence[int], confidence: float = 0.95) -> Estimate:
+    """The mean of several independent shares (a balanced accuracy: the mean of each class's recall) with an interval.
+
+    Each share's Wilson interval (:func:`wilson_bounds`) is combined by MOVER (Zou & Donner 2008, "Construction of
+    confidence limits about effect measures"): ``mean -+ sqrt(sum_i (p_i - l_i)^2)`` (``(u_i - p_i)^2`` above)
+    divided by the number of shares. It lies within ``[0, 1]`` and keeps a width at 0 % and 100 %, as the Wilson
+    intervals do. A share with no trials makes the value NaN and the interval ``[0, 1]``.
+
+    Raises:
+        ValueError: No shares, misaligned inputs, or what :func:`wilson_bounds` refuses.
+    """
+    successes_array = np.asarray(successes, np.float64)
+    totals_array = np.asarray(totals, np.float64)
+    if successes_array.ndim != 1 or successes_array.shape != totals_array.shape or not len(successes_array):
+        raise ValueError(f"expected one or more shares, got {successes_array.shape} successes of {totals_array.shape}")
+    low, high = wilson_bounds(successes_array, totals_array, confidence)
+    if np.any(totals_array == 0):
+        return Estimate(float("nan"), 0.0, 1.0, "wilson-mover")  # one share unknown: so is their mean
+    shares = successes_array / totals_array
+    mean = float(shares.mean())
+    below = float(np.sqrt(np.sum((shares - low) ** 2))) / len(shares)
+    above = float(np.sqrt(np.sum((high - shares) ** 2))) / len(shares)
+    return Estimate(mean, max(0.0, mean - below), min(1.0, mean + above), "wilson-mover")
 
 
 @dataclass(frozen=True)
@@ -106,7 +219,10 @@ class EvaluationResult:
 
 
 def mean_with_interval(values: np.ndarray, rng: np.random.Generator, n_resamples: int = 1000) -> Estimate:
-    """The mean of per-query ``values`` with a percentile-bootstrap 95 % confidence interval."""
+    """The mean of per-query ``values`` with a percentile-bootstrap 95 % confidence interval.
+
+    For means that are not proportions (a proportion's interval is :func:`proportion_interval`'s).
+    """
     values = np.asarray(values, np.float64)
     if values.size == 0:
         raise ValueError("no values to average")
@@ -115,12 +231,11 @@ def mean_with_interval(values: np.ndarray, rng: np.random.Generator, n_resamples
 
 
 def _bootstrap(ranks: np.ndarray, rng: np.random.Generator, n_resamples: int) -> dict[str, Estimate]:
+    """Mean and median rank with percentile-bootstrap intervals (queries resampled)."""
     samples = ranks[rng.integers(0, len(ranks), size=(n_resamples, len(ranks)))]
     stats = {
         "mean_rank": (ranks.mean(), samples.mean(axis=1)),
         "median_rank": (np.median(ranks), np.median(samples, axis=1)),
-        "top1": ((ranks <= 1).mean(), (samples <= 1).mean(axis=1)),
-        "top5": ((ranks <= 5).mean(), (samples <= 5).mean(axis=1)),
     }
     return {
         name: Estimate(float(value), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
@@ -136,7 +251,11 @@ def summarize(
     rng: np.random.Generator,
     n_resamples: int = 1000,
 ) -> EvaluationResult:
-    """Turn per-query ranks into an :class:`EvaluationResult` (bootstrap resamples queries)."""
+    """Turn per-query ranks into an :class:`EvaluationResult`.
+
+    Top-1 and top-5 get Wilson score intervals (:func:`proportion_interval`); mean and median rank percentile
+    bootstrap intervals, ``n_resamples`` resamples of the queries drawn by ``rng``.
+    """
     ranks = np.asarray(ranks, dtype=np.int64)
     query_labels = np.asarray(query_labels, dtype=str)
     if len(ranks) == 0:
@@ -165,8 +284,8 @@ def summarize(
         per_category=per_category,
         mean_rank=estimates["mean_rank"],
         median_rank=estimates["median_rank"],
-        top1=estimates["top1"],
-        top5=estimates["top5"],
+        top1=proportion_interval(int((ranks <= 1).sum()), len(ranks)),
+        top5=proportion_interval(int((ranks <= 5).sum()), len(ranks)),
     )
 
 
@@ -185,7 +304,7 @@ def evaluate(
         embeddings: One row per dataset record; ``sets`` indexes into it.
         labels: Label of each record.
         sets: The comparative sets to evaluate.
-        rng: Drives the bootstrap resampling.
+        rng: Drives the bootstrap resampling (mean and median rank; top-1 and top-5 get Wilson intervals).
         n_resamples: Bootstrap resamples for the CIs.
     """
     scores = score_comparative_sets(ranker, embeddings, sets)
@@ -197,7 +316,8 @@ def evaluate(
 
 
 def format_table(results: Sequence[EvaluationResult]) -> str:
-    """A fixed-width table comparing rankers: mean/median rank, top-1, top-5 with 95 % CIs."""
+    """A fixed-width table comparing rankers: mean/median rank, top-1, top-5 with 95 % CIs (a last line says how
+    each was computed)."""
     header = f"{'ranker':<10} {'queries':>7} {'mean rank':>24} {'median':>22} {'top-1':>22} {'top-5':>22}"
     lines = [header, "-" * len(header)]
     for result in results:
@@ -212,11 +332,37 @@ def format_table(results: Sequence[EvaluationResult]) -> str:
         lines.append(
             f"(1 positive + {results[0].n_negatives} negatives per query; chance mean rank {results[0].chance_mean_rank:.1f})"
         )
+        lines.append("(95 % intervals: Wilson score for top-1 and top-5, bootstrap over the queries for the ranks)")
     return "\n".join(lines)
 
 
 #: Full-gallery metric names, in report order.
 RETRIEVAL_METRICS = ("recall_at_k", "precision_at_k", "r_precision", "map_at_r", "mrr")
+
+
+def is_proportion(metric: str) -> bool:
+    """Whether the full-gallery ``metric`` is a proportion of queries (each query scores 0 or 1): recall@k, and
+    precision@1, which equals recall@1."""
+    return metric.startswith("recall@") or metric == "precision@1"
+
+
+def metric_interval(metric: str, values: np.ndarray, rng: np.random.Generator, n_resamples: int = 1000) -> Estimate:
+    """The mean of per-query ``values`` of ``metric`` with its 95 % interval: a Wilson score interval when the
+    metric is a proportion (:func:`is_proportion`, :func:`proportion_interval`), else a percentile bootstrap of
+    ``n_resamples`` resamples drawn by ``rng`` (:func:`mean_with_interval`).
+
+    Raises:
+        ValueError: No values, or a proportion's values other than 0 and 1.
+    """
+    if not is_proportion(metric):
+        return mean_with_interval(values, rng, n_resamples)
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        raise ValueError("no values to average")
+    if not np.isin(values, (0.0, 1.0)).all():
+        raise ValueError(f"{metric} is a proportion: each query's value must be 0 or 1")
+    return proportion_interval(int(np.count_nonzero(values)), values.size)
+
 
 #: Results retrieved per query at most, by default, in full-gallery retrieval (pytorch-metric-learning's k
 #: defaults to the largest label and runs out of memory on large sets: its issues #353, #566).
@@ -278,8 +424,9 @@ class RetrievalResult:
         n_truncated: Queries whose ``R`` exceeded ``k_cap`` (their R-precision and MAP@R are lower bounds).
         query_pool: Queries the evaluated ones were sampled from (stratified by label, seeded); 0 when every
             query of the split was evaluated.
-        intervals: ``name -> Estimate``, each metric's mean with a bootstrap 95 % confidence interval (queries
-            resampled), when :func:`evaluate_retrieval` was given a generator.
+        intervals: ``name -> Estimate``, each metric's mean with its 95 % confidence interval
+            (:func:`metric_interval`: Wilson score for recall@k and precision@1, a bootstrap over the queries for
+            the others), when :func:`evaluate_retrieval` was given a generator.
         metrics: ``name -> value`` over queries (``recall@1``, ``precision@5``, ``r_precision``, ``map@r``, ``mrr``).
         class_averaged: The same names, averaged per label first.
         per_category: ``label -> (n_queries, metrics)``.
@@ -316,8 +463,8 @@ class RetrievalResult:
         return "; ".join(parts)
 
     def interval(self, metric: str, rng: np.random.Generator, n_resamples: int = 1000) -> Estimate:
-        """``metric``'s mean over queries with a bootstrap 95 % confidence interval (queries resampled)."""
-        return mean_with_interval(self.per_query[metric], rng, n_resamples)
+        """``metric``'s mean over queries with its 95 % confidence interval (:func:`metric_interval`)."""
+        return metric_interval(metric, self.per_query[metric], rng, n_resamples)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
@@ -383,7 +530,7 @@ def evaluate_retrieval(
     other gallery item are dropped and counted in ``n_dropped``. At most ``max_k`` results are retrieved per query
     (None: as many as the largest label needs); queries with more same-label items than that are counted in
     ``n_truncated`` and their R-precision and MAP@R are lower bounds (see :class:`RetrievalResult`).
-    With ``rng``, every metric also gets a bootstrap 95 % interval (``intervals``).
+    With ``rng``, every metric also gets a 95 % interval (``intervals``, :func:`metric_interval`).
 
     Raises:
         ValueError: Misaligned inputs, query indices out of range, or a cut-off larger than the gallery allows.
@@ -435,5 +582,5 @@ def evaluate_retrieval(
         per_query=per_query,
         k_cap=max_k,
         n_truncated=int((n_relevant > k_searched).sum()),
-        intervals={} if rng is None else {name: mean_with_interval(values, rng) for name, values in per_query.items()},
+        intervals={} if rng is None else {name: metric_interval(name, per_query[name], rng) for name in per_query},
     )

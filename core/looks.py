@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from core.evaluate import Estimate, mean_with_interval
+from core.evaluate import Estimate, mean_with_interval, proportion_interval
 from core.rankers import BLOCK_ELEMENTS, Ranker, check_embeddings
 
 #: Bumped whenever :class:`CopyEdits`' defaults or :func:`make_copy` change what a copy looks like.
@@ -165,7 +165,7 @@ class CopyResult:
     Attributes:
         ranker: The ranker's name.
         n_copies: Copies evaluated.
-        recall_at_1: Share of copies whose original came first, with a bootstrap 95 % interval.
+        recall_at_1: Share of copies whose original came first, with its Wilson score 95 % interval.
         mean_rank: Mean rank of the original, with a bootstrap 95 % interval.
         query_pool: Photos the copies were sampled from (0: every photo of the split has a copy).
         ranks: ``int64[n_copies]`` each original's rank.
@@ -218,7 +218,7 @@ def copy_retrieval(
         copies: Embeddings of the copies.
         gallery: Gallery embeddings, holding the originals.
         originals: Gallery row of each copy's original.
-        rng: Drives the bootstrap.
+        rng: Drives the bootstrap of the mean rank (recall@1, a proportion, gets a Wilson score interval).
         content: Optional content id per gallery row (twins of an original never rank above it).
         query_pool: Photos the copies were sampled from, for the report (0: none were left out).
         exclude: Optional gallery row per copy never counted against it (see :func:`original_ranks`).
@@ -233,7 +233,7 @@ def copy_retrieval(
     return CopyResult(
         ranker=ranker.name,
         n_copies=len(ranks),
-        recall_at_1=mean_with_interval((ranks == 1).astype(np.float64), rng),
+        recall_at_1=proportion_interval(int((ranks == 1).sum()), len(ranks)),
         mean_rank=mean_with_interval(ranks.astype(np.float64), rng),
         query_pool=query_pool,
         ranks=ranks,
@@ -243,7 +243,8 @@ def copy_retrieval(
 
 def format_looks_table(results: Sequence[CopyResult], edited: bool = True) -> str:
     """A fixed-width table of the look metric per ranker: copy recall@1 and mean rank of the original, 95 % CIs
-    (``edited``: the copies are :func:`make_copy`'s, and a line says how they were made)."""
+    (``edited``: the copies are :func:`make_copy`'s, and a line says how they were made; a last line says how the
+    intervals were computed)."""
     header = f"{'ranker':<10} {'copies':>6} {'copy recall@1':>24} {'mean rank of original':>27}"
     lines = [header, "-" * len(header)]
     for result in results:
@@ -258,4 +259,6 @@ def format_looks_table(results: Sequence[CopyResult], edited: bool = True) -> st
         lines.append(
             "(copies: crop to 75-90 % of the area, 70 % size, brightness and colour +-15 %, half mirrored, JPEG 40-70)"
         )
+    if results:
+        lines.append("(95 % intervals: Wilson score for copy recall@1, bootstrap over the copies for the mean rank)")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from core.artifacts import check_finite, load_npz_with_header, save_npz_with_hea
 from core.config import SVMConfig
 from core.data import ComparativeSets
 from core.errors import ArtifactError
+from core.evaluate import Estimate, mean_proportion_interval, proportion_interval
 from core.rankers import Ranker, check_embeddings
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,25 @@ MAX_TRAIN_SETS = 1_000
 
 @dataclass(frozen=True)
 class PairAccuracy:
-    """How well the SVM classifies same / different pairs (threshold at score 0)."""
+    """How well the SVM classifies same / different pairs (threshold at score 0), with 95 % intervals.
 
-    accuracy: float
-    balanced_accuracy: float
+    The pairs of a comparative set share its query, so the different-label pairs are not independent trials and
+    their part of each interval is narrower than it should be; the same-label pairs (one per set) are fewer and
+    set most of the width of ``balanced_accuracy``'s.
+
+    Attributes:
+        accuracy: Share of pairs decided right, with its Wilson score interval
+            (:func:`core.evaluate.proportion_interval`).
+        balanced_accuracy: Mean of the share of same-label pairs and the share of different-label pairs decided
+            right, with their Wilson intervals combined (:func:`core.evaluate.mean_proportion_interval`).
+        n_pairs: Pairs decided.
+        n_same: Same-label pairs among them.
+    """
+
+    accuracy: Estimate
+    balanced_accuracy: Estimate
     n_pairs: int
+    n_same: int
 
 
 def pair_features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -229,12 +244,19 @@ class SVMRanker(Ranker):
         return np.repeat(queries, per_query)[valid.reshape(-1)], universe[top][valid]
 
     def pair_accuracy(self, embeddings: np.ndarray, sets: ComparativeSets) -> PairAccuracy:
-        """Accuracy of same / different decisions (score > 0) on the pairs of ``sets``."""
+        """Accuracy of same / different decisions (score > 0) on the pairs of ``sets``, with 95 % intervals."""
         left, right, same = _pairs_from_sets(sets)
         predicted = self._pairs(embeddings[left], embeddings[right]) > 0
         truth = same.astype(bool)
-        recalls = [float(np.mean(predicted[truth == value] == value)) for value in (True, False)]
-        return PairAccuracy(float(np.mean(predicted == truth)), float(np.mean(recalls)), len(truth))
+        right_calls = predicted == truth
+        per_class = [int(right_calls[truth].sum()), int(right_calls[~truth].sum())]
+        class_sizes = [int(truth.sum()), int((~truth).sum())]
+        return PairAccuracy(
+            proportion_interval(int(right_calls.sum()), len(truth)),
+            mean_proportion_interval(per_class, class_sizes),
+            len(truth),
+            class_sizes[0],
+        )
 
     def save(self, path: str | Path, metadata: dict | None = None) -> None:
         """Write weights, bias, calibration and config to ``.npz`` atomically (no pickle)."""

@@ -58,7 +58,7 @@ def workspace(choice: str | None = None) -> service.Workspace:
 def metric_with_ci(column, label: str, estimate, percent: bool = False) -> None:
     """An ``st.metric`` showing a value with its 95 % confidence interval underneath."""
     fmt = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
-    column.metric(label, fmt(estimate.value), help="bootstrap 95 % confidence interval below")
+    column.metric(label, fmt(estimate.value), help=f"95 % confidence interval below: {estimate.how}")
     column.caption(f"95 % CI {fmt(estimate.low)} – {fmt(estimate.high)}")
 
 

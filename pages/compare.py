@@ -77,7 +77,8 @@ def _side_by_side(ws: service.Workspace, split: str) -> None:
     st.caption(
         f"The same {first.n_queries} {split} queries for both featurizers, each with 1 positive + "
         f"{first.n_negatives} negatives (top-1, mean rank) and against the whole gallery (recall@1, MAP@R); "
-        "95 % bootstrap intervals in brackets. Rankers both offer, two rows each."
+        "95 % intervals in brackets (Wilson score for top-1 and recall@1, bootstrap over the queries for mean rank "
+        "and MAP@R). Rankers both offer, two rows each."
     )
     st.dataframe(service.side_by_side_rows(sections), hide_index=True, key="side_by_side", height="content")
     st.plotly_chart(

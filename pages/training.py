@@ -17,7 +17,8 @@ def _job_panel(job: service.TrainingJob) -> None:
     elif job.done and job.pair_accuracy:
         train, test = job.pair_accuracy
         st.success(
-            f"Run {job.run} is ready: pick it as featurizer in the sidebar. SVM balanced pair accuracy: train {train:.1%}, test {test:.1%}."
+            f"Run {job.run} is ready: pick it as featurizer in the sidebar. SVM balanced pair accuracy (95 % CI in "
+            f"brackets): train {train:.1%}, test {test:.1%}."
         )
 
 

@@ -48,6 +48,13 @@ def test_featurize_evaluate_search(workdir, tiny_dataset, capsys):
     assert cosine["mean_rank"]["value"] <= report["results"]["random"]["mean_rank"]["value"]
     assert "copy recall@1" in table and set(report["looks"]) == set(report["results"])
     assert report["looks"]["cosine"]["recall@1"]["value"] > report["looks"]["random"]["recall@1"]["value"]
+    # every interval names its method: proportions Wilson score, means bootstrap (report schema 2)
+    assert report["schema_version"] == 2
+    assert cosine["top1"]["method"] == cosine["top5"]["method"] == report["looks"]["cosine"]["recall@1"]["method"]
+    assert cosine["top1"]["method"] == "wilson" and cosine["mean_rank"]["method"] == "bootstrap"
+    intervals = report["retrieval"]["cosine"]["intervals"]
+    assert intervals["recall@1"]["method"] == "wilson" and intervals["map@r"]["method"] == "bootstrap"
+    assert "Wilson score for top-1 and top-5" in table
 
     query = sorted(tiny_dataset.glob("*/*.jpg"))[0]
     assert main(["search", str(query), "-k", "3", *common, "--ranker", "l2"]) == 0

@@ -44,7 +44,7 @@ def test_fit_and_evaluate_draw_one_bar_per_phase_apart_from_the_log_lines(tmp_pa
     assert len(screen) == len(set(screen)), screen  # no line twice
     assert not [line for line in screen if "faiss" in line], screen  # the loader's list of CPU builds is gone
     assert out.count("svm ranker fitted in") == 1 and not [line for line in screen if "fitted svm" in line]
-    assert re.search(r"balanced accuracy \d+\.\d%", out)
+    assert re.search(r"balanced accuracy \d+\.\d% \[\d+\.\d%, \d+\.\d%\]", out)  # with its 95 % interval
 
     code, out, screen = run_cli("evaluate", "--ranker", "cosine", "svm", *common)
     assert code == 0, screen
@@ -53,7 +53,10 @@ def test_fit_and_evaluate_draw_one_bar_per_phase_apart_from_the_log_lines(tmp_pa
     gallery = out[out.index("full gallery") :].splitlines()
     cosine = next(line for line in gallery if line.startswith("cosine "))
     assert len(re.findall(r"\d\.\d{3} \[\d\.\d{2}, \d\.\d{2}\]", cosine)) == 5, cosine  # five figures, five CIs
-    assert "(95 % bootstrap intervals over the queries in brackets)" in gallery
+    assert (
+        "(95 % intervals over the queries in brackets: Wilson score for recall@k, bootstrap for MAP@R and MRR)"
+        in gallery
+    )
 
     code, out, screen = run_cli("evaluate", "--ranker", "cosine", "--quiet", *common)
     assert code == 0 and not [line for line in screen if BAR.search(line) or "INFO" in line], screen

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.evaluate import proportion_interval
 from core.looks import CopyEdits, copy_retrieval, copy_rng, format_looks_table, make_copy, original_ranks
 from core.rankers import CosineRanker, L2Ranker, RandomRanker
 
@@ -60,6 +61,18 @@ def test_copy_retrieval_summarises_recall_and_mean_rank():
     assert summary["recall@1"]["value"] == pytest.approx(2 / 3) and summary["n_copies"] == 3
     table = format_looks_table([result])
     assert "cosine" in table and "66.7%" in table and "1.33" in table
+    assert result.recall_at_1 == proportion_interval(2, 3) and result.mean_rank.method == "bootstrap"
+    assert summary["recall@1"]["method"] == "wilson"
+
+
+def test_copy_recall_of_100_percent_keeps_an_honest_interval():
+    gallery = np.eye(4, dtype=np.float32)
+    result = copy_retrieval(CosineRanker(), gallery, gallery, np.arange(4), np.random.default_rng(0))
+    assert result.recall_at_1.value == 1.0 and result.recall_at_1.high == 1.0
+    assert result.recall_at_1.low == pytest.approx(4 / (4 + 1.959964**2), abs=5e-5)  # 4 of 4: 51 %, not 100 %
+    table = format_looks_table([result])
+    assert "[100.0%, 100.0%]" not in table and "100.0% [51.0%, 100.0%]" in table
+    assert "Wilson score for copy recall@1" in table
 
 
 def test_bad_inputs_are_refused():

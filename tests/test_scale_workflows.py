@@ -47,7 +47,9 @@ def test_the_cli_table_states_the_sample_and_its_intervals(tmp_path, tiny_datase
     assert f"(6 of {sampled.query_pool} queries sampled (stratified by label, seeded)" in table
     interval = sampled.intervals["map@r"]
     assert f"{sampled.metrics['map@r']:.3f} [{interval.low:.2f}, {interval.high:.2f}]" in table  # in its cell
-    assert "(95 % bootstrap intervals over the queries in brackets)" in table
+    assert (
+        "(95 % intervals over the queries in brackets: Wilson score for recall@k, bootstrap for MAP@R and MRR)" in table
+    )
 
 
 def test_the_label_error_report_says_how_its_neighbours_were_found(tmp_path, tiny_dataset, monkeypatch):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from core.config import SVMConfig
-from core.data import make_comparative_sets
+from core.data import ComparativeSets, make_comparative_sets
 from core.errors import ArtifactError
-from core.evaluate import evaluate
+from core.evaluate import evaluate, mean_proportion_interval, proportion_interval
 from core.index import space_for
 from core.rankers import L2Ranker
 from core.svm import SVMRanker, pair_features
@@ -50,7 +50,28 @@ def test_svm_finds_informative_dimensions_hidden_in_noise_and_beats_l2():
     assert svm_result.mean_rank.value < l2_result.mean_rank.value / 2
     assert svm_result.top1.value > l2_result.top1.value + 0.3
     accuracy = ranker.pair_accuracy(test_embeddings, test_sets)
-    assert accuracy.balanced_accuracy > 0.8 and accuracy.n_pairs == len(test_sets) * 41
+    assert accuracy.balanced_accuracy.value > 0.8 and accuracy.n_pairs == len(test_sets) * 41
+    assert accuracy.n_same == len(test_sets)
+
+
+def test_pair_accuracy_comes_with_wilson_intervals():
+    # a hand-made SVM: weight -1 on the one dimension, bias 0.5, so a pair is called "same" when |u - v| < 0.71
+    ranker = SVMRanker(weights=np.array([-1.0], np.float32), bias=0.5)
+    embeddings = np.array([[0.0], [0.1], [0.2], [0.3], [5.0], [6.0], [0.15]], np.float32)
+    # 3 sets of 1 positive + 2 negatives; the last negative (0.15) is close: called "same" wrongly, twice
+    sets = ComparativeSets(np.array([0, 2, 4]), np.array([[1, 4, 6], [3, 5, 6], [5, 0, 2]]))
+    accuracy = ranker.pair_accuracy(embeddings, sets)
+    # same pairs: 0-1, 2-3 right, 4-5 (distance 1) wrong -> 2/3; different pairs: 4, 5 right (far), 6 wrong twice,
+    # 0 and 2 from 5.0 right -> 4/6; all: 6/9
+    assert (accuracy.n_pairs, accuracy.n_same) == (9, 3)
+    assert accuracy.accuracy == proportion_interval(6, 9)
+    assert accuracy.balanced_accuracy == mean_proportion_interval([2, 4], [3, 6])
+    assert accuracy.balanced_accuracy.value == pytest.approx((2 / 3 + 4 / 6) / 2)
+    assert accuracy.balanced_accuracy.low < accuracy.balanced_accuracy.value < accuracy.balanced_accuracy.high
+    perfect = SVMRanker(weights=np.array([-1.0], np.float32), bias=0.5).pair_accuracy(
+        embeddings, ComparativeSets(np.array([0]), np.array([[1, 4, 5]]))
+    )
+    assert perfect.accuracy.value == 1.0 and perfect.accuracy.low < 1.0  # 3 of 3 right is no certainty
 
 
 def test_calibration_is_monotone_and_informative():

@@ -5,6 +5,7 @@ the expected neighbours are known); the CLI test uses the real pretrained featur
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import cast
@@ -294,11 +295,18 @@ def test_experiment_reports_full_gallery_metrics_per_featurizer(tmp_path, tiny_d
 
     common = ["--data", str(tiny_dataset), "--workdir", str(tmp_path), "--quiet"]
     assert main(["experiment", "--epochs", "1", "--input-size", "96", "--batch-size", "6", *common]) == 0
-    assert capsys.readouterr().out.count("recall@10") == 2  # one full-gallery table per featurizer
+    out = capsys.readouterr().out
+    assert out.count("recall@10") == 2  # one full-gallery table per featurizer
+    interval = r"\d+\.\d% \[\d+\.\d%, \d+\.\d%\]"
+    assert len(re.findall(rf"SVM pair accuracy \(balanced; .*\): train {interval}, test {interval}", out)) == 2, out
     report = json.loads(next(tmp_path.glob("*/*/reports/experiment-default.json")).read_text())
+    assert report["schema_version"] == 2
     for section in report["sections"].values():
         assert set(section["retrieval"]) == set(section["results"]) == {"cosine", "l2", "svm", "l1", "random"}
         assert section["retrieval"]["cosine"]["n_queries"] == 6
+        pairs = section["svm_pairs"]["test"]
+        assert pairs["accuracy"]["method"] == "wilson" and pairs["balanced_accuracy"]["method"] == "wilson-mover"
+        assert pairs["accuracy"]["low"] <= pairs["accuracy"]["value"] <= pairs["accuracy"]["high"]
 
 
 def test_learned_rankers_are_fitted_on_the_training_split_only(tiny_dataset):

@@ -637,8 +637,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _retrieval_table(results: Sequence[RetrievalResult]) -> str:
-    """Full-gallery recall@1/5/10, MAP@R and MRR per ranker, one row each, each with its 95 % bootstrap interval
-    over the queries (when the result has them)."""
+    """Full-gallery recall@1/5/10, MAP@R and MRR per ranker, one row each, each with its 95 % interval over the
+    queries (when the result has them: Wilson score for recall@k, bootstrap for MAP@R and MRR)."""
     columns = ("recall@1", "recall@5", "recall@10", "map@r", "mrr")
     width = 19 if any(result.intervals for result in results) else 6
 
@@ -654,7 +654,9 @@ def _retrieval_table(results: Sequence[RetrievalResult]) -> str:
         for result in results
     ]
     if width > 6:
-        lines.append("(95 % bootstrap intervals over the queries in brackets)")
+        lines.append(
+            "(95 % intervals over the queries in brackets: Wilson score for recall@k, bootstrap for MAP@R and MRR)"
+        )
     dropped = max((result.n_dropped for result in results), default=0)
     if dropped:
         lines.append(f"({dropped} queries dropped: no other image carries their label)")
@@ -751,7 +753,8 @@ def _print_fitted(fitted: Sequence[Any]) -> None:
             if accuracy is not None:
                 print(
                     f"  {split} pairs: accuracy {accuracy.accuracy:.1%}, balanced accuracy "
-                    f"{accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs)"
+                    f"{accuracy.balanced_accuracy:.1%} ({accuracy.n_pairs} pairs, {accuracy.n_same} same-label; "
+                    "95 % intervals from Wilson scores)"
                 )
 
 
@@ -864,8 +867,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             print(_retrieval_table(section.retrieval))
         if section.svm.train_pairs and section.svm.test_pairs:
             print(
-                f"SVM pair accuracy (balanced): train {section.svm.train_pairs.balanced_accuracy:.1%}, "
-                f"test {section.svm.test_pairs.balanced_accuracy:.1%}"
+                f"SVM pair accuracy (balanced; 95 % intervals from Wilson scores): "
+                f"train {section.svm.train_pairs.balanced_accuracy:.1%}, test {section.svm.test_pairs.balanced_accuracy:.1%}"
             )
     print(f"\nreport: {report.path}")
     return 0

@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from core.evaluate import Estimate
 from core.train import EpochMetrics, TrainProgress
 from workbench.tuning import TuneConfig, TuneProgress, TuneReport, tune
 from workbench.workflows import train_run
@@ -26,7 +27,8 @@ class TrainingJob:
     featurized: int = 0
     to_featurize: int = 0
     history: list[EpochMetrics] = field(default_factory=list)
-    pair_accuracy: tuple[float, float] | None = None
+    #: The SVM's balanced pair accuracy (train, test) with 95 % intervals, once fitted.
+    pair_accuracy: tuple[Estimate, Estimate] | None = None
     error: str | None = None
     done: bool = False
     #: ``time.monotonic()`` when the job was created (elapsed time and the estimate of what is left).

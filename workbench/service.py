@@ -30,7 +30,7 @@ from PIL import Image
 from core.config import OBJECTIVES, SVMConfig, TrainConfig  # noqa: F401  (re-exported for the pages)
 from core.data import ATTRIBUTES_FILE, ImageRecord, check_within_roots
 from core.errors import ArtifactError, DatasetError, ImageLoadError, WorkbenchError  # noqa: F401  (re-exported)
-from core.evaluate import EvaluationResult, RetrievalResult
+from core.evaluate import Estimate, EvaluationResult, RetrievalResult
 from core.images import decode_image, printable
 from core.looks import CopyResult
 from core.out_of_gallery import MatchStrength
@@ -469,8 +469,9 @@ def evaluation(ws: Workspace, rankers: tuple[str, ...], split: str = "test") -> 
     return app_cache.cached("evaluation", key, lambda: ws.evaluate(rankers, split))
 
 
-def fit(ws: Workspace, ranker: str) -> tuple[float, float] | None:
-    """Fit and save a learned ranker for a workspace; returns balanced pair accuracy (train, test) when measured."""
+def fit(ws: Workspace, ranker: str) -> tuple[Estimate, Estimate] | None:
+    """Fit and save a learned ranker for a workspace; returns balanced pair accuracy (train, test) with 95 %
+    intervals when measured."""
     fitted = fit_ranker(ws, ranker)
     if fitted.train_pairs is None or fitted.test_pairs is None:
         return None

@@ -4,7 +4,7 @@ The test split is never looked at. A share of each label's training images becom
 rest (the *fit* images) is all that learned rankers and fine-tuning see. Every candidate, a featurizer (pretrained
 or a recipe's run) with a ranker, is scored by full-gallery retrieval: each validation image (at most
 :attr:`TuneConfig.max_queries`, a stratified seeded sample) searches the whole training split, itself excluded.
-MAP@R decides (recall@1 is reported beside it), each with a bootstrap 95 % CI.
+MAP@R decides (recall@1 is reported beside it), each with a 95 % CI (bootstrap; Wilson score for recall@1).
 
 **The budget covers everything**, from reading the data to installing the choice. A step starts only when what was
 measured of its kind so far says it ends in time, with room kept for the final refit; scoring runs in blocks of
@@ -44,7 +44,7 @@ from core.artifacts import atomic_write_json, read_json
 from core.config import TrainConfig, WorkbenchConfig
 from core.data import ComparativeSets, Split, make_comparative_sets, stratified_split
 from core.errors import ArtifactError, WorkbenchError
-from core.evaluate import MAX_QUERIES, Estimate, evaluate_retrieval, mean_with_interval, sample_queries
+from core.evaluate import MAX_QUERIES, Estimate, evaluate_retrieval, metric_interval, sample_queries
 from core.rankers import CosineRanker, LearnedRanker, Ranker, make_ranker, ranker_spec
 from core.workdir import PRETRAINED, WorkDir
 from workbench.workflows import embed_copies, fit_ranker
@@ -384,7 +384,7 @@ def score_candidate(
         labels: Label of each record.
         split: Fit and validation record indices (together: the training split).
         sets: Comparative sets over the fit images (positions in ``split.train``), for rankers learning from pairs.
-        rng: Draws the bootstrap intervals (and seeds the random baseline).
+        rng: Draws the bootstrap interval of MAP@R (recall@1 gets a Wilson one) and seeds the random baseline.
         settings: Learned rankers take their section of it (``[svm]``) when there is one.
         queries: Validation record indices to score (default: every usable one, :func:`validation_queries`).
         progress: Told what is happening (fitting, each block of queries).
@@ -426,8 +426,8 @@ def score_candidate(
     candidate = Candidate(
         featurizer,
         name,
-        mean_with_interval(np.concatenate(per_query["map@r"]), rng),
-        mean_with_interval(np.concatenate(per_query["recall@1"]), rng),
+        metric_interval("map@r", np.concatenate(per_query["map@r"]), rng),
+        metric_interval("recall@1", np.concatenate(per_query["recall@1"]), rng),
         time.perf_counter() - start,
         fit_rows,
         fit_seconds,

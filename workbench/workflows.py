@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.artifacts import SCHEMA_VERSION, atomic_save_npy, atomic_write_json, environment_versions
+from core.artifacts import atomic_save_npy, atomic_write_json, environment_versions
 from core.data import ComparativeSets
 from core.errors import ArtifactError, WorkbenchError
 from core.evaluate import MAX_K, MAX_QUERIES, EvaluationResult, RetrievalResult, evaluate_retrieval, sample_queries
@@ -44,6 +44,12 @@ if TYPE_CHECKING:
     from export.onnx_export import ExportResult
 
 log = logging.getLogger(__name__)
+
+#: Version of the evaluation report and the ``experiment`` report (the run manifest has its own, ``SCHEMA_VERSION``).
+#: 2: every interval names its ``method`` (``wilson`` for proportions, ``wilson-mover`` for a balanced accuracy,
+#: ``bootstrap`` for other means), and ``svm_pairs`` holds ``accuracy`` and ``balanced_accuracy`` as
+#: ``{value, low, high, method}`` with ``n_pairs`` and ``n_same``.
+REPORT_SCHEMA_VERSION = 2
 
 
 class RankerFitError(WorkbenchError):
@@ -402,7 +408,7 @@ def experiment(
     atomic_write_json(
         path,
         {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": REPORT_SCHEMA_VERSION,
             "config": dataclasses.asdict(spec.config),
             "versions": environment_versions(),
             "sections": {
@@ -472,7 +478,8 @@ def retrieval(
     A split of more than ``max_queries`` images is sampled (stratified by label, seeded with the workspace's
     seed, the same sample for every ranker); at most ``max_k`` results are retrieved per query, and a query with
     more same-label images has lower-bound MAP@R and R-precision. Each result's ``note`` says so. None lifts
-    either limit. Every metric comes with a bootstrap 95 % interval over the queries (``intervals``). A ranker is
+    either limit. Every metric comes with a 95 % interval over the queries (``intervals``: Wilson score for recall@k,
+    bootstrap for the others, :func:`core.evaluate.metric_interval`). A ranker is
     named (the registry's, loaded for the workspace) or given as a model (the fusion of attribute rankers).
 
     Raises:
@@ -572,8 +579,9 @@ def looks(
 ) -> list[CopyResult]:
     """The look metric per ranker: each copy of a ``split`` photo searches the whole gallery for its original.
 
-    Recall@1 and mean rank of the original with bootstrap 95 % intervals (:func:`core.looks.copy_retrieval`);
-    byte-identical twins of an original never count against it. The copies are shared by every ranker.
+    Recall@1 (Wilson score interval) and mean rank of the original (bootstrap interval), 95 %
+    (:func:`core.looks.copy_retrieval`); byte-identical twins of an original never count against it. The copies are
+    shared by every ranker.
 
     Raises:
         WorkbenchError: Unknown or unfitted ranker, a bad split, or an unreadable original.
@@ -798,7 +806,7 @@ def save_report(
     atomic_write_json(
         path,
         {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": REPORT_SCHEMA_VERSION,
             "featurizer": ws.fingerprint,
             "condition": ws.spec.config.data.condition,
             "versions": environment_versions(),
